@@ -1,0 +1,177 @@
+/* dataset.c: JSONL prompt reader (see dataset.h). */
+#include "dataset.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ls_common.h"
+
+typedef struct {
+  int64_t n, cap_n, n_tok, cap_tok;
+} grow_t;
+
+static int grow(void **p, int64_t *cap, int64_t need, size_t elem, const char *what) {
+  if (need <= *cap) return LS_OK;
+  int64_t c = *cap ? *cap : 1024;
+  while (c < need) c *= 2;
+  void *q = realloc(*p, (size_t)c * elem);
+  if (!q) {
+    ls_error("out of memory growing %s to %lld entries", what, (long long)c);
+    return LS_ERR;
+  }
+  *p = q;
+  *cap = c;
+  return LS_OK;
+}
+
+static int blank(const char *s) {
+  for (; *s; s++)
+    if (*s != ' ' && *s != '\t' && *s != '\r' && *s != '\n') return 0;
+  return 1;
+}
+
+/* Parse one line into d (appending). Returns LS_OK or LS_ERR after a message. */
+static int parse_line(const char *path, int64_t lineno, const char *line, int vocab,
+                      int64_t max_len, ls_dataset_t *d, grow_t *g) {
+  cJSON *o = cJSON_Parse(line);
+  int rc = LS_ERR;
+  if (!o || !cJSON_IsObject(o)) {
+    ls_error("%s:%lld: not a JSON object; each line must be {\"input_ids\": [...]}", path,
+             (long long)lineno);
+    goto done;
+  }
+  const cJSON *ids = cJSON_GetObjectItemCaseSensitive(o, "input_ids");
+  if (!ids || !cJSON_IsArray(ids)) {
+    ls_error("%s:%lld: missing \"input_ids\" array of token ids", path, (long long)lineno);
+    goto done;
+  }
+  int64_t len = cJSON_GetArraySize(ids);
+  if (len == 0) {
+    ls_error("%s:%lld: empty prompt (input_ids is []); remove the line or give it tokens", path,
+             (long long)lineno);
+    goto done;
+  }
+  if (max_len > 0 && len > max_len) {
+    ls_error("%s:%lld: prompt has %lld tokens, more than the model's max_position_embeddings "
+             "%lld; shorten it or pass --allow-long-prompts", path, (long long)lineno,
+             (long long)len, (long long)max_len);
+    goto done;
+  }
+  if (grow((void **)&d->tokens, &g->cap_tok, g->n_tok + len, sizeof(int32_t), "tokens")) goto done;
+  int64_t j = 0;
+  const cJSON *e;
+  cJSON_ArrayForEach(e, ids) {
+    double v = cJSON_IsNumber(e) ? e->valuedouble : NAN;
+    if (!cJSON_IsNumber(e) || v != floor(v) || v < 0) {
+      ls_error("%s:%lld: input_ids[%lld] is not a non-negative integer", path,
+               (long long)lineno, (long long)j);
+      goto done;
+    }
+    if (v >= vocab) {
+      ls_error("%s:%lld: input_ids[%lld] = %.0f is >= the model's vocab_size %d; was the data "
+               "tokenized for another model?", path, (long long)lineno, (long long)j, v, vocab);
+      goto done;
+    }
+    d->tokens[g->n_tok + j++] = (int32_t)v;
+  }
+  const cJSON *label = cJSON_GetObjectItemCaseSensitive(o, "label");
+  const cJSON *id = cJSON_GetObjectItemCaseSensitive(o, "id");
+  int64_t i = d->n;
+  if (i == 0) {
+    d->has_label = label != NULL;
+    d->has_id = id != NULL;
+  } else if ((label != NULL) != d->has_label || (id != NULL) != d->has_id) {
+    ls_error("%s:%lld: \"%s\" is %s here but %s on line 1; give it on every line or on none",
+             path, (long long)lineno, ((label != NULL) != d->has_label) ? "label" : "id",
+             ((label != NULL) != d->has_label ? label != NULL : id != NULL) ? "present" : "absent",
+             ((label != NULL) != d->has_label ? d->has_label : d->has_id) ? "present" : "absent");
+    goto done;
+  }
+  if (grow((void **)&d->offsets, &g->cap_n, i + 2, sizeof(int64_t), "offsets")) goto done;
+  if (d->has_label) {
+    int64_t cap = g->cap_n;
+    if (label == NULL || !cJSON_IsNumber(label) || label->valuedouble != floor(label->valuedouble) ||
+        fabs(label->valuedouble) > 9e15) {
+      ls_error("%s:%lld: \"label\" must be an integer", path, (long long)lineno);
+      goto done;
+    }
+    void *q = realloc(d->labels, (size_t)cap * sizeof(int64_t));
+    if (!q) { ls_error("out of memory for labels"); goto done; }
+    d->labels = q;
+    d->labels[i] = (int64_t)label->valuedouble;
+  }
+  if (d->has_id) {
+    if (!cJSON_IsString(id) || strlen(id->valuestring) >= LS_DATASET_MAX_ID) {
+      ls_error("%s:%lld: \"id\" must be a string shorter than %d bytes", path, (long long)lineno,
+               LS_DATASET_MAX_ID);
+      goto done;
+    }
+    void *q = realloc(d->ids, (size_t)g->cap_n * LS_DATASET_MAX_ID);
+    if (!q) { ls_error("out of memory for ids"); goto done; }
+    d->ids = q;
+    memset(d->ids + (size_t)i * LS_DATASET_MAX_ID, 0, LS_DATASET_MAX_ID);
+    strcpy(d->ids + (size_t)i * LS_DATASET_MAX_ID, id->valuestring);
+  }
+  if (i == 0) d->offsets[0] = 0;
+  g->n_tok += len;
+  d->offsets[i + 1] = g->n_tok;
+  d->n = i + 1;
+  d->n_tokens = g->n_tok;
+  rc = LS_OK;
+done:
+  cJSON_Delete(o);
+  return rc;
+}
+
+int ls_dataset_load(const char *path, int vocab, int64_t max_len, ls_dataset_t *d) {
+  memset(d, 0, sizeof *d);
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    ls_error("%s: cannot open dataset: %s", path, strerror(errno));
+    return LS_ERR;
+  }
+  grow_t g = {0};
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t n;
+  int64_t lineno = 0;
+  int rc = LS_OK;
+  while ((n = getline(&line, &cap, f)) >= 0) {
+    lineno++;
+    if ((size_t)n != strlen(line)) {
+      ls_error("%s:%lld: line contains a NUL byte; is this a JSONL text file?", path,
+               (long long)lineno);
+      rc = LS_ERR;
+      break;
+    }
+    if (blank(line)) continue;
+    if (parse_line(path, lineno, line, vocab, max_len, d, &g) != LS_OK) {
+      rc = LS_ERR;
+      break;
+    }
+  }
+  if (rc == LS_OK && ferror(f)) {
+    ls_error("%s: read error: %s", path, strerror(errno));
+    rc = LS_ERR;
+  }
+  free(line);
+  fclose(f);
+  if (rc == LS_OK && d->n == 0) {
+    ls_error("%s: dataset is empty; expected one {\"input_ids\": [...]} object per line", path);
+    rc = LS_ERR;
+  }
+  if (rc != LS_OK) ls_dataset_free(d);
+  return rc;
+}
+
+void ls_dataset_free(ls_dataset_t *d) {
+  free(d->tokens);
+  free(d->offsets);
+  free(d->labels);
+  free(d->ids);
+  memset(d, 0, sizeof *d);
+}

@@ -1,0 +1,40 @@
+/* h5out.h: the parallel HDF5 output file. Every call is collective over the
+ * communicator the file was created with (all ranks call, with the same arguments
+ * except the rows they write). The sequence is always: fapl_mpio + collective
+ * metadata, create, per-rank hyperslab, collective dxpl, write, close every id. */
+#ifndef LS_H5OUT_H
+#define LS_H5OUT_H
+
+#include <hdf5.h>
+#include <mpi.h>
+#include <stdint.h>
+
+typedef struct {
+  hid_t file;
+  hid_t dxpl; /* collective transfer */
+  char path[4096];
+} ls_h5out_t;
+
+/* Create the file (refuses an existing one unless force). */
+int ls_h5out_create(ls_h5out_t *h, const char *path, MPI_Comm comm, int force);
+/* Open an existing file read-write (for --resume). */
+int ls_h5out_open(ls_h5out_t *h, const char *path, MPI_Comm comm);
+int ls_h5out_close(ls_h5out_t *h);
+int ls_h5out_flush(ls_h5out_t *h);
+
+/* Attributes on the object at obj_path ("/" for the root); created or overwritten. */
+int ls_h5out_attr_str(ls_h5out_t *h, const char *obj_path, const char *name, const char *v);
+int ls_h5out_attr_i64(ls_h5out_t *h, const char *obj_path, const char *name, const int64_t *v,
+                      int n);
+int ls_h5out_attr_f64(ls_h5out_t *h, const char *obj_path, const char *name, const double *v,
+                      int n);
+
+/* Create a dataset (intermediate groups created) of the given type and dims. */
+int ls_h5out_create_dataset(ls_h5out_t *h, const char *name, hid_t type, int rank,
+                            const hsize_t *dims);
+/* Write a block of a dataset: start/count per dimension (count may be all zero on
+ * ranks with nothing to write; they still take part). */
+int ls_h5out_write(ls_h5out_t *h, const char *name, hid_t mem_type, int rank,
+                   const hsize_t *start, const hsize_t *count, const void *buf);
+
+#endif

@@ -1,0 +1,290 @@
+/* ops_cpu.c: the CPU backend, float32 reference ops (see ops_cpu.h, backend.h).
+ * GEMMs go to OpenBLAS; everything else is row-local loops, parallel with OpenMP.
+ * Reductions run in a fixed order per row so results do not depend on batching. */
+#include "ops_cpu.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ls_common.h"
+
+/* ---- elementwise / row ops ----------------------------------------------------- */
+void ls_cpu_rmsnorm(float *out, const float *x, const float *w, int T, int H, float eps) {
+#pragma omp parallel for schedule(static)
+  for (int t = 0; t < T; t++) {
+    const float *xr = x + (size_t)t * H;
+    float *o = out + (size_t)t * H;
+    double ss = 0.0;
+    for (int i = 0; i < H; i++) ss += (double)xr[i] * xr[i];
+    float var = (float)(ss / H);
+    float r = 1.0f / sqrtf(var + eps);
+    for (int i = 0; i < H; i++) o[i] = w[i] * (xr[i] * r);
+  }
+}
+
+/* Row-parallel GEMM with a fixed row blocking. OpenBLAS's result for a row depends on
+ * how its kernel tiles the row dimension (remainder tiles accumulate in another order)
+ * and on how its own threads split the work. So rows are padded to LS_ROW_PAD (a
+ * multiple of every x86 sgemm unroll) and split into LS_ROW_PAD-aligned blocks, one
+ * per OpenMP thread, each a single-threaded sgemm: a row's result is then the same
+ * for any batch composition, thread count or rank count. */
+void ls_cpu_matmul(float *y, const float *x, const float *W, const float *b, int T, int n_in,
+                   int n_out) {
+  if (T <= 0) return;
+  const int Tp = ls_round_rows(T);
+#pragma omp parallel
+  {
+    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int blocks = Tp / LS_ROW_PAD;
+    const int r0 = (int)((long)blocks * t / nt) * LS_ROW_PAD;
+    const int r1 = (int)((long)blocks * (t + 1) / nt) * LS_ROW_PAD;
+    if (r1 > r0)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, n_out, n_in, 1.0f,
+                  x + (size_t)r0 * n_in, n_in, W, n_in, 0.0f, y + (size_t)r0 * n_out, n_out);
+    if (b) {
+      const int e = r1 < T ? r1 : T;
+      for (int r = r0; r < e; r++) {
+        float *yr = y + (size_t)r * n_out;
+        for (int j = 0; j < n_out; j++) yr[j] += b[j];
+      }
+    }
+  }
+}
+
+void ls_cpu_rope(float *x, const int32_t *pos, const float *cos_tab, const float *sin_tab,
+                 int T, int n_heads, int head_dim) {
+  const int half = head_dim / 2;
+#pragma omp parallel for schedule(static)
+  for (int t = 0; t < T; t++) {
+    const float *c = cos_tab + (size_t)pos[t] * half;
+    const float *s = sin_tab + (size_t)pos[t] * half;
+    for (int h = 0; h < n_heads; h++) {
+      float *v = x + ((size_t)t * n_heads + h) * head_dim;
+      for (int i = 0; i < half; i++) {
+        float x1 = v[i], x2 = v[i + half];
+        v[i] = x1 * c[i] - x2 * s[i];
+        v[i + half] = x2 * c[i] + x1 * s[i];
+      }
+    }
+  }
+}
+
+void ls_cpu_swiglu(float *gate, const float *up, size_t n) {
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; i++) {
+    float g = gate[i];
+    gate[i] = (g / (1.0f + expf(-g))) * up[i];
+  }
+}
+
+void ls_cpu_add(float *y, const float *x, size_t n) {
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+/* ---- attention ------------------------------------------------------------------ */
+static inline float dot(const float *a, const float *b, int n) {
+  float acc[8] = {0};
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; l++) acc[l] += a[i + l] * b[i + l];
+  float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i < n; i++) s += a[i] * b[i];
+  return s;
+}
+
+/* One (sequence, head): rows [s0, s1) of q; keys/values from kv head kh. */
+static void attend_one(float *out, const float *q, const float *k, const float *v, int s0,
+                       int s1, int h, int kh, int n_heads, int n_kv, int hd, int window,
+                       float *p) {
+  const size_t qs = (size_t)n_heads * hd, ks = (size_t)n_kv * hd;
+  const float scale = 1.0f / sqrtf((float)hd);
+  for (int i = s0; i < s1; i++) {
+    const float *qi = q + (size_t)i * qs + (size_t)h * hd;
+    int j0 = s0;
+    if (window > 0 && i - window + 1 > j0) j0 = i - window + 1;
+    float m = -INFINITY;
+    for (int j = j0; j <= i; j++) {
+      float sc = dot(qi, k + (size_t)j * ks + (size_t)kh * hd, hd) * scale;
+      p[j - j0] = sc;
+      if (sc > m) m = sc;
+    }
+    float sum = 0.0f;
+    for (int j = 0; j <= i - j0; j++) {
+      p[j] = expf(p[j] - m);
+      sum += p[j];
+    }
+    float inv = 1.0f / sum;
+    float *o = out + (size_t)i * qs + (size_t)h * hd;
+    for (int d = 0; d < hd; d++) o[d] = 0.0f;
+    for (int j = j0; j <= i; j++) {
+      const float w = p[j - j0] * inv;
+      const float *vj = v + (size_t)j * ks + (size_t)kh * hd;
+      for (int d = 0; d < hd; d++) o[d] += w * vj[d];
+    }
+  }
+}
+
+void ls_cpu_attention(float *out, const float *q, const float *k, const float *v,
+                      const int32_t *seq_start, int n_seq, int n_heads, int n_kv_heads,
+                      int head_dim, int window, float *scratch, int max_seq) {
+  const int group = n_heads / n_kv_heads;
+  const long n_tasks = (long)n_seq * n_heads;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (long task = 0; task < n_tasks; task++) {
+    int s = (int)(task / n_heads), h = (int)(task % n_heads);
+    float *p = scratch + (size_t)omp_get_thread_num() * (size_t)max_seq;
+    attend_one(out, q, k, v, seq_start[s], seq_start[s + 1], h, h / group, n_heads,
+               n_kv_heads, head_dim, window, p);
+  }
+}
+
+/* ---- pooling -------------------------------------------------------------------- */
+void ls_cpu_pool(float *pooled, const float *x, const int32_t *seq_start,
+                 const int32_t *seq_len, int n_seq, int H, ls_pool_t mode) {
+  if (mode == LS_POOL_NONE) {
+    size_t row = 0;
+    for (int s = 0; s < n_seq; s++) {
+      memcpy(pooled + row * H, x + (size_t)seq_start[s] * H, (size_t)seq_len[s] * H * sizeof(float));
+      row += (size_t)seq_len[s];
+    }
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int s = 0; s < n_seq; s++) {
+    float *o = pooled + (size_t)s * H;
+    int a = seq_start[s], b = seq_start[s] + seq_len[s];
+    if (mode == LS_POOL_LAST) {
+      memcpy(o, x + (size_t)(b - 1) * H, (size_t)H * sizeof(float));
+      continue;
+    }
+    for (int i = 0; i < H; i++) {
+      double acc = 0.0;
+      for (int t = a; t < b; t++) acc += x[(size_t)t * H + i];
+      o[i] = (float)(acc / (b - a));
+    }
+  }
+}
+
+/* ---- row alignment probe ------------------------------------------------------------ */
+/* OpenBLAS's sgemm micro-kernels do not compute every row of a register tile in the
+ * same order (on Haswell/Zen a row's result depends on its index mod 12). Find the
+ * smallest alignment a such that shifting the rows by any multiple of a inside a
+ * LS_ROW_PAD block leaves every row's result bit-identical. */
+int ls_cpu_probe_row_align(void) {
+  enum { K = 96, N = 40, M = 2 * LS_ROW_PAD, EXTRA = LS_ROW_PAD };
+  static const int cand[] = {1, 2, 3, 4, 6, 8, 12, 16, 24};
+  float *a = malloc(sizeof(float) * (M + EXTRA) * K), *b = malloc(sizeof(float) * N * K);
+  float *c0 = malloc(sizeof(float) * (M + EXTRA) * N), *c1 = malloc(sizeof(float) * M * N);
+  int align = LS_ROW_PAD;
+  if (!a || !b || !c0 || !c1) goto done;
+  uint32_t st = 12345;
+  for (int i = 0; i < (M + EXTRA) * K; i++) a[i] = (float)((st = st * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f;
+  for (int i = 0; i < N * K; i++) b[i] = (float)((st = st * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M + EXTRA, N, K, 1.0f, a, K, b, K, 0.0f, c0, N);
+  for (size_t ci = 0; ci < sizeof cand / sizeof cand[0]; ci++) {
+    int ok = 1;
+    for (int shift = cand[ci]; shift < LS_ROW_PAD && ok; shift += cand[ci]) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, a + (size_t)shift * K,
+                  K, b, K, 0.0f, c1, N);
+      ok = memcmp(c1, c0 + (size_t)shift * N, sizeof(float) * M * N) == 0;
+    }
+    if (ok) { align = cand[ci]; break; }
+  }
+done:
+  free(a); free(b); free(c0); free(c1);
+  return align;
+}
+
+/* ---- the backend table ------------------------------------------------------------ */
+typedef struct {
+  int threads, max_seq;
+  float *scratch; /* (threads, max_seq) attention probabilities */
+} cpu_ctx_t;
+
+static void *cpu_alloc(ls_backend_t *be, size_t bytes, const char *what) {
+  void *p = ls_aligned_alloc(bytes, what);
+  if (p) memset(p, 0, bytes); /* padded GEMM rows are read: keep them defined */
+  return p;
+}
+static void cpu_free(ls_backend_t *be, void *p) { free(p); }
+static int cpu_copy(ls_backend_t *be, void *dst, const void *src, size_t bytes) {
+  if (bytes) memcpy(dst, src, bytes);
+  return LS_OK;
+}
+static int cpu_load_weight(ls_backend_t *be, float *dst, const void *src, ls_dtype_t dt,
+                           size_t n) {
+  ls_convert_to_f32(dst, src, dt, n);
+  return LS_OK;
+}
+static void cpu_rmsnorm(ls_backend_t *be, float *out, const float *x, const float *w, int T,
+                        int H, float eps) {
+  ls_cpu_rmsnorm(out, x, w, T, H, eps);
+}
+static void cpu_matmul(ls_backend_t *be, float *y, const float *x, const float *W,
+                       const float *b, int T, int n_in, int n_out) {
+  ls_cpu_matmul(y, x, W, b, T, n_in, n_out);
+}
+static void cpu_rope(ls_backend_t *be, float *x, const int32_t *pos, const float *c,
+                     const float *s, int T, int n_heads, int head_dim) {
+  ls_cpu_rope(x, pos, c, s, T, n_heads, head_dim);
+}
+static void cpu_attention(ls_backend_t *be, float *out, const float *q, const float *k,
+                          const float *v, const int32_t *seq_start, int n_seq, int n_heads,
+                          int n_kv, int hd, int window) {
+  cpu_ctx_t *c = be->ctx;
+  ls_cpu_attention(out, q, k, v, seq_start, n_seq, n_heads, n_kv, hd, window, c->scratch,
+                   c->max_seq);
+}
+static void cpu_swiglu(ls_backend_t *be, float *gate, const float *up, size_t n) {
+  ls_cpu_swiglu(gate, up, n);
+}
+static void cpu_add(ls_backend_t *be, float *y, const float *x, size_t n) { ls_cpu_add(y, x, n); }
+static void cpu_pool(ls_backend_t *be, float *pooled, const float *x, const int32_t *seq_start,
+                     const int32_t *seq_len, int n_seq, int H, ls_pool_t mode) {
+  ls_cpu_pool(pooled, x, seq_start, seq_len, n_seq, H, mode);
+}
+static void cpu_destroy(ls_backend_t *be) {
+  cpu_ctx_t *c = be->ctx;
+  free(c->scratch);
+  free(c);
+  free(be);
+}
+
+static const ls_backend_iface_t cpu_iface = {
+    .name = "cpu",
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .to_device = cpu_copy,
+    .to_host = cpu_copy,
+    .load_weight = cpu_load_weight,
+    .rmsnorm = cpu_rmsnorm,
+    .matmul = cpu_matmul,
+    .rope = cpu_rope,
+    .attention = cpu_attention,
+    .swiglu = cpu_swiglu,
+    .add = cpu_add,
+    .pool = cpu_pool,
+    .sync = NULL,
+    .destroy = cpu_destroy,
+};
+
+ls_backend_t *ls_backend_cpu_new(int threads, int max_seq) {
+  if (threads > 0) omp_set_num_threads(threads);
+  openblas_set_num_threads(1); /* threads come from OpenMP, see ls_cpu_matmul */
+  ls_backend_t *be = ls_calloc(1, sizeof *be, "cpu backend");
+  cpu_ctx_t *c = ls_calloc(1, sizeof *c, "cpu backend");
+  if (!be || !c) { free(be); free(c); return NULL; }
+  c->threads = omp_get_max_threads();
+  c->max_seq = max_seq > 0 ? max_seq : 1;
+  c->scratch = ls_aligned_alloc((size_t)c->threads * c->max_seq * sizeof(float),
+                                "attention scratch");
+  if (!c->scratch) { free(be); free(c); return NULL; }
+  be->iface = &cpu_iface;
+  be->ctx = c;
+  be->row_align = ls_cpu_probe_row_align();
+  return be;
+}

@@ -1,0 +1,30 @@
+/* ops_cpu.h: float32 reference ops of the CPU backend (OpenBLAS GEMMs, OpenMP for
+ * the rest). Exposed so tests can call each op directly against naive versions. */
+#ifndef LS_OPS_CPU_H
+#define LS_OPS_CPU_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+
+void ls_cpu_rmsnorm(float *out, const float *x, const float *w, int T, int H, float eps);
+/* y (T, n_out) = x (T, n_in) @ W^T + b. x and y must have room for ls_round_rows(T) rows:
+ * padding rows are computed and ignored (see ops_cpu.c). */
+void ls_cpu_matmul(float *y, const float *x, const float *W, const float *b, int T, int n_in,
+                   int n_out);
+void ls_cpu_rope(float *x, const int32_t *pos, const float *cos_tab, const float *sin_tab,
+                 int T, int n_heads, int head_dim);
+/* scratch: (threads, max_seq) floats */
+void ls_cpu_attention(float *out, const float *q, const float *k, const float *v,
+                      const int32_t *seq_start, int n_seq, int n_heads, int n_kv_heads,
+                      int head_dim, int window, float *scratch, int max_seq);
+void ls_cpu_swiglu(float *gate, const float *up, size_t n);
+void ls_cpu_add(float *y, const float *x, size_t n);
+void ls_cpu_pool(float *pooled, const float *x, const int32_t *seq_start,
+                 const int32_t *seq_len, int n_seq, int H, ls_pool_t mode);
+/* Smallest row alignment at which OpenBLAS sgemm gives a row the same result wherever
+ * it sits in the call (measured once; see ops_cpu.c). */
+int ls_cpu_probe_row_align(void);
+
+#endif

@@ -1,0 +1,47 @@
+/* config.h: the model description layersweep runs, parsed and validated from a
+ * Hugging Face config.json (Llama, Mistral and Qwen2 families). The struct is plain
+ * old data so it can be broadcast as bytes to every rank. */
+#ifndef LS_CONFIG_H
+#define LS_CONFIG_H
+
+typedef enum { LS_ARCH_LLAMA = 0, LS_ARCH_MISTRAL = 1, LS_ARCH_QWEN2 = 2 } ls_arch_t;
+typedef enum { LS_ROPE_DEFAULT = 0, LS_ROPE_LINEAR = 1, LS_ROPE_LLAMA3 = 2 } ls_rope_t;
+
+typedef struct {
+  ls_arch_t arch;
+  char arch_name[64];     /* e.g. "LlamaForCausalLM" */
+  int hidden;             /* hidden_size */
+  int intermediate;       /* intermediate_size */
+  int n_layers;           /* num_hidden_layers */
+  int n_heads;            /* num_attention_heads */
+  int n_kv_heads;         /* num_key_value_heads (GQA); = n_heads when absent */
+  int head_dim;           /* explicit head_dim or hidden / n_heads */
+  int vocab;              /* vocab_size */
+  int max_pos;            /* max_position_embeddings (0 = unknown) */
+  double rms_eps;         /* rms_norm_eps */
+  double rope_theta;
+  ls_rope_t rope_type;
+  double rope_factor;     /* linear / llama3 */
+  double rope_low_freq_factor, rope_high_freq_factor; /* llama3 */
+  int rope_orig_max_pos;  /* llama3 original_max_position_embeddings */
+  int sliding_window;     /* 0 = full causal attention */
+  int qkv_bias;           /* q/k/v projections have biases (Qwen2, Llama attention_bias) */
+  int o_bias;             /* o_proj has a bias (Llama attention_bias) */
+  int mlp_bias;           /* gate/up/down have biases (Llama mlp_bias) */
+  int tie_embeddings;     /* tie_word_embeddings (no effect on activations) */
+} ls_config_t;
+
+/* Parse config.json text; `path` is used in messages. Returns 0 or -1 after one
+ * error line naming the file and the key. */
+int ls_config_parse(const char *json, const char *path, ls_config_t *cfg);
+/* Read and parse dir/config.json. */
+int ls_config_load(const char *dir, ls_config_t *cfg);
+
+/* RoPE inverse frequencies (head_dim / 2 floats), computed in float32 the way
+ * transformers does (including linear and llama3 scaling). */
+void ls_config_rope_inv_freq(const ls_config_t *cfg, float *inv_freq);
+
+/* Model GEMM flops per token per layer (2 * multiply-adds of the projections). */
+double ls_config_gemm_flops_per_token(const ls_config_t *cfg);
+
+#endif

@@ -1,0 +1,112 @@
+/* ls_common.c: error reporting and small helpers (see ls_common.h). */
+#include "ls_common.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+static int g_rank = 0, g_size = 1, g_quiet = 0;
+
+void ls_log_set_rank(int rank, int size) { g_rank = rank; g_size = size; }
+void ls_error_set_quiet(int quiet) { g_quiet = quiet; }
+
+static void vlog(const char *kind, const char *fmt, va_list ap) {
+  char msg[2048];
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  if (g_size > 1)
+    fprintf(stderr, "layersweep[rank %d]: %s%s\n", g_rank, kind, msg);
+  else
+    fprintf(stderr, "layersweep: %s%s\n", kind, msg);
+  fflush(stderr);
+}
+
+void ls_error(const char *fmt, ...) {
+  if (g_quiet) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vlog("error: ", fmt, ap);
+  va_end(ap);
+}
+
+void ls_warn(const char *fmt, ...) {
+  if (g_rank != 0) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vlog("warning: ", fmt, ap);
+  va_end(ap);
+}
+
+void ls_info(const char *fmt, ...) {
+  if (g_rank != 0) return;
+  va_list ap;
+  va_start(ap, fmt);
+  char msg[2048];
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "%s\n", msg);
+  fflush(stderr);
+}
+
+void *ls_malloc(size_t bytes, const char *what) {
+  void *p = malloc(bytes ? bytes : 1);
+  if (!p) ls_error("out of memory allocating %zu bytes for %s", bytes, what);
+  return p;
+}
+
+void *ls_calloc(size_t n, size_t size, const char *what) {
+  void *p = calloc(n ? n : 1, size ? size : 1);
+  if (!p) ls_error("out of memory allocating %zu x %zu bytes for %s", n, size, what);
+  return p;
+}
+
+void *ls_aligned_alloc(size_t bytes, const char *what) {
+  void *p = NULL;
+  if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) {
+    ls_error("out of memory allocating %zu bytes for %s", bytes, what);
+    return NULL;
+  }
+  return p;
+}
+
+double ls_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+char *ls_read_text_file(const char *path, size_t max_bytes, size_t *len_out) {
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    ls_error("%s: cannot open: %s", path, strerror(errno));
+    return NULL;
+  }
+  struct stat st;
+  if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+    ls_error("%s: not a regular file", path);
+    fclose(f);
+    return NULL;
+  }
+  if ((uint64_t)st.st_size > max_bytes) {
+    ls_error("%s: file is %lld bytes, larger than the %zu accepted; is this the right file?",
+             path, (long long)st.st_size, max_bytes);
+    fclose(f);
+    return NULL;
+  }
+  size_t n = (size_t)st.st_size;
+  char *buf = ls_malloc(n + 1, path);
+  if (!buf) { fclose(f); return NULL; }
+  if (n && fread(buf, 1, n, f) != n) {
+    ls_error("%s: read failed: %s", path, strerror(errno));
+    free(buf);
+    fclose(f);
+    return NULL;
+  }
+  fclose(f);
+  buf[n] = '\0';
+  if (len_out) *len_out = n;
+  return buf;
+}

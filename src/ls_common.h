@@ -1,0 +1,51 @@
+/* ls_common.h: error reporting, small helpers and checked-call macros shared by
+ * every layersweep module. Library code returns LS_OK / LS_ERR and reports the
+ * failure once, at the point where it is understood, with ls_error(). */
+#ifndef LS_COMMON_H
+#define LS_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define LS_OK 0
+#define LS_ERR (-1)
+
+#define LS_VERSION "0.1.0"
+
+/* Print one line "layersweep: error: <msg>" on stderr (rank prefix when the job has
+ * more than one rank). The message should name the file / line / tensor involved
+ * and say what to do. Suppressed on ranks where ls_error_set_quiet(1) was called. */
+void ls_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void ls_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Informational line on stderr, printed by rank 0 only. */
+void ls_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void ls_log_set_rank(int rank, int size);
+void ls_error_set_quiet(int quiet);
+
+/* Allocation that reports what it was for; returns NULL (after ls_error) on failure. */
+void *ls_malloc(size_t bytes, const char *what);
+void *ls_calloc(size_t n, size_t size, const char *what);
+/* 64-byte aligned allocation (free with free()). */
+void *ls_aligned_alloc(size_t bytes, const char *what);
+
+/* Overflow-checked arithmetic: return 1 on overflow. */
+static inline int ls_mul_overflow_u64(uint64_t a, uint64_t b, uint64_t *out) {
+  return __builtin_mul_overflow(a, b, out);
+}
+static inline int ls_add_overflow_u64(uint64_t a, uint64_t b, uint64_t *out) {
+  return __builtin_add_overflow(a, b, out);
+}
+
+/* Monotonic wall clock in seconds. */
+double ls_now(void);
+
+/* Read a whole (small) text file; returns malloc'd NUL-terminated buffer or NULL after
+ * ls_error naming the file. max_bytes caps the size accepted. */
+char *ls_read_text_file(const char *path, size_t max_bytes, size_t *len_out);
+
+#define LS_CHECK(call)                                                        \
+  do {                                                                        \
+    if ((call) != LS_OK) return LS_ERR;                                       \
+  } while (0)
+
+#endif

@@ -1,0 +1,313 @@
+/* main.c: the layersweep command line. Thin: parses options, starts MPI (a binary
+ * started without mpirun is a one-rank job) and calls the library entry points. */
+#include <getopt.h>
+#include <limits.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ls_common.h"
+#include "make_model.h"
+#include "sweep.h"
+
+static const char *usage_main =
+    "usage: layersweep <command> [options]\n"
+    "\n"
+    "Extract transformer activations layer by layer: each layer's weights are read once\n"
+    "and the whole dataset streams through it.\n"
+    "\n"
+    "commands:\n"
+    "  run          run a sweep: model directory + JSONL prompts -> HDF5 activations\n"
+    "  plan         print the plan of a sweep (sharding, memory, output size) and stop\n"
+    "  make-model   write a random Llama/Mistral/Qwen2-family model directory\n"
+    "  make-data    write a random JSONL dataset of token ids\n"
+    "  --version    print the version\n"
+    "\n"
+    "Run `layersweep <command> --help` for the options of each command.\n";
+
+static const char *usage_run =
+    "usage: layersweep run --model DIR --data FILE --out FILE [options]\n"
+    "       mpirun -np P layersweep run ...   (same file as one rank)\n"
+    "\n"
+    "  --model DIR               Hugging Face model directory (config.json + safetensors,\n"
+    "                            single file or sharded with model.safetensors.index.json)\n"
+    "  --data FILE               JSONL, one prompt per line: {\"input_ids\": [..],\n"
+    "                            \"label\": int (optional), \"id\": \"str\" (optional)}\n"
+    "  --out FILE                HDF5 output file (refused if it exists, see --force)\n"
+    "  --hooks LIST              residual_pre,attn_out,mlp_out,residual_post,final_norm or all\n"
+    "                            (default: residual_post)\n"
+    "  --layers SPEC             all, or a list such as 0,4,8-11 or -1 (negative counts from\n"
+    "                            the end) (default: all)\n"
+    "  --pool MODE               last_token, mean or none (raw tokens) (default: last_token)\n"
+    "  --microbatch-tokens N     tokens per packed microbatch (default: 4096)\n"
+    "  --threads N               CPU threads per rank (default: cores / ranks on the node)\n"
+    "  --allow-long-prompts      accept prompts longer than max_position_embeddings\n"
+    "  --force                   overwrite an existing output file\n"
+    "  --progress MODE           auto, lines or off (default: auto: a bar on a terminal)\n"
+    "  --help                    this text\n";
+
+static const char *usage_make_model =
+    "usage: layersweep make-model --out DIR [options]\n"
+    "\n"
+    "  --out DIR             directory to write (created; refused if it holds a model)\n"
+    "  --arch A              llama, mistral or qwen2 (default: llama)\n"
+    "  --hidden N            hidden_size (default: 256)\n"
+    "  --intermediate N      intermediate_size (default: 688)\n"
+    "  --layers N            num_hidden_layers (default: 4)\n"
+    "  --heads N             num_attention_heads (default: 8)\n"
+    "  --kv-heads N          num_key_value_heads (default: 4)\n"
+    "  --head-dim N          head_dim (default: hidden / heads)\n"
+    "  --vocab N             vocab_size (default: 1024)\n"
+    "  --max-pos N           max_position_embeddings (default: 4096)\n"
+    "  --dtype D             bf16, f16 or f32 (default: bf16)\n"
+    "  --shards N            safetensors shards (default: 1; >1 writes an index)\n"
+    "  --seed N              random seed (default: 1234)\n"
+    "  --rope-theta X        rope_theta (default: 10000)\n"
+    "  --init-std X          weight standard deviation (default: 0.02)\n"
+    "  --sliding-window N    Mistral sliding_window (default: none)\n"
+    "  --tie                 tie_word_embeddings (no lm_head tensor)\n"
+    "  --force               overwrite an existing model directory\n";
+
+static const char *usage_make_data =
+    "usage: layersweep make-data --out FILE [options]\n"
+    "\n"
+    "  --out FILE        JSONL file to write\n"
+    "  --n N             prompts (default: 256)\n"
+    "  --min-len N       shortest prompt in tokens (default: 16)\n"
+    "  --max-len N       longest prompt in tokens (default: 128)\n"
+    "  --vocab N         token ids are drawn from [0, N) (default: 1024)\n"
+    "  --seed N          random seed (default: 1)\n"
+    "  --no-labels       omit the \"label\" field\n"
+    "  --force           overwrite an existing file\n";
+
+/* ---- option parsing helpers ----------------------------------------------------------- */
+static int parse_long(const char *opt, const char *s, long lo, long hi, long *out) {
+  char *end;
+  long v = strtol(s, &end, 10);
+  if (!*s || *end || v < lo || v > hi) {
+    ls_error("%s: expected an integer in [%ld, %ld], got \"%s\"", opt, lo, hi, s);
+    return LS_ERR;
+  }
+  *out = v;
+  return LS_OK;
+}
+
+static int parse_double(const char *opt, const char *s, double *out) {
+  char *end;
+  double v = strtod(s, &end);
+  if (!*s || *end) {
+    ls_error("%s: expected a number, got \"%s\"", opt, s);
+    return LS_ERR;
+  }
+  *out = v;
+  return LS_OK;
+}
+
+static void join_argv(int argc, char **argv, char *buf, size_t cap) {
+  size_t o = 0;
+  buf[0] = '\0';
+  for (int i = 0; i < argc && o + 1 < cap; i++)
+    o += (size_t)snprintf(buf + o, cap - o, "%s%s", i ? " " : "", argv[i]);
+}
+
+/* ---- commands ---------------------------------------------------------------------------- */
+enum { O_MODEL = 256, O_DATA, O_OUT, O_HOOKS, O_LAYERS, O_POOL, O_MB, O_THREADS, O_LONG,
+       O_FORCE, O_PROGRESS, O_HELP };
+
+static int cmd_run(int argc, char **argv, int plan_only) {
+  static const struct option opts[] = {
+      {"model", required_argument, 0, O_MODEL},   {"data", required_argument, 0, O_DATA},
+      {"out", required_argument, 0, O_OUT},       {"hooks", required_argument, 0, O_HOOKS},
+      {"layers", required_argument, 0, O_LAYERS}, {"pool", required_argument, 0, O_POOL},
+      {"microbatch-tokens", required_argument, 0, O_MB},
+      {"threads", required_argument, 0, O_THREADS},
+      {"allow-long-prompts", no_argument, 0, O_LONG}, {"force", no_argument, 0, O_FORCE},
+      {"progress", required_argument, 0, O_PROGRESS}, {"help", no_argument, 0, O_HELP},
+      {0, 0, 0, 0}};
+  ls_run_opts_t o;
+  ls_run_opts_default(&o);
+  o.plan_only = plan_only;
+  static char command[8192];
+  join_argv(argc + 1, argv - 1, command, sizeof command);
+  o.command = command;
+  int c, rank;
+  long v;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  ls_error_set_quiet(rank != 0);
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    switch (c) {
+      case O_MODEL: o.model_dir = optarg; break;
+      case O_DATA: o.data_path = optarg; break;
+      case O_OUT: o.out_path = optarg; break;
+      case O_HOOKS: o.hooks = optarg; break;
+      case O_LAYERS: o.layers = optarg; break;
+      case O_POOL: o.pool = optarg; break;
+      case O_MB:
+        if (parse_long("--microbatch-tokens", optarg, 1, INT_MAX / 2, &v)) return 2;
+        o.microbatch_tokens = v;
+        break;
+      case O_THREADS:
+        if (parse_long("--threads", optarg, 1, 4096, &v)) return 2;
+        o.threads = (int)v;
+        break;
+      case O_LONG: o.allow_long_prompts = 1; break;
+      case O_FORCE: o.force = 1; break;
+      case O_PROGRESS:
+        if (strcmp(optarg, "auto") == 0) o.progress = -1;
+        else if (strcmp(optarg, "lines") == 0) o.progress = 1;
+        else if (strcmp(optarg, "off") == 0) o.progress = 0;
+        else { ls_error("--progress: choose auto, lines or off"); return 2; }
+        break;
+      case O_HELP:
+        if (rank == 0) fputs(usage_run, stdout);
+        return 0;
+      default:
+        ls_error("%s: unknown or incomplete option; see `layersweep %s --help`",
+                 argv[optind - 1], plan_only ? "plan" : "run");
+        return 2;
+    }
+  }
+  if (optind < argc) {
+    ls_error("unexpected argument \"%s\"; see `layersweep %s --help`", argv[optind],
+             plan_only ? "plan" : "run");
+    return 2;
+  }
+  if (!o.model_dir || !o.data_path || (!o.out_path && !plan_only)) {
+    ls_error("%s needs --model DIR, --data FILE%s; see `layersweep %s --help`",
+             plan_only ? "plan" : "run", plan_only ? "" : " and --out FILE",
+             plan_only ? "plan" : "run");
+    return 2;
+  }
+  if (!o.out_path) o.out_path = "";
+  ls_error_set_quiet(0);
+  return ls_sweep_run(&o, MPI_COMM_WORLD) == LS_OK ? 0 : 1;
+}
+
+static int cmd_make_model(int argc, char **argv) {
+  enum { M_OUT = 300, M_ARCH, M_HIDDEN, M_INTER, M_LAYERS, M_HEADS, M_KV, M_HD, M_VOCAB, M_MAXPOS,
+         M_DTYPE, M_SHARDS, M_SEED, M_THETA, M_STD, M_WINDOW, M_TIE, M_FORCE, M_HELP };
+  static const struct option opts[] = {
+      {"out", required_argument, 0, M_OUT},        {"arch", required_argument, 0, M_ARCH},
+      {"hidden", required_argument, 0, M_HIDDEN},  {"intermediate", required_argument, 0, M_INTER},
+      {"layers", required_argument, 0, M_LAYERS},  {"heads", required_argument, 0, M_HEADS},
+      {"kv-heads", required_argument, 0, M_KV},    {"head-dim", required_argument, 0, M_HD},
+      {"vocab", required_argument, 0, M_VOCAB},    {"max-pos", required_argument, 0, M_MAXPOS},
+      {"dtype", required_argument, 0, M_DTYPE},    {"shards", required_argument, 0, M_SHARDS},
+      {"seed", required_argument, 0, M_SEED},      {"rope-theta", required_argument, 0, M_THETA},
+      {"init-std", required_argument, 0, M_STD},   {"sliding-window", required_argument, 0, M_WINDOW},
+      {"tie", no_argument, 0, M_TIE},              {"force", no_argument, 0, M_FORCE},
+      {"help", no_argument, 0, M_HELP},            {0, 0, 0, 0}};
+  ls_make_model_opts_t o;
+  ls_make_model_default(&o);
+  int c;
+  long v;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    int *field = NULL;
+    long lo = 1, hi = 1 << 24;
+    switch (c) {
+      case M_OUT: o.out_dir = optarg; continue;
+      case M_ARCH: o.arch = optarg; continue;
+      case M_DTYPE: o.dtype = optarg; continue;
+      case M_TIE: o.tie_embeddings = 1; continue;
+      case M_FORCE: o.force = 1; continue;
+      case M_HELP: fputs(usage_make_model, stdout); return 0;
+      case M_SEED:
+        if (parse_long("--seed", optarg, 0, LONG_MAX, &v)) return 2;
+        o.seed = (uint64_t)v;
+        continue;
+      case M_THETA: if (parse_double("--rope-theta", optarg, &o.rope_theta)) return 2; continue;
+      case M_STD: if (parse_double("--init-std", optarg, &o.init_std)) return 2; continue;
+      case M_HIDDEN: field = &o.hidden; break;
+      case M_INTER: field = &o.intermediate; break;
+      case M_LAYERS: field = &o.n_layers; hi = 100000; break;
+      case M_HEADS: field = &o.n_heads; hi = 65536; break;
+      case M_KV: field = &o.n_kv_heads; hi = 65536; break;
+      case M_HD: field = &o.head_dim; hi = 65536; break;
+      case M_VOCAB: field = &o.vocab; hi = 1 << 30; break;
+      case M_MAXPOS: field = &o.max_pos; hi = INT_MAX; break;
+      case M_SHARDS: field = &o.shards; hi = 99999; break;
+      case M_WINDOW: field = &o.sliding_window; hi = INT_MAX; break;
+      default:
+        ls_error("%s: unknown or incomplete option; see `layersweep make-model --help`",
+                 argv[optind - 1]);
+        return 2;
+    }
+    if (parse_long(opts[c - M_OUT].name, optarg, lo, hi, &v)) return 2;
+    *field = (int)v;
+  }
+  if (optind < argc) {
+    ls_error("unexpected argument \"%s\"; see `layersweep make-model --help`", argv[optind]);
+    return 2;
+  }
+  return ls_make_model(&o) == LS_OK ? 0 : 1;
+}
+
+static int cmd_make_data(int argc, char **argv) {
+  enum { D_OUT = 400, D_N, D_MIN, D_MAX, D_VOCAB, D_SEED, D_NOLABEL, D_FORCE, D_HELP };
+  static const struct option opts[] = {
+      {"out", required_argument, 0, D_OUT},     {"n", required_argument, 0, D_N},
+      {"min-len", required_argument, 0, D_MIN}, {"max-len", required_argument, 0, D_MAX},
+      {"vocab", required_argument, 0, D_VOCAB}, {"seed", required_argument, 0, D_SEED},
+      {"no-labels", no_argument, 0, D_NOLABEL}, {"force", no_argument, 0, D_FORCE},
+      {"help", no_argument, 0, D_HELP},         {0, 0, 0, 0}};
+  ls_make_data_opts_t o;
+  ls_make_data_default(&o);
+  int c;
+  long v;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    switch (c) {
+      case D_OUT: o.out_path = optarg; break;
+      case D_N: if (parse_long("--n", optarg, 1, LONG_MAX, &v)) return 2; o.n = v; break;
+      case D_MIN: if (parse_long("--min-len", optarg, 1, INT_MAX, &v)) return 2; o.min_len = (int)v; break;
+      case D_MAX: if (parse_long("--max-len", optarg, 1, INT_MAX, &v)) return 2; o.max_len = (int)v; break;
+      case D_VOCAB: if (parse_long("--vocab", optarg, 1, INT_MAX, &v)) return 2; o.vocab = (int)v; break;
+      case D_SEED: if (parse_long("--seed", optarg, 0, LONG_MAX, &v)) return 2; o.seed = (uint64_t)v; break;
+      case D_NOLABEL: o.labels = 0; break;
+      case D_FORCE: o.force = 1; break;
+      case D_HELP: fputs(usage_make_data, stdout); return 0;
+      default:
+        ls_error("%s: unknown or incomplete option; see `layersweep make-data --help`",
+                 argv[optind - 1]);
+        return 2;
+    }
+  }
+  if (optind < argc) {
+    ls_error("unexpected argument \"%s\"; see `layersweep make-data --help`", argv[optind]);
+    return 2;
+  }
+  return ls_make_data(&o) == LS_OK ? 0 : 1;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+    fputs(usage_main, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  if (strcmp(argv[1], "--version") == 0) {
+    printf("layersweep %s\n", LS_VERSION);
+    return 0;
+  }
+  const char *cmd = argv[1];
+  if (strcmp(cmd, "make-model") == 0) return cmd_make_model(argc - 1, argv + 1);
+  if (strcmp(cmd, "make-data") == 0) return cmd_make_data(argc - 1, argv + 1);
+  if (strcmp(cmd, "run") != 0 && strcmp(cmd, "plan") != 0) {
+    fprintf(stderr, "layersweep: error: unknown command \"%s\"; run `layersweep --help`\n", cmd);
+    return 2;
+  }
+  int provided;
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+  if (provided < MPI_THREAD_FUNNELED) {
+    fprintf(stderr, "layersweep: error: the MPI library does not provide MPI_THREAD_FUNNELED\n");
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
+  int rc = cmd_run(argc - 1, argv + 1, strcmp(cmd, "plan") == 0);
+  /* a failure on one rank is a failure of the job: agree on the exit status */
+  int worst = rc;
+  MPI_Allreduce(&rc, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  MPI_Finalize();
+  return worst;
+}

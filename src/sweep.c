@@ -1,0 +1,843 @@
+/* sweep.c: the layer-outer sweep (see sweep.h and shared/DESIGN.md).
+ *
+ * Every rank holds a contiguous, token-balanced shard of the prompts and its
+ * residual stream (T_rank, H). Weights come through the pipeline of weights.c (rank
+ * 0 reads, everyone receives by broadcast); each layer is converted once and the
+ * whole shard is streamed through it in packed microbatches. Pooled hook outputs
+ * are written collectively into one HDF5 file at the end of each layer. */
+#include "sweep.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "block.h"
+#include "comm.h"
+#include "dataset.h"
+#include "h5out.h"
+#include "hooks.h"
+#include "ls_common.h"
+#include "model.h"
+#include "weights.h"
+
+#define FORMAT_VERSION "1"
+
+void ls_run_opts_default(ls_run_opts_t *o) {
+  memset(o, 0, sizeof *o);
+  o->hooks = "residual_post";
+  o->layers = "all";
+  o->pool = "last_token";
+  o->microbatch_tokens = 4096;
+  o->progress = -1;
+}
+
+/* ---- the sweep's state -------------------------------------------------------------- */
+typedef struct {
+  const ls_run_opts_t *o;
+  MPI_Comm comm;
+  int rank, size;
+  ls_model_t model;
+  ls_config_t *cfg;
+  ls_dataset_t data;
+  /* selection */
+  unsigned hooks;
+  ls_pool_t pool;
+  int *layers, n_sel; /* selected layers, ascending */
+  int *sel_index;     /* (n_layers) position in the output, -1 if not selected */
+  int n_run;          /* layers computed: 0 .. n_run-1 */
+  /* shard */
+  int64_t *bounds;    /* (size + 1) prompt ranges per rank */
+  int64_t p0, p1, t0, t1;
+  int64_t n_prompts, n_tokens; /* this rank */
+  int64_t out_rows, out_row0;  /* rows this rank writes (prompts or tokens) */
+  int64_t n_out_rows;          /* global rows of each hook dataset */
+  /* Row layout: prompt i of this rank occupies rows poff[i] .. poff[i] + len_i of the
+   * residual stream, and each prompt starts at a multiple of `align` (the backend's
+   * row alignment); rows up to poff[i + 1] are padding that continues the prompt
+   * causally (real tokens never see them). */
+  int align;
+  int64_t *poff;      /* (n_prompts + 1) padded row offsets */
+  int64_t n_rows;     /* padded rows of this rank */
+  /* microbatches: prompts [mb_p[i], mb_p[i+1]) */
+  int n_mb;
+  int64_t *mb_p;
+  int T_max;          /* most rows in one microbatch */
+  int32_t *seq_start; /* per microbatch (n + 1) relative padded offsets, packed */
+  int32_t *seq_len;   /* per microbatch (n) real lengths, packed like seq_start */
+  int64_t *seq_start_off; /* (n_mb) where each microbatch's seq_start begins */
+  int32_t *pos;       /* (n_rows) position of each row in its prompt */
+  /* compute */
+  ls_backend_t *be;
+  float *x;           /* (n_tokens, H) residual stream */
+  float *scratch_base;
+  ls_block_scratch_t scratch;
+  float *wbuf;        /* all float32 weights of one layer, carved into lw */
+  ls_layer_weights_t lw;
+  float *final_norm_w;/* (H) */
+  float *cos_tab, *sin_tab; /* (max_len, head_dim / 2) */
+  float *out[LS_HOOK_COUNT]; /* (out_rows, H) per requested hook */
+  /* output */
+  ls_h5out_t h5;
+  int h5_open;
+  /* profile, per layer (n_layers) */
+  double *t_load, *t_forward, *t_hooks, *t_write;
+  double t_embed, t_total;
+  uint64_t embed_bytes;
+} sweep_t;
+
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* ---- dataset: rank 0 reads and validates, everyone receives ------------------------------ */
+static int load_dataset(sweep_t *s) {
+  ls_dataset_t *d = &s->data;
+  int rc = LS_OK;
+  if (s->rank == 0) {
+    int64_t max_len = s->o->allow_long_prompts ? 0 : s->cfg->max_pos;
+    rc = ls_dataset_load(s->o->data_path, s->cfg->vocab, max_len, d);
+  }
+  if (ls_agree(rc, s->comm)) return LS_ERR; /* rank 0 printed why */
+  int64_t hdr[4] = {d->n, d->n_tokens, d->has_label, d->has_id};
+  MPI_Bcast(hdr, 4, MPI_INT64_T, 0, s->comm);
+  if (s->rank != 0) {
+    d->n = hdr[0];
+    d->n_tokens = hdr[1];
+    d->has_label = (int)hdr[2];
+    d->has_id = (int)hdr[3];
+    d->tokens = ls_malloc((size_t)d->n_tokens * sizeof(int32_t), "tokens");
+    d->offsets = ls_malloc((size_t)(d->n + 1) * sizeof(int64_t), "offsets");
+    if (d->has_label) d->labels = ls_malloc((size_t)d->n * sizeof(int64_t), "labels");
+    if (d->has_id) d->ids = ls_malloc((size_t)d->n * LS_DATASET_MAX_ID, "ids");
+    rc = d->tokens && d->offsets && (!d->has_label || d->labels) && (!d->has_id || d->ids)
+             ? LS_OK : LS_ERR;
+  }
+  if (ls_agree(rc, s->comm)) return LS_ERR;
+  ls_bcast_bytes(d->tokens, (size_t)d->n_tokens * sizeof(int32_t), 0, s->comm);
+  ls_bcast_bytes(d->offsets, (size_t)(d->n + 1) * sizeof(int64_t), 0, s->comm);
+  if (d->has_label) ls_bcast_bytes(d->labels, (size_t)d->n * sizeof(int64_t), 0, s->comm);
+  if (d->has_id) ls_bcast_bytes(d->ids, (size_t)d->n * LS_DATASET_MAX_ID, 0, s->comm);
+  return LS_OK;
+}
+
+/* ---- plan: shard, microbatches, sizes ------------------------------------------------------ */
+/* Contiguous prompt ranges with token counts as equal as prompt boundaries allow. */
+static void shard_prompts(const int64_t *offsets, int64_t n, int P, int64_t *bounds) {
+  const int64_t T = offsets[n];
+  bounds[0] = 0;
+  for (int r = 1; r < P; r++) {
+    double target = (double)T * r / P;
+    int64_t lo = 0, hi = n; /* first i with offsets[i] >= target */
+    while (lo < hi) {
+      int64_t mid = (lo + hi) / 2;
+      if ((double)offsets[mid] < target) lo = mid + 1;
+      else hi = mid;
+    }
+    if (lo > 0 && target - (double)offsets[lo - 1] < (double)offsets[lo] - target) lo--;
+    bounds[r] = lo < bounds[r - 1] ? bounds[r - 1] : lo;
+  }
+  bounds[P] = n;
+}
+
+static int plan(sweep_t *s) {
+  const ls_dataset_t *d = &s->data;
+  const ls_config_t *c = s->cfg;
+  s->bounds = ls_malloc(sizeof(int64_t) * (size_t)(s->size + 1), "shard bounds");
+  if (!s->bounds) return LS_ERR;
+  shard_prompts(d->offsets, d->n, s->size, s->bounds);
+  s->p0 = s->bounds[s->rank];
+  s->p1 = s->bounds[s->rank + 1];
+  s->t0 = d->offsets[s->p0];
+  s->t1 = d->offsets[s->p1];
+  s->n_prompts = s->p1 - s->p0;
+  s->n_tokens = s->t1 - s->t0;
+  const int none = s->pool == LS_POOL_NONE;
+  s->out_rows = none ? s->n_tokens : s->n_prompts;
+  s->out_row0 = none ? s->t0 : s->p0;
+  s->n_out_rows = none ? d->n_tokens : d->n;
+
+  /* padded layout, then microbatches: greedy, whole prompts, at most
+   * microbatch_tokens rows unless one prompt alone is longer */
+  const int64_t np = s->n_prompts, A = s->align;
+  s->poff = ls_malloc(sizeof(int64_t) * (size_t)(np + 1), "row layout");
+  s->mb_p = ls_malloc(sizeof(int64_t) * (size_t)(np + 2), "microbatches");
+  s->seq_start = ls_malloc(sizeof(int32_t) * (size_t)(2 * np + 2), "microbatches");
+  s->seq_len = ls_malloc(sizeof(int32_t) * (size_t)(2 * np + 2), "microbatches");
+  s->seq_start_off = ls_malloc(sizeof(int64_t) * (size_t)(np + 1), "microbatches");
+  if (!s->poff || !s->mb_p || !s->seq_start || !s->seq_len || !s->seq_start_off) return LS_ERR;
+  s->poff[0] = 0;
+  for (int64_t i = 0; i < np; i++)
+    s->poff[i + 1] = s->poff[i] + (ls_dataset_len(d, s->p0 + i) + A - 1) / A * A;
+  s->n_rows = s->poff[np];
+  s->pos = ls_malloc(sizeof(int32_t) * (size_t)max64(s->n_rows, 1), "positions");
+  if (!s->pos) return LS_ERR;
+  int64_t max_len = 1;
+  for (int64_t i = 0; i < d->n; i++) max_len = max64(max_len, ls_dataset_len(d, i));
+  max_len = (max_len + A - 1) / A * A; /* padding rows have positions too */
+  int64_t p = 0, ss = 0;
+  s->n_mb = 0;
+  s->T_max = 1;
+  while (p < np) {
+    int64_t q = p + 1;
+    while (q < np && s->poff[q + 1] - s->poff[p] <= s->o->microbatch_tokens) q++;
+    s->mb_p[s->n_mb] = s->p0 + p;
+    s->seq_start_off[s->n_mb] = ss;
+    for (int64_t i = p; i <= q; i++) {
+      s->seq_len[ss] = i < q ? (int32_t)ls_dataset_len(d, s->p0 + i) : 0;
+      s->seq_start[ss++] = (int32_t)(s->poff[i] - s->poff[p]);
+    }
+    s->T_max = (int)max64(s->T_max, s->poff[q] - s->poff[p]);
+    s->n_mb++;
+    p = q;
+  }
+  s->mb_p[s->n_mb] = s->p1;
+  for (int64_t i = 0; i < np; i++)
+    for (int64_t r = s->poff[i]; r < s->poff[i + 1]; r++) s->pos[r] = (int32_t)(r - s->poff[i]);
+
+  /* memory and disk estimates; refuse what cannot fit */
+  const double H = c->hidden;
+  int n_hooks = 0;
+  for (int h = 0; h < LS_HOOK_COUNT; h++) n_hooks += (s->hooks >> h) & 1;
+  double resid = (double)s->n_rows * H * 4;
+  double scratch = (double)ls_block_scratch_floats(c, s->T_max) * 4;
+  double wf32 = (double)s->model.max_layer_bytes / ls_dtype_size(LS_DT_BF16) * 4;
+  double staging = 2.0 * (double)s->model.max_layer_bytes;
+  double outbuf = (double)n_hooks * (double)s->out_rows * H * 4;
+  double rank_bytes = resid + scratch + wf32 + staging + outbuf;
+  double file_bytes = 0;
+  for (int h = 0; h < LS_HOOK_COUNT; h++) {
+    if (!((s->hooks >> h) & 1)) continue;
+    double layers = h == LS_HOOK_FINAL_NORM ? 1 : s->n_sel;
+    file_bytes += layers * (double)s->n_out_rows * H * 4;
+  }
+  double max_rank_bytes = 0;
+  MPI_Allreduce(&rank_bytes, &max_rank_bytes, 1, MPI_DOUBLE, MPI_MAX, s->comm);
+  long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  double avail = pages > 0 && page > 0 ? (double)pages * page : 0;
+  int local_size = 1;
+  {
+    MPI_Comm node;
+    MPI_Comm_split_type(s->comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+    MPI_Comm_size(node, &local_size);
+    MPI_Comm_free(&node);
+  }
+  if (s->rank == 0) {
+    ls_info("plan: %s, %d layers (computing %d, capturing %d), hidden %d, %lld prompts, "
+            "%lld tokens, %d rank%s", c->arch_name, c->n_layers, s->n_run, s->n_sel, c->hidden,
+            (long long)d->n, (long long)d->n_tokens, s->size, s->size > 1 ? "s" : "");
+    for (int r = 0; r < s->size && r < 16; r++)
+      ls_info("plan:   rank %d: prompts [%lld, %lld), %lld tokens", r, (long long)s->bounds[r],
+              (long long)s->bounds[r + 1],
+              (long long)(d->offsets[s->bounds[r + 1]] - d->offsets[s->bounds[r]]));
+    if (s->size > 16) ls_info("plan:   ... (%d ranks)", s->size);
+    ls_info("plan: microbatch <= %lld tokens (rank 0: %d microbatches, largest %d rows; prompts "
+            "start at multiples of %d rows, %.1f%% padding); memory per rank <= %.2f GiB; output "
+            "%.3f GiB; weights read once: %.3f GiB", (long long)s->o->microbatch_tokens, s->n_mb,
+            s->T_max, s->align, s->n_rows ? 100.0 * (double)(s->n_rows - s->n_tokens) / (double)s->n_rows : 0.0,
+            max_rank_bytes / 1073741824.0,
+            file_bytes / 1073741824.0, (double)s->model.total_tensor_bytes / 1073741824.0);
+  }
+  int rc = LS_OK;
+  if (avail > 0 && max_rank_bytes * local_size > 0.95 * avail) {
+    if (s->rank == 0)
+      ls_error("plan: the sweep needs about %.2f GiB per rank x %d ranks on this node but only "
+               "%.2f GiB is free; lower --microbatch-tokens, capture fewer --hooks/--layers, use "
+               "pooling, or run on more nodes", max_rank_bytes / 1073741824.0, local_size,
+               avail / 1073741824.0);
+    rc = LS_ERR;
+  }
+  if (rc == LS_OK && s->rank == 0 && !s->o->plan_only) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", s->o->out_path);
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = '\0'; else snprintf(dir, sizeof dir, ".");
+    struct statvfs vfs;
+    if (statvfs(dir[0] ? dir : "/", &vfs) == 0 &&
+        (double)vfs.f_bavail * vfs.f_frsize < file_bytes * 1.01 + (1 << 20)) {
+      ls_error("plan: %s needs about %.3f GiB but its file system has %.3f GiB free; free "
+               "space, write elsewhere, or capture fewer --hooks/--layers", s->o->out_path,
+               file_bytes / 1073741824.0, (double)vfs.f_bavail * vfs.f_frsize / 1073741824.0);
+      rc = LS_ERR;
+    }
+  }
+  if (ls_agree(rc, s->comm)) return LS_ERR;
+  /* rope tables for every position a prompt can have */
+  const int half = c->head_dim / 2;
+  s->cos_tab = ls_malloc(sizeof(float) * (size_t)max_len * half, "rope table");
+  s->sin_tab = ls_malloc(sizeof(float) * (size_t)max_len * half, "rope table");
+  float *inv = ls_malloc(sizeof(float) * (size_t)half, "rope table");
+  if (!s->cos_tab || !s->sin_tab || !inv) return LS_ERR;
+  ls_config_rope_inv_freq(c, inv);
+  for (int64_t pp = 0; pp < max_len; pp++)
+    for (int i = 0; i < half; i++) {
+      float a = (float)pp * inv[i];
+      s->cos_tab[pp * half + i] = (float)cos((double)a);
+      s->sin_tab[pp * half + i] = (float)sin((double)a);
+    }
+  free(inv);
+  return LS_OK;
+}
+
+/* ---- buffers --------------------------------------------------------------------------------- */
+static int alloc_buffers(sweep_t *s) {
+  const ls_config_t *c = s->cfg;
+  const ls_backend_iface_t *f = s->be->iface;
+  const size_t H = (size_t)c->hidden;
+  int rc = LS_OK;
+  s->x = f->alloc(s->be, sizeof(float) * (size_t)max64(s->n_rows, 1) * H, "residual stream");
+  size_t nsc = ls_block_scratch_floats(c, s->T_max);
+  s->scratch_base = f->alloc(s->be, sizeof(float) * nsc, "block scratch");
+  size_t wfloats = 0;
+  for (int id = 0; id < LS_W_COUNT; id++) {
+    int64_t mx = 0;
+    for (int L = 0; L < c->n_layers; L++)
+      mx = max64(mx, s->model.slots[(size_t)L * LS_W_COUNT + id].numel);
+    wfloats += ((size_t)mx + 15) / 16 * 16;
+  }
+  s->wbuf = f->alloc(s->be, sizeof(float) * wfloats, "layer weights");
+  s->final_norm_w = f->alloc(s->be, sizeof(float) * H, "final norm");
+  if (!s->x || !s->scratch_base || !s->wbuf || !s->final_norm_w) rc = LS_ERR;
+  for (int h = 0; h < LS_HOOK_COUNT && rc == LS_OK; h++) {
+    if (!((s->hooks >> h) & 1)) continue;
+    s->out[h] = ls_aligned_alloc(sizeof(float) * (size_t)max64(s->out_rows, 1) * H, "hook output");
+    if (!s->out[h]) rc = LS_ERR;
+  }
+  if (rc == LS_OK) ls_block_scratch_carve(c, s->T_max, s->scratch_base, &s->scratch);
+  return rc;
+}
+
+/* Point lw at the float32 copy of layer L (converted from raw checkpoint bytes). */
+static int convert_layer(sweep_t *s, int layer, const void *raw) {
+  float *p = s->wbuf;
+  for (int id = 0; id < LS_W_COUNT; id++) {
+    const ls_wslot_t *w = &s->model.slots[(size_t)layer * LS_W_COUNT + id];
+    if (!w->present) { s->lw.w[id] = NULL; continue; }
+    s->lw.w[id] = p;
+    if (s->be->iface->load_weight(s->be, p, (const char *)raw + w->offset, w->dtype,
+                                  (size_t)w->numel))
+      return LS_ERR;
+    int64_t mx = 0;
+    for (int L = 0; L < s->cfg->n_layers; L++)
+      mx = max64(mx, s->model.slots[(size_t)L * LS_W_COUNT + id].numel);
+    p += ((size_t)mx + 15) / 16 * 16;
+  }
+  return LS_OK;
+}
+
+/* ---- embeddings: rank 0 reads only the distinct rows the world needs --------------------------- */
+static int cmp_i32(const void *a, const void *b) {
+  int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+  return (x > y) - (x < y);
+}
+
+static int64_t sort_unique(int32_t *v, int64_t n) {
+  if (n == 0) return 0;
+  qsort(v, (size_t)n, sizeof *v, cmp_i32);
+  int64_t m = 1;
+  for (int64_t i = 1; i < n; i++)
+    if (v[i] != v[m - 1]) v[m++] = v[i];
+  return m;
+}
+
+static int embed(sweep_t *s) {
+  double t0 = ls_now();
+  const ls_config_t *c = s->cfg;
+  const size_t H = (size_t)c->hidden, dsz = ls_dtype_size(s->model.embed_dtype);
+  const size_t row = H * dsz;
+  int32_t *mine = ls_malloc(sizeof(int32_t) * (size_t)max64(s->n_tokens, 1), "token ids");
+  if (!mine) return LS_ERR;
+  memcpy(mine, s->data.tokens + s->t0, sizeof(int32_t) * (size_t)s->n_tokens);
+  int n_mine = (int)sort_unique(mine, s->n_tokens);
+  int *counts = NULL, *displs = NULL;
+  int32_t *all = NULL, *uni = NULL;
+  char *rows = NULL, *sendbuf = NULL;
+  int64_t n_uni = 0;
+  MPI_Datatype row_t;
+  MPI_Type_contiguous((int)row, MPI_BYTE, &row_t);
+  MPI_Type_commit(&row_t);
+  int rc = LS_OK;
+  if (s->rank == 0) {
+    counts = ls_malloc(sizeof(int) * (size_t)s->size, "counts");
+    displs = ls_malloc(sizeof(int) * (size_t)s->size, "counts");
+    if (!counts || !displs) MPI_Abort(s->comm, 1);
+  }
+  MPI_Gather(&n_mine, 1, MPI_INT, counts, 1, MPI_INT, 0, s->comm);
+  int64_t total = 0;
+  if (s->rank == 0) {
+    for (int r = 0; r < s->size; r++) { displs[r] = (int)total; total += counts[r]; }
+    all = ls_malloc(sizeof(int32_t) * (size_t)max64(total, 1), "token ids");
+    uni = ls_malloc(sizeof(int32_t) * (size_t)max64(total, 1), "token ids");
+    if (!all || !uni) MPI_Abort(s->comm, 1);
+  }
+  MPI_Gatherv(mine, n_mine, MPI_INT32_T, all, counts, displs, MPI_INT32_T, 0, s->comm);
+  char *myrows = ls_malloc(row * (size_t)(n_mine > 0 ? n_mine : 1), "embedding rows");
+  if (!myrows) MPI_Abort(s->comm, 1);
+  if (s->rank == 0) {
+    memcpy(uni, all, sizeof(int32_t) * (size_t)total);
+    n_uni = sort_unique(uni, total);
+    rows = ls_malloc(row * (size_t)max64(n_uni, 1), "embedding rows");
+    if (!rows) MPI_Abort(s->comm, 1);
+    uint64_t before = s->model.st.bytes_read;
+    rc = ls_model_read_embed_rows(&s->model, uni, n_uni, rows);
+    s->embed_bytes = s->model.st.bytes_read - before;
+  }
+  if (ls_agree(rc, s->comm)) goto done;
+  if (s->rank == 0) {
+    int max_count = 0;
+    for (int r = 0; r < s->size; r++) max_count = counts[r] > max_count ? counts[r] : max_count;
+    sendbuf = ls_malloc(row * (size_t)(max_count > 0 ? max_count : 1), "embedding rows");
+    if (!sendbuf) MPI_Abort(s->comm, 1);
+    for (int r = 0; r < s->size; r++) {
+      char *dst = r == 0 ? myrows : sendbuf;
+      for (int i = 0; i < counts[r]; i++) {
+        int32_t *hit = bsearch(&all[displs[r] + i], uni, (size_t)n_uni, sizeof(int32_t), cmp_i32);
+        memcpy(dst + (size_t)i * row, rows + (size_t)(hit - uni) * row, row);
+      }
+      if (r > 0) MPI_Send(sendbuf, counts[r], row_t, r, 7, s->comm);
+    }
+  } else {
+    MPI_Recv(myrows, n_mine, row_t, 0, 7, s->comm, MPI_STATUS_IGNORE);
+  }
+  /* residual stream = embedding rows of this rank's tokens (float32) */
+  {
+    float *table = ls_malloc(sizeof(float) * H * (size_t)(n_mine > 0 ? n_mine : 1), "embedding");
+    float *xh = ls_malloc(sizeof(float) * H * (size_t)max64(s->n_rows, 1), "embedding");
+    if (!table || !xh) MPI_Abort(s->comm, 1);
+    ls_convert_to_f32(table, myrows, s->model.embed_dtype, H * (size_t)n_mine);
+    /* padding rows repeat the prompt's last token (finite, never seen by real rows) */
+    for (int64_t i = 0; i < s->n_prompts; i++) {
+      const int64_t len = ls_dataset_len(&s->data, s->p0 + i);
+      const int32_t *tok = s->data.tokens + s->data.offsets[s->p0 + i];
+      for (int64_t r = s->poff[i]; r < s->poff[i + 1]; r++) {
+        int64_t t = r - s->poff[i] < len ? r - s->poff[i] : len - 1;
+        int32_t *hit = bsearch(&tok[t], mine, (size_t)n_mine, sizeof(int32_t), cmp_i32);
+        memcpy(xh + (size_t)r * H, table + (size_t)(hit - mine) * H, sizeof(float) * H);
+      }
+    }
+    rc = s->be->iface->to_device(s->be, s->x, xh, sizeof(float) * H * (size_t)s->n_rows);
+    free(table);
+    free(xh);
+  }
+  rc = ls_agree(rc, s->comm);
+done:
+  MPI_Type_free(&row_t);
+  free(mine); free(counts); free(displs); free(all); free(uni); free(rows); free(sendbuf);
+  free(myrows);
+  s->t_embed = ls_now() - t0;
+  return rc;
+}
+
+/* final norm weight: rank 0 reads, everyone receives */
+static int load_final_norm(sweep_t *s) {
+  const size_t H = (size_t)s->cfg->hidden, bytes = H * ls_dtype_size(s->model.norm_dtype);
+  char *raw = ls_malloc(bytes, "final norm");
+  float *tmp = ls_malloc(sizeof(float) * H, "final norm");
+  int rc = raw && tmp ? LS_OK : LS_ERR;
+  if (rc == LS_OK && s->rank == 0) rc = ls_model_read_final_norm(&s->model, raw);
+  if (ls_agree(rc, s->comm) == LS_OK) {
+    ls_bcast_bytes(raw, bytes, 0, s->comm);
+    rc = s->be->iface->load_weight(s->be, s->final_norm_w, raw, s->model.norm_dtype, H);
+  } else {
+    rc = LS_ERR;
+  }
+  free(raw);
+  free(tmp);
+  return rc;
+}
+
+/* ---- output file ---------------------------------------------------------------------------------- */
+static int write_str_attr(sweep_t *s, const char *name, const char *v) {
+  return ls_h5out_attr_str(&s->h5, "/", name, v);
+}
+
+static int create_output(sweep_t *s) {
+  const ls_dataset_t *d = &s->data;
+  const hsize_t H = (hsize_t)s->cfg->hidden;
+  if (ls_h5out_create(&s->h5, s->o->out_path, s->comm, s->o->force)) return LS_ERR;
+  s->h5_open = 1;
+  char hooks[256] = "";
+  for (int h = 0; h < LS_HOOK_COUNT; h++)
+    if ((s->hooks >> h) & 1)
+      snprintf(hooks + strlen(hooks), sizeof hooks - strlen(hooks), "%s%s", hooks[0] ? "," : "",
+               ls_hook_name(h));
+  int rc = LS_OK;
+  rc |= write_str_attr(s, "status", "partial");
+  rc |= write_str_attr(s, "format_version", FORMAT_VERSION);
+  rc |= write_str_attr(s, "layersweep_version", LS_VERSION);
+  rc |= write_str_attr(s, "model_path", s->o->model_dir);
+  rc |= write_str_attr(s, "model_config", s->model.config_json);
+  rc |= write_str_attr(s, "model_architecture", s->cfg->arch_name);
+  rc |= write_str_attr(s, "data_path", s->o->data_path);
+  rc |= write_str_attr(s, "compute_dtype", "float32");
+  rc |= write_str_attr(s, "backend", s->be->iface->name);
+  rc |= write_str_attr(s, "pool", ls_pool_name(s->pool));
+  rc |= write_str_attr(s, "hooks", hooks);
+  rc |= write_str_attr(s, "command", s->o->command ? s->o->command : "");
+  int64_t nranks = s->size;
+  rc |= ls_h5out_attr_i64(&s->h5, "/", "n_ranks", &nranks, 1);
+  rc |= ls_h5out_attr_i64(&s->h5, "/", "layers_completed", NULL, 0);
+  if (rc) return LS_ERR;
+  int64_t *sel = ls_malloc(sizeof(int64_t) * (size_t)(s->n_sel + 1), "layers");
+  if (!sel) return LS_ERR;
+  for (int i = 0; i < s->n_sel; i++) sel[i] = s->layers[i];
+  for (int h = 0; h < LS_HOOK_PER_LAYER_COUNT && rc == LS_OK; h++) {
+    if (!((s->hooks >> h) & 1)) continue;
+    char name[64];
+    snprintf(name, sizeof name, "/%s", ls_hook_name(h));
+    hsize_t dims[3] = {(hsize_t)s->n_sel, (hsize_t)s->n_out_rows, H};
+    rc = ls_h5out_create_dataset(&s->h5, name, H5T_IEEE_F32LE, 3, dims);
+    if (!rc) rc = ls_h5out_attr_i64(&s->h5, name, "layers", sel, s->n_sel);
+  }
+  free(sel);
+  if (rc == LS_OK && ((s->hooks >> LS_HOOK_FINAL_NORM) & 1)) {
+    hsize_t dims[2] = {(hsize_t)s->n_out_rows, H};
+    rc = ls_h5out_create_dataset(&s->h5, "/final_norm", H5T_IEEE_F32LE, 2, dims);
+  }
+  if (rc) return LS_ERR;
+
+  /* /samples: each rank writes its own prompts */
+  hsize_t N = (hsize_t)d->n, start = (hsize_t)s->p0, count = (hsize_t)s->n_prompts;
+  int64_t *len = ls_malloc(sizeof(int64_t) * (size_t)(s->n_prompts + 1), "samples");
+  if (!len) return LS_ERR;
+  for (int64_t i = 0; i < s->n_prompts; i++) len[i] = ls_dataset_len(d, s->p0 + i);
+  rc = ls_h5out_create_dataset(&s->h5, "/samples/length", H5T_STD_I64LE, 1, &N);
+  rc |= ls_h5out_write(&s->h5, "/samples/length", H5T_NATIVE_INT64, 1, &start, &count, len);
+  free(len);
+  if (rc == LS_OK && s->pool == LS_POOL_NONE) {
+    hsize_t n1 = N + 1, cnt = count + (s->rank == s->size - 1 ? 1 : 0);
+    rc = ls_h5out_create_dataset(&s->h5, "/samples/offsets", H5T_STD_I64LE, 1, &n1);
+    rc |= ls_h5out_write(&s->h5, "/samples/offsets", H5T_NATIVE_INT64, 1, &start, &cnt,
+                         d->offsets + s->p0);
+  }
+  if (rc == LS_OK && d->has_label) {
+    rc = ls_h5out_create_dataset(&s->h5, "/samples/label", H5T_STD_I64LE, 1, &N);
+    rc |= ls_h5out_write(&s->h5, "/samples/label", H5T_NATIVE_INT64, 1, &start, &count,
+                         d->labels + s->p0);
+  }
+  if (rc == LS_OK && d->has_id) {
+    size_t width = 1;
+    for (int64_t i = 0; i < d->n; i++) {
+      size_t l = strlen(d->ids + (size_t)i * LS_DATASET_MAX_ID) + 1;
+      width = l > width ? l : width;
+    }
+    hid_t t = H5Tcopy(H5T_C_S1);
+    H5Tset_size(t, width);
+    H5Tset_strpad(t, H5T_STR_NULLTERM);
+    H5Tset_cset(t, H5T_CSET_UTF8);
+    char *buf = ls_calloc((size_t)(s->n_prompts + 1), width, "ids");
+    if (!buf) { H5Tclose(t); return LS_ERR; }
+    for (int64_t i = 0; i < s->n_prompts; i++)
+      memcpy(buf + (size_t)i * width, d->ids + (size_t)(s->p0 + i) * LS_DATASET_MAX_ID,
+             strlen(d->ids + (size_t)(s->p0 + i) * LS_DATASET_MAX_ID));
+    rc = ls_h5out_create_dataset(&s->h5, "/samples/id", t, 1, &N);
+    rc |= ls_h5out_write(&s->h5, "/samples/id", t, 1, &start, &count, buf);
+    free(buf);
+    H5Tclose(t);
+  }
+  if (rc == LS_OK) rc = ls_h5out_flush(&s->h5);
+  return ls_agree(rc, s->comm);
+}
+
+static int write_hook(sweep_t *s, ls_hook_t h, int sel) {
+  const hsize_t H = (hsize_t)s->cfg->hidden;
+  char name[64];
+  snprintf(name, sizeof name, "/%s", ls_hook_name(h));
+  if (h == LS_HOOK_FINAL_NORM) {
+    hsize_t start[2] = {(hsize_t)s->out_row0, 0}, count[2] = {(hsize_t)s->out_rows, H};
+    return ls_h5out_write(&s->h5, name, H5T_NATIVE_FLOAT, 2, start, count, s->out[h]);
+  }
+  hsize_t start[3] = {(hsize_t)sel, (hsize_t)s->out_row0, 0};
+  hsize_t count[3] = {1, (hsize_t)s->out_rows, H};
+  if (s->out_rows == 0) count[0] = count[2] = 0;
+  return ls_h5out_write(&s->h5, name, H5T_NATIVE_FLOAT, 3, start, count, s->out[h]);
+}
+
+/* ---- progress ------------------------------------------------------------------------------------- */
+static void progress(sweep_t *s, int layer, double elapsed) {
+  if (s->rank != 0 || s->o->progress == 0) return;
+  int tty = isatty(STDERR_FILENO) && s->o->progress < 0;
+  double frac = (double)(layer + 1) / s->n_run;
+  double eta = elapsed / frac - elapsed;
+  double tps = (double)s->data.n_tokens * (layer + 1) / (elapsed > 0 ? elapsed : 1e-9);
+  if (tty) {
+    char bar[41];
+    int fill = (int)(frac * 40);
+    for (int i = 0; i < 40; i++) bar[i] = i < fill ? '#' : '.';
+    bar[40] = '\0';
+    fprintf(stderr, "\r[%s] layer %d/%d  %.0f tok/s  elapsed %.1fs  eta %.1fs ", bar, layer + 1,
+            s->n_run, tps, elapsed, eta);
+    if (layer + 1 == s->n_run) fputc('\n', stderr);
+  } else {
+    fprintf(stderr, "layer %d/%d done: load %.3fs forward %.3fs hooks %.3fs write %.3fs; "
+            "%.0f tok/s; elapsed %.1fs, eta %.1fs\n", layer + 1, s->n_run, s->t_load[layer],
+            s->t_forward[layer], s->t_hooks[layer], s->t_write[layer], tps, elapsed, eta);
+  }
+  fflush(stderr);
+}
+
+/* ---- the layer loop ---------------------------------------------------------------------------------- */
+static void capture(sweep_t *s, ls_hook_t h, const float *src, int mb, const ls_batch_t *b) {
+  const size_t H = (size_t)s->cfg->hidden;
+  int64_t row = s->pool == LS_POOL_NONE ? s->data.offsets[s->mb_p[mb]] - s->t0
+                                        : s->mb_p[mb] - s->p0;
+  s->be->iface->pool(s->be, s->out[h] + (size_t)row * H, src, b->seq_start,
+                     s->seq_len + s->seq_start_off[mb], b->n_seq, (int)H, s->pool);
+}
+
+/* Microbatch mb as a batch for the block; returns its first row in the residual stream. */
+static int64_t batch_of(const sweep_t *s, int mb, ls_batch_t *b) {
+  const int64_t i0 = s->mb_p[mb] - s->p0, i1 = s->mb_p[mb + 1] - s->p0;
+  b->T = (int)(s->poff[i1] - s->poff[i0]);
+  b->n_seq = (int)(i1 - i0);
+  b->seq_start = s->seq_start + s->seq_start_off[mb];
+  b->pos = s->pos + s->poff[i0];
+  return s->poff[i0];
+}
+
+static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
+  const ls_config_t *c = s->cfg;
+  const size_t H = (size_t)c->hidden;
+  const ls_backend_iface_t *f = s->be->iface;
+  double t_start = ls_now();
+  for (int L = 0; L < s->n_run; L++) {
+    double t0 = ls_now();
+    const void *raw = ls_wpipe_acquire(wp, L);
+    if (convert_layer(s, L, raw)) return LS_ERR;
+    ls_wpipe_release(wp, L);
+    double t1 = ls_now();
+    s->t_load[L] = t1 - t0;
+    int sel = s->sel_index[L];
+    double th = 0;
+    for (int mb = 0; mb < s->n_mb; mb++) {
+      ls_batch_t b;
+      int64_t row0 = batch_of(s, mb, &b);
+      float *x = s->x + (size_t)row0 * H;
+      double th0 = ls_now();
+      if (sel >= 0 && (s->hooks & (1u << LS_HOOK_RESIDUAL_PRE)))
+        capture(s, LS_HOOK_RESIDUAL_PRE, x, mb, &b);
+      th += ls_now() - th0;
+      ls_block_forward(s->be, c, &s->lw, s->cos_tab, s->sin_tab, x, &b, &s->scratch);
+      th0 = ls_now();
+      if (sel >= 0) {
+        if (s->hooks & (1u << LS_HOOK_ATTN_OUT)) capture(s, LS_HOOK_ATTN_OUT, s->scratch.attn_out, mb, &b);
+        if (s->hooks & (1u << LS_HOOK_MLP_OUT)) capture(s, LS_HOOK_MLP_OUT, s->scratch.mlp_out, mb, &b);
+        if (s->hooks & (1u << LS_HOOK_RESIDUAL_POST)) capture(s, LS_HOOK_RESIDUAL_POST, x, mb, &b);
+      }
+      th += ls_now() - th0;
+      ls_wpipe_progress(wp);
+    }
+    if (f->sync && f->sync(s->be)) return LS_ERR;
+    double t2 = ls_now();
+    s->t_hooks[L] = th;
+    s->t_forward[L] = t2 - t1 - th;
+    int rc = LS_OK;
+    if (sel >= 0) {
+      for (int h = 0; h < LS_HOOK_PER_LAYER_COUNT && rc == LS_OK; h++)
+        if (s->hooks & (1u << h)) rc = write_hook(s, h, sel);
+      if (rc == LS_OK) {
+        int64_t *done = ls_malloc(sizeof(int64_t) * (size_t)(sel + 1), "markers");
+        if (!done) return LS_ERR;
+        for (int i = 0; i <= sel; i++) done[i] = s->layers[i];
+        rc = ls_h5out_flush(&s->h5);
+        if (rc == LS_OK) rc = ls_h5out_attr_i64(&s->h5, "/", "layers_completed", done, sel + 1);
+        free(done);
+      }
+    }
+    if (ls_agree(rc, s->comm)) return LS_ERR;
+    s->t_write[L] = ls_now() - t2;
+    progress(s, L, ls_now() - t_start);
+  }
+  return LS_OK;
+}
+
+static int run_final_norm(sweep_t *s) {
+  if (!(s->hooks & (1u << LS_HOOK_FINAL_NORM))) return LS_OK;
+  const ls_config_t *c = s->cfg;
+  const size_t H = (size_t)c->hidden;
+  for (int mb = 0; mb < s->n_mb; mb++) {
+    ls_batch_t b;
+    int64_t row0 = batch_of(s, mb, &b);
+    s->be->iface->rmsnorm(s->be, s->scratch.xn, s->x + (size_t)row0 * H, s->final_norm_w, b.T,
+                          (int)H, (float)c->rms_eps);
+    capture(s, LS_HOOK_FINAL_NORM, s->scratch.xn, mb, &b);
+  }
+  return ls_agree(write_hook(s, LS_HOOK_FINAL_NORM, 0), s->comm);
+}
+
+/* ---- profile ---------------------------------------------------------------------------------------- */
+static int write_profile(sweep_t *s, const ls_wpipe_t *wp) {
+  const int n = s->n_run;
+  struct { const char *name; const double *v; } fields[] = {
+      {"read_s", wp->read_s},           {"read_wait_s", wp->read_wait_s},
+      {"bcast_wait_s", wp->bcast_wait_s}, {"load_s", s->t_load},
+      {"forward_s", s->t_forward},      {"hooks_s", s->t_hooks},
+      {"write_s", s->t_write}};
+  int rc = LS_OK;
+  for (size_t i = 0; i < sizeof fields / sizeof fields[0] && rc == LS_OK; i++) {
+    char name[64];
+    snprintf(name, sizeof name, "/profile/%s", fields[i].name);
+    hsize_t dims[2] = {(hsize_t)s->size, (hsize_t)n};
+    hsize_t start[2] = {(hsize_t)s->rank, 0}, count[2] = {1, (hsize_t)n};
+    rc = ls_h5out_create_dataset(&s->h5, name, H5T_IEEE_F64LE, 2, dims);
+    if (!rc) rc = ls_h5out_write(&s->h5, name, H5T_NATIVE_DOUBLE, 2, start, count, fields[i].v);
+  }
+  /* bytes: layer weights read (rank 0) and received (every rank), per layer */
+  double *bytes = ls_calloc((size_t)n, sizeof(double), "profile");
+  if (!bytes) return LS_ERR;
+  for (int L = 0; L < n; L++) bytes[L] = (double)s->model.layer_bytes[L];
+  hsize_t dims1 = (hsize_t)n, start1 = 0, count1 = s->rank == 0 ? (hsize_t)n : 0;
+  if (rc == LS_OK) rc = ls_h5out_create_dataset(&s->h5, "/profile/layer_bytes", H5T_IEEE_F64LE, 1, &dims1);
+  if (rc == LS_OK) rc = ls_h5out_write(&s->h5, "/profile/layer_bytes", H5T_NATIVE_DOUBLE, 1, &start1, &count1, bytes);
+  free(bytes);
+  double totals[3] = {(double)(s->rank == 0 ? s->model.st.bytes_read : 0), (double)s->embed_bytes,
+                      s->t_total};
+  MPI_Bcast(totals, 3, MPI_DOUBLE, 0, s->comm);
+  if (rc == LS_OK) rc = ls_h5out_attr_f64(&s->h5, "/profile", "bytes_read", &totals[0], 1);
+  if (rc == LS_OK) rc = ls_h5out_attr_f64(&s->h5, "/profile", "embedding_bytes_read", &totals[1], 1);
+  if (rc == LS_OK) rc = ls_h5out_attr_f64(&s->h5, "/profile", "total_s", &totals[2], 1);
+  return ls_agree(rc, s->comm);
+}
+
+static void print_summary(sweep_t *s, const ls_wpipe_t *wp) {
+  const int n = s->n_run;
+  double sums[8] = {0}, mx[8], mn[8];
+  for (int L = 0; L < n; L++) {
+    sums[0] += wp->read_s[L];
+    sums[1] += wp->read_wait_s[L];
+    sums[2] += wp->bcast_wait_s[L];
+    sums[3] += s->t_load[L];
+    sums[4] += s->t_forward[L];
+    sums[5] += s->t_hooks[L];
+    sums[6] += s->t_write[L];
+  }
+  sums[7] = s->t_embed;
+  MPI_Reduce(sums, mx, 8, MPI_DOUBLE, MPI_MAX, 0, s->comm);
+  MPI_Reduce(sums, mn, 8, MPI_DOUBLE, MPI_MIN, 0, s->comm);
+  if (s->rank != 0) return;
+  double flops = ls_config_gemm_flops_per_token(s->cfg) * (double)s->data.n_tokens * n;
+  fprintf(stderr, "profile (seconds summed over %d layers; min..max across %d rank%s):\n", n,
+          s->size, s->size > 1 ? "s" : "");
+  const char *names[8] = {"read (rank 0 reader)", "read wait", "bcast wait", "load (bcast+convert)",
+                          "forward", "hooks/pooling", "write", "embed"};
+  for (int i = 0; i < 8; i++)
+    fprintf(stderr, "  %-22s %10.3f .. %-10.3f\n", names[i], mn[i], mx[i]);
+  fprintf(stderr, "  weight bytes read: %.3f GiB (+ %.3f MiB embedding rows) by rank 0\n",
+          (double)(s->model.st.bytes_read - s->embed_bytes) / 1073741824.0,
+          (double)s->embed_bytes / 1048576.0);
+  fprintf(stderr, "  %lld tokens x %d layers in %.2f s: %.0f tokens/s, model GEMM %.1f GFLOP/s "
+          "(forward only: %.1f GFLOP/s)\n", (long long)s->data.n_tokens, n, s->t_total,
+          (double)s->data.n_tokens * n / s->t_total / n * 1.0, flops / s->t_total / 1e9,
+          flops / (mx[4] > 0 ? mx[4] : 1e-9) / 1e9);
+}
+
+/* ---- entry point --------------------------------------------------------------------------------------- */
+static void sweep_free(sweep_t *s) {
+  if (s->be) {
+    const ls_backend_iface_t *f = s->be->iface;
+    f->free(s->be, s->x);
+    f->free(s->be, s->scratch_base);
+    f->free(s->be, s->wbuf);
+    f->free(s->be, s->final_norm_w);
+    ls_backend_free(s->be);
+  }
+  for (int h = 0; h < LS_HOOK_COUNT; h++) free(s->out[h]);
+  free(s->layers); free(s->sel_index); free(s->bounds); free(s->mb_p); free(s->seq_start);
+  free(s->seq_start_off); free(s->pos); free(s->poff); free(s->seq_len); free(s->cos_tab); free(s->sin_tab);
+  free(s->t_load); free(s->t_forward); free(s->t_hooks); free(s->t_write);
+  ls_dataset_free(&s->data);
+  ls_model_close(&s->model);
+}
+
+static int default_threads(MPI_Comm comm) {
+  MPI_Comm node;
+  int local = 1;
+  MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+  MPI_Comm_size(node, &local);
+  MPI_Comm_free(&node);
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  int t = (int)(cores / local);
+  return t > 0 ? t : 1;
+}
+
+int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
+  sweep_t S, *s = &S;
+  memset(s, 0, sizeof S);
+  s->o = o;
+  s->comm = comm;
+  MPI_Comm_rank(comm, &s->rank);
+  MPI_Comm_size(comm, &s->size);
+  ls_log_set_rank(s->rank, s->size);
+  double t_begin = ls_now();
+  int rc = LS_ERR;
+  ls_wpipe_t wp;
+  memset(&wp, 0, sizeof wp);
+  int wp_live = 0;
+
+  /* options are checked identically on every rank; rank 0 reports */
+  ls_error_set_quiet(s->rank != 0);
+  int orc = ls_hooks_parse(o->hooks, &s->hooks) || ls_pool_parse(o->pool, &s->pool) ? LS_ERR : LS_OK;
+  if (orc == LS_OK && o->microbatch_tokens < 1) {
+    ls_error("--microbatch-tokens must be at least 1 (got %lld)", (long long)o->microbatch_tokens);
+    orc = LS_ERR;
+  }
+  ls_error_set_quiet(0);
+  if (orc) return LS_ERR;
+  if (ls_model_open(&s->model, o->model_dir, comm)) return LS_ERR;
+  s->cfg = &s->model.cfg;
+  const ls_config_t *c = s->cfg;
+  ls_error_set_quiet(s->rank != 0);
+  orc = ls_layers_parse(o->layers, c->n_layers, &s->layers, &s->n_sel);
+  ls_error_set_quiet(0);
+  if (orc) goto out;
+  s->sel_index = ls_malloc(sizeof(int) * (size_t)c->n_layers, "layers");
+  s->t_load = ls_calloc((size_t)c->n_layers, sizeof(double), "profile");
+  s->t_forward = ls_calloc((size_t)c->n_layers, sizeof(double), "profile");
+  s->t_hooks = ls_calloc((size_t)c->n_layers, sizeof(double), "profile");
+  s->t_write = ls_calloc((size_t)c->n_layers, sizeof(double), "profile");
+  if (!s->sel_index || !s->t_load || !s->t_forward || !s->t_hooks || !s->t_write) goto out;
+  for (int L = 0; L < c->n_layers; L++) s->sel_index[L] = -1;
+  for (int i = 0; i < s->n_sel; i++) s->sel_index[s->layers[i]] = i;
+  /* compute only as deep as needed: the last selected layer, or all for final_norm */
+  s->n_run = (s->hooks & (1u << LS_HOOK_FINAL_NORM)) ? c->n_layers : 0;
+  if (s->hooks & ((1u << LS_HOOK_PER_LAYER_COUNT) - 1))
+    for (int i = 0; i < s->n_sel; i++)
+      if (s->layers[i] + 1 > s->n_run) s->n_run = s->layers[i] + 1;
+  if (load_dataset(s)) goto out;
+  int64_t longest = 1;
+  for (int64_t i = 0; i < s->data.n; i++) longest = max64(longest, ls_dataset_len(&s->data, i));
+  int threads = o->threads > 0 ? o->threads : default_threads(comm);
+  s->be = ls_backend_cpu_new(threads, (int)longest + LS_ROW_PAD);
+  if (ls_agree(s->be ? LS_OK : LS_ERR, comm)) goto out;
+  MPI_Allreduce(&s->be->row_align, &s->align, 1, MPI_INT, MPI_MAX, comm);
+  if (plan(s)) goto out;
+  if (o->plan_only) { rc = LS_OK; goto out; }
+  ls_info("backend: %s, %d thread%s per rank", s->be->iface->name, threads, threads > 1 ? "s" : "");
+  if (ls_agree(alloc_buffers(s), comm)) goto out;
+  if (create_output(s)) goto out;
+  if (embed(s) || load_final_norm(s)) goto out;
+  if (ls_agree(ls_wpipe_init(&wp, &s->model, 0, s->n_run, comm), comm)) goto out;
+  wp_live = 1;
+  if (run_layers(s, &wp) || run_final_norm(s)) goto out;
+  s->t_total = ls_now() - t_begin;
+  if (write_profile(s, &wp)) goto out;
+  /* complete only after every collective write finished and the file was flushed */
+  if (ls_agree(ls_h5out_flush(&s->h5), comm)) goto out;
+  if (ls_agree(write_str_attr(s, "status", "complete"), comm)) goto out;
+  rc = ls_agree(ls_h5out_close(&s->h5), comm);
+  s->h5_open = 0;
+  if (rc == LS_OK) {
+    print_summary(s, &wp);
+    ls_info("wrote %s (complete)", o->out_path);
+  }
+out:
+  if (wp_live) ls_wpipe_free(&wp);
+  if (s->h5_open) {
+    ls_h5out_close(&s->h5);
+    if (s->rank == 0) ls_info("%s left with status \"partial\"", o->out_path);
+  }
+  sweep_free(s);
+  return rc;
+}

@@ -1,0 +1,32 @@
+/* sweep.h: the layer-outer sweep (DESIGN.md "data flow"): plan, embed, for each
+ * layer { weights once, every microbatch, hooks, collective write }, final norm.
+ * The entry point takes a communicator so tests can run it on any (sub)communicator. */
+#ifndef LS_SWEEP_H
+#define LS_SWEEP_H
+
+#include <mpi.h>
+#include <stdint.h>
+
+typedef struct {
+  const char *model_dir;
+  const char *data_path;
+  const char *out_path;
+  const char *hooks;        /* default "residual_post" */
+  const char *layers;       /* default "all" */
+  const char *pool;         /* default "last_token" */
+  int64_t microbatch_tokens;/* default 4096 */
+  int threads;              /* CPU threads per rank; 0 = all cores / ranks per node */
+  int force;
+  int allow_long_prompts;
+  int plan_only;            /* print the plan and stop */
+  int progress;             /* -1 auto (bar on a terminal), 0 off, 1 plain lines */
+  const char *command;      /* command line recorded in the file */
+} ls_run_opts_t;
+
+void ls_run_opts_default(ls_run_opts_t *o);
+
+/* Collective over comm. Returns 0 on success (file complete), -1 on error (one
+ * message printed; any output file is left with status "partial"). */
+int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm);
+
+#endif

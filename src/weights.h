@@ -1,0 +1,45 @@
+/* weights.h: the per-layer weight pipeline. Rank 0 has a reader thread that preads
+ * layer L+2 while the world computes L; layer L+1 is broadcast (MPI_Ibcast of the
+ * packed raw layer, on a communicator of its own) while L is computed. Two raw
+ * staging buffers rotate: read -> broadcast -> converted by the backend -> free.
+ * Only rank 0 ever touches the weight files. */
+#ifndef LS_WEIGHTS_H
+#define LS_WEIGHTS_H
+
+#include <mpi.h>
+#include <pthread.h>
+
+#include "model.h"
+
+typedef struct {
+  ls_model_t *m;
+  MPI_Comm comm;        /* duplicate of the job communicator, broadcasts only */
+  int rank;
+  int first, n_run;     /* layers first .. n_run-1 go through the pipeline */
+  void *raw[2];         /* (max_layer_bytes) staging, buffer b holds layers with L % 2 == b */
+  /* reader thread (rank 0) */
+  pthread_t thread;
+  int thread_started;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int want[2], have[2]; /* layer requested into / read into buffer b; -1 none */
+  int read_err, stop;
+  double *read_s;       /* (n_layers) seconds the reader spent on each layer */
+  /* broadcasts */
+  int posted[2];        /* layer whose Ibcast is in flight in buffer b; -1 none */
+  MPI_Request *req[2];
+  int nreq[2], max_req;
+  double *read_wait_s;  /* (n_layers) exposed wait for the reader */
+  double *bcast_wait_s; /* (n_layers) exposed wait for the broadcast */
+} ls_wpipe_t;
+
+int ls_wpipe_init(ls_wpipe_t *p, ls_model_t *m, int first, int n_run, MPI_Comm comm);
+/* Raw packed bytes of layer L, complete on this rank. */
+const void *ls_wpipe_acquire(ls_wpipe_t *p, int layer);
+/* The caller has converted layer L: reuse its buffer for L+2, start broadcasting L+1. */
+void ls_wpipe_release(ls_wpipe_t *p, int layer);
+/* Let in-flight broadcasts progress (call between microbatches). */
+void ls_wpipe_progress(ls_wpipe_t *p);
+void ls_wpipe_free(ls_wpipe_t *p);
+
+#endif
