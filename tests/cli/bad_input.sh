@@ -1,0 +1,491 @@
+#!/usr/bin/env bash
+# tests/cli/bad_input.sh: bad-input tests of the layersweep command line (CTest: cli.bad_input).
+#
+# Project rule checked for every bad input (model files, configs, datasets, options):
+#   - exit status non-zero and < 128 (no crash, no signal), no hang (every command runs
+#     under `timeout 60`);
+#   - stderr holds exactly ONE line "layersweep: error: ..." ("layersweep[rank 0]: error: ..."
+#     under mpirun) that contains the expected file name / line / tensor / option, and no
+#     other unexpected line (getopt's own complaints, sanitizer reports, ...); progress and
+#     plan lines of the tool and Open MPI's own job-abort banner are allowed;
+#   - every --option the error line recommends exists;
+#   - the output file does not exist or its root attribute "status" is not "complete".
+# Plus positive controls (valid single-file, sharded and HF-cache-layout models, long prompts
+# with --allow-long-prompts), --help / --version, and some cases under mpirun -np 2.
+#
+# Environment (set by tests/CMakeLists.txt): LS_BIN (the layersweep binary), LS_FIXTURES
+# (tests/fixtures), LS_TEST_TMP (scratch directory).
+set -u
+
+: "${LS_BIN:?set LS_BIN to the layersweep binary}"
+: "${LS_TEST_TMP:=${TMPDIR:-/tmp}}"
+: "${LS_FIXTURES:=$(cd "$(dirname "${BASH_SOURCE[0]}")/../fixtures" 2>/dev/null && pwd)}"
+export OMPI_ALLOW_RUN_AS_ROOT=${OMPI_ALLOW_RUN_AS_ROOT:-1}
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=${OMPI_ALLOW_RUN_AS_ROOT_CONFIRM:-1}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+SRC_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+TO=60 # seconds per command
+mkdir -p "$LS_TEST_TMP"
+T=$(mktemp -d "$LS_TEST_TMP/bad_input.XXXXXX") || { echo "cannot create a scratch dir"; exit 1; }
+LOGS=$T/logs
+mkdir -p "$LOGS" "$T/c" "$T/out"
+
+N_PASS=0
+N_FAIL=0
+FAILED=()
+REASONS=()
+WANT=()   # substrings the error line must contain (set before each bad case)
+LAST_ERR= # stderr file of the last command
+LAST_RC=0
+
+# ---- helpers ---------------------------------------------------------------------------------
+ERR_RE='^layersweep(\[rank [0-9]+\])?: error: '
+# lines that may accompany an error: the tool's own plan / progress / info lines, make-model
+# and make-data reports, and Open MPI's job-abort banner.
+OK_RE='^(plan:|backend:|layer [0-9]+/[0-9]+|profile |  |wrote |make-model: wrote|make-data: wrote|.* left with status "partial"$)'
+MPI_NOISE_RE='^(-{20,}|Primary job +terminated normally|a non-zero exit code\. Per user-direction|mpirun detected that one or more|mpirun noticed that|prterun detected|the job to be terminated\. The first process|The first process to do so was|  Process name:|  Exit code:|[[:space:]]*$)'
+
+h5_status() { # root attribute "status" of an HDF5 file ("" when absent / unreadable)
+  h5dump -a /status "$1" 2>/dev/null | sed -n 's/.*(0): "\(.*\)".*/\1/p' | head -n 1
+}
+
+# Options of a command, from the option table in src/main.c (when the source is at hand)
+# united with the list known when this test was written.
+src_opts() { # $1 = C function name (cmd_run, cmd_make_model, cmd_make_data)
+  local f=$SRC_DIR/src/main.c
+  [ -r "$f" ] || return 0
+  awk -v fn="$1" '$0 ~ "^static int " fn "\\(" {on=1} on && /^}/ {exit} on' "$f" |
+    grep -o '{"[a-z][a-z0-9-]*", *\(required\|no\|optional\)_argument' |
+    sed 's/{"\([^"]*\)".*/--\1/'
+}
+RUN_OPTS=$( { printf -- '%s\n' --model --data --out --hooks --layers --pool --microbatch-tokens \
+              --threads --allow-long-prompts --force --progress --help; src_opts cmd_run; } | sort -u)
+MM_OPTS=$( { printf -- '%s\n' --out --arch --hidden --intermediate --layers --heads --kv-heads \
+             --head-dim --vocab --max-pos --dtype --shards --seed --rope-theta --init-std \
+             --sliding-window --tie --force --help; src_opts cmd_make_model; } | sort -u)
+MD_OPTS=$( { printf -- '%s\n' --out --n --min-len --max-len --vocab --seed --no-labels --force \
+             --help; src_opts cmd_make_data; } | sort -u)
+
+pass() { N_PASS=$((N_PASS + 1)); echo "PASS $1"; }
+fail() { # name reason...
+  local name=$1; shift
+  N_FAIL=$((N_FAIL + 1))
+  FAILED+=("$name")
+  echo "FAIL $name"
+  local r
+  for r in "$@"; do echo "     - $r"; done
+  if [ -n "$LAST_ERR" ] && [ -s "$LAST_ERR" ]; then
+    echo "     stderr (exit $LAST_RC):"
+    head -n 15 "$LAST_ERR" | sed 's/^/       | /'
+  fi
+}
+finish() { # name: report the case from REASONS, then reset the per-case state
+  if [ ${#REASONS[@]} -eq 0 ]; then pass "$1"; else fail "$1" "${REASONS[@]}"; fi
+  REASONS=()
+  WANT=()
+  LAST_ERR=
+}
+
+# run NAME MODE cmd...: MODE is "1" (plain) or "mpi" (mpirun -np 2); stdout/stderr to $LOGS.
+run() {
+  local name=$1 mode=$2; shift 2
+  LAST_ERR=$LOGS/$name.err
+  if [ "$mode" = mpi ]; then
+    timeout -k 5 $TO mpirun --oversubscribe --allow-run-as-root -np 2 "$@" \
+      >"$LOGS/$name.out" 2>"$LAST_ERR" </dev/null
+  else
+    timeout -k 5 $TO "$@" >"$LOGS/$name.out" 2>"$LAST_ERR" </dev/null
+  fi
+  LAST_RC=$?
+}
+
+# check_bad OUT [ARGS...]: the checks of a bad case on the last run; appends to REASONS.
+# OUT is the output file that must not be left "complete" ("" if none applies); ARGS are
+# the arguments given (an option the message names may be one of them).
+check_bad() {
+  local out=$1; shift
+  local rc=$LAST_RC err=$LAST_ERR
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    REASONS+=("hang: killed by timeout after ${TO}s (exit $rc)")
+  elif [ "$rc" -eq 0 ]; then
+    REASONS+=("exit status 0; expected a non-zero exit")
+  elif [ "$rc" -ge 128 ]; then
+    REASONS+=("exit status $rc >= 128 (crash / signal)")
+  fi
+  if grep -qE 'Sanitizer|runtime error:|Segmentation fault|core dumped|signal [0-9]+|Signal: ' "$err"; then
+    REASONS+=("sanitizer report or crash on stderr")
+  fi
+  local n_err
+  n_err=$(grep -cE "$ERR_RE" "$err")
+  if [ "$n_err" -ne 1 ]; then
+    REASONS+=("$n_err error lines on stderr; expected exactly one")
+  fi
+  local line
+  line=$(grep -E "$ERR_RE" "$err" | head -n 1)
+  local w
+  for w in "${WANT[@]+"${WANT[@]}"}"; do
+    if [ -n "$line" ] && ! printf '%s' "$line" | grep -qF -- "$w"; then
+      REASONS+=("error line does not contain \"$w\"")
+    fi
+  done
+  # every --option the message recommends must exist (or be the one the user gave)
+  local o
+  for o in $(printf '%s' "$line" | grep -oE -- '--[a-z][a-z0-9-]*' | sort -u); do
+    if ! printf '%s\n' $RUN_OPTS $MM_OPTS $MD_OPTS "$@" | grep -qxF -- "$o" &&
+       ! printf '%s\n' "$@" | grep -qF -- "$o"; then
+      REASONS+=("error line recommends $o, which is not an option of layersweep")
+    fi
+  done
+  # nothing else on stderr but allowed info lines and MPI's own banner
+  local stray
+  stray=$(grep -vE "$ERR_RE" "$err" | grep -vE "$OK_RE" | grep -vE "$MPI_NOISE_RE" | head -n 3)
+  if [ -n "$stray" ]; then
+    REASONS+=("unexpected extra stderr line(s): $(printf '%s' "$stray" | tr '\n' '|')")
+  fi
+  if [ -n "$out" ] && [ -e "$out" ]; then
+    local st
+    st=$(h5_status "$out")
+    if [ "$st" = complete ]; then
+      REASONS+=("output $out was left with status \"complete\"")
+    fi
+  fi
+}
+
+# bad NAME OUT cmd...: a bad input run with one rank.  bad_mpi: the same under mpirun -np 2.
+bad() { local name=$1 out=$2; shift 2; run "$name" 1 "$@"; check_bad "$out" "$@"; finish "$name"; }
+bad_mpi() { local name=$1 out=$2; shift 2; run "$name" mpi "$@"; check_bad "$out" "$@"; finish "$name"; }
+
+# good NAME OUT cmd...: a valid run; exit 0, no error line, output complete.
+good() {
+  local name=$1 out=$2; shift 2
+  run "$name" 1 "$@"
+  [ "$LAST_RC" -eq 0 ] || REASONS+=("exit status $LAST_RC; expected 0")
+  if grep -qE "$ERR_RE" "$LAST_ERR"; then REASONS+=("error line on stderr"); fi
+  if grep -qE 'Sanitizer|runtime error:' "$LAST_ERR"; then REASONS+=("sanitizer report"); fi
+  local st
+  st=$(h5_status "$out")
+  [ "$st" = complete ] || REASONS+=("output $out has status \"$st\"; expected \"complete\"")
+  finish "$name"
+}
+
+# case_dir NAME [SRC]: a fresh copy of model SRC (default: the base model) for one case
+case_model() {
+  local d=$T/c/$1
+  rm -rf "$d"
+  mkdir -p "$d"
+  cp -r "${2:-$BASE}" "$d/m"
+  printf '%s' "$d/m"
+}
+
+# ---- fixtures: small valid models and a dataset ---------------------------------------------
+MODEL_ARGS=(--hidden 64 --intermediate 128 --layers 2 --heads 4 --kv-heads 2 --vocab 128
+            --dtype f32 --seed 7)
+BASE=$T/base
+SHARDED=$T/base_sharded
+MP16=$T/base_mp16
+ONELAYER=$T/base_1layer
+DATA=$T/data.jsonl
+setup_ok=1
+timeout $TO "$LS_BIN" make-model --out "$BASE" "${MODEL_ARGS[@]}" >"$LOGS/setup.log" 2>&1 || setup_ok=0
+timeout $TO "$LS_BIN" make-model --out "$SHARDED" "${MODEL_ARGS[@]}" --shards 3 >>"$LOGS/setup.log" 2>&1 || setup_ok=0
+timeout $TO "$LS_BIN" make-model --out "$MP16" "${MODEL_ARGS[@]}" --max-pos 16 >>"$LOGS/setup.log" 2>&1 || setup_ok=0
+timeout $TO "$LS_BIN" make-model --out "$ONELAYER" "${MODEL_ARGS[@]}" --layers 1 >>"$LOGS/setup.log" 2>&1 || setup_ok=0
+timeout $TO "$LS_BIN" make-data --out "$DATA" --n 6 --min-len 4 --max-len 12 --vocab 128 >>"$LOGS/setup.log" 2>&1 || setup_ok=0
+for f in "$BASE/config.json" "$BASE/model.safetensors" "$SHARDED/model.safetensors.index.json" \
+         "$SHARDED/model-00003-of-00003.safetensors" "$MP16/config.json" \
+         "$ONELAYER/model.safetensors" "$DATA"; do
+  [ -s "$f" ] || setup_ok=0
+done
+if [ $setup_ok -ne 1 ]; then
+  echo "FAIL setup: make-model / make-data did not produce the fixtures:"
+  sed 's/^/  | /' "$LOGS/setup.log"
+  echo "summary: setup failed ($T kept)"
+  exit 1
+fi
+SHARD3=model-00003-of-00003.safetensors
+INDEX=model.safetensors.index.json
+
+# ---- help and version --------------------------------------------------------------------------
+help_case() { # name "cmd args" required-words...
+  local name=$1 args=$2; shift 2
+  LAST_ERR=$LOGS/$name.err
+  # shellcheck disable=SC2086
+  timeout $TO "$LS_BIN" $args >"$LOGS/$name.out" 2>"$LAST_ERR" </dev/null
+  LAST_RC=$?
+  [ "$LAST_RC" -eq 0 ] || REASONS+=("exit status $LAST_RC; expected 0")
+  grep -q 'usage:' "$LOGS/$name.out" || REASONS+=("no usage text on stdout")
+  local w
+  for w in "$@"; do
+    grep -qE -- "(^|[^a-z0-9-])$w([^a-z0-9-]|$)" "$LOGS/$name.out" || REASONS+=("usage does not mention $w")
+  done
+  finish "$name"
+}
+help_case help.main "--help" run plan make-model make-data --version
+help_case help.run "run --help" $RUN_OPTS
+help_case help.make_model "make-model --help" $MM_OPTS
+help_case help.make_data "make-data --help" $MD_OPTS
+
+run version 1 "$LS_BIN" --version
+[ "$LAST_RC" -eq 0 ] || REASONS+=("exit status $LAST_RC; expected 0")
+grep -qE '^layersweep [0-9]+\.[0-9]+' "$LOGS/version.out" || REASONS+=("stdout is not \"layersweep X.Y...\"")
+finish version
+
+run usage.no_args 1 "$LS_BIN"
+{ [ "$LAST_RC" -ne 0 ] && [ "$LAST_RC" -lt 128 ]; } || REASONS+=("exit status $LAST_RC; expected non-zero < 128")
+grep -q 'usage:' "$LAST_ERR" || REASONS+=("no usage text on stderr")
+finish usage.no_args
+
+WANT=(bogus-cmd --help); bad opt.unknown_command "" "$LS_BIN" bogus-cmd
+
+# ---- positive controls ----------------------------------------------------------------------------
+VALID_OUT=$T/out/valid.h5
+good valid.single "$VALID_OUT" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$VALID_OUT" --progress off
+good valid.sharded "$T/out/valid_sharded.h5" "$LS_BIN" run --model "$SHARDED" --data "$DATA" \
+  --out "$T/out/valid_sharded.h5" --progress off
+
+# Hugging Face cache layout: snapshots/<rev>/<file> are symlinks to ../../blobs/<sha256>
+hf_cache() { # src model dir, cache root -> prints the snapshot dir
+  local src=$1 root=$2 rev=0123456789abcdef0123456789abcdef01234567 f h
+  mkdir -p "$root/blobs" "$root/snapshots/$rev" "$root/refs"
+  printf '%s' "$rev" >"$root/refs/main"
+  for f in "$src"/*; do
+    h=$(sha256sum "$f" | cut -d' ' -f1)
+    cp "$f" "$root/blobs/$h"
+    ln -s "../../blobs/$h" "$root/snapshots/$rev/$(basename "$f")"
+  done
+  printf '%s' "$root/snapshots/$rev"
+}
+HF1=$(hf_cache "$BASE" "$T/hub/models--test--tiny")
+good valid.hf_cache "$T/out/hf.h5" "$LS_BIN" run --model "$HF1" --data "$DATA" --out "$T/out/hf.h5" --progress off
+HF3=$(hf_cache "$SHARDED" "$T/hub/models--test--tiny-sharded")
+good valid.hf_cache_sharded "$T/out/hf3.h5" "$LS_BIN" run --model "$HF3" --data "$DATA" \
+  --out "$T/out/hf3.h5" --progress off
+
+# ---- model directory -------------------------------------------------------------------------------
+o() { printf '%s' "$T/out/$1.h5"; } # the output path of a case
+
+m=$(case_model no_config); rm "$m/config.json"
+WANT=("$m/config.json"); bad model.no_config "$(o no_config)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o no_config)"
+
+m=$(case_model config_not_json); printf 'this is { not JSON\n' >"$m/config.json"
+WANT=("$m/config.json"); bad model.config_not_json "$(o config_not_json)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o config_not_json)"
+
+m=$(case_model config_truncated); head -c 100 "$BASE/config.json" >"$m/config.json"
+WANT=("$m/config.json"); bad model.config_truncated "$(o config_truncated)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o config_truncated)"
+
+m=$(case_model gpt2)
+sed -i -e 's/"LlamaForCausalLM"/"GPT2LMHeadModel"/' -e 's/"model_type":[[:space:]]*"llama"/"model_type": "gpt2"/' "$m/config.json"
+WANT=("$m/config.json" GPT2LMHeadModel LlamaForCausalLM MistralForCausalLM Qwen2ForCausalLM)
+bad model.unsupported_arch "$(o gpt2)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o gpt2)"
+
+m=$(case_model hidden_mismatch)
+sed -i 's/"hidden_size":[[:space:]]*64,/"hidden_size": 96,/' "$m/config.json"
+WANT=("$m/model.safetensors" model.embed_tokens.weight)
+bad model.hidden_mismatch "$(o hidden_mismatch)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o hidden_mismatch)"
+
+m=$(case_model missing_required_key)
+sed -i '/"num_hidden_layers"/d' "$m/config.json"
+WANT=("$m/config.json" num_hidden_layers)
+bad model.config_missing_key "$(o missing_required_key)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o missing_required_key)"
+
+m=$(case_model no_safetensors); rm "$m/model.safetensors"
+WANT=("$m" model.safetensors)
+bad model.no_safetensors "$(o no_safetensors)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o no_safetensors)"
+
+m=$(case_model st_truncated_header)
+head -c 64 "$BASE/model.safetensors" >"$m/model.safetensors"
+WANT=("$m/model.safetensors")
+bad model.st_header_past_end "$(o st_truncated_header)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o st_truncated_header)"
+
+m=$(case_model st_truncated_data)
+truncate -s -100 "$m/model.safetensors"
+WANT=("$m/model.safetensors" lm_head.weight)
+bad model.st_data_truncated "$(o st_truncated_data)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o st_truncated_data)"
+
+m=$(case_model st_tiny); printf 'abc' >"$m/model.safetensors"
+WANT=("$m/model.safetensors")
+bad model.st_3_bytes "$(o st_tiny)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o st_tiny)"
+
+m=$(case_model st_garbage_header)
+{ printf '\x10\x00\x00\x00\x00\x00\x00\x00'; printf 'not json at all!'; head -c 64 /dev/zero; } >"$m/model.safetensors"
+WANT=("$m/model.safetensors")
+bad model.st_header_not_json "$(o st_garbage_header)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o st_garbage_header)"
+
+# I64 tensor: patch the dtype of model.norm.weight in the header (same length, F32 -> I64)
+m=$(case_model st_i64)
+hit=$(grep -obUa '"model.norm.weight":{[^}]*"dtype":"F32"' "$m/model.safetensors" | head -n 1)
+if [ -n "$hit" ]; then
+  off=${hit%%:*}
+  match=${hit#*:}
+  pos=$((off + ${#match} - 4)) # the F of F32: the match ends in F32"
+  printf 'I64' | dd of="$m/model.safetensors" bs=1 seek="$pos" conv=notrunc status=none
+fi
+if grep -qaF '"model.norm.weight":{' "$m/model.safetensors" && grep -qaF '"dtype":"I64"' "$m/model.safetensors"; then
+  WANT=("$m/model.safetensors" model.norm.weight I64)
+  bad model.st_i64_tensor "$(o st_i64)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o st_i64)"
+else
+  fail model.st_i64_tensor "test setup: could not patch the dtype in the safetensors header"
+fi
+
+# a tensor missing: the weights of a 1-layer model under the config of the 2-layer one
+m=$(case_model tensor_missing); cp "$ONELAYER/model.safetensors" "$m/model.safetensors"
+WANT=("$m" model.layers.1.)
+bad model.tensor_missing "$(o tensor_missing)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o tensor_missing)"
+
+# --model is not a directory / does not exist
+WANT=("$T/c/nonexistent"); bad model.dir_missing "$(o dir_missing)" "$LS_BIN" run --model "$T/c/nonexistent" --data "$DATA" --out "$(o dir_missing)"
+WANT=("$BASE/model.safetensors"); bad model.dir_is_file "$(o dir_is_file)" "$LS_BIN" run --model "$BASE/model.safetensors" --data "$DATA" --out "$(o dir_is_file)"
+
+# sharded: an index that names a file outside the model directory. A valid shard is put at
+# ../outside.safetensors so that a reader that follows the name would succeed.
+m=$(case_model shard_dotdot "$SHARDED")
+mv "$m/$SHARD3" "$(dirname "$m")/outside.safetensors"
+sed -i "s|\"$SHARD3\"|\"../outside.safetensors\"|g" "$m/$INDEX"
+WANT=("$m/$INDEX" ../outside.safetensors)
+bad model.index_dotdot "$(o shard_dotdot)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o shard_dotdot)"
+if strace -o /dev/null true 2>/dev/null; then
+  LAST_ERR=$LOGS/model.index_dotdot.strace.err
+  timeout $TO strace -f -qq -e trace=open,openat -o "$LOGS/strace.log" "$LS_BIN" run --model "$m" \
+    --data "$DATA" --out "$(o shard_dotdot_strace)" >/dev/null 2>"$LAST_ERR" </dev/null
+  LAST_RC=$?
+  if grep -E 'outside\.safetensors' "$LOGS/strace.log" | grep -vqE '= -1 '; then
+    REASONS+=("the file outside the model directory was opened: $(grep -E 'outside\.safetensors' "$LOGS/strace.log" | head -n 1)")
+  fi
+  finish model.index_dotdot.no_open
+fi
+
+m=$(case_model shard_abs "$SHARDED")
+sed -i "s|\"$SHARD3\"|\"/etc/passwd\"|g" "$m/$INDEX"
+WANT=("$m/$INDEX" /etc/passwd)
+bad model.index_abs_path "$(o shard_abs)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o shard_abs)"
+
+m=$(case_model shard_missing "$SHARDED"); rm "$m/model-00002-of-00003.safetensors"
+WANT=("$m/model-00002-of-00003.safetensors" "$INDEX")
+bad model.index_shard_missing "$(o shard_missing)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o shard_missing)"
+
+m=$(case_model index_not_json "$SHARDED"); printf '{"weight_map": {' >"$m/$INDEX"
+WANT=("$m/$INDEX")
+bad model.index_not_json "$(o index_not_json)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o index_not_json)"
+
+# an index entry pointing a tensor at a shard that does not hold it
+m=$(case_model index_wrong_shard "$SHARDED")
+sed -i 's|\("model.norm.weight":[[:space:]]*"\)model-0000[0-9]-of-00003|\1model-00001-of-00003|' "$m/$INDEX"
+if cmp -s "$m/$INDEX" "$SHARDED/$INDEX"; then # norm was already in shard 1: move it to shard 2
+  sed -i 's|\("model.norm.weight":[[:space:]]*"\)model-0000[0-9]-of-00003|\1model-00002-of-00003|' "$m/$INDEX"
+fi
+WANT=("$m/$INDEX" model.norm.weight)
+bad model.index_wrong_shard "$(o index_wrong_shard)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o index_wrong_shard)"
+
+# ---- dataset -------------------------------------------------------------------------------------------
+D=$T/c/data
+mkdir -p "$D"
+mkdata() { # name lines... -> path
+  local f=$D/$1.jsonl; shift
+  printf '%s\n' "$@" >"$f"
+  printf '%s' "$f"
+}
+L1='{"input_ids": [1, 2, 3, 4], "label": 0}'
+L2='{"input_ids": [5, 6, 7], "label": 1}'
+L3='{"input_ids": [8, 9, 10, 11, 12], "label": 0}'
+L4='{"input_ids": [13, 14], "label": 1}'
+drun() { # name data-file -> bad run against the base model
+  bad "$1" "$(o "$1")" "$LS_BIN" run --model "$BASE" --data "$2" --out "$(o "$1")"
+}
+WANT=("$D/missing.jsonl"); drun data.missing "$D/missing.jsonl"
+: >"$D/empty.jsonl"
+WANT=("$D/empty.jsonl"); drun data.empty "$D/empty.jsonl"
+f=$(mkdata blank_lines "" "   " ""); WANT=("$f"); drun data.only_blank_lines "$f"
+f=$(mkdata bad_json "$L1" "$L2" '{"input_ids": [1, 2, 3' "$L4"); WANT=("$f:3:"); drun data.bad_json_line3 "$f"
+f=$(mkdata empty_ids "$L1" '{"input_ids": [], "label": 1}' "$L3"); WANT=("$f:2:"); drun data.empty_input_ids_line2 "$f"
+f=$(mkdata vocab "$L1" "$L2" "$L3" '{"input_ids": [1, 128], "label": 1}'); WANT=("$f:4:" 128); drun data.id_ge_vocab_line4 "$f"
+f=$(mkdata negative "$L1" '{"input_ids": [3, -1, 4], "label": 1}'); WANT=("$f:2:"); drun data.negative_id "$f"
+f=$(mkdata float "$L1" "$L2" '{"input_ids": [3, 1.5], "label": 0}'); WANT=("$f:3:"); drun data.float_id "$f"
+f=$(mkdata string_id "$L1" '{"input_ids": [3, "4"], "label": 0}'); WANT=("$f:2:"); drun data.string_id "$f"
+f=$(mkdata no_ids "$L1" '{"tokens": [3, 4], "label": 0}'); WANT=("$f:2:" input_ids); drun data.no_input_ids "$f"
+f=$(mkdata label_some "$L1" "$L2" '{"input_ids": [8, 9]}' "$L4"); WANT=("$f:3:" label); drun data.label_some_lines "$f"
+f=$(mkdata label_late '{"input_ids": [1, 2]}' "$L2"); WANT=("$f:2:" label); drun data.label_only_later "$f"
+f=$(mkdata label_float "$L1" '{"input_ids": [1, 2], "label": 0.5}'); WANT=("$f:2:" label); drun data.label_float "$f"
+printf '%s\n' "$L1" >"$D/nul.jsonl"; printf '{"input_ids": [1]}\0\n' >>"$D/nul.jsonl"
+WANT=("$D/nul.jsonl:2:"); drun data.nul_byte "$D/nul.jsonl"
+mkdir -p "$D/a_directory.jsonl"
+WANT=("$D/a_directory.jsonl"); drun data.is_directory "$D/a_directory.jsonl"
+
+# prompts longer than max_position_embeddings (16): refused, then accepted on request
+f=$(mkdata long "$L1" '{"input_ids": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20], "label": 0}')
+WANT=("$f:2:" --allow-long-prompts)
+bad data.long_prompt "$(o long)" "$LS_BIN" run --model "$MP16" --data "$f" --out "$(o long)"
+good data.long_prompt_allowed "$(o long_ok)" "$LS_BIN" run --model "$MP16" --data "$f" --out "$(o long_ok)" \
+  --allow-long-prompts --progress off
+f16=$(mkdata exactly16 '{"input_ids": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]}')
+good data.prompt_of_max_pos "$(o exactly16)" "$LS_BIN" run --model "$MP16" --data "$f16" --out "$(o exactly16)" --progress off
+
+# ---- options ---------------------------------------------------------------------------------------------
+R=("$LS_BIN" run --model "$BASE" --data "$DATA")
+WANT=(--bogus); bad opt.unknown_option "$(o unknown_opt)" "${R[@]}" --out "$(o unknown_opt)" --bogus
+WANT=(--out); bad opt.missing_out "" "${R[@]}"
+WANT=(--model); bad opt.missing_model "$(o missing_model)" "$LS_BIN" run --data "$DATA" --out "$(o missing_model)"
+WANT=(--layers 99); bad opt.layers_99 "$(o layers_99)" "${R[@]}" --out "$(o layers_99)" --layers 99
+WANT=(--layers 1-0); bad opt.layers_1-0 "$(o layers_10)" "${R[@]}" --out "$(o layers_10)" --layers 1-0
+WANT=(--layers); bad opt.layers_garbage "$(o layers_x)" "${R[@]}" --out "$(o layers_x)" --layers 0,x
+WANT=(--layers); bad opt.layers_trailing_comma "$(o layers_c)" "${R[@]}" --out "$(o layers_c)" --layers 0,
+WANT=(--hooks bogus); bad opt.hooks_bogus "$(o hooks)" "${R[@]}" --out "$(o hooks)" --hooks bogus
+WANT=(--pool bogus); bad opt.pool_bogus "$(o pool)" "${R[@]}" --out "$(o pool)" --pool bogus
+WANT=(--microbatch-tokens); bad opt.microbatch_0 "$(o mb0)" "${R[@]}" --out "$(o mb0)" --microbatch-tokens 0
+WANT=(--threads); bad opt.threads_0 "$(o threads0)" "${R[@]}" --out "$(o threads0)" --threads 0
+WANT=(--progress); bad opt.progress_bogus "$(o progress)" "${R[@]}" --out "$(o progress)" --progress bogus
+WANT=(stray); bad opt.positional_argument "$(o positional)" "${R[@]}" --out "$(o positional)" stray
+WANT=(--out); bad opt.out_without_value "" "${R[@]}" --out
+
+# an existing output file is refused without --force and left byte-identical
+EXIST=$T/out/existing.h5
+cp "$VALID_OUT" "$EXIST"
+sum_before=$(sha256sum <"$EXIST")
+WANT=("$EXIST" --force)
+run opt.existing_output 1 "${R[@]}" --out "$EXIST"
+check_bad "" "${R[@]}" --out "$EXIST"
+[ "$(sha256sum <"$EXIST")" = "$sum_before" ] || REASONS+=("the existing output file was modified")
+finish opt.existing_output
+
+WANT=("$T/out/no/such/dir/o.h5")
+bad opt.out_dir_missing "$T/out/no/such/dir/o.h5" "${R[@]}" --out "$T/out/no/such/dir/o.h5"
+[ -e "$T/out/no" ] && fail opt.out_dir_missing.not_created "the tool created $T/out/no"
+
+# make-model / make-data options
+WANT=(--dtype); bad opt.make_model_dtype "" "$LS_BIN" make-model --out "$T/c/mm_dtype" --dtype i8
+WANT=("$BASE" --force); bad opt.make_model_exists "" "$LS_BIN" make-model --out "$BASE" "${MODEL_ARGS[@]}"
+WANT=(--hidden); bad opt.make_model_hidden_0 "" "$LS_BIN" make-model --out "$T/c/mm_h0" --hidden 0
+WANT=(--n); bad opt.make_data_n_0 "" "$LS_BIN" make-data --out "$T/c/md_n0.jsonl" --n 0
+WANT=("$DATA" --force); bad opt.make_data_exists "" "$LS_BIN" make-data --out "$DATA"
+
+# ---- under mpirun -np 2 --------------------------------------------------------------------------------------
+if command -v mpirun >/dev/null 2>&1; then
+  f=$D/bad_json.jsonl
+  WANT=("$f:3:"); bad_mpi mpi.data_bad_json_line3 "$(o mpi_json)" "$LS_BIN" run --model "$BASE" --data "$f" --out "$(o mpi_json)"
+  WANT=(--layers 99); bad_mpi mpi.layers_99 "$(o mpi_layers)" "${R[@]}" --out "$(o mpi_layers)" --layers 99
+  m=$T/c/tensor_missing/m
+  WANT=("$m" model.layers.1.); bad_mpi mpi.tensor_missing "$(o mpi_tensor)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o mpi_tensor)"
+  m=$T/c/shard_dotdot/m
+  WANT=("$m/$INDEX" ../outside.safetensors); bad_mpi mpi.index_dotdot "$(o mpi_dotdot)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o mpi_dotdot)"
+  EXIST2=$T/out/existing_mpi.h5
+  cp "$VALID_OUT" "$EXIST2"
+  sum_before=$(sha256sum <"$EXIST2")
+  WANT=("$EXIST2" --force)
+  run mpi.existing_output mpi "${R[@]}" --out "$EXIST2"
+  check_bad "" "${R[@]}" --out "$EXIST2"
+  [ "$(sha256sum <"$EXIST2")" = "$sum_before" ] || REASONS+=("the existing output file was modified")
+  finish mpi.existing_output
+  WANT=(--bogus); bad_mpi mpi.unknown_option "$(o mpi_bogus)" "${R[@]}" --out "$(o mpi_bogus)" --bogus
+else
+  fail mpi "mpirun not found"
+fi
+
+# ---- summary -------------------------------------------------------------------------------------------------
+echo "summary: $N_PASS passed, $N_FAIL failed"
+if [ "$N_FAIL" -gt 0 ]; then
+  echo "failed: ${FAILED[*]}"
+  echo "logs kept in $LOGS"
+  exit 1
+fi
+rm -rf "$T"
+exit 0

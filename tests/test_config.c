@@ -1,0 +1,598 @@
+/* test_config.c: cmocka tests for src/config.c.
+ *
+ * ls_config_parse on inline config.json texts: the three supported families (by
+ * architectures and by model_type alone), GQA and head_dim defaults, the classic
+ * rope_theta + rope_scaling form and the transformers-5 rope_parameters form, bias and
+ * sliding-window rules per family. Each bad config must return -1 with exactly one
+ * stderr line naming the file. ls_config_rope_inv_freq is checked against an
+ * independent double-precision evaluation of transformers' formulas
+ * (modeling_rope_utils: default, linear, llama3); ls_config_gemm_flops_per_token
+ * against hand-computed counts. The fixture configs are loaded too when
+ * $LS_FIXTURES is set. */
+#define _GNU_SOURCE
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "ls_common.h"
+
+#define PATH "/models/tiny-llama/config.json"
+
+/* ---- stderr capture ------------------------------------------------------------ */
+
+typedef struct {
+  int saved;
+  char file[4200];
+} capture_t;
+
+static void capture_begin(capture_t *c) {
+  const char *base = getenv("LS_TEST_TMP");
+  if (!base || !*base) base = "/tmp";
+  snprintf(c->file, sizeof c->file, "%s/ls_cfg_stderr_%d.txt", base, (int)getpid());
+  fflush(stderr);
+  c->saved = dup(2);
+  int fd = open(c->file, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  assert_true(c->saved >= 0 && fd >= 0);
+  dup2(fd, 2);
+  close(fd);
+}
+
+/* Restore stderr; return what was written (malloc'd, NUL-terminated). */
+static char *capture_end(capture_t *c, size_t *len) {
+  fflush(stderr);
+  dup2(c->saved, 2);
+  close(c->saved);
+  char *msg = ls_read_text_file(c->file, 1 << 20, len);
+  assert_non_null(msg);
+  unlink(c->file);
+  return msg;
+}
+
+/* msg must be exactly one '\n'-terminated line containing every needle. */
+static void assert_one_line(const char *msg, size_t len, const char *const *needles, int n) {
+  int ok = len > 0 && msg[len - 1] == '\n' && strchr(msg, '\n') == msg + len - 1;
+  for (int i = 0; i < n; i++) ok = ok && strstr(msg, needles[i]) != NULL;
+  if (!ok) {
+    fprintf(stderr, "expected one line containing");
+    for (int i = 0; i < n; i++) fprintf(stderr, " '%s'", needles[i]);
+    fprintf(stderr, ", got %zu bytes: %s\n", len, msg);
+  }
+  assert_true(ok);
+}
+
+/* ---- parse helpers ---------------------------------------------------------------- */
+
+static void parse_ok(const char *json, ls_config_t *cfg) {
+  capture_t c;
+  capture_begin(&c);
+  int rc = ls_config_parse(json, PATH, cfg);
+  size_t len;
+  char *msg = capture_end(&c, &len);
+  if (rc != 0 || len != 0) fprintf(stderr, "config rejected (rc %d): %s\nfor: %s\n", rc, msg, json);
+  assert_int_equal(rc, 0);
+  assert_int_equal(len, 0);
+  free(msg);
+}
+
+/* Must fail with one line naming PATH and containing want (and want2 if given). */
+static void expect_bad2(const char *json, const char *want, const char *want2) {
+  ls_config_t cfg;
+  capture_t c;
+  capture_begin(&c);
+  int rc = ls_config_parse(json, PATH, &cfg);
+  size_t len;
+  char *msg = capture_end(&c, &len);
+  if (getenv("LS_TEST_VERBOSE")) fprintf(stderr, "  [%s] %s", want, msg);
+  if (rc != -1) fprintf(stderr, "config accepted (rc %d), wanted error '%s': %s\n", rc, want, json);
+  assert_int_equal(rc, -1);
+  const char *needles[4] = {"layersweep: error: ", PATH ": ", want, want2};
+  assert_one_line(msg, len, needles, want2 ? 4 : 3);
+  free(msg);
+}
+
+static void expect_bad(const char *json, const char *want) { expect_bad2(json, want, NULL); }
+
+#define SIZES                                                                                \
+  "\"hidden_size\": 64, \"intermediate_size\": 96, \"num_hidden_layers\": 3, "               \
+  "\"num_attention_heads\": 4, \"vocab_size\": 256"
+#define A_LLAMA "\"architectures\": [\"LlamaForCausalLM\"], "
+#define A_MISTRAL "\"architectures\": [\"MistralForCausalLM\"], "
+#define A_QWEN2 "\"architectures\": [\"Qwen2ForCausalLM\"], "
+
+/* ---- families ------------------------------------------------------------------------ */
+
+static void test_llama_full(void **state) {
+  ls_config_t c;
+  parse_ok("{" A_LLAMA "\"model_type\": \"llama\", " SIZES ", \"num_key_value_heads\": 2, "
+           "\"max_position_embeddings\": 128, \"rms_norm_eps\": 1e-05, \"rope_theta\": 500000.0, "
+           "\"hidden_act\": \"silu\", \"attention_bias\": false, \"mlp_bias\": false, "
+           "\"tie_word_embeddings\": true, \"torch_dtype\": \"bfloat16\", \"pad_token_id\": null, "
+           "\"sliding_window\": 16}",
+           &c);
+  assert_int_equal(c.arch, LS_ARCH_LLAMA);
+  assert_string_equal(c.arch_name, "LlamaForCausalLM");
+  assert_int_equal(c.hidden, 64);
+  assert_int_equal(c.intermediate, 96);
+  assert_int_equal(c.n_layers, 3);
+  assert_int_equal(c.n_heads, 4);
+  assert_int_equal(c.n_kv_heads, 2);
+  assert_int_equal(c.head_dim, 16);
+  assert_int_equal(c.vocab, 256);
+  assert_int_equal(c.max_pos, 128);
+  assert_true(c.rms_eps == 1e-5);
+  assert_true(c.rope_theta == 500000.0);
+  assert_int_equal(c.rope_type, LS_ROPE_DEFAULT);
+  assert_true(c.rope_factor == 1.0);
+  assert_int_equal(c.sliding_window, 0); /* Llama never uses a window */
+  assert_int_equal(c.qkv_bias, 0);
+  assert_int_equal(c.o_bias, 0);
+  assert_int_equal(c.mlp_bias, 0);
+  assert_int_equal(c.tie_embeddings, 1);
+}
+
+static void test_defaults(void **state) {
+  /* only the required keys: GQA default, head_dim default, eps / theta defaults */
+  ls_config_t c;
+  parse_ok("{" A_LLAMA SIZES "}", &c);
+  assert_int_equal(c.n_kv_heads, 4);
+  assert_int_equal(c.head_dim, 16);
+  assert_int_equal(c.max_pos, 0);
+  assert_true(c.rms_eps == 1e-6);
+  assert_true(c.rope_theta == 10000.0);
+  assert_int_equal(c.rope_type, LS_ROPE_DEFAULT);
+  assert_int_equal(c.tie_embeddings, 0);
+  /* null counts as absent */
+  parse_ok("{" A_LLAMA SIZES ", \"num_key_value_heads\": null, \"head_dim\": null, "
+           "\"rope_scaling\": null}", &c);
+  assert_int_equal(c.n_kv_heads, 4);
+  assert_int_equal(c.head_dim, 16);
+  assert_int_equal(c.rope_type, LS_ROPE_DEFAULT);
+}
+
+static void test_mistral(void **state) {
+  ls_config_t c;
+  parse_ok("{" A_MISTRAL SIZES ", \"num_key_value_heads\": 1, \"sliding_window\": 4096}", &c);
+  assert_int_equal(c.arch, LS_ARCH_MISTRAL);
+  assert_string_equal(c.arch_name, "MistralForCausalLM");
+  assert_int_equal(c.n_kv_heads, 1);
+  assert_int_equal(c.sliding_window, 4096);
+  assert_int_equal(c.qkv_bias, 0);
+  assert_int_equal(c.o_bias, 0);
+  assert_int_equal(c.mlp_bias, 0);
+  parse_ok("{" A_MISTRAL SIZES ", \"sliding_window\": null}", &c);
+  assert_int_equal(c.sliding_window, 0);
+  parse_ok("{" A_MISTRAL SIZES "}", &c);
+  assert_int_equal(c.sliding_window, 0);
+  expect_bad("{" A_MISTRAL SIZES ", \"sliding_window\": -1}", "\"sliding_window\"");
+  expect_bad("{" A_MISTRAL SIZES ", \"sliding_window\": 8.5}", "\"sliding_window\"");
+}
+
+static void test_qwen2(void **state) {
+  ls_config_t c;
+  parse_ok("{" A_QWEN2 SIZES ", \"num_key_value_heads\": 2, \"use_sliding_window\": false, "
+           "\"sliding_window\": 4096, \"max_window_layers\": 28, \"rope_theta\": 1000000.0}",
+           &c);
+  assert_int_equal(c.arch, LS_ARCH_QWEN2);
+  assert_string_equal(c.arch_name, "Qwen2ForCausalLM");
+  assert_int_equal(c.sliding_window, 0); /* not in use */
+  assert_int_equal(c.qkv_bias, 1);
+  assert_int_equal(c.o_bias, 0);
+  assert_int_equal(c.mlp_bias, 0);
+  assert_true(c.rope_theta == 1e6);
+  /* use_sliding_window absent: defaults to false */
+  parse_ok("{" A_QWEN2 SIZES ", \"sliding_window\": 32768}", &c);
+  assert_int_equal(c.sliding_window, 0);
+  /* in use, every layer sliding */
+  parse_ok("{" A_QWEN2 SIZES ", \"use_sliding_window\": true, \"sliding_window\": 16}", &c);
+  assert_int_equal(c.sliding_window, 16);
+  /* the transformers-5 fixture form: layer_types all full, sliding_window null */
+  parse_ok("{" A_QWEN2 SIZES ", \"layer_types\": [\"full_attention\", \"full_attention\", "
+           "\"full_attention\"], \"sliding_window\": null, \"use_sliding_window\": false, "
+           "\"rope_parameters\": {\"rope_theta\": 1000000.0, \"rope_type\": \"default\"}}", &c);
+  assert_int_equal(c.sliding_window, 0);
+  assert_true(c.rope_theta == 1e6);
+  /* Qwen2 biases are fixed by the family, attention_bias is not read */
+  parse_ok("{" A_QWEN2 SIZES ", \"attention_bias\": false}", &c);
+  assert_int_equal(c.qkv_bias, 1);
+  expect_bad("{" A_QWEN2 SIZES ", \"use_sliding_window\": \"no\"}", "\"use_sliding_window\"");
+  expect_bad("{" A_QWEN2 SIZES ", \"layer_types\": [\"full_attention\", \"sliding_attention\"],"
+             " \"sliding_window\": 8}", "mixing sliding and full");
+  expect_bad("{" A_QWEN2 SIZES ", \"layer_types\": [\"chunked\"]}", "layer_types");
+}
+
+static void test_model_type_only(void **state) {
+  static const struct { const char *type, *arch; ls_arch_t id; } k[] = {
+      {"llama", "LlamaForCausalLM", LS_ARCH_LLAMA},
+      {"mistral", "MistralForCausalLM", LS_ARCH_MISTRAL},
+      {"qwen2", "Qwen2ForCausalLM", LS_ARCH_QWEN2},
+  };
+  for (int i = 0; i < 3; i++) {
+    char json[1024];
+    snprintf(json, sizeof json, "{\"model_type\": \"%s\", " SIZES "}", k[i].type);
+    ls_config_t c;
+    parse_ok(json, &c);
+    assert_int_equal(c.arch, k[i].id);
+    assert_string_equal(c.arch_name, k[i].arch);
+    assert_int_equal(c.qkv_bias, k[i].id == LS_ARCH_QWEN2);
+  }
+  /* architectures wins over model_type */
+  ls_config_t c;
+  parse_ok("{" A_MISTRAL "\"model_type\": \"llama\", " SIZES "}", &c);
+  assert_int_equal(c.arch, LS_ARCH_MISTRAL);
+}
+
+static void test_head_dim(void **state) {
+  ls_config_t c;
+  parse_ok("{" A_LLAMA SIZES ", \"head_dim\": 32}", &c);
+  assert_int_equal(c.head_dim, 32);
+  /* explicit head_dim lifts the divisibility requirement */
+  parse_ok("{" A_LLAMA "\"hidden_size\": 60, \"intermediate_size\": 96, \"num_hidden_layers\": 1, "
+           "\"num_attention_heads\": 8, \"num_key_value_heads\": 2, \"vocab_size\": 10, "
+           "\"head_dim\": 8}", &c);
+  assert_int_equal(c.head_dim, 8);
+  assert_int_equal(c.n_heads, 8);
+  assert_int_equal(c.n_kv_heads, 2);
+}
+
+static void test_biases(void **state) {
+  ls_config_t c;
+  parse_ok("{" A_LLAMA SIZES ", \"attention_bias\": true}", &c);
+  assert_int_equal(c.qkv_bias, 1);
+  assert_int_equal(c.o_bias, 1);
+  assert_int_equal(c.mlp_bias, 0);
+  parse_ok("{" A_LLAMA SIZES ", \"mlp_bias\": true}", &c);
+  assert_int_equal(c.qkv_bias, 0);
+  assert_int_equal(c.o_bias, 0);
+  assert_int_equal(c.mlp_bias, 1);
+  parse_ok("{" A_LLAMA SIZES ", \"attention_bias\": true, \"mlp_bias\": true}", &c);
+  assert_int_equal(c.qkv_bias + c.o_bias + c.mlp_bias, 3);
+  expect_bad("{" A_LLAMA SIZES ", \"attention_bias\": 1}", "\"attention_bias\"");
+  expect_bad("{" A_LLAMA SIZES ", \"mlp_bias\": \"yes\"}", "\"mlp_bias\"");
+}
+
+/* ---- rope forms --------------------------------------------------------------------- */
+
+static void test_rope_classic(void **state) {
+  ls_config_t c;
+  parse_ok("{" A_LLAMA SIZES ", \"rope_theta\": 250000.0, \"rope_scaling\": {\"type\": "
+           "\"linear\", \"factor\": 2.0}}", &c);
+  assert_true(c.rope_theta == 250000.0);
+  assert_int_equal(c.rope_type, LS_ROPE_LINEAR);
+  assert_true(c.rope_factor == 2.0);
+  /* the fixture llama3 form (rope_type key inside rope_scaling) */
+  parse_ok("{" A_LLAMA SIZES ", \"rope_theta\": 500000.0, \"rope_scaling\": {\"factor\": 8.0, "
+           "\"high_freq_factor\": 4.0, \"low_freq_factor\": 1.0, "
+           "\"original_max_position_embeddings\": 8192, \"rope_type\": \"llama3\"}}", &c);
+  assert_int_equal(c.rope_type, LS_ROPE_LLAMA3);
+  assert_true(c.rope_theta == 500000.0);
+  assert_true(c.rope_factor == 8.0);
+  assert_true(c.rope_low_freq_factor == 1.0);
+  assert_true(c.rope_high_freq_factor == 4.0);
+  assert_int_equal(c.rope_orig_max_pos, 8192);
+  /* explicit default */
+  parse_ok("{" A_LLAMA SIZES ", \"rope_scaling\": {\"rope_type\": \"default\"}}", &c);
+  assert_int_equal(c.rope_type, LS_ROPE_DEFAULT);
+  assert_true(c.rope_factor == 1.0);
+}
+
+static void test_rope_parameters(void **state) {
+  ls_config_t c;
+  /* transformers 5: theta lives inside rope_parameters, no top-level rope_theta */
+  parse_ok("{" A_LLAMA SIZES ", \"rope_parameters\": {\"rope_theta\": 1000000.0, "
+           "\"rope_type\": \"default\"}}", &c);
+  assert_true(c.rope_theta == 1e6);
+  assert_int_equal(c.rope_type, LS_ROPE_DEFAULT);
+  parse_ok("{" A_LLAMA SIZES ", \"rope_parameters\": {\"rope_theta\": 10000.0, "
+           "\"rope_type\": \"linear\", \"factor\": 4.0}}", &c);
+  assert_true(c.rope_theta == 10000.0);
+  assert_int_equal(c.rope_type, LS_ROPE_LINEAR);
+  assert_true(c.rope_factor == 4.0);
+  parse_ok("{" A_LLAMA SIZES ", \"rope_parameters\": {\"rope_theta\": 500000.0, "
+           "\"rope_type\": \"llama3\", \"factor\": 32.0, \"low_freq_factor\": 2.0, "
+           "\"high_freq_factor\": 8.0, \"original_max_position_embeddings\": 4096}}", &c);
+  assert_true(c.rope_theta == 500000.0);
+  assert_int_equal(c.rope_type, LS_ROPE_LLAMA3);
+  assert_true(c.rope_factor == 32.0);
+  assert_true(c.rope_low_freq_factor == 2.0);
+  assert_true(c.rope_high_freq_factor == 8.0);
+  assert_int_equal(c.rope_orig_max_pos, 4096);
+  /* rope_theta inside rope_parameters wins over a stale top-level one */
+  parse_ok("{" A_LLAMA SIZES ", \"rope_theta\": 10000.0, \"rope_parameters\": "
+           "{\"rope_theta\": 300000.0, \"rope_type\": \"default\"}}", &c);
+  assert_true(c.rope_theta == 300000.0);
+  /* and the top-level one is the fallback */
+  parse_ok("{" A_LLAMA SIZES ", \"rope_theta\": 20000.0, \"rope_parameters\": "
+           "{\"rope_type\": \"default\"}}", &c);
+  assert_true(c.rope_theta == 20000.0);
+}
+
+/* ---- bad configs: one line naming the file ------------------------------------------- */
+
+static void test_bad_arch(void **state) {
+  const char *families = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM";
+  expect_bad2("{\"architectures\": [\"GPT2LMHeadModel\"], \"model_type\": \"gpt2\", " SIZES "}",
+              "\"GPT2LMHeadModel\"", families);
+  expect_bad2("{\"model_type\": \"gemma\", " SIZES "}", "\"gemma\"", families);
+  expect_bad2("{" SIZES "}", "unsupported model architecture", families);
+  expect_bad2("{\"architectures\": [], " SIZES "}", "unsupported model architecture", families);
+  /* case matters: these are class names */
+  expect_bad2("{\"architectures\": [\"llamaforcausallm\"], " SIZES "}", "llamaforcausallm",
+              families);
+}
+
+static void test_bad_missing(void **state) {
+  expect_bad("{" A_LLAMA "\"intermediate_size\": 96, \"num_hidden_layers\": 3, "
+             "\"num_attention_heads\": 4, \"vocab_size\": 256}", "\"hidden_size\" is missing");
+  expect_bad("{" A_LLAMA "\"hidden_size\": null, \"intermediate_size\": 96, "
+             "\"num_hidden_layers\": 3, \"num_attention_heads\": 4, \"vocab_size\": 256}",
+             "\"hidden_size\"");
+  expect_bad("{" A_LLAMA "\"hidden_size\": 64, \"intermediate_size\": 96, "
+             "\"num_hidden_layers\": 3, \"num_attention_heads\": 4}", "\"vocab_size\" is missing");
+  expect_bad("{" A_LLAMA "\"hidden_size\": 64, \"intermediate_size\": 96, "
+             "\"num_attention_heads\": 4, \"vocab_size\": 256}", "\"num_hidden_layers\"");
+}
+
+static void test_bad_integer(void **state) {
+  expect_bad("{" A_LLAMA SIZES ", \"num_key_value_heads\": 2.5}", "\"num_key_value_heads\" must be an integer");
+  expect_bad("{" A_LLAMA "\"hidden_size\": \"64\", \"intermediate_size\": 96, "
+             "\"num_hidden_layers\": 3, \"num_attention_heads\": 4, \"vocab_size\": 256}",
+             "\"hidden_size\" must be an integer");
+  expect_bad("{" A_LLAMA "\"hidden_size\": 64, \"intermediate_size\": 0, "
+             "\"num_hidden_layers\": 3, \"num_attention_heads\": 4, \"vocab_size\": 256}",
+             "\"intermediate_size\"");
+  expect_bad("{" A_LLAMA "\"hidden_size\": 64, \"intermediate_size\": 96, "
+             "\"num_hidden_layers\": 3, \"num_attention_heads\": -4, \"vocab_size\": 256}",
+             "\"num_attention_heads\"");
+  expect_bad("{" A_LLAMA "\"hidden_size\": 1e30, \"intermediate_size\": 96, "
+             "\"num_hidden_layers\": 3, \"num_attention_heads\": 4, \"vocab_size\": 256}",
+             "\"hidden_size\"");
+  expect_bad("{" A_LLAMA SIZES ", \"head_dim\": true}", "\"head_dim\"");
+  expect_bad("{" A_LLAMA SIZES ", \"rms_norm_eps\": \"1e-5\"}", "\"rms_norm_eps\"");
+  expect_bad("{" A_LLAMA SIZES ", \"rope_theta\": -1}", "\"rope_theta\"");
+}
+
+static void test_bad_heads(void **state) {
+  expect_bad("{" A_LLAMA SIZES ", \"num_key_value_heads\": 3}",
+             "num_attention_heads 4 must be a multiple of num_key_value_heads 3");
+  expect_bad("{" A_LLAMA SIZES ", \"num_key_value_heads\": 8}", "num_key_value_heads 8");
+  /* hidden 60 / 8 heads without head_dim */
+  expect_bad("{" A_LLAMA "\"hidden_size\": 60, \"intermediate_size\": 96, "
+             "\"num_hidden_layers\": 3, \"num_attention_heads\": 8, \"vocab_size\": 256}",
+             "not divisible by num_attention_heads");
+}
+
+static void test_bad_head_dim(void **state) {
+  expect_bad("{" A_LLAMA SIZES ", \"head_dim\": 15}", "head_dim 15 must be even");
+  /* odd derived head_dim: 60 / 4 = 15 */
+  expect_bad("{" A_LLAMA "\"hidden_size\": 60, \"intermediate_size\": 96, "
+             "\"num_hidden_layers\": 3, \"num_attention_heads\": 4, \"vocab_size\": 256}",
+             "head_dim 15");
+  expect_bad("{" A_LLAMA SIZES ", \"head_dim\": 0}", "\"head_dim\"");
+}
+
+static void test_bad_rope(void **state) {
+  expect_bad("{" A_LLAMA SIZES ", \"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4.0}}",
+             "\"yarn\" is not supported");
+  expect_bad("{" A_LLAMA SIZES ", \"rope_parameters\": {\"rope_theta\": 10000.0, "
+             "\"rope_type\": \"dynamic\", \"factor\": 2.0}}", "\"dynamic\"");
+  expect_bad("{" A_LLAMA SIZES ", \"rope_parameters\": {\"rope_theta\": 10000.0, "
+             "\"rope_type\": \"longrope\"}}", "longrope");
+  expect_bad("{" A_LLAMA SIZES ", \"rope_scaling\": \"linear\"}", "\"rope_scaling\"");
+  expect_bad("{" A_LLAMA SIZES ", \"rope_parameters\": [1]}", "\"rope_parameters\"");
+  /* llama3 without its original context, or with inverted band factors */
+  expect_bad("{" A_LLAMA SIZES ", \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0}}",
+             "\"original_max_position_embeddings\"");
+  expect_bad("{" A_LLAMA SIZES ", \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, "
+             "\"low_freq_factor\": 4.0, \"high_freq_factor\": 1.0, "
+             "\"original_max_position_embeddings\": 8192}}", "high_freq_factor > low_freq_factor");
+  expect_bad("{" A_LLAMA SIZES ", \"rope_parameters\": {\"rope_theta\": 0, "
+             "\"rope_type\": \"default\"}}", "\"rope_theta\"");
+  expect_bad("{" A_LLAMA SIZES ", \"rope_scaling\": {\"type\": \"linear\", \"factor\": \"2\"}}",
+             "\"factor\"");
+}
+
+static void test_bad_act(void **state) {
+  expect_bad("{" A_LLAMA SIZES ", \"hidden_act\": \"gelu\"}", "hidden_act must be \"silu\"");
+  expect_bad("{" A_QWEN2 SIZES ", \"hidden_act\": \"gelu_pytorch_tanh\"}", "Qwen2ForCausalLM");
+  expect_bad("{" A_LLAMA SIZES ", \"hidden_act\": 1}", "hidden_act");
+}
+
+static void test_bad_json(void **state) {
+  expect_bad("{" A_LLAMA SIZES ",", "not a valid JSON object");
+  expect_bad("", "not a valid JSON object");
+  expect_bad("[{" A_LLAMA SIZES "}]", "not a valid JSON object");
+  expect_bad("{" A_LLAMA SIZES ", \"hidden_size\" 64}", "not a valid JSON object");
+  expect_bad("\"LlamaForCausalLM\"", "not a valid JSON object");
+}
+
+/* ---- rope inverse frequencies ------------------------------------------------------- */
+
+/* transformers' formulas in double precision: modeling_rope_utils._compute_default /
+ * _linear_scaling / _llama3_parameters. Returns a bitmask of the llama3 bands seen
+ * (1 high frequency kept, 2 low frequency divided, 4 smoothed). */
+static int ref_inv_freq(const ls_config_t *c, double *out) {
+  const int dim = c->head_dim, half = dim / 2;
+  int bands = 0;
+  for (int i = 0; i < half; i++) {
+    double f = 1.0 / pow(c->rope_theta, (double)(2 * i) / dim);
+    if (c->rope_type == LS_ROPE_LINEAR) f /= c->rope_factor;
+    if (c->rope_type == LS_ROPE_LLAMA3) {
+      double factor = c->rope_factor, lo = c->rope_low_freq_factor,
+             hi = c->rope_high_freq_factor, old = c->rope_orig_max_pos;
+      double low_wavelen = old / lo, high_wavelen = old / hi;
+      double wavelen = 2 * M_PI / f;
+      double llama = wavelen > low_wavelen ? f / factor : f;
+      double smooth = (old / wavelen - lo) / (hi - lo);
+      double smoothed = (1 - smooth) * llama / factor + smooth * llama;
+      int medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+      bands |= medium ? 4 : wavelen > low_wavelen ? 2 : 1;
+      f = medium ? smoothed : llama;
+    }
+    out[i] = f;
+  }
+  return bands;
+}
+
+static void check_inv_freq(const char *json, int want_bands) {
+  ls_config_t c;
+  parse_ok(json, &c);
+  const int half = c.head_dim / 2;
+  float *got = malloc(sizeof(float) * (half + 4));
+  double *want = malloc(sizeof(double) * half);
+  assert_true(got && want);
+  for (int i = 0; i < half + 4; i++) got[i] = NAN;
+  int bands = ref_inv_freq(&c, want);
+  ls_config_rope_inv_freq(&c, got);
+  double worst = 0;
+  for (int i = 0; i < half; i++) {
+    double err = fabs((double)got[i] - want[i]) / fabs(want[i]);
+    if (!isfinite(got[i]) || !(err <= 1e-6)) {
+      fprintf(stderr, "rope inv_freq (head_dim %d, theta %g, type %d) [%d]: got %.9g want %.9g "
+              "(rel err %.3g)\n", c.head_dim, c.rope_theta, (int)c.rope_type, i, got[i], want[i],
+              err);
+      fail();
+    }
+    if (err > worst) worst = err;
+  }
+  for (int i = half; i < half + 4; i++) assert_true(isnan(got[i])); /* nothing past half */
+  if (getenv("LS_TEST_VERBOSE"))
+    fprintf(stderr, "  inv_freq head_dim %d type %d: max rel err %.3g\n", c.head_dim,
+            (int)c.rope_type, worst);
+  if (want_bands) assert_int_equal(bands, want_bands);
+  free(got);
+  free(want);
+}
+
+static void test_rope_inv_freq(void **state) {
+  /* default */
+  check_inv_freq("{" A_LLAMA SIZES ", \"head_dim\": 8}", 0);
+  check_inv_freq("{" A_LLAMA SIZES ", \"head_dim\": 64, \"rope_theta\": 10000.0}", 0);
+  check_inv_freq("{" A_QWEN2 SIZES ", \"head_dim\": 128, \"rope_theta\": 1000000.0}", 0);
+  check_inv_freq("{" A_LLAMA SIZES ", \"head_dim\": 128, \"rope_parameters\": "
+                 "{\"rope_theta\": 500000.0, \"rope_type\": \"default\"}}", 0);
+  check_inv_freq("{" A_LLAMA SIZES ", \"head_dim\": 96, \"rope_theta\": 75000000.0}", 0);
+  /* linear */
+  check_inv_freq("{" A_LLAMA SIZES ", \"head_dim\": 8, \"rope_scaling\": {\"type\": \"linear\", "
+                 "\"factor\": 2.0}}", 0);
+  check_inv_freq("{" A_LLAMA SIZES ", \"head_dim\": 128, \"rope_parameters\": {\"rope_theta\": "
+                 "1000000.0, \"rope_type\": \"linear\", \"factor\": 3.0}}", 0);
+  /* llama3: Llama 3.1's real parameters and the fixture's (all three bands) */
+  check_inv_freq("{" A_LLAMA SIZES ", \"head_dim\": 128, \"rope_theta\": 500000.0, "
+                 "\"rope_scaling\": {\"factor\": 8.0, \"low_freq_factor\": 1.0, "
+                 "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 8192, "
+                 "\"rope_type\": \"llama3\"}}", 7);
+  check_inv_freq("{" A_LLAMA SIZES ", \"head_dim\": 32, \"rope_theta\": 10000.0, "
+                 "\"rope_scaling\": {\"factor\": 8.0, \"low_freq_factor\": 1.0, "
+                 "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 32, "
+                 "\"rope_type\": \"llama3\"}}", 7);
+  check_inv_freq("{" A_LLAMA SIZES ", \"head_dim\": 64, \"rope_parameters\": {\"rope_theta\": "
+                 "500000.0, \"rope_type\": \"llama3\", \"factor\": 32.0, \"low_freq_factor\": 1.0,"
+                 " \"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 8192}}", 7);
+}
+
+/* ---- flops ------------------------------------------------------------------------------- */
+
+static void test_gemm_flops(void **state) {
+  ls_config_t c;
+  /* H 64, 4 heads of 16, 2 kv heads, I 96:
+   * q 64*64 + k 64*32 + v 64*32 + o 64*64 + gate/up/down 3*64*96 = 30720 MACs */
+  parse_ok("{" A_LLAMA SIZES ", \"num_key_value_heads\": 2}", &c);
+  assert_true(ls_config_gemm_flops_per_token(&c) == 61440.0);
+  /* explicit head_dim 32: q/o are 64x128, k/v 64x64:
+   * 8192 + 4096 + 4096 + 8192 + 18432 = 43008 MACs */
+  parse_ok("{" A_LLAMA SIZES ", \"num_key_value_heads\": 2, \"head_dim\": 32}", &c);
+  assert_true(ls_config_gemm_flops_per_token(&c) == 86016.0);
+  /* Llama-3-8B: H 4096, 32 heads, 8 kv, I 14336 -> 2 * 218103808 */
+  parse_ok("{" A_LLAMA "\"hidden_size\": 4096, \"intermediate_size\": 14336, "
+           "\"num_hidden_layers\": 32, \"num_attention_heads\": 32, \"num_key_value_heads\": 8, "
+           "\"vocab_size\": 128256}", &c);
+  assert_true(ls_config_gemm_flops_per_token(&c) == 436207616.0);
+}
+
+/* ---- the fixture configs (written by transformers 5.17) ------------------------------- */
+
+static void test_fixture_configs(void **state) {
+  const char *dir = getenv("LS_FIXTURES");
+  if (!dir || !*dir) skip();
+  char p[4200];
+  ls_config_t c;
+  snprintf(p, sizeof p, "%s/llama3_rope_f16", dir);
+  assert_int_equal(ls_config_load(p, &c), 0);
+  assert_int_equal(c.rope_type, LS_ROPE_LLAMA3);
+  assert_int_equal(c.rope_orig_max_pos, 32);
+  assert_int_equal(c.head_dim, 32);
+  assert_int_equal(c.tie_embeddings, 1);
+  snprintf(p, sizeof p, "%s/llama_gqa_f32", dir);
+  assert_int_equal(ls_config_load(p, &c), 0);
+  assert_int_equal(c.n_kv_heads, 2);
+  assert_int_equal(c.head_dim, 16);
+  assert_int_equal(c.intermediate, 160);
+  assert_int_equal(c.rope_type, LS_ROPE_DEFAULT);
+  snprintf(p, sizeof p, "%s/llama_linear_rope", dir);
+  assert_int_equal(ls_config_load(p, &c), 0);
+  assert_int_equal(c.rope_type, LS_ROPE_LINEAR);
+  assert_true(c.rope_factor == 2.0);
+  assert_true(c.rms_eps == 1e-6);
+  snprintf(p, sizeof p, "%s/llama_mqa_bf16", dir);
+  assert_int_equal(ls_config_load(p, &c), 0);
+  assert_int_equal(c.n_kv_heads, 1);
+  snprintf(p, sizeof p, "%s/mistral_window", dir);
+  assert_int_equal(ls_config_load(p, &c), 0);
+  assert_int_equal(c.arch, LS_ARCH_MISTRAL);
+  assert_int_equal(c.sliding_window, 8);
+  snprintf(p, sizeof p, "%s/qwen2_bias_sharded", dir);
+  assert_int_equal(ls_config_load(p, &c), 0);
+  assert_int_equal(c.arch, LS_ARCH_QWEN2);
+  assert_int_equal(c.sliding_window, 0);
+  assert_int_equal(c.qkv_bias, 1);
+  assert_true(c.rope_theta == 1e6);
+  /* a missing directory: one line naming the file */
+  snprintf(p, sizeof p, "%s/no_such_model", dir);
+  capture_t cap;
+  capture_begin(&cap);
+  int rc = ls_config_load(p, &c);
+  size_t len;
+  char *msg = capture_end(&cap, &len);
+  assert_int_equal(rc, -1);
+  char want[4300];
+  snprintf(want, sizeof want, "%s/config.json", p);
+  const char *needles[1] = {want};
+  assert_one_line(msg, len, needles, 1);
+  free(msg);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_llama_full),
+      cmocka_unit_test(test_defaults),
+      cmocka_unit_test(test_mistral),
+      cmocka_unit_test(test_qwen2),
+      cmocka_unit_test(test_model_type_only),
+      cmocka_unit_test(test_head_dim),
+      cmocka_unit_test(test_biases),
+      cmocka_unit_test(test_rope_classic),
+      cmocka_unit_test(test_rope_parameters),
+      cmocka_unit_test(test_bad_arch),
+      cmocka_unit_test(test_bad_missing),
+      cmocka_unit_test(test_bad_integer),
+      cmocka_unit_test(test_bad_heads),
+      cmocka_unit_test(test_bad_head_dim),
+      cmocka_unit_test(test_bad_rope),
+      cmocka_unit_test(test_bad_act),
+      cmocka_unit_test(test_bad_json),
+      cmocka_unit_test(test_rope_inv_freq),
+      cmocka_unit_test(test_gemm_flops),
+      cmocka_unit_test(test_fixture_configs),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,437 @@
+/* test_dataset.c: cmocka tests for io/dataset.c (the JSONL prompt reader).
+ *
+ * Good files are written into a fresh mkdtemp directory under $LS_TEST_TMP and every
+ * field of the loaded dataset is checked (tokens, offsets, labels, ids). Each bad file
+ * must make ls_dataset_load return -1 with exactly one stderr line naming
+ * "<path>:<line>:" (or "<path>:" when no line applies) and leave the dataset zeroed.
+ * One prompt of 5 million ids (a ~20 MB line) must load intact. */
+#define _GNU_SOURCE
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "dataset.h"
+#include "ls_common.h"
+
+#define VOCAB 256
+
+/* ---- temp dir and files ------------------------------------------------------------ */
+
+static char g_dir[4096];
+static char g_path[4200]; /* the dataset file of the current test */
+
+static int setup_dir(void **state) {
+  const char *base = getenv("LS_TEST_TMP");
+  if (!base || !*base) base = "/tmp";
+  snprintf(g_dir, sizeof g_dir, "%s/ls_ds_XXXXXX", base);
+  assert_non_null(mkdtemp(g_dir));
+  snprintf(g_path, sizeof g_path, "%s/prompts.jsonl", g_dir);
+  return 0;
+}
+
+static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
+  return remove(p);
+}
+
+static int teardown_dir(void **state) {
+  nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+  return 0;
+}
+
+static void write_file(const void *bytes, size_t n) {
+  FILE *f = fopen(g_path, "wb");
+  assert_non_null(f);
+  if (n) assert_int_equal(fwrite(bytes, 1, n, f), n);
+  assert_int_equal(fclose(f), 0);
+}
+
+static void write_text(const char *s) { write_file(s, strlen(s)); }
+
+/* ---- stderr capture ------------------------------------------------------------------ */
+
+typedef struct {
+  int saved;
+  char file[4300];
+} capture_t;
+
+static void capture_begin(capture_t *c) {
+  snprintf(c->file, sizeof c->file, "%s.stderr", g_dir);
+  fflush(stderr);
+  c->saved = dup(2);
+  int fd = open(c->file, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  assert_true(c->saved >= 0 && fd >= 0);
+  dup2(fd, 2);
+  close(fd);
+}
+
+static char *capture_end(capture_t *c, size_t *len) {
+  fflush(stderr);
+  dup2(c->saved, 2);
+  close(c->saved);
+  char *msg = ls_read_text_file(c->file, 1 << 20, len);
+  assert_non_null(msg);
+  unlink(c->file);
+  return msg;
+}
+
+static void load_ok(int64_t max_len, ls_dataset_t *d) {
+  capture_t c;
+  capture_begin(&c);
+  int rc = ls_dataset_load(g_path, VOCAB, max_len, d);
+  size_t len;
+  char *msg = capture_end(&c, &len);
+  if (rc != 0 || len) fprintf(stderr, "dataset rejected (rc %d): %s\n", rc, msg);
+  assert_int_equal(rc, 0);
+  assert_int_equal(len, 0);
+  free(msg);
+}
+
+/* The current file must fail with one line containing "<path>:<line>:" (line > 0) or
+ * "<path>: " (line 0), and `want`. */
+static void expect_bad_vocab(int vocab, int64_t max_len, int line, const char *want) {
+  ls_dataset_t d;
+  memset(&d, 0xab, sizeof d);
+  capture_t c;
+  capture_begin(&c);
+  int rc = ls_dataset_load(g_path, vocab, max_len, &d);
+  size_t len;
+  char *msg = capture_end(&c, &len);
+  char where[4300];
+  if (line > 0) snprintf(where, sizeof where, "layersweep: error: %s:%d: ", g_path, line);
+  else snprintf(where, sizeof where, "layersweep: error: %s: ", g_path);
+  if (getenv("LS_TEST_VERBOSE")) fprintf(stderr, "  [%s] %s", want, msg);
+  int one_line = len > 0 && msg[len - 1] == '\n' && strchr(msg, '\n') == msg + len - 1;
+  if (rc != -1 || !one_line || !strstr(msg, where) || !strstr(msg, want))
+    fprintf(stderr, "wanted rc -1 and one line with '%s' and '%s'; got rc %d: %s\n", where, want,
+            rc, msg);
+  assert_int_equal(rc, -1);
+  assert_true(one_line);
+  assert_non_null(strstr(msg, where));
+  assert_non_null(strstr(msg, want));
+  free(msg);
+  /* a failed load leaves nothing behind */
+  assert_int_equal(d.n, 0);
+  assert_int_equal(d.n_tokens, 0);
+  assert_null(d.tokens);
+  assert_null(d.offsets);
+  assert_null(d.labels);
+  assert_null(d.ids);
+}
+
+static void expect_bad(int line, const char *want) { expect_bad_vocab(VOCAB, 0, line, want); }
+
+/* ---- good files ------------------------------------------------------------------------ */
+
+static void test_labels_and_ids(void **state) {
+  write_text("{\"input_ids\": [1, 2, 3], \"label\": 0, \"id\": \"a\"}\n"
+             "{\"id\": \"second one\", \"input_ids\": [4], \"label\": -7}\n"
+             "{\"input_ids\":[5,6,255,0,9],\"label\":123456789012,\"id\":\"\",\"extra\":[1]}\n");
+  ls_dataset_t d;
+  load_ok(0, &d);
+  assert_int_equal(d.n, 3);
+  assert_int_equal(d.n_tokens, 9);
+  const int64_t off[4] = {0, 3, 4, 9};
+  for (int i = 0; i < 4; i++) assert_int_equal(d.offsets[i], off[i]);
+  const int32_t tok[9] = {1, 2, 3, 4, 5, 6, 255, 0, 9};
+  for (int i = 0; i < 9; i++) assert_int_equal(d.tokens[i], tok[i]);
+  assert_int_equal(ls_dataset_len(&d, 0), 3);
+  assert_int_equal(ls_dataset_len(&d, 1), 1);
+  assert_int_equal(ls_dataset_len(&d, 2), 5);
+  assert_int_equal(d.has_label, 1);
+  assert_non_null(d.labels);
+  assert_int_equal(d.labels[0], 0);
+  assert_int_equal(d.labels[1], -7);
+  assert_int_equal(d.labels[2], 123456789012LL);
+  assert_int_equal(d.has_id, 1);
+  assert_non_null(d.ids);
+  assert_string_equal(d.ids + 0 * LS_DATASET_MAX_ID, "a");
+  assert_string_equal(d.ids + 1 * LS_DATASET_MAX_ID, "second one");
+  assert_string_equal(d.ids + 2 * LS_DATASET_MAX_ID, "");
+  ls_dataset_free(&d);
+  assert_int_equal(d.n, 0);
+  assert_null(d.tokens);
+  assert_null(d.offsets);
+  assert_null(d.labels);
+  assert_null(d.ids);
+}
+
+static void test_no_label_no_id(void **state) {
+  write_text("{\"input_ids\": [7, 8]}\n{\"input_ids\": [9, 10, 11]}");
+  ls_dataset_t d;
+  load_ok(0, &d);
+  assert_int_equal(d.n, 2);
+  assert_int_equal(d.n_tokens, 5);
+  assert_int_equal(d.offsets[0], 0);
+  assert_int_equal(d.offsets[1], 2);
+  assert_int_equal(d.offsets[2], 5);
+  for (int i = 0; i < 5; i++) assert_int_equal(d.tokens[i], 7 + i);
+  assert_int_equal(d.has_label, 0);
+  assert_int_equal(d.has_id, 0);
+  assert_null(d.labels);
+  assert_null(d.ids);
+  ls_dataset_free(&d);
+}
+
+static void test_only_labels(void **state) {
+  write_text("{\"input_ids\": [1], \"label\": 3}\n{\"input_ids\": [2], \"label\": 4}\n");
+  ls_dataset_t d;
+  load_ok(0, &d);
+  assert_int_equal(d.has_label, 1);
+  assert_int_equal(d.has_id, 0);
+  assert_null(d.ids);
+  assert_int_equal(d.labels[0], 3);
+  assert_int_equal(d.labels[1], 4);
+  ls_dataset_free(&d);
+}
+
+static void test_blank_lines(void **state) {
+  write_text("\n   \n{\"input_ids\": [1, 2]}\n\t\r\n\n{\"input_ids\": [3]}\r\n  \n");
+  ls_dataset_t d;
+  load_ok(0, &d);
+  assert_int_equal(d.n, 2);
+  assert_int_equal(d.n_tokens, 3);
+  assert_int_equal(d.offsets[1], 2);
+  assert_int_equal(d.offsets[2], 3);
+  assert_int_equal(d.tokens[0], 1);
+  assert_int_equal(d.tokens[1], 2);
+  assert_int_equal(d.tokens[2], 3);
+  ls_dataset_free(&d);
+}
+
+static void test_one_token(void **state) {
+  write_text("{\"input_ids\": [42]}\n");
+  ls_dataset_t d;
+  load_ok(1, &d); /* exactly max_len tokens is fine */
+  assert_int_equal(d.n, 1);
+  assert_int_equal(d.n_tokens, 1);
+  assert_int_equal(d.offsets[0], 0);
+  assert_int_equal(d.offsets[1], 1);
+  assert_int_equal(d.tokens[0], 42);
+  ls_dataset_free(&d);
+}
+
+static void test_many_lines(void **state) {
+  /* more prompts and tokens than the first growth step (1024) */
+  enum { N = 3000 };
+  size_t cap = (size_t)N * 64, n = 0;
+  char *buf = malloc(cap);
+  assert_non_null(buf);
+  for (int i = 0; i < N; i++) {
+    n += (size_t)snprintf(buf + n, cap - n, "{\"input_ids\": [%d", i % VOCAB);
+    for (int j = 1; j <= i % 3; j++) n += (size_t)snprintf(buf + n, cap - n, ", %d", (i + j) % VOCAB);
+    n += (size_t)snprintf(buf + n, cap - n, "], \"label\": %d, \"id\": \"p%d\"}\n", i, i);
+  }
+  write_file(buf, n);
+  free(buf);
+  ls_dataset_t d;
+  load_ok(0, &d);
+  assert_int_equal(d.n, N);
+  int64_t t = 0;
+  for (int i = 0; i < N; i++) {
+    assert_int_equal(d.offsets[i], t);
+    assert_int_equal(ls_dataset_len(&d, i), 1 + i % 3);
+    for (int j = 0; j <= i % 3; j++) assert_int_equal(d.tokens[t + j], (i + j) % VOCAB);
+    t += 1 + i % 3;
+    assert_int_equal(d.labels[i], i);
+    char id[32];
+    snprintf(id, sizeof id, "p%d", i);
+    assert_string_equal(d.ids + (size_t)i * LS_DATASET_MAX_ID, id);
+  }
+  assert_int_equal(d.n_tokens, t);
+  ls_dataset_free(&d);
+}
+
+static void test_huge_line(void **state) {
+  /* one prompt of 5 million ids, ~20 MB on a single line */
+  enum { N = 5000000, V = 1000 };
+  size_t cap = (size_t)N * 5 + 64, n = 0;
+  char *buf = malloc(cap);
+  assert_non_null(buf);
+  n += (size_t)snprintf(buf, cap, "{\"input_ids\":[");
+  for (int i = 0; i < N; i++) {
+    int v = (int)(((unsigned)i * 2654435761u) % V);
+    n += (size_t)snprintf(buf + n, cap - n, i ? ",%d" : "%d", v);
+  }
+  n += (size_t)snprintf(buf + n, cap - n, "],\"label\":1}\n{\"input_ids\":[5],\"label\":2}\n");
+  write_file(buf, n);
+  free(buf);
+  assert_true(n > 15u << 20);
+  ls_dataset_t d;
+  capture_t c;
+  capture_begin(&c);
+  int rc = ls_dataset_load(g_path, V, 0, &d);
+  size_t len;
+  char *msg = capture_end(&c, &len);
+  if (rc) fprintf(stderr, "%s\n", msg);
+  free(msg);
+  assert_int_equal(rc, 0);
+  assert_int_equal(d.n, 2);
+  assert_int_equal(d.n_tokens, N + 1);
+  assert_int_equal(d.offsets[1], N);
+  assert_int_equal(d.offsets[2], N + 1);
+  for (int i = 0; i < N; i++)
+    if (d.tokens[i] != (int32_t)(((unsigned)i * 2654435761u) % V)) {
+      fprintf(stderr, "token %d: got %d\n", i, d.tokens[i]);
+      fail();
+    }
+  assert_int_equal(d.tokens[N], 5);
+  assert_int_equal(d.labels[0], 1);
+  assert_int_equal(d.labels[1], 2);
+  ls_dataset_free(&d);
+}
+
+/* ---- bad files ------------------------------------------------------------------------------ */
+
+static void test_bad_not_json(void **state) {
+  write_text("{\"input_ids\": [1]}\n{\"input_ids\": [2]}\nhello world\n{\"input_ids\": [3]}\n");
+  expect_bad(3, "not a JSON object");
+  write_text("{\"input_ids\": [1, 2\n");
+  expect_bad(1, "not a JSON object");
+  write_text("{\"input_ids\": [1]}\n[1, 2, 3]\n");
+  expect_bad(2, "not a JSON object");
+  /* blank lines still count */
+  write_text("\n\n{\"input_ids\": [1]}\n\n42\n");
+  expect_bad(5, "not a JSON object");
+}
+
+static void test_bad_missing_ids(void **state) {
+  write_text("{\"ids\": [1, 2]}\n");
+  expect_bad(1, "missing \"input_ids\"");
+  write_text("{\"input_ids\": [1]}\n{\"input_ids\": 5}\n");
+  expect_bad(2, "\"input_ids\"");
+  write_text("{\"input_ids\": \"1 2 3\"}\n");
+  expect_bad(1, "\"input_ids\"");
+}
+
+static void test_bad_empty_ids(void **state) {
+  write_text("{\"input_ids\": [1]}\n{\"input_ids\": []}\n");
+  expect_bad(2, "empty prompt");
+}
+
+static void test_bad_float_id(void **state) {
+  write_text("{\"input_ids\": [1, 2.5, 3]}\n");
+  expect_bad(1, "input_ids[1] is not a non-negative integer");
+  write_text("{\"input_ids\": [1, 2]}\n{\"input_ids\": [1, 2, 3, \"4\"]}\n");
+  expect_bad(2, "input_ids[3]");
+  write_text("{\"input_ids\": [null]}\n");
+  expect_bad(1, "input_ids[0]");
+}
+
+static void test_bad_negative_id(void **state) {
+  write_text("{\"input_ids\": [-1]}\n");
+  expect_bad(1, "input_ids[0] is not a non-negative integer");
+}
+
+static void test_bad_id_vocab(void **state) {
+  write_text("{\"input_ids\": [0, 255]}\n{\"input_ids\": [3, 256]}\n");
+  expect_bad(2, "input_ids[1] = 256 is >= the model's vocab_size 256");
+  write_text("{\"input_ids\": [1e12]}\n");
+  expect_bad(1, "vocab_size 256");
+  /* with a bigger vocab the same file is fine */
+  write_text("{\"input_ids\": [0, 255]}\n{\"input_ids\": [3, 256]}\n");
+  ls_dataset_t d;
+  assert_int_equal(ls_dataset_load(g_path, 257, 0, &d), 0);
+  assert_int_equal(d.tokens[3], 256);
+  ls_dataset_free(&d);
+}
+
+static void test_bad_label_some_lines(void **state) {
+  write_text("{\"input_ids\": [1], \"label\": 0}\n{\"input_ids\": [2]}\n");
+  expect_bad(2, "\"label\" is absent here but present");
+  write_text("{\"input_ids\": [1]}\n{\"input_ids\": [2]}\n{\"input_ids\": [2], \"label\": 1}\n");
+  expect_bad(3, "\"label\" is present here but absent");
+  write_text("{\"input_ids\": [1], \"id\": \"x\"}\n{\"input_ids\": [2]}\n");
+  expect_bad(2, "\"id\" is absent here");
+  write_text("{\"input_ids\": [1], \"label\": 1.5}\n");
+  expect_bad(1, "\"label\" must be an integer");
+  write_text("{\"input_ids\": [1], \"label\": \"pos\"}\n");
+  expect_bad(1, "\"label\" must be an integer");
+}
+
+static void test_bad_id_string(void **state) {
+  write_text("{\"input_ids\": [1], \"id\": 5}\n");
+  expect_bad(1, "\"id\" must be a string");
+  write_text("{\"input_ids\": [1], \"id\": \"ok\"}\n{\"input_ids\": [1], \"id\": null}\n");
+  expect_bad(2, "\"id\" must be a string");
+  /* LS_DATASET_MAX_ID - 1 bytes fit, LS_DATASET_MAX_ID do not */
+  char line[1024], id[LS_DATASET_MAX_ID + 1];
+  memset(id, 'x', LS_DATASET_MAX_ID - 1);
+  id[LS_DATASET_MAX_ID - 1] = '\0';
+  snprintf(line, sizeof line, "{\"input_ids\": [1], \"id\": \"%s\"}\n", id);
+  write_text(line);
+  ls_dataset_t d;
+  load_ok(0, &d);
+  assert_string_equal(d.ids, id);
+  ls_dataset_free(&d);
+  memset(id, 'x', LS_DATASET_MAX_ID);
+  id[LS_DATASET_MAX_ID] = '\0';
+  snprintf(line, sizeof line, "{\"input_ids\": [1], \"id\": \"%s\"}\n", id);
+  write_text(line);
+  expect_bad(1, "shorter than 256 bytes");
+}
+
+static void test_bad_empty_file(void **state) {
+  write_text("");
+  expect_bad(0, "dataset is empty");
+  write_text("\n \n\t\n");
+  expect_bad(0, "dataset is empty");
+}
+
+static void test_bad_missing_file(void **state) {
+  snprintf(g_path, sizeof g_path, "%s/nope.jsonl", g_dir);
+  expect_bad(0, "cannot open dataset");
+}
+
+static void test_bad_nul_byte(void **state) {
+  const char s[] = "{\"input_ids\": [1]}\n{\"input_ids\": [2]}\0\n";
+  write_file(s, sizeof s - 1);
+  expect_bad(2, "NUL byte");
+}
+
+static void test_bad_too_long(void **state) {
+  write_text("{\"input_ids\": [1, 2, 3, 4]}\n{\"input_ids\": [1, 2, 3, 4, 5]}\n");
+  expect_bad_vocab(VOCAB, 4, 2, "--allow-long-prompts");
+  expect_bad_vocab(VOCAB, 4, 2, "5 tokens");
+  /* max_len 0: no limit */
+  ls_dataset_t d;
+  load_ok(0, &d);
+  assert_int_equal(d.n_tokens, 9);
+  ls_dataset_free(&d);
+}
+
+#define T(f) cmocka_unit_test_setup_teardown(f, setup_dir, teardown_dir)
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      T(test_labels_and_ids),
+      T(test_no_label_no_id),
+      T(test_only_labels),
+      T(test_blank_lines),
+      T(test_one_token),
+      T(test_many_lines),
+      T(test_huge_line),
+      T(test_bad_not_json),
+      T(test_bad_missing_ids),
+      T(test_bad_empty_ids),
+      T(test_bad_float_id),
+      T(test_bad_negative_id),
+      T(test_bad_id_vocab),
+      T(test_bad_label_some_lines),
+      T(test_bad_id_string),
+      T(test_bad_empty_file),
+      T(test_bad_missing_file),
+      T(test_bad_nul_byte),
+      T(test_bad_too_long),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
