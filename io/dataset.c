@@ -12,6 +12,7 @@
 
 typedef struct {
   int64_t n, cap_n, n_tok, cap_tok;
+  int64_t first_line; /* line of the first prompt (label / id presence is taken from it) */
 } grow_t;
 
 static int grow(void **p, int64_t *cap, int64_t need, size_t elem, const char *what) {
@@ -37,7 +38,7 @@ static int blank(const char *s) {
 /* Parse one line into d (appending). Returns LS_OK or LS_ERR after a message. */
 static int parse_line(const char *path, int64_t lineno, const char *line, int vocab,
                       int64_t max_len, ls_dataset_t *d, grow_t *g) {
-  cJSON *o = cJSON_Parse(line);
+  cJSON *o = cJSON_ParseWithOpts(line, NULL, 1); /* nothing but whitespace may follow */
   int rc = LS_ERR;
   if (!o || !cJSON_IsObject(o)) {
     ls_error("%s:%lld: not a JSON object; each line must be {\"input_ids\": [...]}", path,
@@ -84,11 +85,13 @@ static int parse_line(const char *path, int64_t lineno, const char *line, int vo
   if (i == 0) {
     d->has_label = label != NULL;
     d->has_id = id != NULL;
+    g->first_line = lineno;
   } else if ((label != NULL) != d->has_label || (id != NULL) != d->has_id) {
-    ls_error("%s:%lld: \"%s\" is %s here but %s on line 1; give it on every line or on none",
-             path, (long long)lineno, ((label != NULL) != d->has_label) ? "label" : "id",
-             ((label != NULL) != d->has_label ? label != NULL : id != NULL) ? "present" : "absent",
-             ((label != NULL) != d->has_label ? d->has_label : d->has_id) ? "present" : "absent");
+    int lab = (label != NULL) != d->has_label;
+    int here = lab ? label != NULL : id != NULL;
+    ls_error("%s:%lld: \"%s\" is %s here but %s on line %lld (the first prompt); give it on "
+             "every line or on none", path, (long long)lineno, lab ? "label" : "id",
+             here ? "present" : "absent", here ? "absent" : "present", (long long)g->first_line);
     goto done;
   }
   if (grow((void **)&d->offsets, &g->cap_n, i + 2, sizeof(int64_t), "offsets")) goto done;

@@ -109,7 +109,11 @@ static int parse_rope(const cJSON *root, const char *path, ls_config_t *cfg) {
   if (!scaling) return LS_OK;
   const cJSON *t = get(scaling, "rope_type");
   if (!t) t = get(scaling, "type");
-  const char *type = (t && cJSON_IsString(t)) ? t->valuestring : "default";
+  if (t && !cJSON_IsString(t)) {
+    ls_error("%s: rope scaling \"rope_type\" must be a string", path);
+    return LS_ERR;
+  }
+  const char *type = t ? t->valuestring : "default";
   if (strcmp(type, "default") == 0) return LS_OK;
   LS_CHECK(get_num(scaling, "factor", 1.0, 1e-6, 1e6, path, &cfg->rope_factor));
   if (strcmp(type, "linear") == 0) {
@@ -167,7 +171,7 @@ static int parse_window(const cJSON *root, const char *path, ls_config_t *cfg) {
 
 int ls_config_parse(const char *json, const char *path, ls_config_t *cfg) {
   memset(cfg, 0, sizeof *cfg);
-  cJSON *root = cJSON_Parse(json);
+  cJSON *root = cJSON_ParseWithOpts(json, NULL, 1); /* no trailing garbage */
   if (!root || !cJSON_IsObject(root)) {
     ls_error("%s: not a valid JSON object; expected a Hugging Face config.json", path);
     cJSON_Delete(root);

@@ -45,6 +45,7 @@ static const char *usage_run =
     "  --allow-long-prompts      accept prompts longer than max_position_embeddings\n"
     "  --force                   overwrite an existing output file\n"
     "  --progress MODE           auto, lines or off (default: auto: a bar on a terminal)\n"
+    "  --summary-json FILE       also write the profile summary as JSON (default: none)\n"
     "  --help                    this text\n";
 
 static const char *usage_make_model =
@@ -113,7 +114,7 @@ static void join_argv(int argc, char **argv, char *buf, size_t cap) {
 
 /* ---- commands ---------------------------------------------------------------------------- */
 enum { O_MODEL = 256, O_DATA, O_OUT, O_HOOKS, O_LAYERS, O_POOL, O_MB, O_THREADS, O_LONG,
-       O_FORCE, O_PROGRESS, O_HELP };
+       O_FORCE, O_PROGRESS, O_SUMMARY, O_HELP };
 
 static int cmd_run(int argc, char **argv, int plan_only) {
   static const struct option opts[] = {
@@ -124,6 +125,7 @@ static int cmd_run(int argc, char **argv, int plan_only) {
       {"threads", required_argument, 0, O_THREADS},
       {"allow-long-prompts", no_argument, 0, O_LONG}, {"force", no_argument, 0, O_FORCE},
       {"progress", required_argument, 0, O_PROGRESS}, {"help", no_argument, 0, O_HELP},
+      {"summary-json", required_argument, 0, O_SUMMARY},
       {0, 0, 0, 0}};
   ls_run_opts_t o;
   ls_run_opts_default(&o);
@@ -160,6 +162,7 @@ static int cmd_run(int argc, char **argv, int plan_only) {
         else if (strcmp(optarg, "off") == 0) o.progress = 0;
         else { ls_error("--progress: choose auto, lines or off"); return 2; }
         break;
+      case O_SUMMARY: o.summary_json = optarg; break;
       case O_HELP:
         if (rank == 0) fputs(usage_run, stdout);
         return 0;

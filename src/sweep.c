@@ -7,6 +7,7 @@
  * are written collectively into one HDF5 file at the end of each layer. */
 #include "sweep.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -87,6 +88,7 @@ typedef struct {
   /* profile, per layer (n_layers) */
   double *t_load, *t_forward, *t_hooks, *t_write;
   double t_embed, t_total;
+  int threads;
   uint64_t embed_bytes;
 } sweep_t;
 
@@ -701,6 +703,42 @@ static int write_profile(sweep_t *s, const ls_wpipe_t *wp) {
   return ls_agree(rc, s->comm);
 }
 
+static const char *phase_names[8] = {"read", "read_wait", "bcast_wait", "load", "forward",
+                                     "hooks", "write", "embed"};
+
+static int write_summary_json(const sweep_t *s, const double *mn, const double *mx,
+                              double flops) {
+  cJSON *j = cJSON_CreateObject();
+  cJSON_AddStringToObject(j, "layersweep_version", LS_VERSION);
+  cJSON_AddStringToObject(j, "backend", s->be->iface->name);
+  cJSON_AddNumberToObject(j, "ranks", s->size);
+  cJSON_AddNumberToObject(j, "threads_per_rank", s->threads);
+  cJSON_AddNumberToObject(j, "prompts", (double)s->data.n);
+  cJSON_AddNumberToObject(j, "tokens", (double)s->data.n_tokens);
+  cJSON_AddNumberToObject(j, "layers_computed", s->n_run);
+  cJSON_AddNumberToObject(j, "row_align", s->align);
+  cJSON_AddNumberToObject(j, "total_s", s->t_total);
+  cJSON_AddNumberToObject(j, "tokens_per_s", (double)s->data.n_tokens / s->t_total);
+  cJSON_AddNumberToObject(j, "gemm_gflop", flops / 1e9);
+  cJSON_AddNumberToObject(j, "gemm_gflops_overall", flops / s->t_total / 1e9);
+  cJSON_AddNumberToObject(j, "weight_bytes_read", (double)(s->model.st.bytes_read - s->embed_bytes));
+  cJSON_AddNumberToObject(j, "embedding_bytes_read", (double)s->embed_bytes);
+  cJSON *ph = cJSON_AddObjectToObject(j, "phase_s");
+  for (int i = 0; i < 8; i++) {
+    cJSON *p = cJSON_AddObjectToObject(ph, phase_names[i]);
+    cJSON_AddNumberToObject(p, "min", mn[i]);
+    cJSON_AddNumberToObject(p, "max", mx[i]);
+  }
+  char *text = cJSON_Print(j);
+  cJSON_Delete(j);
+  FILE *f = fopen(s->o->summary_json, "w");
+  int rc = f && fputs(text, f) >= 0 && fputc('\n', f) >= 0 ? LS_OK : LS_ERR;
+  if (f && fclose(f) != 0) rc = LS_ERR;
+  if (rc) ls_error("%s: cannot write the JSON summary", s->o->summary_json);
+  free(text);
+  return rc;
+}
+
 static void print_summary(sweep_t *s, const ls_wpipe_t *wp) {
   const int n = s->n_run;
   double sums[8] = {0}, mx[8], mn[8];
@@ -717,6 +755,7 @@ static void print_summary(sweep_t *s, const ls_wpipe_t *wp) {
   MPI_Reduce(sums, mx, 8, MPI_DOUBLE, MPI_MAX, 0, s->comm);
   MPI_Reduce(sums, mn, 8, MPI_DOUBLE, MPI_MIN, 0, s->comm);
   if (s->rank != 0) return;
+  /* model GEMM flops on real tokens (alignment padding not counted) */
   double flops = ls_config_gemm_flops_per_token(s->cfg) * (double)s->data.n_tokens * n;
   fprintf(stderr, "profile (seconds summed over %d layers; min..max across %d rank%s):\n", n,
           s->size, s->size > 1 ? "s" : "");
@@ -727,10 +766,11 @@ static void print_summary(sweep_t *s, const ls_wpipe_t *wp) {
   fprintf(stderr, "  weight bytes read: %.3f GiB (+ %.3f MiB embedding rows) by rank 0\n",
           (double)(s->model.st.bytes_read - s->embed_bytes) / 1073741824.0,
           (double)s->embed_bytes / 1048576.0);
-  fprintf(stderr, "  %lld tokens x %d layers in %.2f s: %.0f tokens/s, model GEMM %.1f GFLOP/s "
-          "(forward only: %.1f GFLOP/s)\n", (long long)s->data.n_tokens, n, s->t_total,
-          (double)s->data.n_tokens * n / s->t_total / n * 1.0, flops / s->t_total / 1e9,
-          flops / (mx[4] > 0 ? mx[4] : 1e-9) / 1e9);
+  fprintf(stderr, "  %lld prompts, %lld tokens through %d layers in %.2f s: %.0f tokens/s; model "
+          "GEMM %.1f GFLOP/s overall, %.1f GFLOP/s in forward\n", (long long)s->data.n,
+          (long long)s->data.n_tokens, n, s->t_total, (double)s->data.n_tokens / s->t_total,
+          flops / s->t_total / 1e9, flops / (mx[4] > 0 ? mx[4] : 1e-9) / 1e9);
+  if (s->o->summary_json) write_summary_json(s, mn, mx, flops);
 }
 
 /* ---- entry point --------------------------------------------------------------------------------------- */
@@ -809,6 +849,7 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   int64_t longest = 1;
   for (int64_t i = 0; i < s->data.n; i++) longest = max64(longest, ls_dataset_len(&s->data, i));
   int threads = o->threads > 0 ? o->threads : default_threads(comm);
+  s->threads = threads;
   s->be = ls_backend_cpu_new(threads, (int)longest + LS_ROW_PAD);
   if (ls_agree(s->be ? LS_OK : LS_ERR, comm)) goto out;
   MPI_Allreduce(&s->be->row_align, &s->align, 1, MPI_INT, MPI_MAX, comm);

@@ -21,6 +21,7 @@ typedef struct {
   int plan_only;            /* print the plan and stop */
   int progress;             /* -1 auto (bar on a terminal), 0 off, 1 plain lines */
   const char *command;      /* command line recorded in the file */
+  const char *summary_json; /* if set, rank 0 writes the profile summary there as JSON */
 } ls_run_opts_t;
 
 void ls_run_opts_default(ls_run_opts_t *o);
