@@ -134,7 +134,7 @@ int ls_dataset_load(const char *path, int vocab, int64_t max_len, ls_dataset_t *
   memset(d, 0, sizeof *d);
   FILE *f = fopen(path, "rb");
   if (!f) {
-    ls_error("%s: cannot open dataset: %s", path, strerror(errno));
+    ls_error("%s: cannot open dataset: %s; check --data", path, strerror(errno));
     return LS_ERR;
   }
   grow_t g = {0};

@@ -27,7 +27,7 @@ static int open_common(ls_h5out_t *h, const char *path, MPI_Comm comm, int creat
   MPI_Bcast(&exists, 1, MPI_INT, 0, comm);
   if (create && exists && !force) {
     if (rank == 0)
-      ls_error("%s: output file exists; pass --force to overwrite it or --resume to continue it",
+      ls_error("%s: output file exists; pass --force to overwrite it or choose another --out",
                path);
     return LS_ERR;
   }

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #include "ls_common.h"
 
@@ -227,6 +228,12 @@ done:
 }
 
 int ls_config_load(const char *dir, ls_config_t *cfg) {
+  struct stat st;
+  if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+    ls_error("%s: not a directory; --model must be a Hugging Face model directory "
+             "(config.json + safetensors)", dir);
+    return LS_ERR;
+  }
   char path[4200];
   snprintf(path, sizeof path, "%s/config.json", dir);
   char *text = ls_read_text_file(path, 16u << 20, NULL);

@@ -81,7 +81,7 @@ double ls_now(void) {
 char *ls_read_text_file(const char *path, size_t max_bytes, size_t *len_out) {
   FILE *f = fopen(path, "rb");
   if (!f) {
-    ls_error("%s: cannot open: %s", path, strerror(errno));
+    ls_error("%s: cannot open: %s; check the path", path, strerror(errno));
     return NULL;
   }
   struct stat st;

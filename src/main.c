@@ -68,7 +68,8 @@ static const char *usage_make_model =
     "  --init-std X          weight standard deviation (default: 0.02)\n"
     "  --sliding-window N    Mistral sliding_window (default: none)\n"
     "  --tie                 tie_word_embeddings (no lm_head tensor)\n"
-    "  --force               overwrite an existing model directory\n";
+    "  --force               overwrite an existing model directory\n"
+    "  --help                this text\n";
 
 static const char *usage_make_data =
     "usage: layersweep make-data --out FILE [options]\n"
@@ -80,7 +81,8 @@ static const char *usage_make_data =
     "  --vocab N         token ids are drawn from [0, N) (default: 1024)\n"
     "  --seed N          random seed (default: 1)\n"
     "  --no-labels       omit the \"label\" field\n"
-    "  --force           overwrite an existing file\n";
+    "  --force           overwrite an existing file\n"
+    "  --help            this text\n";
 
 /* ---- option parsing helpers ----------------------------------------------------------- */
 static int parse_long(const char *opt, const char *s, long lo, long hi, long *out) {
@@ -138,6 +140,7 @@ static int cmd_run(int argc, char **argv, int plan_only) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   ls_error_set_quiet(rank != 0);
   optind = 1;
+  opterr = 0; /* we report bad options ourselves, in one line */
   while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     switch (c) {
       case O_MODEL: o.model_dir = optarg; break;
@@ -207,6 +210,7 @@ static int cmd_make_model(int argc, char **argv) {
   int c;
   long v;
   optind = 1;
+  opterr = 0; /* we report bad options ourselves, in one line */
   while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     int *field = NULL;
     long lo = 1, hi = 1 << 24;
@@ -238,7 +242,9 @@ static int cmd_make_model(int argc, char **argv) {
                  argv[optind - 1]);
         return 2;
     }
-    if (parse_long(opts[c - M_OUT].name, optarg, lo, hi, &v)) return 2;
+    char flag[64];
+    snprintf(flag, sizeof flag, "--%s", opts[c - M_OUT].name);
+    if (parse_long(flag, optarg, lo, hi, &v)) return 2;
     *field = (int)v;
   }
   if (optind < argc) {
@@ -261,6 +267,7 @@ static int cmd_make_data(int argc, char **argv) {
   int c;
   long v;
   optind = 1;
+  opterr = 0; /* we report bad options ourselves, in one line */
   while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     switch (c) {
       case D_OUT: o.out_path = optarg; break;

@@ -556,7 +556,7 @@ static void test_fixture_configs(void **state) {
   assert_int_equal(c.sliding_window, 0);
   assert_int_equal(c.qkv_bias, 1);
   assert_true(c.rope_theta == 1e6);
-  /* a missing directory: one line naming the file */
+  /* a missing directory: one line naming it and what --model must be */
   snprintf(p, sizeof p, "%s/no_such_model", dir);
   capture_t cap;
   capture_begin(&cap);
@@ -565,9 +565,9 @@ static void test_fixture_configs(void **state) {
   char *msg = capture_end(&cap, &len);
   assert_int_equal(rc, -1);
   char want[4300];
-  snprintf(want, sizeof want, "%s/config.json", p);
-  const char *needles[1] = {want};
-  assert_one_line(msg, len, needles, 1);
+  snprintf(want, sizeof want, "%s: not a directory", p);
+  const char *needles[2] = {want, "--model"};
+  assert_one_line(msg, len, needles, 2);
   free(msg);
 }
 
