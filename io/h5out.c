@@ -2,6 +2,7 @@
 #include "h5out.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -79,12 +80,32 @@ int ls_h5out_close(ls_h5out_t *h) {
 }
 
 /* ---- attributes ---------------------------------------------------------------------- */
+/* Create or overwrite an attribute. An existing attribute of the same type size and
+ * element count is overwritten in place (no object-header reallocation), so markers
+ * updated during a sweep never leave the file's metadata half-changed. */
 static int write_attr(ls_h5out_t *h, const char *obj_path, const char *name, hid_t type,
                       hid_t space, const void *buf) {
   hid_t obj = H5I_INVALID_HID, attr = H5I_INVALID_HID;
   LS_H5_TRY(obj = H5Oopen(h->file, obj_path, H5P_DEFAULT), "open object for attribute");
-  if (H5Aexists(obj, name) > 0) LS_H5_TRY(H5Adelete(obj, name), "attribute delete");
-  LS_H5_TRY(attr = H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT), "attribute create");
+  if (H5Aexists(obj, name) > 0) {
+    attr = H5Aopen(obj, name, H5P_DEFAULT);
+    hid_t t = attr >= 0 ? H5Aget_type(attr) : H5I_INVALID_HID;
+    hid_t sp = attr >= 0 ? H5Aget_space(attr) : H5I_INVALID_HID;
+    int same = t >= 0 && sp >= 0 && H5Tget_size(t) == H5Tget_size(type) &&
+               H5Tget_class(t) == H5Tget_class(type) &&
+               H5Sget_simple_extent_npoints(sp) == H5Sget_simple_extent_npoints(space) &&
+               H5Sget_simple_extent_type(sp) == H5Sget_simple_extent_type(space);
+    if (t >= 0) H5Tclose(t);
+    if (sp >= 0) H5Sclose(sp);
+    if (!same) {
+      if (attr >= 0) H5Aclose(attr);
+      attr = H5I_INVALID_HID;
+      LS_H5_TRY(H5Adelete(obj, name), "attribute delete");
+    }
+  }
+  if (attr < 0)
+    LS_H5_TRY(attr = H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT),
+              "attribute create");
   LS_H5_TRY(H5Awrite(attr, type, buf), "attribute write");
   H5Aclose(attr);
   H5Oclose(obj);
@@ -96,15 +117,53 @@ fail:
 }
 
 int ls_h5out_attr_str(ls_h5out_t *h, const char *obj_path, const char *name, const char *v) {
+  return ls_h5out_attr_str_sized(h, obj_path, name, v, strlen(v) + 1);
+}
+
+int ls_h5out_attr_str_sized(ls_h5out_t *h, const char *obj_path, const char *name,
+                            const char *v, size_t size) {
+  char *buf = calloc(1, size > strlen(v) ? size : strlen(v) + 1);
+  if (!buf) return LS_ERR;
+  memcpy(buf, v, strlen(v));
   hid_t type = H5Tcopy(H5T_C_S1);
-  H5Tset_size(type, strlen(v) + 1);
+  H5Tset_size(type, size > strlen(v) ? size : strlen(v) + 1);
   H5Tset_strpad(type, H5T_STR_NULLTERM);
   H5Tset_cset(type, H5T_CSET_UTF8);
   hid_t space = H5Screate(H5S_SCALAR);
-  int rc = write_attr(h, obj_path, name, type, space, v);
+  int rc = write_attr(h, obj_path, name, type, space, buf);
   H5Sclose(space);
   H5Tclose(type);
+  free(buf);
   return rc;
+}
+
+int ls_h5out_read_attr_str(ls_h5out_t *h, const char *obj_path, const char *name, char *out,
+                           size_t cap) {
+  out[0] = '\0';
+  hid_t attr = H5Aopen_by_name(h->file, obj_path, name, H5P_DEFAULT, H5P_DEFAULT);
+  if (attr < 0) return LS_ERR;
+  hid_t t = H5Aget_type(attr);
+  size_t n = H5Tget_size(t);
+  char *buf = calloc(1, n + 1);
+  int rc = buf && H5Tget_class(t) == H5T_STRING && H5Aread(attr, t, buf) >= 0 ? LS_OK : LS_ERR;
+  if (rc == LS_OK) snprintf(out, cap, "%s", buf);
+  free(buf);
+  H5Tclose(t);
+  H5Aclose(attr);
+  return rc;
+}
+
+int ls_h5out_dataset_dims(ls_h5out_t *h, const char *name, hsize_t *dims, int cap) {
+  if (H5Lexists(h->file, name, H5P_DEFAULT) <= 0) return -1;
+  hid_t d = H5Dopen2(h->file, name, H5P_DEFAULT);
+  if (d < 0) return -1;
+  hid_t sp = H5Dget_space(d);
+  int nd = H5Sget_simple_extent_ndims(sp);
+  if (nd > cap) nd = -1;
+  else H5Sget_simple_extent_dims(sp, dims, NULL);
+  H5Sclose(sp);
+  H5Dclose(d);
+  return nd;
 }
 
 static int attr_array(ls_h5out_t *h, const char *obj_path, const char *name, hid_t type,

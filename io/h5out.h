@@ -24,6 +24,14 @@ int ls_h5out_flush(ls_h5out_t *h);
 
 /* Attributes on the object at obj_path ("/" for the root); created or overwritten. */
 int ls_h5out_attr_str(ls_h5out_t *h, const char *obj_path, const char *name, const char *v);
+/* A string attribute of a fixed byte size (so later values up to size-1 bytes are
+ * written in place). */
+int ls_h5out_attr_str_sized(ls_h5out_t *h, const char *obj_path, const char *name,
+                            const char *v, size_t size);
+int ls_h5out_read_attr_str(ls_h5out_t *h, const char *obj_path, const char *name, char *out,
+                           size_t cap);
+/* Rank of dataset `name` with its dims, or -1 if absent. */
+int ls_h5out_dataset_dims(ls_h5out_t *h, const char *name, hsize_t *dims, int cap);
 int ls_h5out_attr_i64(ls_h5out_t *h, const char *obj_path, const char *name, const int64_t *v,
                       int n);
 int ls_h5out_attr_f64(ls_h5out_t *h, const char *obj_path, const char *name, const double *v,

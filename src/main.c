@@ -46,6 +46,11 @@ static const char *usage_run =
     "  --force                   overwrite an existing output file\n"
     "  --progress MODE           auto, lines or off (default: auto: a bar on a terminal)\n"
     "  --summary-json FILE       also write the profile summary as JSON (default: none)\n"
+    "  --resume                  continue an interrupted sweep from its last checkpoint (a\n"
+    "                            complete file is left alone; no checkpoint: start over)\n"
+    "  --checkpoint-every N      checkpoint the residual stream every N layers, auto (keep\n"
+    "                            checkpoints under ~5% of the time) or off (default: auto)\n"
+    "  --checkpoint-dir DIR      where checkpoints go (default: OUT.ckpt beside the output)\n"
     "  --help                    this text\n";
 
 static const char *usage_make_model =
@@ -116,7 +121,7 @@ static void join_argv(int argc, char **argv, char *buf, size_t cap) {
 
 /* ---- commands ---------------------------------------------------------------------------- */
 enum { O_MODEL = 256, O_DATA, O_OUT, O_HOOKS, O_LAYERS, O_POOL, O_MB, O_THREADS, O_LONG,
-       O_FORCE, O_PROGRESS, O_SUMMARY, O_HELP };
+       O_FORCE, O_PROGRESS, O_SUMMARY, O_RESUME, O_CKPT_EVERY, O_CKPT_DIR, O_HELP };
 
 static int cmd_run(int argc, char **argv, int plan_only) {
   static const struct option opts[] = {
@@ -128,6 +133,9 @@ static int cmd_run(int argc, char **argv, int plan_only) {
       {"allow-long-prompts", no_argument, 0, O_LONG}, {"force", no_argument, 0, O_FORCE},
       {"progress", required_argument, 0, O_PROGRESS}, {"help", no_argument, 0, O_HELP},
       {"summary-json", required_argument, 0, O_SUMMARY},
+      {"resume", no_argument, 0, O_RESUME},
+      {"checkpoint-every", required_argument, 0, O_CKPT_EVERY},
+      {"checkpoint-dir", required_argument, 0, O_CKPT_DIR},
       {0, 0, 0, 0}};
   ls_run_opts_t o;
   ls_run_opts_default(&o);
@@ -166,6 +174,14 @@ static int cmd_run(int argc, char **argv, int plan_only) {
         else { ls_error("--progress: choose auto, lines or off"); return 2; }
         break;
       case O_SUMMARY: o.summary_json = optarg; break;
+      case O_RESUME: o.resume = 1; break;
+      case O_CKPT_DIR: o.checkpoint_dir = optarg; break;
+      case O_CKPT_EVERY:
+        if (strcmp(optarg, "auto") == 0) o.checkpoint_every = 0;
+        else if (strcmp(optarg, "off") == 0) o.checkpoint_every = -1;
+        else if (parse_long("--checkpoint-every", optarg, 1, 1000000, &v)) return 2;
+        else o.checkpoint_every = (int)v;
+        break;
       case O_HELP:
         if (rank == 0) fputs(usage_run, stdout);
         return 0;
@@ -188,7 +204,8 @@ static int cmd_run(int argc, char **argv, int plan_only) {
   }
   if (!o.out_path) o.out_path = "";
   ls_error_set_quiet(0);
-  return ls_sweep_run(&o, MPI_COMM_WORLD) == LS_OK ? 0 : 1;
+  int rc = ls_sweep_run(&o, MPI_COMM_WORLD);
+  return rc == LS_OK ? 0 : rc == LS_STOPPED ? 3 : 1;
 }
 
 static int cmd_make_model(int argc, char **argv) {

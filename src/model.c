@@ -5,7 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "checkpoint.h"
 #include "ls_common.h"
+#include <unistd.h>
 
 /* ---- validation on rank 0 ------------------------------------------------------------ */
 static void shape_str(char *buf, size_t cap, const int64_t *shape, int ndim) {
@@ -162,4 +164,26 @@ int ls_model_read_embed_rows(ls_model_t *m, const int32_t *ids, int64_t n, void 
 int ls_model_read_final_norm(ls_model_t *m, void *dst) {
   const ls_st_tensor_t *t = ls_st_find(&m->st, "model.norm.weight");
   return ls_st_read(&m->st, t, dst);
+}
+
+uint64_t ls_model_fingerprint(ls_model_t *m, MPI_Comm comm) {
+  uint64_t h = LS_FNV_INIT;
+  if (m->is_root) {
+    h = ls_fnv1a(h, m->config_json, strlen(m->config_json));
+    for (int i = 0; i < m->st.n_files; i++) {
+      const ls_st_file_t *f = &m->st.files[i];
+      h = ls_fnv1a(h, f->name, strlen(f->name) + 1);
+      h = ls_fnv1a(h, &f->size, sizeof f->size);
+      char buf[65536];
+      for (uint64_t off = 0; off < f->header_len;) {
+        size_t n = f->header_len - off < sizeof buf ? (size_t)(f->header_len - off) : sizeof buf;
+        ssize_t r = pread(f->fd, buf, n, (off_t)off);
+        if (r <= 0) break;
+        h = ls_fnv1a(h, buf, (size_t)r);
+        off += (uint64_t)r;
+      }
+    }
+  }
+  MPI_Bcast(&h, 1, MPI_UINT64_T, 0, comm);
+  return h;
 }

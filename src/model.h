@@ -36,6 +36,10 @@ typedef struct {
 int ls_model_open(ls_model_t *m, const char *dir, MPI_Comm comm);
 void ls_model_close(ls_model_t *m);
 
+/* Collective: fingerprint of config.json and every safetensors file's name, size and
+ * header bytes (computed by rank 0, identical on every rank). */
+uint64_t ls_model_fingerprint(ls_model_t *m, MPI_Comm comm);
+
 /* Rank 0: read layer L's tensors (raw checkpoint bytes) into dst (layer_bytes[L]). */
 int ls_model_read_layer(ls_model_t *m, int layer, void *dst);
 /* Rank 0: read embedding rows ids[0..n) (sorted, distinct) raw into dst (n, H). */

@@ -9,6 +9,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <signal.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,7 @@
 
 #include "backend.h"
 #include "block.h"
+#include "checkpoint.h"
 #include "comm.h"
 #include "dataset.h"
 #include "h5out.h"
@@ -89,6 +91,15 @@ typedef struct {
   double *t_load, *t_forward, *t_hooks, *t_write;
   double t_embed, t_total;
   int threads;
+  /* resume / checkpoints */
+  int start;              /* first layer computed by this run (> 0 when resumed) */
+  int64_t *done_marks;    /* (n_sel) layer index once its rows are written, else -1 */
+  char ckpt_dir[4200];
+  ls_ckpt_meta_t meta;    /* this run's fingerprints */
+  int last_ckpt;          /* layer_next of the last checkpoint taken */
+  double since_ckpt_s;    /* layer time since then (max over ranks) */
+  double ckpt_cost_s;     /* (estimated) seconds one checkpoint takes */
+  int fault_layer;        /* test switch LS_FAULT_WRITE_LAYER: fail this layer's write */
   uint64_t embed_bytes;
 } sweep_t;
 
@@ -451,6 +462,9 @@ static int load_final_norm(sweep_t *s) {
 }
 
 /* ---- output file ---------------------------------------------------------------------------------- */
+static const char *profile_fields[7] = {"read_s", "read_wait_s", "bcast_wait_s", "load_s",
+                                        "forward_s", "hooks_s", "write_s"};
+
 static int write_str_attr(sweep_t *s, const char *name, const char *v) {
   return ls_h5out_attr_str(&s->h5, "/", name, v);
 }
@@ -458,7 +472,10 @@ static int write_str_attr(sweep_t *s, const char *name, const char *v) {
 static int create_output(sweep_t *s) {
   const ls_dataset_t *d = &s->data;
   const hsize_t H = (hsize_t)s->cfg->hidden;
-  if (ls_h5out_create(&s->h5, s->o->out_path, s->comm, s->o->force)) return LS_ERR;
+  /* --resume without a usable checkpoint overwrites a partial file (a complete one
+   * never reaches here) */
+  if (ls_h5out_create(&s->h5, s->o->out_path, s->comm, s->o->force || s->o->resume))
+    return LS_ERR;
   s->h5_open = 1;
   char hooks[256] = "";
   for (int h = 0; h < LS_HOOK_COUNT; h++)
@@ -466,7 +483,7 @@ static int create_output(sweep_t *s) {
       snprintf(hooks + strlen(hooks), sizeof hooks - strlen(hooks), "%s%s", hooks[0] ? "," : "",
                ls_hook_name(h));
   int rc = LS_OK;
-  rc |= write_str_attr(s, "status", "partial");
+  rc |= ls_h5out_attr_str_sized(&s->h5, "/", "status", "partial", 16);
   rc |= write_str_attr(s, "format_version", FORMAT_VERSION);
   rc |= write_str_attr(s, "layersweep_version", LS_VERSION);
   rc |= write_str_attr(s, "model_path", s->o->model_dir);
@@ -480,7 +497,18 @@ static int create_output(sweep_t *s) {
   rc |= write_str_attr(s, "command", s->o->command ? s->o->command : "");
   int64_t nranks = s->size;
   rc |= ls_h5out_attr_i64(&s->h5, "/", "n_ranks", &nranks, 1);
-  rc |= ls_h5out_attr_i64(&s->h5, "/", "layers_completed", NULL, 0);
+  rc |= ls_h5out_attr_i64(&s->h5, "/", "layers_completed", s->done_marks, s->n_sel);
+  if (rc) return LS_ERR;
+  /* every dataset is created now, so that later writes touch raw data and fixed-size
+   * attributes only: a killed run leaves the file's metadata as last flushed */
+  for (size_t i = 0; i < sizeof profile_fields / sizeof profile_fields[0] && rc == LS_OK; i++) {
+    char name[64];
+    snprintf(name, sizeof name, "/profile/%s", profile_fields[i]);
+    hsize_t dims[2] = {(hsize_t)s->size, (hsize_t)s->n_run};
+    rc = ls_h5out_create_dataset(&s->h5, name, H5T_IEEE_F64LE, 2, dims);
+  }
+  hsize_t nrun = (hsize_t)s->n_run;
+  if (rc == LS_OK) rc = ls_h5out_create_dataset(&s->h5, "/profile/layer_bytes", H5T_IEEE_F64LE, 1, &nrun);
   if (rc) return LS_ERR;
   int64_t *sel = ls_malloc(sizeof(int64_t) * (size_t)(s->n_sel + 1), "layers");
   if (!sel) return LS_ERR;
@@ -545,6 +573,12 @@ static int create_output(sweep_t *s) {
 
 static int write_hook(sweep_t *s, ls_hook_t h, int sel) {
   const hsize_t H = (hsize_t)s->cfg->hidden;
+  if (s->fault_layer >= 0 && sel >= 0 && h != LS_HOOK_FINAL_NORM &&
+      s->layers[sel] == s->fault_layer) {
+    ls_error("%s: injected write failure at layer %d (LS_FAULT_WRITE_LAYER, as if the disk "
+             "were full); rerun with --resume", s->o->out_path, s->fault_layer);
+    return LS_ERR;
+  }
   char name[64];
   snprintf(name, sizeof name, "/%s", ls_hook_name(h));
   if (h == LS_HOOK_FINAL_NORM) {
@@ -561,9 +595,11 @@ static int write_hook(sweep_t *s, ls_hook_t h, int sel) {
 static void progress(sweep_t *s, int layer, double elapsed) {
   if (s->rank != 0 || s->o->progress == 0) return;
   int tty = isatty(STDERR_FILENO) && s->o->progress < 0;
-  double frac = (double)(layer + 1) / s->n_run;
+  double frac = (double)(layer + 1 - s->start) / (s->n_run - s->start);
   double eta = elapsed / frac - elapsed;
-  double tps = (double)s->data.n_tokens * (layer + 1) / (elapsed > 0 ? elapsed : 1e-9);
+  /* prompt tokens through the whole model per second, at this pace */
+  double tps = (double)s->data.n_tokens * (layer + 1 - s->start) / s->n_run /
+               (elapsed > 0 ? elapsed : 1e-9);
   if (tty) {
     char bar[41];
     int fill = (int)(frac * 40);
@@ -589,6 +625,57 @@ static void capture(sweep_t *s, ls_hook_t h, const float *src, int mb, const ls_
                      s->seq_len + s->seq_start_off[mb], b->n_seq, (int)H, s->pool);
 }
 
+/* ---- checkpoints and signals ----------------------------------------------------------------------- */
+static volatile sig_atomic_t g_signal = 0;
+static void on_signal(int sig) { g_signal = sig; }
+
+static void install_signals(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+}
+
+static int save_checkpoint(sweep_t *s, int next) {
+  double t0 = ls_now();
+  s->meta.layer_next = next;
+  const size_t n = (size_t)s->n_rows * (size_t)s->cfg->hidden;
+  int rc = ls_ckpt_save(s->ckpt_dir, s->comm, &s->meta, s->x, n);
+  double dt = ls_now() - t0;
+  MPI_Allreduce(&dt, &s->ckpt_cost_s, 1, MPI_DOUBLE, MPI_MAX, s->comm);
+  if (rc == LS_OK) {
+    s->last_ckpt = next;
+    s->since_ckpt_s = 0;
+  }
+  return rc;
+}
+
+/* After layer next-1: checkpoint when due (every N layers, or when the work since the
+ * last checkpoint makes its cost < 5%), and stop cleanly on SIGTERM / SIGINT. The
+ * decision is collective: every rank takes the same branch. Returns 0 to go on,
+ * LS_STOPPED or LS_ERR to stop. */
+static int maybe_checkpoint(sweep_t *s, int next, double layer_s) {
+  double in[2] = {layer_s, (double)g_signal}, out[2];
+  MPI_Allreduce(in, out, 2, MPI_DOUBLE, MPI_MAX, s->comm);
+  s->since_ckpt_s += out[0];
+  const int signalled = out[1] != 0;
+  int every = s->o->checkpoint_every;
+  int due = every > 0 ? next - s->last_ckpt >= every
+                      : every == 0 && s->since_ckpt_s * 0.05 >= s->ckpt_cost_s;
+  if (next >= s->n_run && !signalled) due = 0; /* the end is near: nothing to save */
+  if ((due || (signalled && every >= 0)) && next != s->last_ckpt)
+    if (save_checkpoint(s, next)) return LS_ERR;
+  if (!signalled) return 0;
+  if (s->rank == 0)
+    ls_error("stopped by signal %d after layer %d of %d; %s is partial%s", (int)out[1], next - 1,
+             s->n_run, s->o->out_path,
+             every >= 0 ? "; rerun the same command with --resume to continue" : "");
+  return LS_STOPPED;
+}
+
 /* Microbatch mb as a batch for the block; returns its first row in the residual stream. */
 static int64_t batch_of(const sweep_t *s, int mb, ls_batch_t *b) {
   const int64_t i0 = s->mb_p[mb] - s->p0, i1 = s->mb_p[mb + 1] - s->p0;
@@ -604,7 +691,7 @@ static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
   const size_t H = (size_t)c->hidden;
   const ls_backend_iface_t *f = s->be->iface;
   double t_start = ls_now();
-  for (int L = 0; L < s->n_run; L++) {
+  for (int L = s->start; L < s->n_run; L++) {
     double t0 = ls_now();
     const void *raw = ls_wpipe_acquire(wp, L);
     if (convert_layer(s, L, raw)) return LS_ERR;
@@ -639,18 +726,19 @@ static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
     if (sel >= 0) {
       for (int h = 0; h < LS_HOOK_PER_LAYER_COUNT && rc == LS_OK; h++)
         if (s->hooks & (1u << h)) rc = write_hook(s, h, sel);
+      /* the marker goes in only after the rows are on disk */
+      if (rc == LS_OK) rc = ls_h5out_flush(&s->h5);
       if (rc == LS_OK) {
-        int64_t *done = ls_malloc(sizeof(int64_t) * (size_t)(sel + 1), "markers");
-        if (!done) return LS_ERR;
-        for (int i = 0; i <= sel; i++) done[i] = s->layers[i];
-        rc = ls_h5out_flush(&s->h5);
-        if (rc == LS_OK) rc = ls_h5out_attr_i64(&s->h5, "/", "layers_completed", done, sel + 1);
-        free(done);
+        s->done_marks[sel] = L;
+        rc = ls_h5out_attr_i64(&s->h5, "/", "layers_completed", s->done_marks, s->n_sel);
       }
+      if (rc == LS_OK) rc = ls_h5out_flush(&s->h5);
     }
     if (ls_agree(rc, s->comm)) return LS_ERR;
     s->t_write[L] = ls_now() - t2;
     progress(s, L, ls_now() - t_start);
+    int stop = maybe_checkpoint(s, L + 1, ls_now() - t0);
+    if (stop) return stop;
   }
   return LS_OK;
 }
@@ -671,27 +759,22 @@ static int run_final_norm(sweep_t *s) {
 
 /* ---- profile ---------------------------------------------------------------------------------------- */
 static int write_profile(sweep_t *s, const ls_wpipe_t *wp) {
-  const int n = s->n_run;
-  struct { const char *name; const double *v; } fields[] = {
-      {"read_s", wp->read_s},           {"read_wait_s", wp->read_wait_s},
-      {"bcast_wait_s", wp->bcast_wait_s}, {"load_s", s->t_load},
-      {"forward_s", s->t_forward},      {"hooks_s", s->t_hooks},
-      {"write_s", s->t_write}};
+  const int n = s->n_run, first = s->start;
+  const double *fields[7] = {wp->read_s, wp->read_wait_s, wp->bcast_wait_s, s->t_load,
+                             s->t_forward, s->t_hooks, s->t_write};
   int rc = LS_OK;
-  for (size_t i = 0; i < sizeof fields / sizeof fields[0] && rc == LS_OK; i++) {
+  /* this run's layers only: a resumed run keeps the earlier run's columns */
+  for (int i = 0; i < 7 && rc == LS_OK; i++) {
     char name[64];
-    snprintf(name, sizeof name, "/profile/%s", fields[i].name);
-    hsize_t dims[2] = {(hsize_t)s->size, (hsize_t)n};
-    hsize_t start[2] = {(hsize_t)s->rank, 0}, count[2] = {1, (hsize_t)n};
-    rc = ls_h5out_create_dataset(&s->h5, name, H5T_IEEE_F64LE, 2, dims);
-    if (!rc) rc = ls_h5out_write(&s->h5, name, H5T_NATIVE_DOUBLE, 2, start, count, fields[i].v);
+    snprintf(name, sizeof name, "/profile/%s", profile_fields[i]);
+    hsize_t start[2] = {(hsize_t)s->rank, (hsize_t)first}, count[2] = {1, (hsize_t)(n - first)};
+    if (n == first) count[0] = 0;
+    rc = ls_h5out_write(&s->h5, name, H5T_NATIVE_DOUBLE, 2, start, count, fields[i] + first);
   }
-  /* bytes: layer weights read (rank 0) and received (every rank), per layer */
-  double *bytes = ls_calloc((size_t)n, sizeof(double), "profile");
+  double *bytes = ls_calloc((size_t)n + 1, sizeof(double), "profile");
   if (!bytes) return LS_ERR;
   for (int L = 0; L < n; L++) bytes[L] = (double)s->model.layer_bytes[L];
-  hsize_t dims1 = (hsize_t)n, start1 = 0, count1 = s->rank == 0 ? (hsize_t)n : 0;
-  if (rc == LS_OK) rc = ls_h5out_create_dataset(&s->h5, "/profile/layer_bytes", H5T_IEEE_F64LE, 1, &dims1);
+  hsize_t start1 = 0, count1 = s->rank == 0 ? (hsize_t)n : 0;
   if (rc == LS_OK) rc = ls_h5out_write(&s->h5, "/profile/layer_bytes", H5T_NATIVE_DOUBLE, 1, &start1, &count1, bytes);
   free(bytes);
   double totals[3] = {(double)(s->rank == 0 ? s->model.st.bytes_read : 0), (double)s->embed_bytes,
@@ -773,6 +856,100 @@ static void print_summary(sweep_t *s, const ls_wpipe_t *wp) {
   if (s->o->summary_json) write_summary_json(s, mn, mx, flops);
 }
 
+/* ---- resume ------------------------------------------------------------------------------------------ */
+static void fingerprints(sweep_t *s) {
+  const ls_dataset_t *d = &s->data;
+  if (s->o->checkpoint_dir && s->o->checkpoint_dir[0])
+    snprintf(s->ckpt_dir, sizeof s->ckpt_dir, "%s", s->o->checkpoint_dir);
+  else
+    snprintf(s->ckpt_dir, sizeof s->ckpt_dir, "%s.ckpt", s->o->out_path);
+  ls_ckpt_meta_t *m = &s->meta;
+  m->ranks = s->size;
+  m->row_align = s->align;
+  m->model_fp = ls_model_fingerprint(&s->model, s->comm);
+  uint64_t h = LS_FNV_INIT;
+  h = ls_fnv1a(h, d->tokens, sizeof(int32_t) * (size_t)d->n_tokens);
+  h = ls_fnv1a(h, d->offsets, sizeof(int64_t) * (size_t)(d->n + 1));
+  if (d->has_label) h = ls_fnv1a(h, d->labels, sizeof(int64_t) * (size_t)d->n);
+  if (d->has_id) h = ls_fnv1a(h, d->ids, (size_t)d->n * LS_DATASET_MAX_ID);
+  m->data_fp = h;
+  int opts[5] = {(int)s->hooks, (int)s->pool, s->n_sel, s->o->allow_long_prompts, s->n_run};
+  h = ls_fnv1a(LS_FNV_INIT, opts, sizeof opts);
+  m->options_fp = ls_fnv1a(h, s->layers, sizeof(int) * (size_t)s->n_sel);
+  snprintf(m->model_desc, sizeof m->model_desc, "%s", s->o->model_dir);
+  /* until one has been timed, assume a checkpoint writes 0.5 GB/s */
+  double bytes = (double)s->n_rows * s->cfg->hidden * 4, mx = 0;
+  MPI_Allreduce(&bytes, &mx, 1, MPI_DOUBLE, MPI_MAX, s->comm);
+  s->ckpt_cost_s = mx / 0.5e9;
+  const char *fl = getenv("LS_FAULT_WRITE_LAYER");
+  s->fault_layer = fl && *fl ? atoi(fl) : -1;
+}
+
+/* The output file of a resumed run must be the one this run would have created. */
+static int check_output(sweep_t *s) {
+  const hsize_t H = (hsize_t)s->cfg->hidden, R = (hsize_t)s->n_out_rows;
+  hsize_t dims[4];
+  for (int h = 0; h < LS_HOOK_COUNT; h++) {
+    char name[64];
+    snprintf(name, sizeof name, "/%s", ls_hook_name(h));
+    int nd = ls_h5out_dataset_dims(&s->h5, name, dims, 4);
+    int want = (s->hooks >> h) & 1;
+    int ok = !want ? nd < 0
+             : h == LS_HOOK_FINAL_NORM ? nd == 2 && dims[0] == R && dims[1] == H
+                                       : nd == 3 && dims[0] == (hsize_t)s->n_sel && dims[1] == R && dims[2] == H;
+    if (!ok) return LS_ERR;
+  }
+  int nd = ls_h5out_dataset_dims(&s->h5, "/profile/read_s", dims, 4);
+  return nd == 2 && dims[0] == (hsize_t)s->size && dims[1] == (hsize_t)s->n_run ? LS_OK : LS_ERR;
+}
+
+/* --resume: 1 resumed from a checkpoint (output open, residual loaded, s->start set),
+ * 0 start from the beginning, 2 the file is already complete, -1 error. */
+static int try_resume(sweep_t *s) {
+  int exists = s->rank == 0 ? access(s->o->out_path, F_OK) == 0 : 0;
+  MPI_Bcast(&exists, 1, MPI_INT, 0, s->comm);
+  ls_ckpt_meta_t saved;
+  int found = ls_ckpt_load_meta(s->ckpt_dir, s->comm, &saved);
+  if (found < 0) return -1;
+  if (exists) {
+    if (ls_h5out_open(&s->h5, s->o->out_path, s->comm)) return -1;
+    s->h5_open = 1;
+    char status[32];
+    ls_h5out_read_attr_str(&s->h5, "/", "status", status, sizeof status);
+    if (strcmp(status, "complete") == 0) {
+      ls_info("%s is already complete; nothing to resume", s->o->out_path);
+      ls_h5out_close(&s->h5);
+      s->h5_open = 0;
+      return 2;
+    }
+    if (found == 1 && ls_agree(check_output(s), s->comm)) {
+      if (s->rank == 0)
+        ls_error("%s does not match this run's hooks, layers, pooling or data; rerun with "
+                 "--force to start over", s->o->out_path);
+      return -1;
+    }
+  }
+  if (found == 1 && exists) {
+    if (ls_ckpt_check(&saved, &s->meta, s->ckpt_dir, s->comm)) return -1;
+    s->meta.layer_next = saved.layer_next;
+    const size_t n = (size_t)s->n_rows * (size_t)s->cfg->hidden;
+    if (ls_ckpt_load_rows(s->ckpt_dir, s->comm, saved.layer_next, ls_ckpt_fp(&s->meta), s->x, n))
+      return -1;
+    s->start = saved.layer_next;
+    for (int i = 0; i < s->n_sel; i++)
+      if (s->layers[i] < s->start) s->done_marks[i] = s->layers[i];
+    ls_info("resuming %s from the checkpoint before layer %d (%s)", s->o->out_path, s->start,
+            s->ckpt_dir);
+    return 1;
+  }
+  if (s->h5_open) {
+    ls_h5out_close(&s->h5);
+    s->h5_open = 0;
+  }
+  ls_info("--resume: no usable checkpoint in %s; starting from the beginning", s->ckpt_dir);
+  return 0;
+}
+
 /* ---- entry point --------------------------------------------------------------------------------------- */
 static void sweep_free(sweep_t *s) {
   if (s->be) {
@@ -786,6 +963,7 @@ static void sweep_free(sweep_t *s) {
   for (int h = 0; h < LS_HOOK_COUNT; h++) free(s->out[h]);
   free(s->layers); free(s->sel_index); free(s->bounds); free(s->mb_p); free(s->seq_start);
   free(s->seq_start_off); free(s->pos); free(s->poff); free(s->seq_len); free(s->cos_tab); free(s->sin_tab);
+  free(s->done_marks);
   free(s->t_load); free(s->t_forward); free(s->t_hooks); free(s->t_write);
   ls_dataset_free(&s->data);
   ls_model_close(&s->model);
@@ -857,11 +1035,27 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   if (o->plan_only) { rc = LS_OK; goto out; }
   ls_info("backend: %s, %d thread%s per rank", s->be->iface->name, threads, threads > 1 ? "s" : "");
   if (ls_agree(alloc_buffers(s), comm)) goto out;
-  if (create_output(s)) goto out;
-  if (embed(s) || load_final_norm(s)) goto out;
-  if (ls_agree(ls_wpipe_init(&wp, &s->model, 0, s->n_run, comm), comm)) goto out;
+  s->done_marks = ls_malloc(sizeof(int64_t) * (size_t)(s->n_sel + 1), "markers");
+  if (!s->done_marks) goto out;
+  for (int i = 0; i < s->n_sel; i++) s->done_marks[i] = -1;
+  fingerprints(s);
+  int resumed = 0;
+  if (o->resume) {
+    resumed = try_resume(s);
+    if (resumed < 0) goto out;
+    if (resumed == 2) { rc = LS_OK; goto out; } /* already complete */
+  }
+  if (!resumed) {
+    if (create_output(s) || embed(s)) goto out;
+  }
+  if (load_final_norm(s)) goto out;
+  if (ls_agree(ls_wpipe_init(&wp, &s->model, s->start, s->n_run, comm), comm)) goto out;
   wp_live = 1;
-  if (run_layers(s, &wp) || run_final_norm(s)) goto out;
+  install_signals();
+  s->last_ckpt = s->start;
+  int lr = run_layers(s, &wp);
+  if (lr == LS_STOPPED) { rc = LS_STOPPED; goto out; }
+  if (lr || run_final_norm(s)) goto out;
   s->t_total = ls_now() - t_begin;
   if (write_profile(s, &wp)) goto out;
   /* complete only after every collective write finished and the file was flushed */
@@ -870,6 +1064,7 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   rc = ls_agree(ls_h5out_close(&s->h5), comm);
   s->h5_open = 0;
   if (rc == LS_OK) {
+    if (o->checkpoint_every >= 0) ls_ckpt_remove(s->ckpt_dir, comm);
     print_summary(s, &wp);
     ls_info("wrote %s (complete)", o->out_path);
   }

@@ -22,12 +22,20 @@ typedef struct {
   int progress;             /* -1 auto (bar on a terminal), 0 off, 1 plain lines */
   const char *command;      /* command line recorded in the file */
   const char *summary_json; /* if set, rank 0 writes the profile summary there as JSON */
+  int resume;               /* continue from the last checkpoint */
+  int checkpoint_every;     /* layers between checkpoints; 0 = auto (< 5% of the time), -1 = off */
+  const char *checkpoint_dir; /* default: <out>.ckpt */
 } ls_run_opts_t;
 
 void ls_run_opts_default(ls_run_opts_t *o);
 
-/* Collective over comm. Returns 0 on success (file complete), -1 on error (one
- * message printed; any output file is left with status "partial"). */
+/* Returned when SIGTERM / SIGINT stopped the sweep at a layer boundary (after a
+ * checkpoint): the file is partial and --resume continues it. */
+#define LS_STOPPED 3
+
+/* Collective over comm. Returns 0 on success (file complete), LS_STOPPED after a
+ * signal, -1 on error (one message printed; any output file is left with status
+ * "partial"). */
 int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm);
 
 #endif

@@ -1,0 +1,309 @@
+/* checkpoint.c: atomic residual-stream checkpoints (see checkpoint.h). */
+#include "checkpoint.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "comm.h"
+#include "ls_common.h"
+
+#define MAGIC "LSCKPT01"
+
+typedef struct {
+  char magic[8];
+  int32_t rank, layer_next;
+  uint64_t fp;       /* combined fingerprint of the run */
+  uint64_t n_floats;
+} rank_header_t;
+
+uint64_t ls_fnv1a(uint64_t h, const void *data, size_t n) {
+  const unsigned char *p = data;
+  for (size_t i = 0; i < n; i++) {
+    h ^= p[i];
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+uint64_t ls_ckpt_fp(const ls_ckpt_meta_t *m) {
+  uint64_t h = LS_FNV_INIT;
+  h = ls_fnv1a(h, &m->model_fp, 8);
+  h = ls_fnv1a(h, &m->data_fp, 8);
+  h = ls_fnv1a(h, &m->options_fp, 8);
+  h = ls_fnv1a(h, &m->ranks, sizeof m->ranks);
+  return ls_fnv1a(h, &m->row_align, sizeof m->row_align);
+}
+
+/* ---- small file helpers ------------------------------------------------------------ */
+static int write_all(int fd, const void *buf, size_t n, const char *path) {
+  const char *p = buf;
+  while (n > 0) {
+    ssize_t w = write(fd, p, n > ((size_t)1 << 30) ? ((size_t)1 << 30) : n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      ls_error("%s: write failed: %s; free space (or pick --checkpoint-dir elsewhere) and "
+               "rerun with --resume", path, strerror(errno));
+      return LS_ERR;
+    }
+    p += w;
+    n -= (size_t)w;
+  }
+  return LS_OK;
+}
+
+static int read_all(int fd, void *buf, size_t n, const char *path) {
+  char *p = buf;
+  while (n > 0) {
+    ssize_t r = read(fd, p, n > ((size_t)1 << 30) ? ((size_t)1 << 30) : n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      ls_error("%s: checkpoint file is truncated or unreadable", path);
+      return LS_ERR;
+    }
+    p += r;
+    n -= (size_t)r;
+  }
+  return LS_OK;
+}
+
+static void fsync_dir(const char *dir) {
+  int fd = open(dir, O_RDONLY | O_DIRECTORY);
+  if (fd >= 0) {
+    fsync(fd);
+    close(fd);
+  }
+}
+
+/* Write path atomically: tmp name, fsync, rename. */
+static int write_atomic(const char *path, const void *a, size_t na, const void *b, size_t nb) {
+  char tmp[4200];
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    ls_error("%s: cannot create checkpoint file: %s", tmp, strerror(errno));
+    return LS_ERR;
+  }
+  int rc = write_all(fd, a, na, tmp);
+  if (rc == LS_OK && nb) rc = write_all(fd, b, nb, tmp);
+  if (rc == LS_OK && fsync(fd) != 0) {
+    ls_error("%s: fsync failed: %s", tmp, strerror(errno));
+    rc = LS_ERR;
+  }
+  if (close(fd) != 0 && rc == LS_OK) {
+    ls_error("%s: close failed: %s", tmp, strerror(errno));
+    rc = LS_ERR;
+  }
+  if (rc == LS_OK && rename(tmp, path) != 0) {
+    ls_error("%s: rename failed: %s", path, strerror(errno));
+    rc = LS_ERR;
+  }
+  if (rc != LS_OK) unlink(tmp);
+  return rc;
+}
+
+static void rank_path(char *buf, size_t cap, const char *dir, int rank, int layer) {
+  snprintf(buf, cap, "%s/rank%d.L%d.bin", dir, rank, layer);
+}
+
+/* ---- save ------------------------------------------------------------------------------ */
+static char *meta_json(const ls_ckpt_meta_t *m) {
+  cJSON *j = cJSON_CreateObject();
+  char hex[3][17];
+  snprintf(hex[0], 17, "%016" PRIx64, m->model_fp);
+  snprintf(hex[1], 17, "%016" PRIx64, m->data_fp);
+  snprintf(hex[2], 17, "%016" PRIx64, m->options_fp);
+  cJSON_AddNumberToObject(j, "format_version", 1);
+  cJSON_AddNumberToObject(j, "layer_next", m->layer_next);
+  cJSON_AddNumberToObject(j, "ranks", m->ranks);
+  cJSON_AddNumberToObject(j, "row_align", m->row_align);
+  cJSON_AddStringToObject(j, "model_fingerprint", hex[0]);
+  cJSON_AddStringToObject(j, "data_fingerprint", hex[1]);
+  cJSON_AddStringToObject(j, "options_fingerprint", hex[2]);
+  cJSON_AddStringToObject(j, "model", m->model_desc);
+  char *text = cJSON_Print(j);
+  cJSON_Delete(j);
+  return text;
+}
+
+int ls_ckpt_save(const char *dir, MPI_Comm comm, const ls_ckpt_meta_t *meta, const float *x,
+                 size_t n_floats) {
+  int rank;
+  MPI_Comm_rank(comm, &rank);
+  int rc = LS_OK;
+  if (rank == 0 && mkdir(dir, 0755) != 0 && errno != EEXIST) {
+    ls_error("%s: cannot create the checkpoint directory: %s", dir, strerror(errno));
+    rc = LS_ERR;
+  }
+  if (ls_agree(rc, comm)) return LS_ERR;
+  /* 1. every rank's rows under their final names (not yet referenced by meta.json) */
+  char path[4200];
+  rank_path(path, sizeof path, dir, rank, meta->layer_next);
+  rank_header_t h;
+  memset(&h, 0, sizeof h);
+  memcpy(h.magic, MAGIC, 8);
+  h.rank = rank;
+  h.layer_next = meta->layer_next;
+  h.fp = ls_ckpt_fp(meta);
+  h.n_floats = n_floats;
+  rc = write_atomic(path, &h, sizeof h, x, n_floats * sizeof(float));
+  if (ls_agree(rc, comm)) return LS_ERR;
+  /* 2. the commit point: meta.json names the new layer */
+  if (rank == 0) {
+    char mpath[4200];
+    snprintf(mpath, sizeof mpath, "%s/meta.json", dir);
+    char *text = meta_json(meta);
+    rc = text ? write_atomic(mpath, text, strlen(text), NULL, 0) : LS_ERR;
+    free(text);
+    if (rc == LS_OK) fsync_dir(dir);
+  }
+  if (ls_agree(rc, comm)) return LS_ERR;
+  /* 3. older checkpoints of this rank are garbage now */
+  DIR *d = opendir(dir);
+  if (d) {
+    struct dirent *e;
+    char prefix[64], keep[64];
+    snprintf(prefix, sizeof prefix, "rank%d.L", rank);
+    snprintf(keep, sizeof keep, "rank%d.L%d.bin", rank, meta->layer_next);
+    while ((e = readdir(d)) != NULL) {
+      if (strncmp(e->d_name, prefix, strlen(prefix)) != 0 || strcmp(e->d_name, keep) == 0) continue;
+      char old_path[4400];
+      snprintf(old_path, sizeof old_path, "%s/%s", dir, e->d_name);
+      unlink(old_path);
+    }
+    closedir(d);
+  }
+  return LS_OK;
+}
+
+/* ---- load ------------------------------------------------------------------------------ */
+static int parse_hex(const cJSON *o, const char *key, uint64_t *out) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+  if (!cJSON_IsString(v)) return LS_ERR;
+  char *end;
+  *out = strtoull(v->valuestring, &end, 16);
+  return *end ? LS_ERR : LS_OK;
+}
+
+int ls_ckpt_load_meta(const char *dir, MPI_Comm comm, ls_ckpt_meta_t *meta) {
+  int rank;
+  MPI_Comm_rank(comm, &rank);
+  int found = 0;
+  memset(meta, 0, sizeof *meta);
+  if (rank == 0) {
+    char mpath[4200];
+    snprintf(mpath, sizeof mpath, "%s/meta.json", dir);
+    if (access(mpath, F_OK) == 0) {
+      char *text = ls_read_text_file(mpath, 1 << 20, NULL);
+      cJSON *j = text ? cJSON_ParseWithOpts(text, NULL, 1) : NULL;
+      const cJSON *ln = cJSON_GetObjectItemCaseSensitive(j, "layer_next");
+      const cJSON *rk = cJSON_GetObjectItemCaseSensitive(j, "ranks");
+      const cJSON *al = cJSON_GetObjectItemCaseSensitive(j, "row_align");
+      const cJSON *md = cJSON_GetObjectItemCaseSensitive(j, "model");
+      if (j && cJSON_IsNumber(ln) && cJSON_IsNumber(rk) && cJSON_IsNumber(al) &&
+          parse_hex(j, "model_fingerprint", &meta->model_fp) == LS_OK &&
+          parse_hex(j, "data_fingerprint", &meta->data_fp) == LS_OK &&
+          parse_hex(j, "options_fingerprint", &meta->options_fp) == LS_OK) {
+        meta->layer_next = ln->valueint;
+        meta->ranks = rk->valueint;
+        meta->row_align = al->valueint;
+        if (cJSON_IsString(md)) snprintf(meta->model_desc, sizeof meta->model_desc, "%s", md->valuestring);
+        found = 1;
+      } else if (text) {
+        ls_error("%s: damaged checkpoint metadata; remove %s to start over", mpath, dir);
+        found = -1;
+      } else {
+        found = -1;
+      }
+      cJSON_Delete(j);
+      free(text);
+    }
+  }
+  MPI_Bcast(&found, 1, MPI_INT, 0, comm);
+  MPI_Bcast(meta, sizeof *meta, MPI_BYTE, 0, comm);
+  return found;
+}
+
+int ls_ckpt_check(const ls_ckpt_meta_t *s, const ls_ckpt_meta_t *n, const char *dir,
+                  MPI_Comm comm) {
+  int rank;
+  MPI_Comm_rank(comm, &rank);
+  const char *what = NULL;
+  char buf[512];
+  if (s->model_fp != n->model_fp) {
+    snprintf(buf, sizeof buf, "the model files differ from the checkpoint's (%s)", s->model_desc);
+    what = buf;
+  } else if (s->data_fp != n->data_fp) {
+    what = "the dataset's contents differ from the checkpoint's";
+  } else if (s->options_fp != n->options_fp) {
+    what = "--hooks, --layers, --pool or --allow-long-prompts differ from the checkpointed run's";
+  } else if (s->ranks != n->ranks) {
+    snprintf(buf, sizeof buf, "the checkpoint was taken with %d ranks and this run has %d; "
+             "resume with mpirun -np %d", s->ranks, n->ranks, s->ranks);
+    what = buf;
+  } else if (s->row_align != n->row_align) {
+    snprintf(buf, sizeof buf, "the checkpoint's row alignment (%d) differs from this machine's "
+             "(%d): resume on the same kind of CPU", s->row_align, n->row_align);
+    what = buf;
+  }
+  if (!what) return LS_OK;
+  if (rank == 0)
+    ls_error("cannot resume from %s: %s; rerun with --force to start over", dir, what);
+  return LS_ERR;
+}
+
+int ls_ckpt_load_rows(const char *dir, MPI_Comm comm, int layer_next, uint64_t fp, float *x,
+                      size_t n_floats) {
+  int rank;
+  MPI_Comm_rank(comm, &rank);
+  char path[4200];
+  rank_path(path, sizeof path, dir, rank, layer_next);
+  int rc = LS_ERR;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  rank_header_t h;
+  if (fd < 0) {
+    ls_error("%s: missing checkpoint file: %s", path, strerror(errno));
+  } else if (read_all(fd, &h, sizeof h, path) == LS_OK) {
+    if (memcmp(h.magic, MAGIC, 8) != 0 || h.rank != rank || h.layer_next != layer_next ||
+        h.fp != fp || h.n_floats != n_floats)
+      ls_error("%s: checkpoint file does not belong to this run (rank, layer or size "
+               "differs); rerun with --force to start over", path);
+    else
+      rc = read_all(fd, x, n_floats * sizeof(float), path);
+  }
+  if (fd >= 0) close(fd);
+  return ls_agree(rc, comm);
+}
+
+void ls_ckpt_remove(const char *dir, MPI_Comm comm) {
+  int rank;
+  MPI_Comm_rank(comm, &rank);
+  char path[4200];
+  /* uncommit first, then drop the rows */
+  if (rank == 0) {
+    snprintf(path, sizeof path, "%s/meta.json", dir);
+    unlink(path);
+  }
+  MPI_Barrier(comm);
+  DIR *d = opendir(dir);
+  if (d) {
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "rank%d.L", rank);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+      if (strncmp(e->d_name, prefix, strlen(prefix)) == 0) {
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        unlink(path);
+      }
+    closedir(d);
+  }
+  MPI_Barrier(comm);
+  if (rank == 0) rmdir(dir);
+}

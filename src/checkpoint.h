@@ -1,0 +1,50 @@
+/* checkpoint.h: crash-safe checkpoints of the residual stream at layer boundaries.
+ *
+ * A checkpoint directory holds meta.json (written by rank 0, the commit point) and one
+ * rank<r>.L<layer>.bin per rank (the rank's residual stream before `layer`). Every file
+ * is written under a temporary name, fsync'ed and renamed; meta.json is renamed only
+ * after every rank's file is in place, and the previous checkpoint's files are removed
+ * only after that. A kill at any moment leaves the last committed checkpoint intact.
+ * meta.json records fingerprints of the model files, the dataset, the options and the
+ * rank layout; --resume refuses a checkpoint whose fingerprints differ and says which. */
+#ifndef LS_CHECKPOINT_H
+#define LS_CHECKPOINT_H
+
+#include <mpi.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+  int layer_next;          /* first layer still to compute */
+  int ranks;               /* communicator size */
+  int row_align;           /* residual row layout (backend alignment) */
+  uint64_t model_fp;       /* config.json + safetensors names, sizes and headers */
+  uint64_t data_fp;        /* tokens, lengths, labels, ids */
+  uint64_t options_fp;     /* hooks, layers, pool, prompt-length policy */
+  char model_desc[256];    /* human-readable, for messages */
+} ls_ckpt_meta_t;
+
+/* FNV-1a 64 over bytes, chained through h (start with LS_FNV_INIT). */
+#define LS_FNV_INIT 0xcbf29ce484222325ull
+uint64_t ls_fnv1a(uint64_t h, const void *data, size_t n);
+
+/* The combined fingerprint stored in every rank file. */
+uint64_t ls_ckpt_fp(const ls_ckpt_meta_t *m);
+
+/* Collective: every rank saves its rows (floats, host memory) for layer_next. */
+int ls_ckpt_save(const char *dir, MPI_Comm comm, const ls_ckpt_meta_t *meta, const float *x,
+                 size_t n_floats);
+/* Collective: 1 if a committed checkpoint exists (meta filled on every rank), 0 if none,
+ * -1 on error (one message). */
+int ls_ckpt_load_meta(const char *dir, MPI_Comm comm, ls_ckpt_meta_t *meta);
+/* Collective: compare a checkpoint's meta with this run's; -1 with a message saying
+ * what differs. */
+int ls_ckpt_check(const ls_ckpt_meta_t *saved, const ls_ckpt_meta_t *now, const char *dir,
+                  MPI_Comm comm);
+/* Collective: read this rank's rows of the checkpoint at layer_next into x. */
+int ls_ckpt_load_rows(const char *dir, MPI_Comm comm, int layer_next, uint64_t fp, float *x,
+                      size_t n_floats);
+/* Remove a finished sweep's checkpoint directory (rank 0 after a barrier). */
+void ls_ckpt_remove(const char *dir, MPI_Comm comm);
+
+#endif

@@ -1,0 +1,60 @@
+/* fuzz_config.c: libFuzzer target for ls_config_parse (config.json) and the RoPE
+ * frequencies derived from an accepted config.
+ *
+ * The input is parsed as config.json text (a NUL-terminated copy). If it is accepted,
+ * the fields must satisfy what the rest of layersweep assumes (positive sizes, even
+ * head_dim, GQA divisibility, finite rope parameters), and ls_config_rope_inv_freq
+ * must give head_dim / 2 finite, positive frequencies: a NaN or Inf there would poison
+ * every attention layer of a run, so it is a bug in the validation. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "fuzz_util.h"
+#include "ls_common.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  static int init;
+  if (!init) {
+    ls_error_set_quiet(1);
+    init = 1;
+  }
+  char *text = malloc(size + 1);
+  if (!text) return 0;
+  memcpy(text, data, size);
+  text[size] = '\0';
+  ls_config_t cfg;
+  const int rc = ls_config_parse(text, "fuzz/config.json", &cfg);
+  free(text);
+  if (rc != LS_OK) return 0;
+
+  FUZZ_ASSERT(cfg.hidden > 0 && cfg.intermediate > 0 && cfg.n_layers > 0 && cfg.vocab > 0,
+              "non-positive size accepted");
+  FUZZ_ASSERT(cfg.n_heads > 0 && cfg.n_kv_heads > 0 && cfg.n_heads % cfg.n_kv_heads == 0,
+              "heads %d kv_heads %d accepted", cfg.n_heads, cfg.n_kv_heads);
+  FUZZ_ASSERT(cfg.head_dim > 0 && cfg.head_dim % 2 == 0, "head_dim %d accepted", cfg.head_dim);
+  FUZZ_ASSERT(memchr(cfg.arch_name, '\0', sizeof cfg.arch_name) != NULL, "arch_name unterminated");
+  FUZZ_ASSERT(isfinite(cfg.rms_eps) && cfg.rms_eps >= 0.0, "rms_eps %g", cfg.rms_eps);
+  FUZZ_ASSERT(isfinite(cfg.rope_theta) && cfg.rope_theta > 0.0, "rope_theta %g", cfg.rope_theta);
+  FUZZ_ASSERT(isfinite(cfg.rope_factor) && cfg.rope_factor > 0.0, "rope_factor %g",
+              cfg.rope_factor);
+  FUZZ_ASSERT(cfg.sliding_window >= 0, "sliding_window %d", cfg.sliding_window);
+  FUZZ_ASSERT(isfinite(ls_config_gemm_flops_per_token(&cfg)), "gemm flops not finite");
+
+  if (cfg.head_dim > 65536) return 0;
+  const int half = cfg.head_dim / 2;
+  float *inv_freq = malloc((size_t)half * sizeof *inv_freq);
+  if (!inv_freq) return 0;
+  ls_config_rope_inv_freq(&cfg, inv_freq);
+  for (int i = 0; i < half; i++)
+    FUZZ_ASSERT(isfinite(inv_freq[i]) && inv_freq[i] > 0.0f,
+                "inv_freq[%d] = %g (head_dim %d, rope_theta %g, rope_type %d, factor %g, "
+                "low %g, high %g, orig_max_pos %d)",
+                i, (double)inv_freq[i], cfg.head_dim, cfg.rope_theta, (int)cfg.rope_type,
+                cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor,
+                cfg.rope_orig_max_pos);
+  free(inv_freq);
+  return 0;
+}
