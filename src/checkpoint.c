@@ -153,9 +153,11 @@ int ls_ckpt_save(const char *dir, MPI_Comm comm, const ls_ckpt_meta_t *meta, con
   h.layer_next = meta->layer_next;
   h.fp = ls_ckpt_fp(meta);
   h.n_floats = n_floats;
+  ls_error_defer(1);
   rc = write_atomic(path, &h, sizeof h, x, n_floats * sizeof(float));
-  if (ls_agree(rc, comm)) return LS_ERR;
+  if (ls_agree_report(rc, comm)) return LS_ERR;
   /* 2. the commit point: meta.json names the new layer */
+  ls_error_defer(1);
   if (rank == 0) {
     char mpath[4200];
     snprintf(mpath, sizeof mpath, "%s/meta.json", dir);
@@ -164,7 +166,7 @@ int ls_ckpt_save(const char *dir, MPI_Comm comm, const ls_ckpt_meta_t *meta, con
     free(text);
     if (rc == LS_OK) fsync_dir(dir);
   }
-  if (ls_agree(rc, comm)) return LS_ERR;
+  if (ls_agree_report(rc, comm)) return LS_ERR;
   /* 3. older checkpoints of this rank are garbage now */
   DIR *d = opendir(dir);
   if (d) {

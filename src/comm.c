@@ -1,6 +1,8 @@
 /* comm.c: collective helpers (see comm.h). */
 #include "comm.h"
 
+#include <limits.h>
+
 #include "ls_common.h"
 
 int ls_bcast_bytes(void *buf, size_t bytes, int root, MPI_Comm comm) {
@@ -19,4 +21,13 @@ int ls_agree(int status, MPI_Comm comm) {
   int ok = status == LS_OK, all = 0;
   MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, comm);
   return all ? LS_OK : LS_ERR;
+}
+
+int ls_agree_report(int status, MPI_Comm comm) {
+  int rank, first = INT_MAX;
+  MPI_Comm_rank(comm, &rank);
+  int mine = status == LS_OK ? INT_MAX : rank;
+  MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm);
+  ls_error_release(first == rank);
+  return first == INT_MAX ? LS_OK : LS_ERR;
 }

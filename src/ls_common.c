@@ -9,7 +9,8 @@
 #include <sys/stat.h>
 #include <time.h>
 
-static int g_rank = 0, g_size = 1, g_quiet = 0;
+static int g_rank = 0, g_size = 1, g_quiet = 0, g_defer = 0;
+static char g_deferred[2048];
 
 void ls_log_set_rank(int rank, int size) { g_rank = rank; g_size = size; }
 void ls_error_set_quiet(int quiet) { g_quiet = quiet; }
@@ -28,8 +29,25 @@ void ls_error(const char *fmt, ...) {
   if (g_quiet) return;
   va_list ap;
   va_start(ap, fmt);
-  vlog("error: ", fmt, ap);
+  if (g_defer) {
+    if (!g_deferred[0]) vsnprintf(g_deferred, sizeof g_deferred, fmt, ap);
+  } else {
+    vlog("error: ", fmt, ap);
+  }
   va_end(ap);
+}
+
+void ls_error_defer(int on) {
+  g_defer = on;
+  if (on) g_deferred[0] = '\0';
+}
+
+void ls_error_release(int print) {
+  char msg[2048];
+  snprintf(msg, sizeof msg, "%s", g_deferred);
+  g_deferred[0] = '\0';
+  g_defer = 0;
+  if (print && msg[0]) ls_error("%s", msg);
 }
 
 void ls_warn(const char *fmt, ...) {

@@ -21,6 +21,11 @@ void ls_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void ls_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void ls_log_set_rank(int rank, int size);
 void ls_error_set_quiet(int quiet);
+/* Deferred errors: while deferring, ls_error keeps the first message instead of
+ * printing it; ls_error_release(print) prints it (if print) and clears it. Used around
+ * collective steps so that one rank reports a failure every rank saw (see ls_agree_report). */
+void ls_error_defer(int on);
+void ls_error_release(int print);
 
 /* Allocation that reports what it was for; returns NULL (after ls_error) on failure. */
 void *ls_malloc(size_t bytes, const char *what);

@@ -105,6 +105,15 @@ typedef struct {
 
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
+/* Run one collective step on every rank; if it failed anywhere, the lowest failing
+ * rank reports it (one line) and the caller returns LS_ERR on every rank. */
+#define COLLECTIVE_STEP(s, expr)                                  \
+  do {                                                            \
+    ls_error_defer(1);                                            \
+    int step_rc_ = (expr);                                        \
+    if (ls_agree_report(step_rc_, (s)->comm)) return LS_ERR;      \
+  } while (0)
+
 /* ---- dataset: rank 0 reads and validates, everyone receives ------------------------------ */
 static int load_dataset(sweep_t *s) {
   ls_dataset_t *d = &s->data;
@@ -722,19 +731,17 @@ static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
     double t2 = ls_now();
     s->t_hooks[L] = th;
     s->t_forward[L] = t2 - t1 - th;
-    int rc = LS_OK;
     if (sel >= 0) {
-      for (int h = 0; h < LS_HOOK_PER_LAYER_COUNT && rc == LS_OK; h++)
-        if (s->hooks & (1u << h)) rc = write_hook(s, h, sel);
+      /* every collective step is agreed on before the next, so a failure on any rank
+       * stops all of them at the same point, reported once */
+      for (int h = 0; h < LS_HOOK_PER_LAYER_COUNT; h++)
+        if (s->hooks & (1u << h)) COLLECTIVE_STEP(s, write_hook(s, h, sel));
       /* the marker goes in only after the rows are on disk */
-      if (rc == LS_OK) rc = ls_h5out_flush(&s->h5);
-      if (rc == LS_OK) {
-        s->done_marks[sel] = L;
-        rc = ls_h5out_attr_i64(&s->h5, "/", "layers_completed", s->done_marks, s->n_sel);
-      }
-      if (rc == LS_OK) rc = ls_h5out_flush(&s->h5);
+      COLLECTIVE_STEP(s, ls_h5out_flush(&s->h5));
+      s->done_marks[sel] = L;
+      COLLECTIVE_STEP(s, ls_h5out_attr_i64(&s->h5, "/", "layers_completed", s->done_marks, s->n_sel));
+      COLLECTIVE_STEP(s, ls_h5out_flush(&s->h5));
     }
-    if (ls_agree(rc, s->comm)) return LS_ERR;
     s->t_write[L] = ls_now() - t2;
     progress(s, L, ls_now() - t_start);
     int stop = maybe_checkpoint(s, L + 1, ls_now() - t0);
@@ -754,7 +761,8 @@ static int run_final_norm(sweep_t *s) {
                           (int)H, (float)c->rms_eps);
     capture(s, LS_HOOK_FINAL_NORM, s->scratch.xn, mb, &b);
   }
-  return ls_agree(write_hook(s, LS_HOOK_FINAL_NORM, 0), s->comm);
+  COLLECTIVE_STEP(s, write_hook(s, LS_HOOK_FINAL_NORM, 0));
+  return LS_OK;
 }
 
 /* ---- profile ---------------------------------------------------------------------------------------- */
@@ -922,6 +930,7 @@ static int try_resume(sweep_t *s) {
       s->h5_open = 0;
       return 2;
     }
+    if (found == 1 && ls_ckpt_check(&saved, &s->meta, s->ckpt_dir, s->comm)) return -1;
     if (found == 1 && ls_agree(check_output(s), s->comm)) {
       if (s->rank == 0)
         ls_error("%s does not match this run's hooks, layers, pooling or data; rerun with "
@@ -930,7 +939,6 @@ static int try_resume(sweep_t *s) {
     }
   }
   if (found == 1 && exists) {
-    if (ls_ckpt_check(&saved, &s->meta, s->ckpt_dir, s->comm)) return -1;
     s->meta.layer_next = saved.layer_next;
     const size_t n = (size_t)s->n_rows * (size_t)s->cfg->hidden;
     if (ls_ckpt_load_rows(s->ckpt_dir, s->comm, saved.layer_next, ls_ckpt_fp(&s->meta), s->x, n))

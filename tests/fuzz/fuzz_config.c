@@ -4,8 +4,9 @@
  * The input is parsed as config.json text (a NUL-terminated copy). If it is accepted,
  * the fields must satisfy what the rest of layersweep assumes (positive sizes, even
  * head_dim, GQA divisibility, finite rope parameters), and ls_config_rope_inv_freq
- * must give head_dim / 2 finite, positive frequencies: a NaN or Inf there would poison
- * every attention layer of a run, so it is a bug in the validation. */
+ * must give head_dim / 2 finite frequencies: a NaN or Inf there would poison every
+ * attention layer of a run, so it is a bug in the validation or in the arithmetic.
+ * Only finiteness is checked, not sign or range. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -18,7 +19,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static int init;
   if (!init) {
-    ls_error_set_quiet(1);
+    ls_error_set_quiet(getenv("LS_FUZZ_VERBOSE") == NULL); /* errors on: triage */
     init = 1;
   }
   char *text = malloc(size + 1);
@@ -49,7 +50,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (!inv_freq) return 0;
   ls_config_rope_inv_freq(&cfg, inv_freq);
   for (int i = 0; i < half; i++)
-    FUZZ_ASSERT(isfinite(inv_freq[i]) && inv_freq[i] > 0.0f,
+    FUZZ_ASSERT(isfinite(inv_freq[i]),
                 "inv_freq[%d] = %g (head_dim %d, rope_theta %g, rope_type %d, factor %g, "
                 "low %g, high %g, orig_max_pos %d)",
                 i, (double)inv_freq[i], cfg.head_dim, cfg.rope_theta, (int)cfg.rope_type,

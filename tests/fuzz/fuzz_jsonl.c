@@ -39,7 +39,7 @@ static void check(const ls_dataset_t *d, int64_t max_len) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static char path[PATH_MAX];
   if (!path[0]) {
-    ls_error_set_quiet(1);
+    ls_error_set_quiet(getenv("LS_FUZZ_VERBOSE") == NULL); /* errors on: triage */
     fuzz_scratch_init();
     fuzz_path(path, sizeof path, fuzz_model_dir, "prompts.jsonl");
   }

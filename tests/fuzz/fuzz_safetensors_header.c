@@ -53,7 +53,7 @@ static void check_tensors(const ls_st_tensor_t *t, int n0, int n, size_t len,
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static int init;
   if (!init) {
-    ls_error_set_quiet(1);
+    ls_error_set_quiet(getenv("LS_FUZZ_VERBOSE") == NULL); /* errors on: triage */
     init = 1;
   }
   if (size < 8) return 0;

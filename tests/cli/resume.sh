@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# Fault tests of --resume (CPU backend, under mpirun): a sweep is killed (kill -9 of
+# rank 0 or of another rank, under -np 2 and 3) at many points and resumed each time;
+# stopped by SIGTERM (as Slurm does before the time limit); hit by a write failure
+# (injected, and a real ENOSPC on a small tmpfs where mounting one is allowed). Every
+# time the final file's activation and sample datasets must equal an uninterrupted
+# run's bit for bit, and no file may say "complete" before it is.
+# env: LS_BIN (layersweep binary), LS_TEST_TMP (scratch dir)
+set -u
+ls=${LS_BIN:?set LS_BIN}
+tmp=$(mktemp -d "${LS_TEST_TMP:-/tmp}/resume.XXXXXX")
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1
+export OMP_NUM_THREADS=1
+fails=0 passes=0
+pass() { passes=$((passes + 1)); echo "PASS $1"; }
+fail() { fails=$((fails + 1)); echo "FAIL $1: $2"; }
+status_of() { h5dump -a /status "$1" 2>/dev/null | sed -n 's/.*(0): "\(.*\)".*/\1/p'; }
+same_as_ref() { # file -> 0 if every activation and sample dataset equals the reference
+  local d
+  for d in residual_pre attn_out mlp_out residual_post final_norm samples/length samples/label samples/id; do
+    h5diff -q -d 0 "$tmp/ref.h5" "$1" "/$d" "/$d" >/dev/null 2>&1 || { echo "dataset /$d differs"; return 1; }
+  done
+}
+
+$ls make-model --out "$tmp/model" --hidden 128 --intermediate 320 --layers 12 --heads 4 \
+  --kv-heads 2 --vocab 512 --dtype bf16 --force 2>/dev/null
+$ls make-data --out "$tmp/data.jsonl" --n 1200 --min-len 1 --max-len 48 --vocab 512 --force 2>/dev/null
+args=(--model "$tmp/model" --data "$tmp/data.jsonl" --hooks all --layers all --pool mean --progress lines)
+$ls run "${args[@]}" --out "$tmp/ref.h5" --checkpoint-every off 2>"$tmp/ref.log" \
+  || { echo "FAIL reference run"; cat "$tmp/ref.log"; exit 1; }
+
+# pid of a given MPI rank of the sweep writing $1
+rank_pid() {
+  local out=$1 want=$2 p
+  for p in $(pgrep -f "layersweep run .*--out $out"); do
+    if tr '\0' '\n' </proc/$p/environ 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$want"; then
+      echo "$p"; return
+    fi
+  done
+}
+
+# ---- kill -9 at many points, resume until complete ---------------------------------
+kill_case() { # np victim-rank: up to 6 runs killed at spread-out moments, then one to finish
+  local np=$1 victim=$2 out="$tmp/kill_np$1_r$2.h5" attempt delay rc pid kills=0 job
+  for attempt in 1 2 3 4 5 6 7; do
+    timeout 120 mpirun -np "$np" "$ls" run "${args[@]}" --out "$out" --resume \
+      --checkpoint-every 1 >"$tmp/kill.log" 2>&1 &
+    job=$!
+    if [ "$attempt" -le 6 ]; then
+      delay=$(awk -v a="$attempt" -v s="$RANDOM" 'BEGIN{srand(s); printf "%.2f", 0.5 + 0.25*a + 0.3*rand()}')
+      sleep "$delay"
+      pid=$(rank_pid "$out" "$victim")
+      [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null && kills=$((kills + 1))
+    fi
+    wait "$job"; rc=$?
+    if [ "$rc" = 0 ]; then
+      [ "$(status_of "$out")" = complete ] || { fail "kill np=$np rank=$victim" "exit 0 but not complete"; return; }
+      if msg=$(same_as_ref "$out"); then
+        [ -e "$out.ckpt" ] && { fail "kill np=$np rank=$victim" "checkpoint left behind"; return; }
+        [ "$kills" -ge 2 ] || { fail "kill np=$np rank=$victim" "only $kills kill(s) landed mid-run"; return; }
+        pass "kill -9 rank $victim under -np $np: $kills kills at different layers, resumed to a bit-identical file"
+      else
+        fail "kill np=$np rank=$victim" "$msg"
+      fi
+      return
+    fi
+    # a run killed after it marked the file complete (while exiting) may leave it so,
+    # but then the file must really be complete
+    if [ "$(status_of "$out")" = complete ] && ! msg=$(same_as_ref "$out"); then
+      fail "kill np=$np rank=$victim" "file says complete but $msg"; return
+    fi
+  done
+  fail "kill np=$np rank=$victim" "did not complete: $(grep -E 'error' "$tmp/kill.log" | head -n 2)"
+}
+kill_case 2 0
+kill_case 2 1
+kill_case 3 0
+kill_case 3 2
+
+# ---- SIGTERM to every rank (what Slurm sends): clean stop, then resume ------------------
+out="$tmp/term.h5"
+mpirun -np 2 "$ls" run "${args[@]}" --out "$out" --checkpoint-every 4 >"$tmp/term.log" 2>&1 &
+job=$!
+for _ in $(seq 1 100); do grep -q "layer 2/" "$tmp/term.log" && break; sleep 0.05; done
+for r in 0 1; do p=$(rank_pid "$out" "$r"); [ -n "$p" ] && kill -TERM "$p"; done
+wait "$job"; rc=$?
+if [ "$rc" != 0 ] && grep -q "stopped by signal 15 .*--resume" "$tmp/term.log" &&
+   [ "$(status_of "$out")" = partial ] && [ -f "$out.ckpt/meta.json" ]; then
+  mpirun -np 2 "$ls" run "${args[@]}" --out "$out" --checkpoint-every 4 --resume >"$tmp/term2.log" 2>&1
+  if [ $? = 0 ] && grep -q "resuming" "$tmp/term2.log" && msg=$(same_as_ref "$out"); then
+    pass "SIGTERM: checkpoint, message naming --resume, resumed bit-identical"
+  else
+    fail "SIGTERM resume" "$(tail -n 3 "$tmp/term2.log") ${msg:-}"
+  fi
+else
+  fail "SIGTERM stop" "rc=$rc status=$(status_of "$out") log: $(grep -v '^layer' "$tmp/term.log" | tail -n 3)"
+fi
+
+# ---- injected write failure (disk full), then resume -------------------------------------
+out="$tmp/fault.h5"
+LS_FAULT_WRITE_LAYER=7 mpirun -np 2 -x LS_FAULT_WRITE_LAYER "$ls" run "${args[@]}" --out "$out" \
+  --checkpoint-every 1 >"$tmp/fault.log" 2>&1
+rc=$?
+nerr=$(grep -c "error:" "$tmp/fault.log")
+if [ "$rc" != 0 ] && [ "$nerr" = 1 ] && grep -q "injected write failure at layer 7" "$tmp/fault.log" &&
+   [ "$(status_of "$out")" = partial ]; then
+  mpirun -np 2 "$ls" run "${args[@]}" --out "$out" --checkpoint-every 1 --resume >"$tmp/fault2.log" 2>&1
+  if [ $? = 0 ] && grep -q "before layer 7" "$tmp/fault2.log" && msg=$(same_as_ref "$out"); then
+    pass "injected write failure at layer 7: one error line, partial file, resumed from layer 7 bit-identical"
+  else
+    fail "fault resume" "$(tail -n 3 "$tmp/fault2.log") ${msg:-}"
+  fi
+else
+  fail "fault stop" "rc=$rc errors=$nerr status=$(status_of "$out"): $(grep error "$tmp/fault.log" | head -n 3)"
+fi
+
+# ---- real ENOSPC on a small tmpfs (needs permission to mount) -----------------------------
+mnt="$tmp/smallfs"
+mkdir -p "$mnt"
+if mount -t tmpfs -o size=96m tmpfs "$mnt" 2>/dev/null; then
+  out="$mnt/full.h5"
+  mpirun -np 2 "$ls" run "${args[@]}" --out "$out" --checkpoint-every 1 >"$tmp/full.log" 2>&1 &
+  job=$!
+  for _ in $(seq 1 200); do grep -q "layer 3/" "$tmp/full.log" && break; sleep 0.05; done
+  dd if=/dev/zero of="$mnt/filler" bs=64k 2>/dev/null   # fill the disk while the sweep runs
+  wait "$job"; rc=$?
+  st=$(status_of "$out")
+  if [ "$rc" != 0 ] && [ "$st" != complete ]; then
+    rm -f "$mnt/filler"
+    mpirun -np 2 "$ls" run "${args[@]}" --out "$out" --checkpoint-every 1 --resume >"$tmp/full2.log" 2>&1
+    if [ $? = 0 ] && msg=$(same_as_ref "$out"); then
+      pass "real ENOSPC mid-sweep: error, not complete; resumed after freeing space, bit-identical"
+    else
+      fail "ENOSPC resume" "$(grep -E 'error|resum' "$tmp/full2.log" | head -n 3) ${msg:-}"
+    fi
+  elif [ "$rc" = 0 ]; then
+    echo "SKIPPED real ENOSPC: the sweep finished before the disk filled up"
+  else
+    fail "ENOSPC" "rc=$rc status=$st"
+  fi
+  umount "$mnt"
+else
+  echo "SKIPPED real ENOSPC: cannot mount a tmpfs here (the injected failure above covers the path)"
+fi
+
+# ---- resume refusals and no-ops --------------------------------------------------------------
+out="$tmp/done.h5"
+cp "$tmp/ref.h5" "$out"
+sum=$(md5sum <"$out")
+$ls run "${args[@]}" --out "$out" --resume >"$tmp/done.log" 2>&1
+if [ $? = 0 ] && grep -q "already complete" "$tmp/done.log" && [ "$(md5sum <"$out")" = "$sum" ]; then
+  pass "--resume on a complete file leaves it alone"
+else
+  fail "resume complete" "$(tail -n 2 "$tmp/done.log")"
+fi
+
+out="$tmp/mismatch.h5"
+LS_FAULT_WRITE_LAYER=3 mpirun -np 2 -x LS_FAULT_WRITE_LAYER "$ls" run "${args[@]}" --out "$out" --checkpoint-every 1 >/dev/null 2>&1
+mpirun -np 3 "$ls" run "${args[@]}" --out "$out" --checkpoint-every 1 --resume >"$tmp/mm.log" 2>&1
+if [ $? != 0 ] && [ "$(grep -c 'error:' "$tmp/mm.log")" = 1 ] && grep -q "2 ranks and this run has 3.*-np 2" "$tmp/mm.log"; then
+  pass "--resume with another rank count is refused, naming -np 2"
+else
+  fail "rank mismatch" "$(grep error "$tmp/mm.log" | head -n 2)"
+fi
+"$ls" make-data --out "$tmp/data2.jsonl" --n 1200 --min-len 1 --max-len 48 --vocab 512 --seed 9 --force 2>/dev/null
+mpirun -np 2 "$ls" run --model "$tmp/model" --data "$tmp/data2.jsonl" --hooks all --layers all --pool mean \
+  --out "$out" --resume >"$tmp/mm2.log" 2>&1
+if [ $? != 0 ] && grep -q "dataset's contents differ" "$tmp/mm2.log"; then
+  pass "--resume with another dataset is refused"
+else
+  fail "data mismatch" "$(grep error "$tmp/mm2.log" | head -n 2)"
+fi
+mpirun -np 2 "$ls" run "${args[@]/mean/last_token}" --out "$out" --resume >"$tmp/mm3.log" 2>&1
+if [ $? != 0 ] && grep -q "differ from the checkpointed run" "$tmp/mm3.log"; then
+  pass "--resume with other options is refused"
+else
+  fail "options mismatch" "$(grep error "$tmp/mm3.log" | head -n 2)"
+fi
+
+echo "resume tests: $passes passed, $fails failed"
+rm -rf "$tmp"
+[ "$fails" = 0 ]
