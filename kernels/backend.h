@@ -43,12 +43,14 @@ typedef struct {
    * pos (T) the position of each row inside its prompt (rotate_half convention) */
   void (*rope)(ls_backend_t *be, float *x, const int32_t *pos, const float *cos_tab,
                const float *sin_tab, int T, int n_heads, int head_dim);
-  /* causal attention inside each sequence: q (T, n_heads*hd), k, v (T, n_kv*hd),
-   * seq_start (n_seq + 1) row offsets; window > 0 limits keys to the last `window`
-   * positions (query included). out (T, n_heads*hd). */
+  /* causal attention inside each sequence: q (T, n_heads*hd), k, v (T, n_kv*hd);
+   * sequence s has seq_len[s] real rows from seq_start[s] (seq_len NULL: all rows up
+   * to seq_start[s + 1]); window > 0 limits keys to the last `window` positions (query
+   * included). out (T, n_heads*hd); padding rows get 0. A real row's result depends
+   * only on its own sequence's real rows. */
   void (*attention)(ls_backend_t *be, float *out, const float *q, const float *k,
-                    const float *v, const int32_t *seq_start, int n_seq, int n_heads,
-                    int n_kv_heads, int head_dim, int window);
+                    const float *v, const int32_t *seq_start, const int32_t *seq_len,
+                    int n_seq, int n_heads, int n_kv_heads, int head_dim, int window);
   /* gate (n) <- silu(gate) * up */
   void (*swiglu)(ls_backend_t *be, float *gate, const float *up, size_t n);
   /* y (n) += x (n) */

@@ -34,6 +34,8 @@ typedef struct {
   int T;                    /* rows (tokens) */
   int n_seq;                /* prompts */
   const int32_t *seq_start; /* (n_seq + 1) row offsets, seq_start[0] = 0 */
+  const int32_t *seq_len;   /* (n_seq) real rows of each sequence (the rest up to the
+                             * next start is alignment padding); NULL: no padding */
   const int32_t *pos;       /* (T) position of each row inside its prompt */
 } ls_batch_t;
 

@@ -691,6 +691,7 @@ static int64_t batch_of(const sweep_t *s, int mb, ls_batch_t *b) {
   b->T = (int)(s->poff[i1] - s->poff[i0]);
   b->n_seq = (int)(i1 - i0);
   b->seq_start = s->seq_start + s->seq_start_off[mb];
+  b->seq_len = s->seq_len + s->seq_start_off[mb];
   b->pos = s->pos + s->poff[i0];
   return s->poff[i0];
 }

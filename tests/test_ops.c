@@ -484,8 +484,8 @@ static float *run_attention(const att_case_t *c, const float *q, const float *k,
                             const int32_t *seq_start, int n_seq) {
   const int T = seq_start[n_seq], max_seq = T;
   float *out = palloc((size_t)T * c->n_heads * c->hd);
-  float *scratch = palloc((size_t)omp_get_max_threads() * max_seq);
-  ls_cpu_attention(out, q, k, v, seq_start, n_seq, c->n_heads, c->n_kv, c->hd, c->window,
+  float *scratch = palloc((size_t)omp_get_max_threads() * LS_ATTN_QBLOCK * max_seq);
+  ls_cpu_attention(out, q, k, v, seq_start, NULL, n_seq, c->n_heads, c->n_kv, c->hd, c->window,
                    scratch, max_seq);
   free(scratch);
   return out;
@@ -803,14 +803,15 @@ typedef struct {
 /* Forward rows x_in (T, H) of n_seq sequences at seq_start (positions restart at each
  * sequence and run on through its padding rows). Scratch and padding rows are NaN. */
 static void block_run(ls_backend_t *be, const block_model_t *m, const float *x_in,
-                      const int32_t *seq_start, int n_seq, block_out_t *o) {
+                      const int32_t *seq_start, const int32_t *seq_len, int n_seq,
+                      block_out_t *o) {
   const ls_config_t *c = &m->cfg;
   const int T = seq_start[n_seq], H = c->hidden;
   int32_t *pos = malloc(sizeof(int32_t) * (size_t)T);
   assert_non_null(pos);
   for (int s = 0; s < n_seq; s++)
     for (int r = seq_start[s]; r < seq_start[s + 1]; r++) pos[r] = r - seq_start[s];
-  ls_batch_t b = {.T = T, .n_seq = n_seq, .seq_start = seq_start, .pos = pos};
+  ls_batch_t b = {.T = T, .n_seq = n_seq, .seq_start = seq_start, .seq_len = seq_len, .pos = pos};
   size_t nf = ls_block_scratch_floats(c, T);
   float *scratch = be->iface->alloc(be, sizeof(float) * nf, "block scratch");
   float *x = be->iface->alloc(be, sizeof(float) * (size_t)ls_round_rows(T) * H, "x");
@@ -897,7 +898,7 @@ static void test_block_reference(void **state) {
     float *x = palloc((size_t)T * H);
     fill_rand(x, (size_t)T * H, -1, 1);
     block_out_t o;
-    block_run(be, &m, x, seq_start, 2, &o);
+    block_run(be, &m, x, seq_start, NULL, 2, &o);
     double *xd = dalloc((size_t)T * H), *ao = dalloc((size_t)T * H), *mo = dalloc((size_t)T * H);
     to_double(xd, x, (size_t)T * H);
     ref_block(&m, xd, seq_start, 2, ao, mo);
@@ -949,12 +950,12 @@ static void test_block_batch_invariance(void **state) {
       fill_rand(x, (size_t)T * H, -10, 10); /* padding rows: garbage */
       for (int s = 0; s < 3; s++) fill_rand(x + (size_t)seq_start[s] * H, (size_t)lens[s] * H, -1, 1);
       block_out_t ob;
-      block_run(be, &m, x, seq_start, 3, &ob);
+      block_run(be, &m, x, seq_start, lens, 3, &ob);
       for (int s = 0; s < 3; s++) {
         const int s0 = seq_start[s];
         const int32_t ss[2] = {0, lens[s]};
         block_out_t oa;
-        block_run(be, &m, x + (size_t)s0 * H, ss, 1, &oa);
+        block_run(be, &m, x + (size_t)s0 * H, ss, NULL, 1, &oa);
         char ctx[256];
         const float *bs[3] = {ob.x, ob.attn_out, ob.mlp_out}, *as[3] = {oa.x, oa.attn_out, oa.mlp_out};
         const char *names[3] = {"residual_post", "attn_out", "mlp_out"};

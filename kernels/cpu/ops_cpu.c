@@ -86,59 +86,62 @@ void ls_cpu_add(float *y, const float *x, size_t n) {
 }
 
 /* ---- attention ------------------------------------------------------------------ */
-static inline float dot(const float *a, const float *b, int n) {
-  float acc[8] = {0};
-  int i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int l = 0; l < 8; l++) acc[l] += a[i + l] * b[i + l];
-  float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  for (; i < n; i++) s += a[i] * b[i];
-  return s;
-}
-
-/* One (sequence, head): rows [s0, s1) of q; keys/values from kv head kh. */
+/* One (sequence, head), rows [s0, s1), in query blocks of LS_ATTN_QBLOCK rows:
+ *   S = (Q_blk K^T) * scale        one sgemm over the keys the block can see
+ *   P = softmax(S) on each row's causal (and sliding-window) range, 0 elsewhere
+ *   O_blk = P V                    one sgemm
+ * The calls depend only on the sequence itself (its padded length, block offsets
+ * from s0), so a prompt's result does not depend on its neighbours. S never exceeds
+ * LS_ATTN_QBLOCK x (sequence length) floats. */
 static void attend_one(float *out, const float *q, const float *k, const float *v, int s0,
-                       int s1, int h, int kh, int n_heads, int n_kv, int hd, int window,
-                       float *p) {
-  const size_t qs = (size_t)n_heads * hd, ks = (size_t)n_kv * hd;
+                       int s1, int s_end, int h, int kh, int n_heads, int n_kv, int hd,
+                       int window, float *S) {
+  const int qs = n_heads * hd, ks = n_kv * hd;
+  for (int i = s1; i < s_end; i++) /* padding rows */
+    memset(out + (size_t)i * qs + (size_t)h * hd, 0, sizeof(float) * (size_t)hd);
   const float scale = 1.0f / sqrtf((float)hd);
-  for (int i = s0; i < s1; i++) {
-    const float *qi = q + (size_t)i * qs + (size_t)h * hd;
-    int j0 = s0;
-    if (window > 0 && i - window + 1 > j0) j0 = i - window + 1;
-    float m = -INFINITY;
-    for (int j = j0; j <= i; j++) {
-      float sc = dot(qi, k + (size_t)j * ks + (size_t)kh * hd, hd) * scale;
-      p[j - j0] = sc;
-      if (sc > m) m = sc;
+  for (int i0 = s0; i0 < s1; i0 += LS_ATTN_QBLOCK) {
+    const int i1 = i0 + LS_ATTN_QBLOCK < s1 ? i0 + LS_ATTN_QBLOCK : s1;
+    const int j_lo = window > 0 && i0 - window + 1 > s0 ? i0 - window + 1 : s0;
+    const int nj = i1 - j_lo, ni = i1 - i0;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, ni, nj, hd, scale,
+                q + (size_t)i0 * qs + (size_t)h * hd, qs, k + (size_t)j_lo * ks + (size_t)kh * hd,
+                ks, 0.0f, S, nj);
+    for (int i = i0; i < i1; i++) {
+      float *row = S + (size_t)(i - i0) * nj;
+      const int a = (window > 0 && i - window + 1 > j_lo ? i - window + 1 : j_lo) - j_lo;
+      const int b = i - j_lo; /* inclusive */
+      float m = -INFINITY;
+      for (int j = a; j <= b; j++) m = row[j] > m ? row[j] : m;
+      float sum = 0.0f;
+      for (int j = a; j <= b; j++) {
+        row[j] = expf(row[j] - m);
+        sum += row[j];
+      }
+      const float inv = 1.0f / sum;
+      for (int j = 0; j < a; j++) row[j] = 0.0f;
+      for (int j = a; j <= b; j++) row[j] *= inv;
+      for (int j = b + 1; j < nj; j++) row[j] = 0.0f;
     }
-    float sum = 0.0f;
-    for (int j = 0; j <= i - j0; j++) {
-      p[j] = expf(p[j] - m);
-      sum += p[j];
-    }
-    float inv = 1.0f / sum;
-    float *o = out + (size_t)i * qs + (size_t)h * hd;
-    for (int d = 0; d < hd; d++) o[d] = 0.0f;
-    for (int j = j0; j <= i; j++) {
-      const float w = p[j - j0] * inv;
-      const float *vj = v + (size_t)j * ks + (size_t)kh * hd;
-      for (int d = 0; d < hd; d++) o[d] += w * vj[d];
-    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ni, hd, nj, 1.0f, S, nj,
+                v + (size_t)j_lo * ks + (size_t)kh * hd, ks, 0.0f,
+                out + (size_t)i0 * qs + (size_t)h * hd, qs);
   }
 }
 
 void ls_cpu_attention(float *out, const float *q, const float *k, const float *v,
-                      const int32_t *seq_start, int n_seq, int n_heads, int n_kv_heads,
-                      int head_dim, int window, float *scratch, int max_seq) {
+                      const int32_t *seq_start, const int32_t *seq_len, int n_seq,
+                      int n_heads, int n_kv_heads, int head_dim, int window, float *scratch,
+                      int max_seq) {
   const int group = n_heads / n_kv_heads;
   const long n_tasks = (long)n_seq * n_heads;
 #pragma omp parallel for schedule(dynamic, 1)
   for (long task = 0; task < n_tasks; task++) {
     int s = (int)(task / n_heads), h = (int)(task % n_heads);
-    float *p = scratch + (size_t)omp_get_thread_num() * (size_t)max_seq;
-    attend_one(out, q, k, v, seq_start[s], seq_start[s + 1], h, h / group, n_heads,
-               n_kv_heads, head_dim, window, p);
+    float *S = scratch + (size_t)omp_get_thread_num() * LS_ATTN_QBLOCK * (size_t)max_seq;
+    const int s0 = seq_start[s], s1 = seq_len ? s0 + seq_len[s] : seq_start[s + 1];
+    attend_one(out, q, k, v, s0, s1, seq_start[s + 1], h, h / group, n_heads, n_kv_heads,
+               head_dim, window, S);
   }
 }
 
@@ -202,7 +205,7 @@ done:
 /* ---- the backend table ------------------------------------------------------------ */
 typedef struct {
   int threads, max_seq;
-  float *scratch; /* (threads, max_seq) attention probabilities */
+  float *scratch; /* (threads, LS_ATTN_QBLOCK, max_seq) attention scores */
 } cpu_ctx_t;
 
 static void *cpu_alloc(ls_backend_t *be, size_t bytes, const char *what) {
@@ -233,11 +236,11 @@ static void cpu_rope(ls_backend_t *be, float *x, const int32_t *pos, const float
   ls_cpu_rope(x, pos, c, s, T, n_heads, head_dim);
 }
 static void cpu_attention(ls_backend_t *be, float *out, const float *q, const float *k,
-                          const float *v, const int32_t *seq_start, int n_seq, int n_heads,
-                          int n_kv, int hd, int window) {
+                          const float *v, const int32_t *seq_start, const int32_t *seq_len,
+                          int n_seq, int n_heads, int n_kv, int hd, int window) {
   cpu_ctx_t *c = be->ctx;
-  ls_cpu_attention(out, q, k, v, seq_start, n_seq, n_heads, n_kv, hd, window, c->scratch,
-                   c->max_seq);
+  ls_cpu_attention(out, q, k, v, seq_start, seq_len, n_seq, n_heads, n_kv, hd, window,
+                   c->scratch, c->max_seq);
 }
 static void cpu_swiglu(ls_backend_t *be, float *gate, const float *up, size_t n) {
   ls_cpu_swiglu(gate, up, n);
@@ -280,7 +283,7 @@ ls_backend_t *ls_backend_cpu_new(int threads, int max_seq) {
   if (!be || !c) { free(be); free(c); return NULL; }
   c->threads = omp_get_max_threads();
   c->max_seq = max_seq > 0 ? max_seq : 1;
-  c->scratch = ls_aligned_alloc((size_t)c->threads * c->max_seq * sizeof(float),
+  c->scratch = ls_aligned_alloc((size_t)c->threads * LS_ATTN_QBLOCK * c->max_seq * sizeof(float),
                                 "attention scratch");
   if (!c->scratch) { free(be); free(c); return NULL; }
   be->iface = &cpu_iface;

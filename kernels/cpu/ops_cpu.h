@@ -15,10 +15,14 @@ void ls_cpu_matmul(float *y, const float *x, const float *W, const float *b, int
                    int n_out);
 void ls_cpu_rope(float *x, const int32_t *pos, const float *cos_tab, const float *sin_tab,
                  int T, int n_heads, int head_dim);
-/* scratch: (threads, max_seq) floats */
+/* Query rows per attention block (scores are computed LS_ATTN_QBLOCK rows at a time). */
+#define LS_ATTN_QBLOCK 128
+/* scratch: (threads, LS_ATTN_QBLOCK, max_seq) floats; max_seq >= the longest sequence
+ * (padded) */
 void ls_cpu_attention(float *out, const float *q, const float *k, const float *v,
-                      const int32_t *seq_start, int n_seq, int n_heads, int n_kv_heads,
-                      int head_dim, int window, float *scratch, int max_seq);
+                      const int32_t *seq_start, const int32_t *seq_len, int n_seq,
+                      int n_heads, int n_kv_heads, int head_dim, int window, float *scratch,
+                      int max_seq);
 void ls_cpu_swiglu(float *gate, const float *up, size_t n);
 void ls_cpu_add(float *y, const float *x, size_t n);
 void ls_cpu_pool(float *pooled, const float *x, const int32_t *seq_start,
