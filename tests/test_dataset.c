@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "test_capture.h"
+
 #include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
@@ -56,33 +58,6 @@ static void write_file(const void *bytes, size_t n) {
 }
 
 static void write_text(const char *s) { write_file(s, strlen(s)); }
-
-/* ---- stderr capture ------------------------------------------------------------------ */
-
-typedef struct {
-  int saved;
-  char file[4300];
-} capture_t;
-
-static void capture_begin(capture_t *c) {
-  snprintf(c->file, sizeof c->file, "%s.stderr", g_dir);
-  fflush(stderr);
-  c->saved = dup(2);
-  int fd = open(c->file, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  assert_true(c->saved >= 0 && fd >= 0);
-  dup2(fd, 2);
-  close(fd);
-}
-
-static char *capture_end(capture_t *c, size_t *len) {
-  fflush(stderr);
-  dup2(c->saved, 2);
-  close(c->saved);
-  char *msg = ls_read_text_file(c->file, 1 << 20, len);
-  assert_non_null(msg);
-  unlink(c->file);
-  return msg;
-}
 
 static void load_ok(int64_t max_len, ls_dataset_t *d) {
   capture_t c;

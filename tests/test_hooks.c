@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "test_capture.h"
+
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,35 +18,6 @@
 
 #include "hooks.h"
 #include "ls_common.h"
-
-/* ---- stderr capture ------------------------------------------------------------ */
-
-typedef struct {
-  int saved;
-  char file[4200];
-} capture_t;
-
-static void capture_begin(capture_t *c) {
-  const char *base = getenv("LS_TEST_TMP");
-  if (!base || !*base) base = "/tmp";
-  snprintf(c->file, sizeof c->file, "%s/ls_hooks_stderr_%d.txt", base, (int)getpid());
-  fflush(stderr);
-  c->saved = dup(2);
-  int fd = open(c->file, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  assert_true(c->saved >= 0 && fd >= 0);
-  dup2(fd, 2);
-  close(fd);
-}
-
-static char *capture_end(capture_t *c, size_t *len) {
-  fflush(stderr);
-  dup2(c->saved, 2);
-  close(c->saved);
-  char *msg = ls_read_text_file(c->file, 1 << 20, len);
-  assert_non_null(msg);
-  unlink(c->file);
-  return msg;
-}
 
 static void check_one_line(int rc, const char *msg, size_t len, const char *what,
                            const char *want1, const char *want2) {
