@@ -145,6 +145,13 @@ int ls_dataset_load(const char *path, int vocab, int64_t max_len, ls_dataset_t *
   int rc = LS_OK;
   while ((n = getline(&line, &cap, f)) >= 0) {
     lineno++;
+    if ((size_t)n > LS_DATASET_MAX_LINE) {
+      ls_error("%s:%lld: line is %.1f MiB, longer than the %zu MiB accepted for one prompt; "
+               "is this a JSONL file of tokenized prompts?", path, (long long)lineno,
+               (double)n / 1048576.0, LS_DATASET_MAX_LINE >> 20);
+      rc = LS_ERR;
+      break;
+    }
     if ((size_t)n != strlen(line)) {
       ls_error("%s:%lld: line contains a NUL byte; is this a JSONL text file?", path,
                (long long)lineno);

@@ -8,6 +8,9 @@
 #include <stdint.h>
 
 #define LS_DATASET_MAX_ID 256 /* longest "id" string accepted (bytes) */
+/* Longest line accepted: 32 MiB is millions of tokens, beyond any model's context; a
+ * longer line is refused before it is parsed (parsing costs ~64 bytes per token). */
+#define LS_DATASET_MAX_LINE ((size_t)32 << 20)
 
 typedef struct {
   int64_t n;          /* prompts */

@@ -132,6 +132,28 @@ void ls_model_close(ls_model_t *m) {
 }
 
 /* ---- raw reads (rank 0) -------------------------------------------------------------------- */
+/* NaN or Inf in a weight poisons every activation after it: refuse the checkpoint,
+ * naming the tensor (element index counted from first_elem). */
+static int check_finite(const ls_model_t *m, const ls_st_tensor_t *t, const void *raw,
+                        uint64_t n, uint64_t first_elem) {
+  uint64_t bad = UINT64_MAX;
+  if (t->dtype == LS_DT_F32) {
+    const uint32_t *v = raw;
+    for (uint64_t i = 0; i < n && bad == UINT64_MAX; i++)
+      if ((v[i] & 0x7f800000u) == 0x7f800000u) bad = i;
+  } else {
+    const uint16_t *v = raw;
+    const uint16_t exp = t->dtype == LS_DT_BF16 ? 0x7f80u : 0x7c00u;
+    for (uint64_t i = 0; i < n && bad == UINT64_MAX; i++)
+      if ((v[i] & exp) == exp) bad = i;
+  }
+  if (bad == UINT64_MAX) return LS_OK;
+  ls_error("%s: tensor %s has a NaN or Inf value (element %llu); the checkpoint is corrupt: "
+           "re-download or re-convert it", m->st.files[t->file].path, t->name,
+           (unsigned long long)(first_elem + bad));
+  return LS_ERR;
+}
+
 int ls_model_read_layer(ls_model_t *m, int layer, void *dst) {
   for (int id = 0; id < LS_W_COUNT; id++) {
     const ls_wslot_t *s = &m->slots[(size_t)layer * LS_W_COUNT + id];
@@ -142,6 +164,7 @@ int ls_model_read_layer(ls_model_t *m, int layer, void *dst) {
     ls_weight_spec(&m->cfg, layer, id, name, sizeof name, shape, &ndim);
     const ls_st_tensor_t *t = ls_st_find(&m->st, name);
     if (!t || ls_st_read(&m->st, t, (char *)dst + s->offset)) return LS_ERR;
+    if (check_finite(m, t, (char *)dst + s->offset, (uint64_t)t->numel, 0)) return LS_ERR;
   }
   return LS_OK;
 }
@@ -153,8 +176,10 @@ int ls_model_read_embed_rows(ls_model_t *m, const int32_t *ids, int64_t n, void 
   for (int64_t i = 0; i < n;) {
     int64_t j = i + 1;
     while (j < n && ids[j] == ids[j - 1] + 1) j++;
-    if (ls_st_read_range(&m->st, t, (uint64_t)ids[i] * row, (uint64_t)(j - i) * row,
-                         (char *)dst + (uint64_t)i * row))
+    char *rows = (char *)dst + (uint64_t)i * row;
+    if (ls_st_read_range(&m->st, t, (uint64_t)ids[i] * row, (uint64_t)(j - i) * row, rows) ||
+        check_finite(m, t, rows, (uint64_t)(j - i) * (uint64_t)m->cfg.hidden,
+                     (uint64_t)ids[i] * (uint64_t)m->cfg.hidden))
       return LS_ERR;
     i = j;
   }
@@ -163,7 +188,8 @@ int ls_model_read_embed_rows(ls_model_t *m, const int32_t *ids, int64_t n, void 
 
 int ls_model_read_final_norm(ls_model_t *m, void *dst) {
   const ls_st_tensor_t *t = ls_st_find(&m->st, "model.norm.weight");
-  return ls_st_read(&m->st, t, dst);
+  if (ls_st_read(&m->st, t, dst)) return LS_ERR;
+  return check_finite(m, t, dst, (uint64_t)t->numel, 0);
 }
 
 uint64_t ls_model_fingerprint(ls_model_t *m, MPI_Comm comm) {

@@ -704,8 +704,7 @@ static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
   for (int L = s->start; L < s->n_run; L++) {
     double t0 = ls_now();
     const void *raw = ls_wpipe_acquire(wp, L);
-    if (convert_layer(s, L, raw)) return LS_ERR;
-    ls_wpipe_release(wp, L);
+    if (!raw || convert_layer(s, L, raw) || ls_wpipe_release(wp, L)) return LS_ERR;
     double t1 = ls_now();
     s->t_load[L] = t1 - t0;
     int sel = s->sel_index[L];

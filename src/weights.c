@@ -44,26 +44,30 @@ static void request_read(ls_wpipe_t *p, int layer) {
   pthread_mutex_unlock(&p->mu);
 }
 
-static void wait_read(ls_wpipe_t *p, int layer) {
+/* Rank 0: wait until layer is read; LS_ERR if the reader failed (it said why). */
+static int wait_read(ls_wpipe_t *p, int layer) {
   double t0 = ls_now();
   pthread_mutex_lock(&p->mu);
   while (p->have[layer % 2] != layer && !p->read_err) pthread_cond_wait(&p->cv, &p->mu);
   int err = p->read_err;
   pthread_mutex_unlock(&p->mu);
   p->read_wait_s[layer] += ls_now() - t0;
-  if (err) {
-    ls_error("reading layer weights failed (see above); the output file stays partial and "
-             "the sweep can be resumed once the model directory is fixed");
-    MPI_Abort(MPI_COMM_WORLD, 1);
-  }
+  return err ? LS_ERR : LS_OK;
 }
 
 /* ---- broadcasts ------------------------------------------------------------------------- */
+/* Start broadcasting layer. Rank 0 first tells everyone whether the read worked (a
+ * bad tensor stops every rank at the same layer instead of hanging or aborting). */
 static void post_bcast(ls_wpipe_t *p, int layer) {
-  if (layer >= p->n_run) return;
+  if (layer >= p->n_run || p->failed) return;
   int b = layer % 2;
   if (p->posted[b] == layer) return;
-  if (p->rank == 0) wait_read(p, layer);
+  int ok = p->rank == 0 ? wait_read(p, layer) == LS_OK : 1;
+  MPI_Bcast(&ok, 1, MPI_INT, 0, p->comm);
+  if (!ok) {
+    p->failed = 1;
+    return;
+  }
   uint64_t bytes = p->m->layer_bytes[layer];
   int n = 0;
   for (uint64_t off = 0; off < bytes; off += BCAST_CHUNK) {
@@ -110,6 +114,7 @@ int ls_wpipe_init(ls_wpipe_t *p, ls_model_t *m, int first, int n_run, MPI_Comm c
 const void *ls_wpipe_acquire(ls_wpipe_t *p, int layer) {
   int b = layer % 2;
   post_bcast(p, layer);
+  if (p->failed) return NULL;
   double t0 = ls_now();
   MPI_Waitall(p->nreq[b], p->req[b], MPI_STATUSES_IGNORE);
   p->nreq[b] = 0;
@@ -117,10 +122,11 @@ const void *ls_wpipe_acquire(ls_wpipe_t *p, int layer) {
   return p->raw[b];
 }
 
-void ls_wpipe_release(ls_wpipe_t *p, int layer) {
+int ls_wpipe_release(ls_wpipe_t *p, int layer) {
   p->posted[layer % 2] = -1;
   request_read(p, layer + 2);
   post_bcast(p, layer + 1);
+  return p->failed ? LS_ERR : LS_OK;
 }
 
 void ls_wpipe_progress(ls_wpipe_t *p) {

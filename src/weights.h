@@ -24,6 +24,7 @@ typedef struct {
   pthread_cond_t cv;
   int want[2], have[2]; /* layer requested into / read into buffer b; -1 none */
   int read_err, stop;
+  int failed;           /* a read failed: every rank stops */
   double *read_s;       /* (n_layers) seconds the reader spent on each layer */
   /* broadcasts */
   int posted[2];        /* layer whose Ibcast is in flight in buffer b; -1 none */
@@ -34,10 +35,12 @@ typedef struct {
 } ls_wpipe_t;
 
 int ls_wpipe_init(ls_wpipe_t *p, ls_model_t *m, int first, int n_run, MPI_Comm comm);
-/* Raw packed bytes of layer L, complete on this rank. */
+/* Raw packed bytes of layer L, complete on this rank; NULL on every rank if rank 0
+ * could not read it (rank 0 said why). */
 const void *ls_wpipe_acquire(ls_wpipe_t *p, int layer);
-/* The caller has converted layer L: reuse its buffer for L+2, start broadcasting L+1. */
-void ls_wpipe_release(ls_wpipe_t *p, int layer);
+/* The caller has converted layer L: reuse its buffer for L+2, start broadcasting L+1.
+ * LS_ERR on every rank if rank 0 could not read L+1. */
+int ls_wpipe_release(ls_wpipe_t *p, int layer);
 /* Let in-flight broadcasts progress (call between microbatches). */
 void ls_wpipe_progress(ls_wpipe_t *p);
 void ls_wpipe_free(ls_wpipe_t *p);

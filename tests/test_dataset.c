@@ -226,6 +226,20 @@ static void test_many_lines(void **state) {
   ls_dataset_free(&d);
 }
 
+static void test_100mb_line_refused(void **state) {
+  /* a 100 MB line (a broken export, or not JSONL at all) is refused on its line, before
+   * anything tries to parse it */
+  const size_t n = (size_t)100 << 20;
+  char *buf = malloc(n + 64);
+  assert_non_null(buf);
+  size_t o = (size_t)snprintf(buf, 64, "{\"input_ids\":[1]}\n{\"input_ids\":[");
+  while (o + 2 < n) { buf[o++] = '7'; buf[o++] = ','; }
+  memcpy(buf + o, "7]}\n", 4);
+  write_file(buf, o + 4);
+  free(buf);
+  expect_bad(2, "longer than the 32 MiB accepted");
+}
+
 static void test_huge_line(void **state) {
   /* one prompt of 5 million ids, ~20 MB on a single line */
   enum { N = 5000000, V = 1000 };
@@ -395,6 +409,7 @@ int main(void) {
       T(test_one_token),
       T(test_many_lines),
       T(test_huge_line),
+      T(test_100mb_line_refused),
       T(test_bad_not_json),
       T(test_bad_missing_ids),
       T(test_bad_empty_ids),

@@ -371,6 +371,38 @@ else
   fail model.st_i64_tensor "test setup: could not patch the dtype in the safetensors header"
 fi
 
+# NaN / Inf in a weight: refused (documented), naming the file and the tensor. The value
+# is patched into a layer weight (read by the weight pipeline) and into the final norm.
+patch_value() { # model-dir tensor element hex-bytes-le
+  python3 - "$1/model.safetensors" "$2" "$3" "$4" <<'PY'
+import json, struct, sys
+path, name, elem, hexval = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+b = bytearray(open(path, "rb").read())
+n = struct.unpack("<Q", b[:8])[0]
+t = json.loads(b[8:8 + n])[name]
+size = {"F32": 4, "F16": 2, "BF16": 2}[t["dtype"]]
+off = 8 + n + t["data_offsets"][0] + elem * size
+b[off:off + size] = bytes.fromhex(hexval)
+open(path, "wb").write(b)
+PY
+}
+if command -v python3 >/dev/null 2>&1; then
+  m=$(case_model nan_weight)
+  patch_value "$m" model.layers.1.mlp.up_proj.weight 37 0000c07f   # float32 NaN
+  WANT=("$m/model.safetensors" model.layers.1.mlp.up_proj.weight "NaN or Inf")
+  bad model.nan_in_layer_weight "$(o nan_weight)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o nan_weight)"
+  m=$(case_model inf_norm)
+  patch_value "$m" model.norm.weight 3 0000807f   # float32 +Inf
+  WANT=("$m/model.safetensors" model.norm.weight "NaN or Inf")
+  bad model.inf_in_final_norm "$(o inf_norm)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o inf_norm)"
+  m=$(case_model nan_weight_mpi)
+  patch_value "$m" model.layers.0.self_attn.k_proj.weight 5 0000c0ff
+  WANT=("$m/model.safetensors" model.layers.0.self_attn.k_proj.weight "NaN or Inf")
+  bad_mpi mpi.nan_in_layer_weight "$(o nan_weight_mpi)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o nan_weight_mpi)"
+else
+  echo "SKIP model.nan_in_layer_weight (no python3 to patch the file)"
+fi
+
 # a tensor missing: the weights of a 1-layer model under the config of the 2-layer one
 m=$(case_model tensor_missing); cp "$ONELAYER/model.safetensors" "$m/model.safetensors"
 WANT=("$m" model.layers.1.)

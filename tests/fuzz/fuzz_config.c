@@ -51,8 +51,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   ls_config_rope_inv_freq(&cfg, inv_freq);
   for (int i = 0; i < half; i++)
     FUZZ_ASSERT(isfinite(inv_freq[i]),
-                "inv_freq[%d] = %g (head_dim %d, rope_theta %g, rope_type %d, factor %g, "
-                "low %g, high %g, orig_max_pos %d)",
+                "inv_freq[%d] = %g (head_dim %d, rope_theta %.9g, rope_type %d, factor %.17g, "
+                "low %.17g, high %.17g, orig_max_pos %d)",
                 i, (double)inv_freq[i], cfg.head_dim, cfg.rope_theta, (int)cfg.rope_type,
                 cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor,
                 cfg.rope_orig_max_pos);
