@@ -344,7 +344,7 @@ int ls_st_parse_header(const char *buf, size_t len, uint64_t file_size, const ch
     goto done;
   }
   for (int i = 0; i < nt; i++) order[i] = &(*tensors)[n0 + i];
-  qsort(order, (size_t)nt, sizeof *order, cmp_tensor_ptr_name);
+  if (nt > 0) qsort(order, (size_t)nt, sizeof *order, cmp_tensor_ptr_name);
   for (int i = 1; i < nt; i++) {
     if (strcmp(order[i - 1]->name, order[i]->name) == 0) {
       char nb[96];
@@ -353,7 +353,7 @@ int ls_st_parse_header(const char *buf, size_t len, uint64_t file_size, const ch
       goto done;
     }
   }
-  qsort(order, (size_t)nt, sizeof *order, cmp_tensor_ptr_begin);
+  if (nt > 0) qsort(order, (size_t)nt, sizeof *order, cmp_tensor_ptr_begin);
   if (check_tiling(order, nt, data_len, path) != LS_OK) goto done;
   for (int i = n0; i < k; i++) (*tensors)[i].offset += data_start;
   *n = k;
@@ -507,7 +507,7 @@ static int open_index(ls_st_model_t *m, const char *ipath) {
   }
 
   /* Distinct shard names, sorted: one ls_st_file_t each. */
-  qsort(names, (size_t)ne, sizeof *names, cmp_str_ptr);
+  if (ne > 0) qsort(names, (size_t)ne, sizeof *names, cmp_str_ptr);
   int ns = 0;
   for (i = 0; i < ne; i++)
     if (ns == 0 || strcmp(names[ns - 1], names[i]) != 0) names[ns++] = names[i];
@@ -525,7 +525,7 @@ static int open_index(ls_st_model_t *m, const char *ipath) {
     const char **hit = bsearch(&ents[i].shard, names, (size_t)ns, sizeof *names, cmp_str_ptr);
     ents[i].file = (int)(hit - names);
   }
-  qsort(ents, (size_t)ne, sizeof *ents, cmp_wm_tensor);
+  if (ne > 0) qsort(ents, (size_t)ne, sizeof *ents, cmp_wm_tensor);
   for (i = 1; i < ne; i++) {
     if (strcmp(ents[i - 1].tensor, ents[i].tensor) == 0) {
       ls_error("%s: tensor '%s' is listed twice in weight_map; re-download the index", ipath,
@@ -538,7 +538,7 @@ static int open_index(ls_st_model_t *m, const char *ipath) {
     if (open_shard(m, i, ipath) != LS_OK) goto done;
 
   /* Cross-shard duplicates, then index <-> shard contents, both walks by name. */
-  qsort(m->tensors, (size_t)m->n_tensors, sizeof *m->tensors, cmp_tensor_name);
+  if (m->n_tensors > 0) qsort(m->tensors, (size_t)m->n_tensors, sizeof *m->tensors, cmp_tensor_name);
   for (i = 1; i < m->n_tensors; i++) {
     const ls_st_tensor_t *a = &m->tensors[i - 1], *b = &m->tensors[i];
     if (strcmp(a->name, b->name) == 0) {
@@ -588,7 +588,7 @@ static int open_single(ls_st_model_t *m) {
   memcpy(m->files[0].name, SINGLE_NAME, sizeof SINGLE_NAME);
   m->n_files = 1;
   LS_CHECK(open_shard(m, 0, NULL));
-  qsort(m->tensors, (size_t)m->n_tensors, sizeof *m->tensors, cmp_tensor_name);
+  if (m->n_tensors > 0) qsort(m->tensors, (size_t)m->n_tensors, sizeof *m->tensors, cmp_tensor_name);
   return LS_OK;
 }
 
@@ -638,6 +638,7 @@ static int cmp_find(const void *key, const void *t) {
 
 const ls_st_tensor_t *ls_st_find(const ls_st_model_t *m, const char *name) {
   if (!m || !name || m->n_tensors <= 0) return NULL;
+  if (m->n_tensors <= 0) return NULL;
   return bsearch(name, m->tensors, (size_t)m->n_tensors, sizeof *m->tensors, cmp_find);
 }
 

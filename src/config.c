@@ -127,7 +127,8 @@ static int parse_rope(const cJSON *root, const char *path, ls_config_t *cfg) {
     LS_CHECK(get_num(scaling, "high_freq_factor", 4.0, 1e-6, 1e6, path, &cfg->rope_high_freq_factor));
     LS_CHECK(get_int(scaling, "original_max_position_embeddings", 1, 0, 1, INT_MAX, path,
                      &cfg->rope_orig_max_pos));
-    if (cfg->rope_high_freq_factor <= cfg->rope_low_freq_factor) {
+    /* compared as the float32 values the frequencies are computed with */
+    if ((float)cfg->rope_high_freq_factor <= (float)cfg->rope_low_freq_factor) {
       ls_error("%s: llama3 rope scaling needs high_freq_factor > low_freq_factor", path);
       return LS_ERR;
     }
