@@ -423,23 +423,31 @@ static int embed(sweep_t *s) {
   } else {
     MPI_Recv(myrows, n_mine, row_t, 0, 7, s->comm, MPI_STATUS_IGNORE);
   }
-  /* residual stream = embedding rows of this rank's tokens (float32) */
+  /* residual stream = embedding rows of this rank's tokens (float32), staged through a
+   * bounded host buffer (never a second copy of the whole stream) */
   {
     float *table = ls_malloc(sizeof(float) * H * (size_t)(n_mine > 0 ? n_mine : 1), "embedding");
-    float *xh = ls_malloc(sizeof(float) * H * (size_t)max64(s->n_rows, 1), "embedding");
+    const int64_t chunk_rows = max64(1, ((int64_t)64 << 20) / (int64_t)(sizeof(float) * H));
+    float *xh = ls_malloc(sizeof(float) * H * (size_t)chunk_rows, "embedding staging");
     if (!table || !xh) MPI_Abort(s->comm, 1);
     ls_convert_to_f32(table, myrows, s->model.embed_dtype, H * (size_t)n_mine);
-    /* padding rows repeat the prompt's last token (finite, never seen by real rows) */
-    for (int64_t i = 0; i < s->n_prompts; i++) {
+    int64_t staged0 = 0, staged = 0; /* rows [staged0, staged0 + staged) are in xh */
+    for (int64_t i = 0; i < s->n_prompts && rc == LS_OK; i++) {
       const int64_t len = ls_dataset_len(&s->data, s->p0 + i);
       const int32_t *tok = s->data.tokens + s->data.offsets[s->p0 + i];
-      for (int64_t r = s->poff[i]; r < s->poff[i + 1]; r++) {
+      /* padding rows repeat the prompt's last token (finite, never seen by real rows) */
+      for (int64_t r = s->poff[i]; r < s->poff[i + 1] && rc == LS_OK; r++) {
         int64_t t = r - s->poff[i] < len ? r - s->poff[i] : len - 1;
         int32_t *hit = bsearch(&tok[t], mine, (size_t)n_mine, sizeof(int32_t), cmp_i32);
-        memcpy(xh + (size_t)r * H, table + (size_t)(hit - mine) * H, sizeof(float) * H);
+        memcpy(xh + (size_t)staged * H, table + (size_t)(hit - mine) * H, sizeof(float) * H);
+        if (++staged == chunk_rows || r + 1 == s->n_rows) {
+          rc = s->be->iface->to_device(s->be, s->x + (size_t)staged0 * H, xh,
+                                       sizeof(float) * H * (size_t)staged);
+          staged0 += staged;
+          staged = 0;
+        }
       }
     }
-    rc = s->be->iface->to_device(s->be, s->x, xh, sizeof(float) * H * (size_t)s->n_rows);
     free(table);
     free(xh);
   }
