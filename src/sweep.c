@@ -145,6 +145,21 @@ static int load_dataset(sweep_t *s) {
   return LS_OK;
 }
 
+/* Largest tensor of each kind over all layers (16-float aligned): the float32 buffer one
+ * layer is converted into, carved in ls_weight_id_t order. */
+static int64_t slot_max_numel(const sweep_t *s, int id) {
+  int64_t mx = 0;
+  for (int L = 0; L < s->cfg->n_layers; L++)
+    mx = max64(mx, s->model.slots[(size_t)L * LS_W_COUNT + id].numel);
+  return (mx + 15) / 16 * 16;
+}
+
+static size_t layer_f32_floats(const sweep_t *s) {
+  size_t n = 0;
+  for (int id = 0; id < LS_W_COUNT; id++) n += (size_t)slot_max_numel(s, id);
+  return n;
+}
+
 /* ---- plan: shard, microbatches, sizes ------------------------------------------------------ */
 /* Contiguous prompt ranges with token counts as equal as prompt boundaries allow. */
 static void shard_prompts(const int64_t *offsets, int64_t n, int P, int64_t *bounds) {
@@ -225,7 +240,7 @@ static int plan(sweep_t *s) {
   for (int h = 0; h < LS_HOOK_COUNT; h++) n_hooks += (s->hooks >> h) & 1;
   double resid = (double)s->n_rows * H * 4;
   double scratch = (double)ls_block_scratch_floats(c, s->T_max) * 4;
-  double wf32 = (double)s->model.max_layer_bytes / ls_dtype_size(LS_DT_BF16) * 4;
+  double wf32 = (double)layer_f32_floats(s) * 4;
   double staging = 2.0 * (double)s->model.max_layer_bytes;
   double outbuf = (double)n_hooks * (double)s->out_rows * H * 4;
   double rank_bytes = resid + scratch + wf32 + staging + outbuf;
@@ -312,14 +327,7 @@ static int alloc_buffers(sweep_t *s) {
   s->x = f->alloc(s->be, sizeof(float) * (size_t)max64(s->n_rows, 1) * H, "residual stream");
   size_t nsc = ls_block_scratch_floats(c, s->T_max);
   s->scratch_base = f->alloc(s->be, sizeof(float) * nsc, "block scratch");
-  size_t wfloats = 0;
-  for (int id = 0; id < LS_W_COUNT; id++) {
-    int64_t mx = 0;
-    for (int L = 0; L < c->n_layers; L++)
-      mx = max64(mx, s->model.slots[(size_t)L * LS_W_COUNT + id].numel);
-    wfloats += ((size_t)mx + 15) / 16 * 16;
-  }
-  s->wbuf = f->alloc(s->be, sizeof(float) * wfloats, "layer weights");
+  s->wbuf = f->alloc(s->be, sizeof(float) * layer_f32_floats(s), "layer weights");
   s->final_norm_w = f->alloc(s->be, sizeof(float) * H, "final norm");
   if (!s->x || !s->scratch_base || !s->wbuf || !s->final_norm_w) rc = LS_ERR;
   for (int h = 0; h < LS_HOOK_COUNT && rc == LS_OK; h++) {
@@ -341,10 +349,7 @@ static int convert_layer(sweep_t *s, int layer, const void *raw) {
     if (s->be->iface->load_weight(s->be, p, (const char *)raw + w->offset, w->dtype,
                                   (size_t)w->numel))
       return LS_ERR;
-    int64_t mx = 0;
-    for (int L = 0; L < s->cfg->n_layers; L++)
-      mx = max64(mx, s->model.slots[(size_t)L * LS_W_COUNT + id].numel);
-    p += ((size_t)mx + 15) / 16 * 16;
+    p += slot_max_numel(s, id);
   }
   return LS_OK;
 }
@@ -1062,7 +1067,9 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
     if (resumed == 2) { rc = LS_OK; goto out; } /* already complete */
   }
   if (!resumed) {
-    if (create_output(s) || embed(s)) goto out;
+    ls_error_defer(1); /* a failure every rank sees is reported once */
+    int crc = create_output(s);
+    if (ls_agree_report(crc, comm) || embed(s)) goto out;
   }
   if (load_final_norm(s)) goto out;
   if (ls_agree(ls_wpipe_init(&wp, &s->model, s->start, s->n_run, comm), comm)) goto out;

@@ -36,8 +36,10 @@
   } while (0)
 
 /* ---- scratch directory ------------------------------------------------------- */
-/* fuzz_root: <tmp>/ls-fuzz-XXXXXX; fuzz_model_dir: <root>/model. Files written with
- * fuzz_write_* are remembered and removed (with the two directories) at exit. */
+/* fuzz_root: <tmp>/ls-fuzz-XXXXXX; fuzz_model_dir: <root>/model. <tmp> is $TMPDIR if
+ * set, else /dev/shm when writable (every input is written to disk: tmpfs is several
+ * times faster than a disk-backed /tmp), else /tmp. Files written with fuzz_write_*
+ * are remembered and removed (with the two directories) at exit. */
 static char fuzz_root[PATH_MAX];
 static char fuzz_model_dir[PATH_MAX];
 #define FUZZ_MAX_FILES 8
@@ -53,7 +55,7 @@ static inline void fuzz_cleanup(void) {
 static inline void fuzz_scratch_init(void) {
   if (fuzz_root[0]) return;
   const char *tmp = getenv("TMPDIR");
-  if (!tmp || !*tmp) tmp = "/tmp";
+  if (!tmp || !*tmp) tmp = access("/dev/shm", W_OK | X_OK) == 0 ? "/dev/shm" : "/tmp";
   if (snprintf(fuzz_root, sizeof fuzz_root, "%s/ls-fuzz-XXXXXX", tmp) >= (int)sizeof fuzz_root)
     FUZZ_DIE("TMPDIR too long");
   if (!mkdtemp(fuzz_root)) FUZZ_DIE("mkdtemp %s: %s", fuzz_root, strerror(errno));
