@@ -1,0 +1,137 @@
+/* resume.c: checkpoints at layer boundaries, SIGTERM / SIGINT handling, and --resume
+ * (fingerprints of the model, data and options; reopening the partial output). */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "sweep_internal.h"
+
+/* ---- checkpoints and signals ----------------------------------------------------------------------- */
+static volatile sig_atomic_t g_signal = 0;
+static void on_signal(int sig) { g_signal = sig; }
+
+void ls_sw_install_signals(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+}
+
+static int save_checkpoint(sweep_t *s, int next) {
+  double t0 = ls_now();
+  s->meta.layer_next = next;
+  const size_t n = (size_t)s->n_rows * (size_t)s->cfg->hidden;
+  int rc = ls_ckpt_save(s->ckpt_dir, s->comm, &s->meta, s->x, n);
+  double dt = ls_now() - t0;
+  MPI_Allreduce(&dt, &s->ckpt_cost_s, 1, MPI_DOUBLE, MPI_MAX, s->comm);
+  if (rc == LS_OK) {
+    s->last_ckpt = next;
+    s->since_ckpt_s = 0;
+  }
+  return rc;
+}
+
+/* After layer next-1: checkpoint when due (every N layers, or when the work since the
+ * last checkpoint makes its cost < 5%), and stop cleanly on SIGTERM / SIGINT. The
+ * decision is collective: every rank takes the same branch. Returns 0 to go on,
+ * LS_STOPPED or LS_ERR to stop. */
+int ls_sw_maybe_checkpoint(sweep_t *s, int next, double layer_s) {
+  double in[2] = {layer_s, (double)g_signal}, out[2];
+  MPI_Allreduce(in, out, 2, MPI_DOUBLE, MPI_MAX, s->comm);
+  s->since_ckpt_s += out[0];
+  const int signalled = out[1] != 0;
+  int every = s->o->checkpoint_every;
+  int due = every > 0 ? next - s->last_ckpt >= every
+                      : every == 0 && s->since_ckpt_s * 0.05 >= s->ckpt_cost_s;
+  if (next >= s->n_run && !signalled) due = 0; /* the end is near: nothing to save */
+  if ((due || (signalled && every >= 0)) && next != s->last_ckpt)
+    if (save_checkpoint(s, next)) return LS_ERR;
+  if (!signalled) return 0;
+  if (s->rank == 0)
+    ls_error("stopped by signal %d after layer %d of %d; %s is partial%s", (int)out[1], next - 1,
+             s->n_run, s->o->out_path,
+             every >= 0 ? "; rerun the same command with --resume to continue" : "");
+  return LS_STOPPED;
+}
+
+/* ---- resume ------------------------------------------------------------------------------------------ */
+void ls_sw_fingerprints(sweep_t *s) {
+  const ls_dataset_t *d = &s->data;
+  if (s->o->checkpoint_dir && s->o->checkpoint_dir[0])
+    snprintf(s->ckpt_dir, sizeof s->ckpt_dir, "%s", s->o->checkpoint_dir);
+  else
+    snprintf(s->ckpt_dir, sizeof s->ckpt_dir, "%s.ckpt", s->o->out_path);
+  ls_ckpt_meta_t *m = &s->meta;
+  m->ranks = s->size;
+  m->row_align = s->align;
+  m->model_fp = ls_model_fingerprint(&s->model, s->comm);
+  uint64_t h = LS_FNV_INIT;
+  h = ls_fnv1a(h, d->tokens, sizeof(int32_t) * (size_t)d->n_tokens);
+  h = ls_fnv1a(h, d->offsets, sizeof(int64_t) * (size_t)(d->n + 1));
+  if (d->has_label) h = ls_fnv1a(h, d->labels, sizeof(int64_t) * (size_t)d->n);
+  if (d->has_id) h = ls_fnv1a(h, d->ids, (size_t)d->n * LS_DATASET_MAX_ID);
+  m->data_fp = h;
+  int opts[5] = {(int)s->hooks, (int)s->pool, s->n_sel, s->o->allow_long_prompts, s->n_run};
+  h = ls_fnv1a(LS_FNV_INIT, opts, sizeof opts);
+  m->options_fp = ls_fnv1a(h, s->layers, sizeof(int) * (size_t)s->n_sel);
+  snprintf(m->model_desc, sizeof m->model_desc, "%s", s->o->model_dir);
+  /* until one has been timed, assume a checkpoint writes 0.5 GB/s */
+  double bytes = (double)s->n_rows * s->cfg->hidden * 4, mx = 0;
+  MPI_Allreduce(&bytes, &mx, 1, MPI_DOUBLE, MPI_MAX, s->comm);
+  s->ckpt_cost_s = mx / 0.5e9;
+  const char *fl = getenv("LS_FAULT_WRITE_LAYER");
+  s->fault_layer = fl && *fl ? atoi(fl) : -1;
+}
+
+
+/* --resume: 1 resumed from a checkpoint (output open, residual loaded, s->start set),
+ * 0 start from the beginning, 2 the file is already complete, -1 error. */
+int ls_sw_try_resume(sweep_t *s) {
+  int exists = s->rank == 0 ? access(s->o->out_path, F_OK) == 0 : 0;
+  MPI_Bcast(&exists, 1, MPI_INT, 0, s->comm);
+  ls_ckpt_meta_t saved;
+  int found = ls_ckpt_load_meta(s->ckpt_dir, s->comm, &saved);
+  if (found < 0) return -1;
+  if (exists) {
+    if (ls_h5out_open(&s->h5, s->o->out_path, s->comm)) return -1;
+    s->h5_open = 1;
+    char status[32];
+    ls_h5out_read_attr_str(&s->h5, "/", "status", status, sizeof status);
+    if (strcmp(status, "complete") == 0) {
+      ls_info("%s is already complete; nothing to resume", s->o->out_path);
+      ls_h5out_close(&s->h5);
+      s->h5_open = 0;
+      return 2;
+    }
+    if (found == 1 && ls_ckpt_check(&saved, &s->meta, s->ckpt_dir, s->comm)) return -1;
+    if (found == 1 && ls_agree(ls_sw_check_output(s), s->comm)) {
+      if (s->rank == 0)
+        ls_error("%s does not match this run's hooks, layers, pooling or data; rerun with "
+                 "--force to start over", s->o->out_path);
+      return -1;
+    }
+  }
+  if (found == 1 && exists) {
+    s->meta.layer_next = saved.layer_next;
+    const size_t n = (size_t)s->n_rows * (size_t)s->cfg->hidden;
+    if (ls_ckpt_load_rows(s->ckpt_dir, s->comm, saved.layer_next, ls_ckpt_fp(&s->meta), s->x, n))
+      return -1;
+    s->start = saved.layer_next;
+    for (int i = 0; i < s->n_sel; i++)
+      if (s->layers[i] < s->start) s->done_marks[i] = s->layers[i];
+    ls_info("resuming %s from the checkpoint before layer %d (%s)", s->o->out_path, s->start,
+            s->ckpt_dir);
+    return 1;
+  }
+  if (s->h5_open) {
+    ls_h5out_close(&s->h5);
+    s->h5_open = 0;
+  }
+  ls_info("--resume: no usable checkpoint in %s; starting from the beginning", s->ckpt_dir);
+  return 0;
+}

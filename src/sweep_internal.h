@@ -1,0 +1,120 @@
+/* sweep_internal.h: the state of one sweep, shared by the files that implement it
+ * (sweep.c: buffers, embedding, layer loop, entry point; plan.c; output.c; report.c;
+ * resume.c). Not part of the library's interface. */
+#ifndef LS_SWEEP_INTERNAL_H
+#define LS_SWEEP_INTERNAL_H
+
+#include <mpi.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "block.h"
+#include "checkpoint.h"
+#include "comm.h"
+#include "dataset.h"
+#include "h5out.h"
+#include "hooks.h"
+#include "ls_common.h"
+#include "model.h"
+#include "sweep.h"
+#include "weights.h"
+
+#define FORMAT_VERSION "1"
+
+/* ---- the sweep's state -------------------------------------------------------------- */
+typedef struct {
+  const ls_run_opts_t *o;
+  MPI_Comm comm;
+  int rank, size;
+  ls_model_t model;
+  ls_config_t *cfg;
+  ls_dataset_t data;
+  /* selection */
+  unsigned hooks;
+  ls_pool_t pool;
+  int *layers, n_sel; /* selected layers, ascending */
+  int *sel_index;     /* (n_layers) position in the output, -1 if not selected */
+  int n_run;          /* layers computed: 0 .. n_run-1 */
+  /* shard */
+  int64_t *bounds;    /* (size + 1) prompt ranges per rank */
+  int64_t p0, p1, t0, t1;
+  int64_t n_prompts, n_tokens; /* this rank */
+  int64_t out_rows, out_row0;  /* rows this rank writes (prompts or tokens) */
+  int64_t n_out_rows;          /* global rows of each hook dataset */
+  /* Row layout: prompt i of this rank occupies rows poff[i] .. poff[i] + len_i of the
+   * residual stream, and each prompt starts at a multiple of `align` (the backend's
+   * row alignment); rows up to poff[i + 1] are padding that continues the prompt
+   * causally (real tokens never see them). */
+  int align;
+  int64_t *poff;      /* (n_prompts + 1) padded row offsets */
+  int64_t n_rows;     /* padded rows of this rank */
+  /* microbatches: prompts [mb_p[i], mb_p[i+1]) */
+  int n_mb;
+  int64_t *mb_p;
+  int T_max;          /* most rows in one microbatch */
+  int32_t *seq_start; /* per microbatch (n + 1) relative padded offsets, packed */
+  int32_t *seq_len;   /* per microbatch (n) real lengths, packed like seq_start */
+  int64_t *seq_start_off; /* (n_mb) where each microbatch's seq_start begins */
+  int32_t *pos;       /* (n_rows) position of each row in its prompt */
+  /* compute */
+  ls_backend_t *be;
+  float *x;           /* (n_tokens, H) residual stream */
+  float *scratch_base;
+  ls_block_scratch_t scratch;
+  float *wbuf;        /* all float32 weights of one layer, carved into lw */
+  ls_layer_weights_t lw;
+  float *final_norm_w;/* (H) */
+  float *cos_tab, *sin_tab; /* (max_len, head_dim / 2) */
+  float *out[LS_HOOK_COUNT]; /* (out_rows, H) per requested hook */
+  /* output */
+  ls_h5out_t h5;
+  int h5_open;
+  /* profile, per layer (n_layers) */
+  double *t_load, *t_forward, *t_hooks, *t_write;
+  double t_embed, t_total;
+  int threads;
+  /* resume / checkpoints */
+  int start;              /* first layer computed by this run (> 0 when resumed) */
+  int64_t *done_marks;    /* (n_sel) layer index once its rows are written, else -1 */
+  char ckpt_dir[4200];
+  ls_ckpt_meta_t meta;    /* this run's fingerprints */
+  int last_ckpt;          /* layer_next of the last checkpoint taken */
+  double since_ckpt_s;    /* layer time since then (max over ranks) */
+  double ckpt_cost_s;     /* (estimated) seconds one checkpoint takes */
+  int fault_layer;        /* test switch LS_FAULT_WRITE_LAYER: fail this layer's write */
+  uint64_t embed_bytes;
+} sweep_t;
+
+static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* Run one collective step on every rank; if it failed anywhere, the lowest failing
+ * rank reports it (one line) and the caller returns LS_ERR on every rank. */
+#define COLLECTIVE_STEP(s, expr)                                  \
+  do {                                                            \
+    ls_error_defer(1);                                            \
+    int step_rc_ = (expr);                                        \
+    if (ls_agree_report(step_rc_, (s)->comm)) return LS_ERR;      \
+  } while (0)
+
+/* plan.c */
+int ls_sw_load_dataset(sweep_t *s);
+int ls_sw_plan(sweep_t *s);
+int64_t ls_sw_slot_max_numel(const sweep_t *s, int id);
+size_t ls_sw_layer_f32_floats(const sweep_t *s);
+/* output.c */
+extern const char *ls_sw_profile_fields[7];
+int ls_sw_write_str_attr(sweep_t *s, const char *name, const char *v);
+int ls_sw_create_output(sweep_t *s);
+int ls_sw_write_hook(sweep_t *s, ls_hook_t h, int sel);
+int ls_sw_write_profile(sweep_t *s, const ls_wpipe_t *wp);
+int ls_sw_check_output(sweep_t *s);
+/* report.c */
+void ls_sw_progress(sweep_t *s, int layer, double elapsed);
+void ls_sw_print_summary(sweep_t *s, const ls_wpipe_t *wp);
+/* resume.c */
+void ls_sw_install_signals(void);
+int ls_sw_maybe_checkpoint(sweep_t *s, int next, double layer_s);
+void ls_sw_fingerprints(sweep_t *s);
+int ls_sw_try_resume(sweep_t *s);
+
+#endif
