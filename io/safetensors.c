@@ -378,7 +378,9 @@ static int open_shard(ls_st_model_t *m, int fi, const char *index_path) {
     ls_error("%s/%s: path too long", m->dir, f->name);
     return LS_ERR;
   }
-  f->fd = open(f->path, O_RDONLY | O_CLOEXEC);
+  /* O_NONBLOCK: a FIFO or device planted in the directory must not block the open; it
+   * is refused by the S_ISREG check below (no effect on regular-file reads) */
+  f->fd = open(f->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (f->fd < 0) {
     if (index_path)
       ls_error("%s: cannot open shard listed in %s: %s; re-download the missing shard",

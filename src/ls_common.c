@@ -6,7 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <time.h>
 
 static int g_rank = 0, g_size = 1, g_quiet = 0, g_defer = 0;
@@ -97,9 +99,13 @@ double ls_now(void) {
 }
 
 char *ls_read_text_file(const char *path, size_t max_bytes, size_t *len_out) {
-  FILE *f = fopen(path, "rb");
+  /* O_NONBLOCK so that a FIFO where a file should be fails the S_ISREG check below
+   * instead of blocking the open forever */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  FILE *f = fd >= 0 ? fdopen(fd, "rb") : NULL;
   if (!f) {
     ls_error("%s: cannot open: %s; check the path", path, strerror(errno));
+    if (fd >= 0) close(fd);
     return NULL;
   }
   struct stat st;

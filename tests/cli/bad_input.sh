@@ -403,6 +403,14 @@ else
   echo "SKIP model.nan_in_layer_weight (no python3 to patch the file)"
 fi
 
+# a FIFO where a file should be must be refused, not block the open forever
+m=$(case_model fifo_weights); rm -f "$m/model.safetensors"; mkfifo "$m/model.safetensors"
+WANT=("$m/model.safetensors" "not a regular file")
+bad model.fifo_safetensors "$(o fifo_weights)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o fifo_weights)"
+m=$(case_model fifo_config); rm -f "$m/config.json"; mkfifo "$m/config.json"
+WANT=("$m/config.json" "not a regular file")
+bad model.fifo_config "$(o fifo_config)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o fifo_config)"
+
 # a tensor missing: the weights of a 1-layer model under the config of the 2-layer one
 m=$(case_model tensor_missing); cp "$ONELAYER/model.safetensors" "$m/model.safetensors"
 WANT=("$m" model.layers.1.)

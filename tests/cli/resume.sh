@@ -41,37 +41,40 @@ rank_pid() {
 }
 
 # ---- kill -9 at many points, resume until complete ---------------------------------
-kill_case() { # np victim-rank: up to 6 runs killed at spread-out moments, then one to finish
-  local np=$1 victim=$2 out="$tmp/kill_np$1_r$2.h5" attempt delay rc pid kills=0 job
-  for attempt in 1 2 3 4 5 6 7; do
+kill_case() { # np victim-rank: killed after layers 1, 4, 7 and 10 (plus a random few ms,
+  # so kills also land inside layers and checkpoint writes), then resumed to the end
+  local np=$1 victim=$2 out="$tmp/kill_np$1_r$2.h5" rc pid kills=0 job k
+  for k in 1 4 7 10 done; do
     timeout 120 mpirun -np "$np" "$ls" run "${args[@]}" --out "$out" --resume \
       --checkpoint-every 1 >"$tmp/kill.log" 2>&1 &
     job=$!
-    if [ "$attempt" -le 6 ]; then
-      delay=$(awk -v a="$attempt" -v s="$RANDOM" 'BEGIN{srand(s); printf "%.2f", 0.5 + 0.25*a + 0.3*rand()}')
-      sleep "$delay"
+    if [ "$k" != done ]; then
+      for _ in $(seq 1 600); do grep -q "^layer $k/" "$tmp/kill.log" && break; sleep 0.02; done
+      sleep "0.0$((RANDOM % 10))"
       pid=$(rank_pid "$out" "$victim")
       [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null && kills=$((kills + 1))
     fi
     wait "$job"; rc=$?
-    if [ "$rc" = 0 ]; then
-      [ "$(status_of "$out")" = complete ] || { fail "kill np=$np rank=$victim" "exit 0 but not complete"; return; }
-      if msg=$(same_as_ref "$out"); then
-        [ -e "$out.ckpt" ] && { fail "kill np=$np rank=$victim" "checkpoint left behind"; return; }
-        [ "$kills" -ge 2 ] || { fail "kill np=$np rank=$victim" "only $kills kill(s) landed mid-run"; return; }
-        pass "kill -9 rank $victim under -np $np: $kills kills at different layers, resumed to a bit-identical file"
-      else
-        fail "kill np=$np rank=$victim" "$msg"
+    if [ "$k" != done ]; then
+      # a run killed after it marked the file complete (while exiting) may leave it so,
+      # but then the file must really be complete
+      if [ "$(status_of "$out")" = complete ] && ! msg=$(same_as_ref "$out"); then
+        fail "kill np=$np rank=$victim" "file says complete but $msg"; return
       fi
-      return
+      continue
     fi
-    # a run killed after it marked the file complete (while exiting) may leave it so,
-    # but then the file must really be complete
-    if [ "$(status_of "$out")" = complete ] && ! msg=$(same_as_ref "$out"); then
-      fail "kill np=$np rank=$victim" "file says complete but $msg"; return
+    if [ "$rc" != 0 ] || [ "$(status_of "$out")" != complete ]; then
+      fail "kill np=$np rank=$victim" "final resume: exit $rc, $(grep error "$tmp/kill.log" | head -n 2)"
+    elif ! msg=$(same_as_ref "$out"); then
+      fail "kill np=$np rank=$victim" "$msg"
+    elif [ -e "$out.ckpt" ]; then
+      fail "kill np=$np rank=$victim" "checkpoint left behind"
+    elif [ "$kills" -lt 3 ]; then
+      fail "kill np=$np rank=$victim" "only $kills kill(s) landed"
+    else
+      pass "kill -9 rank $victim under -np $np after layers 1, 4, 7, 10: resumed to a bit-identical file"
     fi
   done
-  fail "kill np=$np rank=$victim" "did not complete: $(grep -E 'error' "$tmp/kill.log" | head -n 2)"
 }
 kill_case 2 0
 kill_case 2 1
