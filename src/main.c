@@ -48,8 +48,9 @@ static const char *usage_run =
     "  --summary-json FILE       also write the profile summary as JSON (default: none)\n"
     "  --resume                  continue an interrupted sweep from its last checkpoint (a\n"
     "                            complete file is left alone; no checkpoint: start over)\n"
-    "  --checkpoint-every N      checkpoint the residual stream every N layers, auto (keep\n"
-    "                            checkpoints under ~5% of the time) or off (default: auto)\n"
+    "  --checkpoint-every N      checkpoint the residual stream every N layers, auto (after\n"
+    "                            each minute of work, under 2% of the time) or off\n"
+    "                            (default: auto)\n"
     "  --checkpoint-dir DIR      where checkpoints go (default: OUT.ckpt beside the output)\n"
     "  --help                    this text\n";
 

@@ -52,6 +52,8 @@ static int write_summary_json(const sweep_t *s, const double *mn, const double *
   cJSON_AddNumberToObject(j, "gemm_gflops_overall", flops / s->t_total / 1e9);
   cJSON_AddNumberToObject(j, "weight_bytes_read", (double)(s->model.st.bytes_read - s->embed_bytes));
   cJSON_AddNumberToObject(j, "embedding_bytes_read", (double)s->embed_bytes);
+  cJSON_AddNumberToObject(j, "checkpoints", s->n_ckpt);
+  cJSON_AddNumberToObject(j, "checkpoint_s", s->t_ckpt);
   cJSON *ph = cJSON_AddObjectToObject(j, "phase_s");
   for (int i = 0; i < 8; i++) {
     cJSON *p = cJSON_AddObjectToObject(ph, phase_names[i]);
@@ -92,6 +94,7 @@ void ls_sw_print_summary(sweep_t *s, const ls_wpipe_t *wp) {
                           "forward", "hooks/pooling", "write", "embed"};
   for (int i = 0; i < 8; i++)
     fprintf(stderr, "  %-22s %10.3f .. %-10.3f\n", names[i], mn[i], mx[i]);
+  fprintf(stderr, "  checkpoints: %d taken, %.3f s\n", s->n_ckpt, s->t_ckpt);
   fprintf(stderr, "  weight bytes read: %.3f GiB (+ %.3f MiB embedding rows) by rank 0\n",
           (double)(s->model.st.bytes_read - s->embed_bytes) / 1073741824.0,
           (double)s->embed_bytes / 1048576.0);

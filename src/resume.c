@@ -29,6 +29,8 @@ static int save_checkpoint(sweep_t *s, int next) {
   int rc = ls_ckpt_save(s->ckpt_dir, s->comm, &s->meta, s->x, n);
   double dt = ls_now() - t0;
   MPI_Allreduce(&dt, &s->ckpt_cost_s, 1, MPI_DOUBLE, MPI_MAX, s->comm);
+  s->n_ckpt++;
+  s->t_ckpt += s->ckpt_cost_s;
   if (rc == LS_OK) {
     s->last_ckpt = next;
     s->since_ckpt_s = 0;
@@ -36,8 +38,9 @@ static int save_checkpoint(sweep_t *s, int next) {
   return rc;
 }
 
-/* After layer next-1: checkpoint when due (every N layers, or when the work since the
- * last checkpoint makes its cost < 5%), and stop cleanly on SIGTERM / SIGINT. The
+/* After layer next-1: checkpoint when due (every N layers, or, by default, when a
+ * minute of work has passed since the last one and a checkpoint costs < 2% of that
+ * work), and stop cleanly on SIGTERM / SIGINT (always with a checkpoint). The
  * decision is collective: every rank takes the same branch. Returns 0 to go on,
  * LS_STOPPED or LS_ERR to stop. */
 int ls_sw_maybe_checkpoint(sweep_t *s, int next, double layer_s) {
@@ -46,8 +49,10 @@ int ls_sw_maybe_checkpoint(sweep_t *s, int next, double layer_s) {
   s->since_ckpt_s += out[0];
   const int signalled = out[1] != 0;
   int every = s->o->checkpoint_every;
+  /* auto: at most one checkpoint per minute of work, and under 2% of the time */
   int due = every > 0 ? next - s->last_ckpt >= every
-                      : every == 0 && s->since_ckpt_s * 0.05 >= s->ckpt_cost_s;
+                      : every == 0 && s->since_ckpt_s >= 60.0 &&
+                            s->since_ckpt_s * 0.02 >= s->ckpt_cost_s;
   if (next >= s->n_run && !signalled) due = 0; /* the end is near: nothing to save */
   if ((due || (signalled && every >= 0)) && next != s->last_ckpt)
     if (save_checkpoint(s, next)) return LS_ERR;

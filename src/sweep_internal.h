@@ -81,6 +81,8 @@ typedef struct {
   int last_ckpt;          /* layer_next of the last checkpoint taken */
   double since_ckpt_s;    /* layer time since then (max over ranks) */
   double ckpt_cost_s;     /* (estimated) seconds one checkpoint takes */
+  int n_ckpt;             /* checkpoints taken by this run */
+  double t_ckpt;          /* seconds they took (max over ranks) */
   int fault_layer;        /* test switch LS_FAULT_WRITE_LAYER: fail this layer's write */
   uint64_t embed_bytes;
 } sweep_t;
