@@ -58,6 +58,20 @@ size_t ls_sw_layer_f32_floats(const sweep_t *s) {
 
 /* ---- plan: shard, microbatches, sizes ------------------------------------------------------ */
 /* Contiguous prompt ranges with token counts as equal as prompt boundaries allow. */
+/* Memory the kernel can give without swapping: MemAvailable (free + reclaimable page
+ * cache), falling back to free pages; 0 if unknown (then nothing is refused). */
+static double available_memory(void) {
+  FILE *f = fopen("/proc/meminfo", "r");
+  char line[256];
+  long long kb = -1;
+  while (f && fgets(line, sizeof line, f))
+    if (sscanf(line, "MemAvailable: %lld kB", &kb) == 1) break;
+  if (f) fclose(f);
+  if (kb > 0) return (double)kb * 1024.0;
+  long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? (double)pages * page : 0;
+}
+
 static void shard_prompts(const int64_t *offsets, int64_t n, int P, int64_t *bounds) {
   const int64_t T = offsets[n];
   bounds[0] = 0;
@@ -148,8 +162,7 @@ int ls_sw_plan(sweep_t *s) {
   }
   double max_rank_bytes = 0;
   MPI_Allreduce(&rank_bytes, &max_rank_bytes, 1, MPI_DOUBLE, MPI_MAX, s->comm);
-  long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-  double avail = pages > 0 && page > 0 ? (double)pages * page : 0;
+  double avail = available_memory();
   int local_size = 1;
   {
     MPI_Comm node;
