@@ -42,6 +42,8 @@ static const char *usage_run =
     "  --pool MODE               last_token, mean or none (raw tokens) (default: last_token)\n"
     "  --microbatch-tokens N     tokens per packed microbatch (default: 4096)\n"
     "  --threads N               CPU threads per rank (default: cores / ranks on the node)\n"
+    "  --backend B               auto, cpu or cuda (default: auto = cpu in this build, which\n"
+    "                            has no CUDA backend yet)\n"
     "  --allow-long-prompts      accept prompts longer than max_position_embeddings\n"
     "  --force                   overwrite an existing output file\n"
     "  --progress MODE           auto, lines or off (default: auto: a bar on a terminal)\n"
@@ -122,7 +124,7 @@ static void join_argv(int argc, char **argv, char *buf, size_t cap) {
 
 /* ---- commands ---------------------------------------------------------------------------- */
 enum { O_MODEL = 256, O_DATA, O_OUT, O_HOOKS, O_LAYERS, O_POOL, O_MB, O_THREADS, O_LONG,
-       O_FORCE, O_PROGRESS, O_SUMMARY, O_RESUME, O_CKPT_EVERY, O_CKPT_DIR, O_HELP };
+       O_FORCE, O_PROGRESS, O_SUMMARY, O_RESUME, O_CKPT_EVERY, O_CKPT_DIR, O_BACKEND, O_HELP };
 
 static int cmd_run(int argc, char **argv, int plan_only) {
   static const struct option opts[] = {
@@ -137,6 +139,7 @@ static int cmd_run(int argc, char **argv, int plan_only) {
       {"resume", no_argument, 0, O_RESUME},
       {"checkpoint-every", required_argument, 0, O_CKPT_EVERY},
       {"checkpoint-dir", required_argument, 0, O_CKPT_DIR},
+      {"backend", required_argument, 0, O_BACKEND},
       {0, 0, 0, 0}};
   ls_run_opts_t o;
   ls_run_opts_default(&o);
@@ -176,6 +179,7 @@ static int cmd_run(int argc, char **argv, int plan_only) {
         break;
       case O_SUMMARY: o.summary_json = optarg; break;
       case O_RESUME: o.resume = 1; break;
+      case O_BACKEND: o.backend = optarg; break;
       case O_CKPT_DIR: o.checkpoint_dir = optarg; break;
       case O_CKPT_EVERY:
         if (strcmp(optarg, "auto") == 0) o.checkpoint_every = 0;

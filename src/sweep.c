@@ -21,6 +21,7 @@ void ls_run_opts_default(ls_run_opts_t *o) {
   o->hooks = "residual_post";
   o->layers = "all";
   o->pool = "last_token";
+  o->backend = "auto";
   o->microbatch_tokens = 4096;
   o->progress = -1;
 }
@@ -326,6 +327,14 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   /* options are checked identically on every rank; rank 0 reports */
   ls_error_set_quiet(s->rank != 0);
   int orc = ls_hooks_parse(o->hooks, &s->hooks) || ls_pool_parse(o->pool, &s->pool) ? LS_ERR : LS_OK;
+  if (orc == LS_OK && strcmp(o->backend, "auto") != 0 && strcmp(o->backend, "cpu") != 0) {
+    if (strcmp(o->backend, "cuda") == 0)
+      ls_error("--backend cuda: this build of layersweep has no CUDA backend yet; run with "
+               "--backend cpu (or the default, auto)");
+    else
+      ls_error("--backend: unknown backend \"%s\"; choose auto, cpu or cuda", o->backend);
+    orc = LS_ERR;
+  }
   if (orc == LS_OK && o->microbatch_tokens < 1) {
     ls_error("--microbatch-tokens must be at least 1 (got %lld)", (long long)o->microbatch_tokens);
     orc = LS_ERR;

@@ -14,6 +14,7 @@ typedef struct {
   const char *hooks;        /* default "residual_post" */
   const char *layers;       /* default "all" */
   const char *pool;         /* default "last_token" */
+  const char *backend;      /* "auto" (default), "cpu" or "cuda" */
   int64_t microbatch_tokens;/* default 4096 */
   int threads;              /* CPU threads per rank; 0 = all cores / ranks per node */
   int force;
