@@ -8,6 +8,8 @@
  * 0 reads, everyone receives by broadcast); each layer is converted once and the
  * whole shard is streamed through it in packed microbatches. Pooled hook outputs
  * are written collectively into one HDF5 file at the end of each layer. */
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -299,15 +301,24 @@ static void sweep_free(sweep_t *s) {
   ls_model_close(&s->model);
 }
 
+/* Threads per rank when --threads is not given: OMP_NUM_THREADS if set; else the CPUs
+ * this rank may run on. An affinity mask narrower than the machine is the rank's own
+ * share (mpirun / srun binding, cgroup cpusets) and is used as is; a mask of the whole
+ * node is shared by the node's ranks and divided among them. */
 static int default_threads(MPI_Comm comm) {
   MPI_Comm node;
   int local = 1;
   MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
   MPI_Comm_size(node, &local);
   MPI_Comm_free(&node);
-  long cores = sysconf(_SC_NPROCESSORS_ONLN);
-  int t = (int)(cores / local);
-  return t > 0 ? t : 1;
+  const char *env = getenv("OMP_NUM_THREADS");
+  if (env && atoi(env) > 0) return atoi(env);
+  long online = sysconf(_SC_NPROCESSORS_ONLN);
+  cpu_set_t set;
+  long mine = online;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) mine = CPU_COUNT(&set);
+  long t = mine < online ? mine : mine / local;
+  return t > 0 ? (int)t : 1;
 }
 
 int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
