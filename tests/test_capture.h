@@ -1,9 +1,11 @@
-/* test_capture.h: capture what a call writes on stderr, for tests that check the
- * project's "one clear line" rule. Include after <cmocka.h>. */
+/* test_capture.h: shared test helpers: capture what a call writes on stderr (for the
+ * project's "one clear line" rule) and per-test scratch directories. Include after
+ * <cmocka.h>. */
 #ifndef LS_TEST_CAPTURE_H
 #define LS_TEST_CAPTURE_H
 
 #include <fcntl.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +40,25 @@ static inline char *capture_end(capture_t *c, size_t *len) {
   assert_non_null(msg);
   unlink(c->file);
   return msg;
+}
+
+/* dir <- a fresh directory $LS_TEST_TMP/<prefix>XXXXXX (or under /tmp). */
+static inline void test_mkdtemp(char *dir, size_t cap, const char *prefix) {
+  const char *base = getenv("LS_TEST_TMP");
+  if (!base || !*base) base = "/tmp";
+  snprintf(dir, cap, "%s/%sXXXXXX", base, prefix);
+  assert_non_null(mkdtemp(dir));
+}
+
+static inline int test_rm_entry(const char *p, const struct stat *sb, int flag,
+                                struct FTW *ftw) {
+  (void)sb, (void)flag, (void)ftw;
+  return remove(p);
+}
+
+/* Remove dir and everything below it (symlinks are removed, not followed). */
+static inline void test_rmtree(const char *dir) {
+  nftw(dir, test_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 #endif

@@ -33,20 +33,13 @@ static char g_dir[4096];
 static char g_path[4200]; /* the dataset file of the current test */
 
 static int setup_dir(void **state) {
-  const char *base = getenv("LS_TEST_TMP");
-  if (!base || !*base) base = "/tmp";
-  snprintf(g_dir, sizeof g_dir, "%s/ls_ds_XXXXXX", base);
-  assert_non_null(mkdtemp(g_dir));
+  test_mkdtemp(g_dir, sizeof g_dir, "ls_ds_");
   snprintf(g_path, sizeof g_path, "%s/prompts.jsonl", g_dir);
   return 0;
 }
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-  return remove(p);
-}
-
 static int teardown_dir(void **state) {
-  nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+  test_rmtree(g_dir);
   return 0;
 }
 

@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "test_capture.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -31,19 +33,12 @@
 static char g_dir[4096]; /* this test's fresh directory */
 
 static int setup_dir(void **state) {
-  const char *base = getenv("LS_TEST_TMP");
-  if (!base || !*base) base = "/tmp";
-  snprintf(g_dir, sizeof g_dir, "%s/ls_st_XXXXXX", base);
-  assert_non_null(mkdtemp(g_dir));
+  test_mkdtemp(g_dir, sizeof g_dir, "ls_st_");
   return 0;
 }
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-  return remove(p);
-}
-
 static int teardown_dir(void **state) {
-  nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+  test_rmtree(g_dir);
   return 0;
 }
 
