@@ -27,17 +27,28 @@ typedef struct {
   /* memory (alloc returns NULL after an error message) */
   void *(*alloc)(ls_backend_t *be, size_t bytes, const char *what);
   void (*free)(ls_backend_t *be, void *p);
+  /* Copies are ordered with the ops; to_host's bytes are on the host after `sync`.
+   * The source of to_device may be reused as soon as the call returns. */
   int (*to_device)(ls_backend_t *be, void *dst, const void *src, size_t bytes);
   int (*to_host)(ls_backend_t *be, void *dst, const void *src, size_t bytes);
-  /* dst (backend, float32) <- n elements of checkpoint dtype dt at host src */
-  int (*load_weight)(ls_backend_t *be, float *dst, const void *src, ls_dtype_t dt, size_t n);
+  /* host memory for staging (page-locked where the backend copies faster from it) */
+  void *(*host_alloc)(ls_backend_t *be, size_t bytes, const char *what);
+  void (*host_free)(ls_backend_t *be, void *p);
+  /* dst (backend) <- n elements of checkpoint dtype dt at src, stored as be->wtype if
+   * `matrix` (a GEMM weight), else as float32. src is host memory, or backend memory
+   * when src_dev (weights that arrived by a device broadcast). */
+  int (*load_weight)(ls_backend_t *be, void *dst, const void *src, ls_dtype_t dt, size_t n,
+                     int matrix, int src_dev);
+  /* optional: size the backend's own scratch for matmuls of up to T rows and max_dim
+   * inputs (called once, after the plan, before any op) */
+  int (*reserve)(ls_backend_t *be, int T, int max_dim);
 
   /* out (T, H) = w (H) * x * rsqrt(mean(x^2) + eps), row by row */
   void (*rmsnorm)(ls_backend_t *be, float *out, const float *x, const float *w, int T, int H,
                   float eps);
-  /* y (T, n_out) = x (T, n_in) @ W (n_out, n_in)^T + b (n_out, may be NULL); x and y
-   * have room for ls_round_rows(T) rows */
-  void (*matmul)(ls_backend_t *be, float *y, const float *x, const float *W, const float *b,
+  /* y (T, n_out) = x (T, n_in) @ W (n_out, n_in, be->wtype)^T + b (n_out, float32, may
+   * be NULL); x and y have room for ls_round_rows(T) rows */
+  void (*matmul)(ls_backend_t *be, float *y, const float *x, const void *W, const float *b,
                  int T, int n_in, int n_out);
   /* in place on x (T, n_heads * head_dim); cos/sin tables (max_pos, head_dim / 2),
    * pos (T) the position of each row inside its prompt (rotate_half convention) */
@@ -45,12 +56,14 @@ typedef struct {
                const float *sin_tab, int T, int n_heads, int head_dim);
   /* causal attention inside each sequence: q (T, n_heads*hd), k, v (T, n_kv*hd);
    * sequence s has seq_len[s] real rows from seq_start[s] (seq_len NULL: all rows up
-   * to seq_start[s + 1]); window > 0 limits keys to the last `window` positions (query
-   * included). out (T, n_heads*hd); padding rows get 0. A real row's result depends
-   * only on its own sequence's real rows. */
+   * to seq_start[s + 1]); max_len >= every seq_start[s + 1] - seq_start[s]; window > 0
+   * limits keys to the last `window` positions (query included). out (T, n_heads*hd);
+   * padding rows get 0. A real row's result depends only on its own sequence's real
+   * rows. */
   void (*attention)(ls_backend_t *be, float *out, const float *q, const float *k,
                     const float *v, const int32_t *seq_start, const int32_t *seq_len,
-                    int n_seq, int n_heads, int n_kv_heads, int head_dim, int window);
+                    int n_seq, int max_len, int n_heads, int n_kv_heads, int head_dim,
+                    int window);
   /* gate (n) <- silu(gate) * up */
   void (*swiglu)(ls_backend_t *be, float *gate, const float *up, size_t n);
   /* y (n) += x (n) */
@@ -61,7 +74,20 @@ typedef struct {
    * LS_POOL_NONE pooled (sum of seq_len, H) <- the real rows, packed. */
   void (*pool)(ls_backend_t *be, float *pooled, const float *x, const int32_t *seq_start,
                const int32_t *seq_len, int n_seq, int H, ls_pool_t mode);
-  int (*sync)(ls_backend_t *be); /* optional (NULL: ops are synchronous) */
+  /* optional (NULL: ops are synchronous): wait for everything enqueued; LS_ERR (said
+   * once) if any op or copy failed since the last sync */
+  int (*sync)(ls_backend_t *be);
+
+  /* optional weight broadcast between the backends of all ranks (NULL: the engine
+   * broadcasts raw layers with MPI into host memory). bcast starts sending `bytes`
+   * from rank 0's host buffer src (NULL on other ranks) into backend memory dst of
+   * every rank, through receive slot `slot` (0 or 1; a slot's previous contents may
+   * still be read by ops enqueued before this call). bcast_wait makes every op
+   * enqueued after it see the bytes, and returns once rank 0's src may be reused;
+   * LS_ERR (said once) if the broadcast failed. Calls are collective, in the same
+   * order on every rank. */
+  int (*bcast)(ls_backend_t *be, int slot, void *dst, const void *src, size_t bytes);
+  int (*bcast_wait)(ls_backend_t *be, int slot);
   void (*destroy)(ls_backend_t *be);
 } ls_backend_iface_t;
 
@@ -71,6 +97,11 @@ struct ls_backend {
   /* Row alignment at which every prompt starts inside a microbatch, so that a row's
    * GEMM result does not depend on its neighbours (1 = no constraint). */
   int row_align;
+  ls_dtype_t wtype;          /* storage of GEMM weights and GEMM inputs */
+  const char *compute_dtype; /* "float32" or "bf16" (the output file's compute_dtype) */
+  int host_visible;          /* backend memory is host memory (no copies needed) */
+  double mem_bytes;          /* backend memory the plan may use; 0: host memory */
+  char desc[320];            /* one line for the log: device, dtype */
 };
 
 /* CPU backend: threads <= 0 means "all cores". Scratch for attention is sized for

@@ -65,7 +65,7 @@ void ls_block_forward(ls_backend_t *be, const ls_config_t *c, const ls_layer_wei
                       const float *cos_tab, const float *sin_tab, float *x,
                       const ls_batch_t *b, ls_block_scratch_t *s) {
   const ls_backend_iface_t *f = be->iface;
-  float *const *w = lw->w;
+  void *const *w = lw->w;
   const int T = b->T, H = c->hidden, I = c->intermediate, hd = c->head_dim;
   const int Q = c->n_heads * hd, KV = c->n_kv_heads * hd;
   const float eps = (float)c->rms_eps;
@@ -77,8 +77,8 @@ void ls_block_forward(ls_backend_t *be, const ls_config_t *c, const ls_layer_wei
   f->matmul(be, s->v, s->xn, w[LS_W_V], w[LS_W_BV], T, H, KV);
   f->rope(be, s->q, b->pos, cos_tab, sin_tab, T, c->n_heads, hd);
   f->rope(be, s->k, b->pos, cos_tab, sin_tab, T, c->n_kv_heads, hd);
-  f->attention(be, s->att, s->q, s->k, s->v, b->seq_start, b->seq_len, b->n_seq, c->n_heads,
-               c->n_kv_heads, hd, c->sliding_window);
+  f->attention(be, s->att, s->q, s->k, s->v, b->seq_start, b->seq_len, b->n_seq, b->max_len,
+               c->n_heads, c->n_kv_heads, hd, c->sliding_window);
   f->matmul(be, s->attn_out, s->att, w[LS_W_O], w[LS_W_BO], T, Q, H);
   f->add(be, x, s->attn_out, (size_t)T * H);
 

@@ -21,8 +21,15 @@ typedef enum {
 } ls_weight_id_t;
 
 typedef struct {
-  float *w[LS_W_COUNT]; /* backend memory, float32 */
+  void *w[LS_W_COUNT]; /* backend memory: GEMM weights as be->wtype, the rest float32 */
 } ls_layer_weights_t;
+
+/* 1 if tensor id is a GEMM weight (stored as the backend's wtype), 0 if a vector
+ * (norm weight, bias: float32). */
+static inline int ls_weight_is_matrix(ls_weight_id_t id) {
+  return id == LS_W_Q || id == LS_W_K || id == LS_W_V || id == LS_W_O || id == LS_W_GATE ||
+         id == LS_W_UP || id == LS_W_DOWN;
+}
 
 /* Checkpoint name and shape of tensor `id` of layer `layer`; returns 0 when the
  * config has no such tensor (e.g. biases of a Llama model), 1 otherwise. */
@@ -37,6 +44,7 @@ typedef struct {
   const int32_t *seq_len;   /* (n_seq) real rows of each sequence (the rest up to the
                              * next start is alignment padding); NULL: no padding */
   const int32_t *pos;       /* (T) position of each row inside its prompt */
+  int max_len;              /* >= every seq_start[s + 1] - seq_start[s] */
 } ls_batch_t;
 
 /* Scratch for up to T_max rows (backend memory), carved once per sweep. */

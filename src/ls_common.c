@@ -44,6 +44,8 @@ void ls_error_defer(int on) {
   if (on) g_deferred[0] = '\0';
 }
 
+int ls_error_pending(void) { return g_deferred[0] != '\0'; }
+
 void ls_error_release(int print) {
   char msg[2048];
   snprintf(msg, sizeof msg, "%s", g_deferred);

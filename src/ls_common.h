@@ -25,6 +25,8 @@ void ls_error_set_quiet(int quiet);
  * printing it; ls_error_release(print) prints it (if print) and clears it. Used around
  * collective steps so that one rank reports a failure every rank saw (see ls_agree_report). */
 void ls_error_defer(int on);
+/* 1 if an error was deferred and not yet released */
+int ls_error_pending(void);
 void ls_error_release(int print);
 
 /* Allocation that reports what it was for; returns NULL (after ls_error) on failure. */

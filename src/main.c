@@ -43,8 +43,12 @@ static const char *usage_run =
     "  --microbatch-tokens N     tokens per packed microbatch (default: 4096)\n"
     "  --threads N               CPU threads per rank (default: OMP_NUM_THREADS, else the\n"
     "                            CPUs the rank is bound to, else node CPUs / ranks on it)\n"
-    "  --backend B               auto, cpu or cuda (default: auto = cpu in this build, which\n"
-    "                            has no CUDA backend yet)\n"
+    "  --backend B               auto, cpu or cuda (default: auto: cuda when every rank has a\n"
+    "                            usable GPU, else cpu; the log says which)\n"
+    "  --dtype D                 auto, bf16 or float32: bf16 keeps GEMM weights and GEMM\n"
+    "                            inputs in bf16 with float32 accumulation, float32 computes\n"
+    "                            everything in float32 (default: auto: bf16 on cuda, float32\n"
+    "                            on cpu, which has no bf16 mode)\n"
     "  --allow-long-prompts      accept prompts longer than max_position_embeddings\n"
     "  --force                   overwrite an existing output file\n"
     "  --progress MODE           auto, lines or off (default: auto: a bar on a terminal)\n"
@@ -125,7 +129,7 @@ static void join_argv(int argc, char **argv, char *buf, size_t cap) {
 
 /* ---- commands ---------------------------------------------------------------------------- */
 enum { O_MODEL = 256, O_DATA, O_OUT, O_HOOKS, O_LAYERS, O_POOL, O_MB, O_THREADS, O_LONG,
-       O_FORCE, O_PROGRESS, O_SUMMARY, O_RESUME, O_CKPT_EVERY, O_CKPT_DIR, O_BACKEND, O_HELP };
+       O_FORCE, O_PROGRESS, O_SUMMARY, O_RESUME, O_CKPT_EVERY, O_CKPT_DIR, O_BACKEND, O_DTYPE, O_HELP };
 
 static int cmd_run(int argc, char **argv, int plan_only) {
   static const struct option opts[] = {
@@ -141,6 +145,7 @@ static int cmd_run(int argc, char **argv, int plan_only) {
       {"checkpoint-every", required_argument, 0, O_CKPT_EVERY},
       {"checkpoint-dir", required_argument, 0, O_CKPT_DIR},
       {"backend", required_argument, 0, O_BACKEND},
+      {"dtype", required_argument, 0, O_DTYPE},
       {0, 0, 0, 0}};
   ls_run_opts_t o;
   ls_run_opts_default(&o);
@@ -181,6 +186,7 @@ static int cmd_run(int argc, char **argv, int plan_only) {
       case O_SUMMARY: o.summary_json = optarg; break;
       case O_RESUME: o.resume = 1; break;
       case O_BACKEND: o.backend = optarg; break;
+      case O_DTYPE: o.dtype = optarg; break;
       case O_CKPT_DIR: o.checkpoint_dir = optarg; break;
       case O_CKPT_EVERY:
         if (strcmp(optarg, "auto") == 0) o.checkpoint_every = 0;

@@ -36,7 +36,7 @@ int ls_sw_create_output(sweep_t *s) {
   rc |= ls_sw_write_str_attr(s, "model_config", s->model.config_json);
   rc |= ls_sw_write_str_attr(s, "model_architecture", s->cfg->arch_name);
   rc |= ls_sw_write_str_attr(s, "data_path", s->o->data_path);
-  rc |= ls_sw_write_str_attr(s, "compute_dtype", "float32");
+  rc |= ls_sw_write_str_attr(s, "compute_dtype", s->be->compute_dtype);
   rc |= ls_sw_write_str_attr(s, "backend", s->be->iface->name);
   rc |= ls_sw_write_str_attr(s, "pool", ls_pool_name(s->pool));
   rc |= ls_sw_write_str_attr(s, "hooks", hooks);
@@ -129,12 +129,12 @@ int ls_sw_write_hook(sweep_t *s, ls_hook_t h, int sel) {
   snprintf(name, sizeof name, "/%s", ls_hook_name(h));
   if (h == LS_HOOK_FINAL_NORM) {
     hsize_t start[2] = {(hsize_t)s->out_row0, 0}, count[2] = {(hsize_t)s->out_rows, H};
-    return ls_h5out_write(&s->h5, name, H5T_NATIVE_FLOAT, 2, start, count, s->out[h]);
+    return ls_h5out_write(&s->h5, name, H5T_NATIVE_FLOAT, 2, start, count, s->out_host[h]);
   }
   hsize_t start[3] = {(hsize_t)sel, (hsize_t)s->out_row0, 0};
   hsize_t count[3] = {1, (hsize_t)s->out_rows, H};
   if (s->out_rows == 0) count[0] = count[2] = 0;
-  return ls_h5out_write(&s->h5, name, H5T_NATIVE_FLOAT, 3, start, count, s->out[h]);
+  return ls_h5out_write(&s->h5, name, H5T_NATIVE_FLOAT, 3, start, count, s->out_host[h]);
 }
 
 /* ---- profile ---------------------------------------------------------------------------------------- */

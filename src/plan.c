@@ -50,9 +50,13 @@ int64_t ls_sw_slot_max_numel(const sweep_t *s, int id) {
   return (mx + 15) / 16 * 16;
 }
 
-size_t ls_sw_layer_f32_floats(const sweep_t *s) {
+/* Bytes of one layer's weights in the backend's format (GEMM weights as be->wtype,
+ * vectors float32), each tensor's slot sized for the largest layer. */
+size_t ls_sw_layer_weight_bytes(const sweep_t *s) {
   size_t n = 0;
-  for (int id = 0; id < LS_W_COUNT; id++) n += (size_t)ls_sw_slot_max_numel(s, id);
+  for (int id = 0; id < LS_W_COUNT; id++)
+    n += (size_t)ls_sw_slot_max_numel(s, id) *
+         (ls_weight_is_matrix(id) ? ls_dtype_size(s->be->wtype) : sizeof(float));
   return n;
 }
 
@@ -114,7 +118,10 @@ int ls_sw_plan(sweep_t *s) {
   s->seq_start = ls_malloc(sizeof(int32_t) * (size_t)(2 * np + 2), "microbatches");
   s->seq_len = ls_malloc(sizeof(int32_t) * (size_t)(2 * np + 2), "microbatches");
   s->seq_start_off = ls_malloc(sizeof(int64_t) * (size_t)(np + 1), "microbatches");
-  if (!s->poff || !s->mb_p || !s->seq_start || !s->seq_len || !s->seq_start_off) return LS_ERR;
+  s->mb_max_len = ls_malloc(sizeof(int) * (size_t)(np + 1), "microbatches");
+  if (!s->poff || !s->mb_p || !s->seq_start || !s->seq_len || !s->seq_start_off ||
+      !s->mb_max_len)
+    return LS_ERR;
   s->poff[0] = 0;
   for (int64_t i = 0; i < np; i++)
     s->poff[i + 1] = s->poff[i] + (ls_dataset_len(d, s->p0 + i) + A - 1) / A * A;
@@ -132,6 +139,9 @@ int ls_sw_plan(sweep_t *s) {
     while (q < np && s->poff[q + 1] - s->poff[p] <= s->o->microbatch_tokens) q++;
     s->mb_p[s->n_mb] = s->p0 + p;
     s->seq_start_off[s->n_mb] = ss;
+    s->mb_max_len[s->n_mb] = 1;
+    for (int64_t i = p; i < q; i++)
+      s->mb_max_len[s->n_mb] = (int)max64(s->mb_max_len[s->n_mb], s->poff[i + 1] - s->poff[i]);
     for (int64_t i = p; i <= q; i++) {
       s->seq_len[ss] = i < q ? (int32_t)ls_dataset_len(d, s->p0 + i) : 0;
       s->seq_start[ss++] = (int32_t)(s->poff[i] - s->poff[p]);
@@ -144,16 +154,47 @@ int ls_sw_plan(sweep_t *s) {
   for (int64_t i = 0; i < np; i++)
     for (int64_t r = s->poff[i]; r < s->poff[i + 1]; r++) s->pos[r] = (int32_t)(r - s->poff[i]);
 
+  s->max_len = (int)max_len;
+
   /* memory and disk estimates; refuse what cannot fit */
   const double H = c->hidden;
   int n_hooks = 0;
   for (int h = 0; h < LS_HOOK_COUNT; h++) n_hooks += (s->hooks >> h) & 1;
+  const ls_backend_t *be = s->be;
   double resid = (double)s->n_rows * H * 4;
   double scratch = (double)ls_block_scratch_floats(c, s->T_max) * 4;
-  double wf32 = (double)ls_sw_layer_f32_floats(s) * 4;
+  double wconv = (double)ls_sw_layer_weight_bytes(s);
   double staging = 2.0 * (double)s->model.max_layer_bytes;
   double outbuf = (double)n_hooks * (double)s->out_rows * H * 4;
-  double rank_bytes = resid + scratch + wf32 + staging + outbuf;
+  double rank_bytes = resid + scratch + wconv + staging + outbuf;
+  int dev_rc = LS_OK;
+  double dev_bytes = 0;
+  ls_error_defer(1); /* ranks that cannot fit: the lowest one reports */
+  if (be->mem_bytes > 0) {
+    /* a device backend: weights (two raw receive slots + the converted layer), scratch,
+     * pooled outputs, index arrays, rope tables and GEMM-input scratch on the device;
+     * the residual stream too if it fits, else on the host, staged per microbatch */
+    const int max_dim = (int)max64(max64(c->hidden, c->intermediate),
+                                   (int64_t)c->n_heads * c->head_dim);
+    double idx = (double)(s->n_rows + 4 * np + 8) * 4 + 2.0 * max_len * (c->head_dim / 2) * 4;
+    double gemm_in = be->wtype == LS_DT_F32 ? 0 : (double)ls_round_rows(s->T_max) * max_dim * 2;
+    double fixed = staging + wconv + scratch + outbuf + idx + gemm_in + (double)(256 << 20);
+    s->x_on_host = fixed + resid > 0.92 * be->mem_bytes;
+    dev_bytes = fixed + (s->x_on_host ? (double)s->T_max * H * 4 : resid);
+    /* host: rank 0's read staging, the pooled rows, the residual if it lives there */
+    rank_bytes = (s->rank == 0 ? staging : 0) + outbuf + (s->x_on_host ? resid : 0);
+    if (dev_bytes > 0.92 * be->mem_bytes) {
+      ls_error("plan: rank %d needs about %.2f GiB of GPU memory (layer weights %.2f, "
+               "microbatch scratch %.2f, pooled outputs %.2f) but its GPU has %.2f GiB free; "
+               "lower --microbatch-tokens, capture fewer --hooks, use --pool last_token or "
+               "mean, or run on more GPUs", s->rank, dev_bytes / 1073741824.0,
+               (staging + wconv) / 1073741824.0, (scratch + gemm_in) / 1073741824.0,
+               outbuf / 1073741824.0, be->mem_bytes / 1073741824.0);
+      dev_rc = LS_ERR;
+    }
+  }
+  int any_on_host = 0;
+  MPI_Allreduce(&s->x_on_host, &any_on_host, 1, MPI_INT, MPI_MAX, s->comm);
   double file_bytes = 0;
   for (int h = 0; h < LS_HOOK_COUNT; h++) {
     if (!((s->hooks >> h) & 1)) continue;
@@ -179,6 +220,12 @@ int ls_sw_plan(sweep_t *s) {
               (long long)s->bounds[r + 1],
               (long long)(d->offsets[s->bounds[r + 1]] - d->offsets[s->bounds[r]]));
     if (s->size > 16) ls_info("plan:   ... (%d ranks)", s->size);
+    if (be->mem_bytes > 0)
+      ls_info("plan: GPU memory per rank %.2f of %.2f GiB; residual stream %s", dev_bytes / 1073741824.0,
+              be->mem_bytes / 1073741824.0,
+              any_on_host ? "in page-locked host memory, staged per microbatch (it does not fit "
+                            "on the GPU)"
+                          : "on the GPU");
     ls_info("plan: microbatch <= %lld tokens (rank 0: %d microbatches, largest %d rows; prompts "
             "start at multiples of %d rows, %.1f%% padding); memory per rank <= %.2f GiB; output "
             "%.3f GiB; weights read once: %.3f GiB", (long long)s->o->microbatch_tokens, s->n_mb,
@@ -186,6 +233,7 @@ int ls_sw_plan(sweep_t *s) {
             max_rank_bytes / 1073741824.0,
             file_bytes / 1073741824.0, (double)s->model.total_tensor_bytes / 1073741824.0);
   }
+  if (ls_agree_report(dev_rc, s->comm)) return LS_ERR;
   int rc = LS_OK;
   if (avail > 0 && max_rank_bytes * local_size > 0.95 * avail) {
     if (s->rank == 0)

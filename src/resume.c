@@ -22,11 +22,32 @@ void ls_sw_install_signals(void) {
   sigaction(SIGINT, &sa, NULL);
 }
 
+/* The residual stream in host memory: s->x itself, or (a device backend holding it) a
+ * temporary host buffer, filled from the device when `fill`. NULL after a message. */
+static float *residual_host(sweep_t *s, int fill) {
+  if (s->be->host_visible || s->x_on_host) return s->x;
+  const size_t bytes = sizeof(float) * (size_t)max64(s->n_rows, 1) * (size_t)s->cfg->hidden;
+  float *h = s->be->iface->host_alloc(s->be, bytes, "checkpoint staging");
+  if (h && fill &&
+      (s->be->iface->to_host(s->be, h, s->x, bytes) || (s->be->iface->sync && s->be->iface->sync(s->be)))) {
+    s->be->iface->host_free(s->be, h);
+    return NULL;
+  }
+  return h;
+}
+
+static void residual_host_done(sweep_t *s, float *h) {
+  if (h && h != s->x) s->be->iface->host_free(s->be, h);
+}
+
 static int save_checkpoint(sweep_t *s, int next) {
   double t0 = ls_now();
   s->meta.layer_next = next;
   const size_t n = (size_t)s->n_rows * (size_t)s->cfg->hidden;
-  int rc = ls_ckpt_save(s->ckpt_dir, s->comm, &s->meta, s->x, n);
+  float *xh = residual_host(s, 1);
+  int rc = ls_agree(xh ? LS_OK : LS_ERR, s->comm);
+  if (rc == LS_OK) rc = ls_ckpt_save(s->ckpt_dir, s->comm, &s->meta, xh, n);
+  residual_host_done(s, xh);
   double dt = ls_now() - t0;
   MPI_Allreduce(&dt, &s->ckpt_cost_s, 1, MPI_DOUBLE, MPI_MAX, s->comm);
   s->n_ckpt++;
@@ -81,7 +102,10 @@ void ls_sw_fingerprints(sweep_t *s) {
   if (d->has_label) h = ls_fnv1a(h, d->labels, sizeof(int64_t) * (size_t)d->n);
   if (d->has_id) h = ls_fnv1a(h, d->ids, (size_t)d->n * LS_DATASET_MAX_ID);
   m->data_fp = h;
-  int opts[5] = {(int)s->hooks, (int)s->pool, s->n_sel, s->o->allow_long_prompts, s->n_run};
+  /* the backend and its dtype too: a residual stream computed in bf16 on a GPU is not
+   * continued in float32 on the CPU (or the reverse) */
+  int opts[7] = {(int)s->hooks, (int)s->pool, s->n_sel, s->o->allow_long_prompts, s->n_run,
+                 (int)s->be->wtype, strcmp(s->be->iface->name, "cpu") == 0};
   h = ls_fnv1a(LS_FNV_INIT, opts, sizeof opts);
   m->options_fp = ls_fnv1a(h, s->layers, sizeof(int) * (size_t)s->n_sel);
   snprintf(m->model_desc, sizeof m->model_desc, "%s", s->o->model_dir);
@@ -124,8 +148,16 @@ int ls_sw_try_resume(sweep_t *s) {
   if (found == 1 && exists) {
     s->meta.layer_next = saved.layer_next;
     const size_t n = (size_t)s->n_rows * (size_t)s->cfg->hidden;
-    if (ls_ckpt_load_rows(s->ckpt_dir, s->comm, saved.layer_next, ls_ckpt_fp(&s->meta), s->x, n))
+    float *xh = residual_host(s, 0);
+    if (ls_agree(xh ? LS_OK : LS_ERR, s->comm) ||
+        ls_ckpt_load_rows(s->ckpt_dir, s->comm, saved.layer_next, ls_ckpt_fp(&s->meta), xh, n)) {
+      residual_host_done(s, xh);
       return -1;
+    }
+    int rc = xh == s->x ? LS_OK : s->be->iface->to_device(s->be, s->x, xh, sizeof(float) * n);
+    if (rc == LS_OK && s->be->iface->sync) rc = s->be->iface->sync(s->be);
+    residual_host_done(s, xh);
+    if (ls_agree(rc, s->comm)) return -1;
     s->start = saved.layer_next;
     for (int i = 0; i < s->n_sel; i++)
       if (s->layers[i] < s->start) s->done_marks[i] = s->layers[i];

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "backend_cuda.h"
 #include "sweep_internal.h"
 
 
@@ -24,44 +25,92 @@ void ls_run_opts_default(ls_run_opts_t *o) {
   o->layers = "all";
   o->pool = "last_token";
   o->backend = "auto";
+  o->dtype = "auto";
   o->microbatch_tokens = 4096;
   o->progress = -1;
 }
 
 /* ---- buffers --------------------------------------------------------------------------------- */
+/* A backend copy of a host index array (the host array itself when the backend's
+ * memory is host memory). */
+static void *index_copy(sweep_t *s, const void *host, size_t bytes, const char *what) {
+  if (s->be->host_visible) return (void *)host;
+  void *d = s->be->iface->alloc(s->be, bytes ? bytes : 4, what);
+  if (d && bytes && s->be->iface->to_device(s->be, d, host, bytes)) return NULL;
+  return d;
+}
+
 static int alloc_buffers(sweep_t *s) {
   const ls_config_t *c = s->cfg;
-  const ls_backend_iface_t *f = s->be->iface;
+  ls_backend_t *be = s->be;
+  const ls_backend_iface_t *f = be->iface;
   const size_t H = (size_t)c->hidden;
+  const size_t resid_bytes = sizeof(float) * (size_t)max64(s->n_rows, 1) * H;
   int rc = LS_OK;
-  s->x = f->alloc(s->be, sizeof(float) * (size_t)max64(s->n_rows, 1) * H, "residual stream");
+  if (s->x_on_host) {
+    s->x = f->host_alloc(be, resid_bytes, "residual stream (host)");
+    s->xd = f->alloc(be, sizeof(float) * (size_t)ls_round_rows(s->T_max) * H, "microbatch staging");
+    if (!s->xd) rc = LS_ERR;
+  } else {
+    s->x = f->alloc(be, resid_bytes, "residual stream");
+  }
   size_t nsc = ls_block_scratch_floats(c, s->T_max);
-  s->scratch_base = f->alloc(s->be, sizeof(float) * nsc, "block scratch");
-  s->wbuf = f->alloc(s->be, sizeof(float) * ls_sw_layer_f32_floats(s), "layer weights");
-  s->final_norm_w = f->alloc(s->be, sizeof(float) * H, "final norm");
+  s->scratch_base = f->alloc(be, sizeof(float) * nsc, "block scratch");
+  s->wbuf_bytes = ls_sw_layer_weight_bytes(s);
+  s->wbuf = f->alloc(be, s->wbuf_bytes, "layer weights");
+  s->final_norm_w = f->alloc(be, sizeof(float) * H, "final norm");
   if (!s->x || !s->scratch_base || !s->wbuf || !s->final_norm_w) rc = LS_ERR;
   for (int h = 0; h < LS_HOOK_COUNT && rc == LS_OK; h++) {
     if (!((s->hooks >> h) & 1)) continue;
-    s->out[h] = ls_aligned_alloc(sizeof(float) * (size_t)max64(s->out_rows, 1) * H, "hook output");
-    if (!s->out[h]) rc = LS_ERR;
+    const size_t bytes = sizeof(float) * (size_t)max64(s->out_rows, 1) * H;
+    s->out[h] = f->alloc(be, bytes, "hook output");
+    s->out_host[h] = be->host_visible ? s->out[h] : f->host_alloc(be, bytes, "hook output (host)");
+    if (!s->out[h] || !s->out_host[h]) rc = LS_ERR;
+  }
+  if (rc == LS_OK) {
+    const size_t rope = sizeof(float) * (size_t)s->max_len * (size_t)(c->head_dim / 2);
+    s->seq_start_d = index_copy(s, s->seq_start, sizeof(int32_t) * (size_t)(2 * s->n_prompts + 2), "microbatches");
+    s->seq_len_d = index_copy(s, s->seq_len, sizeof(int32_t) * (size_t)(2 * s->n_prompts + 2), "microbatches");
+    s->pos_d = index_copy(s, s->pos, sizeof(int32_t) * (size_t)max64(s->n_rows, 1), "positions");
+    s->cos_d = index_copy(s, s->cos_tab, rope, "rope table");
+    s->sin_d = index_copy(s, s->sin_tab, rope, "rope table");
+    if (!s->seq_start_d || !s->seq_len_d || !s->pos_d || !s->cos_d || !s->sin_d) rc = LS_ERR;
+  }
+  if (rc == LS_OK && f->reserve) {
+    const int max_dim = (int)max64(max64(c->hidden, c->intermediate), (int64_t)c->n_heads * c->head_dim);
+    rc = f->reserve(be, s->T_max, max_dim);
   }
   if (rc == LS_OK) ls_block_scratch_carve(c, s->T_max, s->scratch_base, &s->scratch);
   return rc;
 }
 
-/* Point lw at the float32 copy of layer L (converted from raw checkpoint bytes). */
-static int convert_layer(sweep_t *s, int layer, const void *raw) {
-  float *p = s->wbuf;
+/* Point lw at layer L in the backend's format, converted from the raw checkpoint bytes
+ * (host memory, or backend memory when the layer came by a device broadcast). */
+static int convert_layer(sweep_t *s, int layer, const void *raw, int raw_on_device) {
+  char *p = s->wbuf;
   for (int id = 0; id < LS_W_COUNT; id++) {
     const ls_wslot_t *w = &s->model.slots[(size_t)layer * LS_W_COUNT + id];
     if (!w->present) { s->lw.w[id] = NULL; continue; }
+    const int matrix = ls_weight_is_matrix(id);
     s->lw.w[id] = p;
     if (s->be->iface->load_weight(s->be, p, (const char *)raw + w->offset, w->dtype,
-                                  (size_t)w->numel))
+                                  (size_t)w->numel, matrix, raw_on_device))
       return LS_ERR;
-    p += ls_sw_slot_max_numel(s, id);
+    p += (size_t)ls_sw_slot_max_numel(s, id) *
+         (matrix ? ls_dtype_size(s->be->wtype) : sizeof(float));
   }
   return LS_OK;
+}
+
+/* Rows [row0, row0 + n) of the residual stream <- host rows src (float32). */
+static int put_rows(sweep_t *s, int64_t row0, const float *src, int64_t n) {
+  const size_t H = (size_t)s->cfg->hidden, bytes = sizeof(float) * H * (size_t)n;
+  float *dst = s->x + (size_t)row0 * H;
+  if (s->x_on_host) {
+    memcpy(dst, src, bytes);
+    return LS_OK;
+  }
+  return s->be->iface->to_device(s->be, dst, src, bytes);
 }
 
 /* ---- embeddings: rank 0 reads only the distinct rows the world needs --------------------------- */
@@ -156,8 +205,7 @@ static int embed(sweep_t *s) {
         int32_t *hit = bsearch(&tok[t], mine, (size_t)n_mine, sizeof(int32_t), cmp_i32);
         memcpy(xh + (size_t)staged * H, table + (size_t)(hit - mine) * H, sizeof(float) * H);
         if (++staged == chunk_rows || r + 1 == s->n_rows) {
-          rc = s->be->iface->to_device(s->be, s->x + (size_t)staged0 * H, xh,
-                                       sizeof(float) * H * (size_t)staged);
+          rc = put_rows(s, staged0, xh, staged);
           staged0 += staged;
           staged = 0;
         }
@@ -184,7 +232,8 @@ static int load_final_norm(sweep_t *s) {
   if (rc == LS_OK && s->rank == 0) rc = ls_model_read_final_norm(&s->model, raw);
   if (ls_agree(rc, s->comm) == LS_OK) {
     ls_bcast_bytes(raw, bytes, 0, s->comm);
-    rc = s->be->iface->load_weight(s->be, s->final_norm_w, raw, s->model.norm_dtype, H);
+    rc = s->be->iface->load_weight(s->be, s->final_norm_w, raw, s->model.norm_dtype, H, 0, 0);
+    if (rc == LS_OK && s->be->iface->sync) rc = s->be->iface->sync(s->be);
   } else {
     rc = LS_ERR;
   }
@@ -198,30 +247,59 @@ static void capture(sweep_t *s, ls_hook_t h, const float *src, int mb, const ls_
   const size_t H = (size_t)s->cfg->hidden;
   int64_t row = s->pool == LS_POOL_NONE ? s->data.offsets[s->mb_p[mb]] - s->t0
                                         : s->mb_p[mb] - s->p0;
-  s->be->iface->pool(s->be, s->out[h] + (size_t)row * H, src, b->seq_start,
-                     s->seq_len + s->seq_start_off[mb], b->n_seq, (int)H, s->pool);
+  s->be->iface->pool(s->be, s->out[h] + (size_t)row * H, src, b->seq_start, b->seq_len,
+                     b->n_seq, (int)H, s->pool);
 }
 
-/* Microbatch mb as a batch for the block; returns its first row in the residual stream. */
+/* Microbatch mb as a batch for the block (backend pointers); returns its first row in
+ * the residual stream. */
 static int64_t batch_of(const sweep_t *s, int mb, ls_batch_t *b) {
   const int64_t i0 = s->mb_p[mb] - s->p0, i1 = s->mb_p[mb + 1] - s->p0;
   b->T = (int)(s->poff[i1] - s->poff[i0]);
   b->n_seq = (int)(i1 - i0);
-  b->seq_start = s->seq_start + s->seq_start_off[mb];
-  b->seq_len = s->seq_len + s->seq_start_off[mb];
-  b->pos = s->pos + s->poff[i0];
+  b->seq_start = s->seq_start_d + s->seq_start_off[mb];
+  b->seq_len = s->seq_len_d + s->seq_start_off[mb];
+  b->pos = s->pos_d + s->poff[i0];
+  b->max_len = s->mb_max_len[mb];
   return s->poff[i0];
+}
+
+/* The backend rows of a microbatch's residual stream: in place, or staged in from the
+ * host (stage_out copies them back after the block changed them). */
+static float *stage_in(sweep_t *s, int64_t row0, int T) {
+  const size_t H = (size_t)s->cfg->hidden;
+  if (!s->x_on_host) return s->x + (size_t)row0 * H;
+  s->be->iface->to_device(s->be, s->xd, s->x + (size_t)row0 * H, sizeof(float) * H * (size_t)T);
+  return s->xd;
+}
+
+static void stage_out(sweep_t *s, int64_t row0, int T) {
+  const size_t H = (size_t)s->cfg->hidden;
+  if (s->x_on_host)
+    s->be->iface->to_host(s->be, s->x + (size_t)row0 * H, s->xd, sizeof(float) * H * (size_t)T);
+}
+
+/* Wait for the backend, bring the captured rows to the host; collective, so a device
+ * failure on any rank stops every rank here. */
+static int finish_layer(sweep_t *s) {
+  const ls_backend_iface_t *f = s->be->iface;
+  const size_t H = (size_t)s->cfg->hidden;
+  int rc = LS_OK;
+  if (!s->be->host_visible)
+    for (int h = 0; h < LS_HOOK_COUNT && rc == LS_OK; h++)
+      if (s->out[h])
+        rc = f->to_host(s->be, s->out_host[h], s->out[h], sizeof(float) * H * (size_t)s->out_rows);
+  if (f->sync && f->sync(s->be)) rc = LS_ERR;
+  return ls_agree(rc, s->comm);
 }
 
 static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
   const ls_config_t *c = s->cfg;
-  const size_t H = (size_t)c->hidden;
-  const ls_backend_iface_t *f = s->be->iface;
   double t_start = ls_now();
   for (int L = s->start; L < s->n_run; L++) {
     double t0 = ls_now();
     const void *raw = ls_wpipe_acquire(wp, L);
-    if (!raw || convert_layer(s, L, raw) || ls_wpipe_release(wp, L)) return LS_ERR;
+    if (!raw || convert_layer(s, L, raw, wp->on_device) || ls_wpipe_release(wp, L)) return LS_ERR;
     double t1 = ls_now();
     s->t_load[L] = t1 - t0;
     int sel = s->sel_index[L];
@@ -229,22 +307,23 @@ static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
     for (int mb = 0; mb < s->n_mb; mb++) {
       ls_batch_t b;
       int64_t row0 = batch_of(s, mb, &b);
-      float *x = s->x + (size_t)row0 * H;
+      float *x = stage_in(s, row0, b.T);
       double th0 = ls_now();
       if (sel >= 0 && (s->hooks & (1u << LS_HOOK_RESIDUAL_PRE)))
         capture(s, LS_HOOK_RESIDUAL_PRE, x, mb, &b);
       th += ls_now() - th0;
-      ls_block_forward(s->be, c, &s->lw, s->cos_tab, s->sin_tab, x, &b, &s->scratch);
+      ls_block_forward(s->be, c, &s->lw, s->cos_d, s->sin_d, x, &b, &s->scratch);
       th0 = ls_now();
       if (sel >= 0) {
         if (s->hooks & (1u << LS_HOOK_ATTN_OUT)) capture(s, LS_HOOK_ATTN_OUT, s->scratch.attn_out, mb, &b);
         if (s->hooks & (1u << LS_HOOK_MLP_OUT)) capture(s, LS_HOOK_MLP_OUT, s->scratch.mlp_out, mb, &b);
         if (s->hooks & (1u << LS_HOOK_RESIDUAL_POST)) capture(s, LS_HOOK_RESIDUAL_POST, x, mb, &b);
       }
+      stage_out(s, row0, b.T);
       th += ls_now() - th0;
       ls_wpipe_progress(wp);
     }
-    if (f->sync && f->sync(s->be)) return LS_ERR;
+    if (finish_layer(s)) return LS_ERR;
     double t2 = ls_now();
     s->t_hooks[L] = th;
     s->t_forward[L] = t2 - t1 - th;
@@ -274,10 +353,11 @@ static int run_final_norm(sweep_t *s) {
   for (int mb = 0; mb < s->n_mb; mb++) {
     ls_batch_t b;
     int64_t row0 = batch_of(s, mb, &b);
-    s->be->iface->rmsnorm(s->be, s->scratch.xn, s->x + (size_t)row0 * H, s->final_norm_w, b.T,
+    s->be->iface->rmsnorm(s->be, s->scratch.xn, stage_in(s, row0, b.T), s->final_norm_w, b.T,
                           (int)H, (float)c->rms_eps);
     capture(s, LS_HOOK_FINAL_NORM, s->scratch.xn, mb, &b);
   }
+  if (finish_layer(s)) return LS_ERR;
   COLLECTIVE_STEP(s, ls_sw_write_hook(s, LS_HOOK_FINAL_NORM, 0));
   return LS_OK;
 }
@@ -285,16 +365,25 @@ static int run_final_norm(sweep_t *s) {
 /* ---- entry point --------------------------------------------------------------------------------------- */
 static void sweep_free(sweep_t *s) {
   if (s->be) {
-    const ls_backend_iface_t *f = s->be->iface;
-    f->free(s->be, s->x);
-    f->free(s->be, s->scratch_base);
-    f->free(s->be, s->wbuf);
-    f->free(s->be, s->final_norm_w);
-    ls_backend_free(s->be);
+    ls_backend_t *be = s->be;
+    const ls_backend_iface_t *f = be->iface;
+    if (s->x_on_host) f->host_free(be, s->x); else f->free(be, s->x);
+    f->free(be, s->xd);
+    f->free(be, s->scratch_base);
+    f->free(be, s->wbuf);
+    f->free(be, s->final_norm_w);
+    for (int h = 0; h < LS_HOOK_COUNT; h++) {
+      f->free(be, s->out[h]);
+      if (!be->host_visible) f->host_free(be, s->out_host[h]);
+    }
+    if (!be->host_visible) {
+      f->free(be, s->seq_start_d); f->free(be, s->seq_len_d); f->free(be, s->pos_d);
+      f->free(be, s->cos_d); f->free(be, s->sin_d);
+    }
+    ls_backend_free(be);
   }
-  for (int h = 0; h < LS_HOOK_COUNT; h++) free(s->out[h]);
   free(s->layers); free(s->sel_index); free(s->bounds); free(s->mb_p); free(s->seq_start);
-  free(s->seq_start_off); free(s->pos); free(s->poff); free(s->seq_len); free(s->cos_tab); free(s->sin_tab);
+  free(s->seq_start_off); free(s->pos); free(s->poff); free(s->seq_len); free(s->mb_max_len); free(s->cos_tab); free(s->sin_tab);
   free(s->done_marks);
   free(s->t_load); free(s->t_forward); free(s->t_hooks); free(s->t_write);
   ls_dataset_free(&s->data);
@@ -321,6 +410,48 @@ static int default_threads(MPI_Comm comm) {
   return t > 0 ? (int)t : 1;
 }
 
+/* The backend: --backend cpu or cuda, or auto: cuda when every rank has a usable GPU.
+ * Every rank takes the same choice; the log says which and why. */
+static int make_backend(sweep_t *s, int threads, int max_seq) {
+  const ls_run_opts_t *o = s->o;
+  char why[256] = "";
+  int usable = strcmp(o->backend, "cpu") != 0 && ls_cuda_usable(why, sizeof why) > 0;
+  int all = 0;
+  MPI_Allreduce(&usable, &all, 1, MPI_INT, MPI_MIN, s->comm);
+  const int cuda = strcmp(o->backend, "cuda") == 0 || (strcmp(o->backend, "auto") == 0 && all);
+  const int bf16 = strcmp(o->dtype, "float32") != 0;
+  if (cuda && !all) {
+    ls_error_defer(1);
+    if (!usable)
+      ls_error("--backend cuda: no usable GPU on rank %d (%s); run with --backend cpu", s->rank,
+               why);
+    ls_agree_report(usable ? LS_OK : LS_ERR, s->comm);
+    return LS_ERR;
+  }
+  if (!cuda && strcmp(o->dtype, "bf16") == 0) {
+    if (s->rank == 0)
+      ls_error("--dtype bf16: no usable GPU (%s) and the CPU backend computes in float32; use "
+               "--dtype float32 or auto", why[0] ? why : "--backend cpu");
+    return LS_ERR;
+  }
+  /* a failure on one rank makes every rank fail: the lowest rank with a reason says it */
+  ls_error_defer(1);
+  s->be = cuda ? ls_backend_cuda_new(bf16, max_seq, s->comm) : ls_backend_cpu_new(threads, max_seq);
+  int failed = s->be == NULL, any = 0;
+  MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, s->comm);
+  ls_agree_report(ls_error_pending() ? LS_ERR : LS_OK, s->comm);
+  if (any) {
+    ls_backend_free(s->be);
+    s->be = NULL;
+    return LS_ERR;
+  }
+  if (!cuda && strcmp(o->backend, "auto") == 0 && why[0])
+    ls_info("backend: %s; no usable GPU (%s)", s->be->desc, why);
+  else
+    ls_info("backend: %s", s->be->desc);
+  return LS_OK;
+}
+
 int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   sweep_t S, *s = &S;
   memset(s, 0, sizeof S);
@@ -338,12 +469,19 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   /* options are checked identically on every rank; rank 0 reports */
   ls_error_set_quiet(s->rank != 0);
   int orc = ls_hooks_parse(o->hooks, &s->hooks) || ls_pool_parse(o->pool, &s->pool) ? LS_ERR : LS_OK;
-  if (orc == LS_OK && strcmp(o->backend, "auto") != 0 && strcmp(o->backend, "cpu") != 0) {
-    if (strcmp(o->backend, "cuda") == 0)
-      ls_error("--backend cuda: this build of layersweep has no CUDA backend yet; run with "
-               "--backend cpu (or the default, auto)");
-    else
-      ls_error("--backend: unknown backend \"%s\"; choose auto, cpu or cuda", o->backend);
+  if (orc == LS_OK && strcmp(o->backend, "auto") != 0 && strcmp(o->backend, "cpu") != 0 &&
+      strcmp(o->backend, "cuda") != 0) {
+    ls_error("--backend: unknown backend \"%s\"; choose auto, cpu or cuda", o->backend);
+    orc = LS_ERR;
+  }
+  if (orc == LS_OK && strcmp(o->dtype, "auto") != 0 && strcmp(o->dtype, "bf16") != 0 &&
+      strcmp(o->dtype, "float32") != 0) {
+    ls_error("--dtype: unknown compute dtype \"%s\"; choose auto, bf16 or float32", o->dtype);
+    orc = LS_ERR;
+  }
+  if (orc == LS_OK && strcmp(o->backend, "cpu") == 0 && strcmp(o->dtype, "bf16") == 0) {
+    ls_error("--dtype bf16: the CPU backend computes in float32; use --dtype float32 (or auto), "
+             "or --backend cuda");
     orc = LS_ERR;
   }
   if (orc == LS_OK && o->microbatch_tokens < 1) {
@@ -377,12 +515,10 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   for (int64_t i = 0; i < s->data.n; i++) longest = max64(longest, ls_dataset_len(&s->data, i));
   int threads = o->threads > 0 ? o->threads : default_threads(comm);
   s->threads = threads;
-  s->be = ls_backend_cpu_new(threads, (int)longest + LS_ROW_PAD);
-  if (ls_agree(s->be ? LS_OK : LS_ERR, comm)) goto out;
+  if (make_backend(s, threads, (int)longest + LS_ROW_PAD)) goto out;
   MPI_Allreduce(&s->be->row_align, &s->align, 1, MPI_INT, MPI_MAX, comm);
   if (ls_sw_plan(s)) goto out;
   if (o->plan_only) { rc = LS_OK; goto out; }
-  ls_info("backend: %s, %d thread%s per rank", s->be->iface->name, threads, threads > 1 ? "s" : "");
   if (ls_agree(alloc_buffers(s), comm)) goto out;
   s->done_marks = ls_malloc(sizeof(int64_t) * (size_t)(s->n_sel + 1), "markers");
   if (!s->done_marks) goto out;
@@ -400,7 +536,7 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
     if (ls_agree_report(crc, comm) || embed(s)) goto out;
   }
   if (load_final_norm(s)) goto out;
-  if (ls_agree(ls_wpipe_init(&wp, &s->model, s->start, s->n_run, comm), comm)) goto out;
+  if (ls_agree(ls_wpipe_init(&wp, &s->model, s->be, s->start, s->n_run, comm), comm)) goto out;
   wp_live = 1;
   ls_sw_install_signals();
   s->last_ckpt = s->start;

@@ -14,7 +14,8 @@ typedef struct {
   const char *hooks;        /* default "residual_post" */
   const char *layers;       /* default "all" */
   const char *pool;         /* default "last_token" */
-  const char *backend;      /* "auto" (default), "cpu" or "cuda" */
+  const char *backend;      /* "auto" (default: cuda when every rank has a GPU), "cpu", "cuda" */
+  const char *dtype;        /* "auto" (default: bf16 on cuda, float32 on cpu), "bf16", "float32" */
   int64_t microbatch_tokens;/* default 4096 */
   int threads;              /* CPU threads per rank; 0 = all cores / ranks per node */
   int force;

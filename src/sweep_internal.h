@@ -56,16 +56,27 @@ typedef struct {
   int32_t *seq_len;   /* per microbatch (n) real lengths, packed like seq_start */
   int64_t *seq_start_off; /* (n_mb) where each microbatch's seq_start begins */
   int32_t *pos;       /* (n_rows) position of each row in its prompt */
-  /* compute */
+  int *mb_max_len;    /* (n_mb) longest padded prompt of each microbatch */
+  int max_len;        /* longest padded prompt (rows of the rope tables) */
+  /* compute. Backend memory unless said otherwise; with a host-visible backend (CPU)
+   * the *_d arrays alias their host versions. */
   ls_backend_t *be;
-  float *x;           /* (n_tokens, H) residual stream */
+  float *x;           /* (n_rows, H) residual stream: backend memory, or page-locked
+                       * host memory when x_on_host */
+  int x_on_host;      /* the residual stream does not fit in backend memory: it lives
+                       * on the host and each microbatch is staged through xd */
+  float *xd;          /* (T_max, H) staging for one microbatch when x_on_host */
   float *scratch_base;
   ls_block_scratch_t scratch;
-  float *wbuf;        /* all float32 weights of one layer, carved into lw */
+  void *wbuf;         /* one layer's weights in backend format, carved into lw */
+  size_t wbuf_bytes;
   ls_layer_weights_t lw;
   float *final_norm_w;/* (H) */
-  float *cos_tab, *sin_tab; /* (max_len, head_dim / 2) */
-  float *out[LS_HOOK_COUNT]; /* (out_rows, H) per requested hook */
+  float *cos_tab, *sin_tab; /* (max_len, head_dim / 2), host */
+  float *cos_d, *sin_d;
+  int32_t *seq_start_d, *seq_len_d, *pos_d; /* backend copies of seq_start, seq_len, pos */
+  float *out[LS_HOOK_COUNT];      /* (out_rows, H) per requested hook, backend memory */
+  float *out_host[LS_HOOK_COUNT]; /* the same rows on the host, as written to the file */
   /* output */
   ls_h5out_t h5;
   int h5_open;
@@ -102,7 +113,7 @@ static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 int ls_sw_load_dataset(sweep_t *s);
 int ls_sw_plan(sweep_t *s);
 int64_t ls_sw_slot_max_numel(const sweep_t *s, int id);
-size_t ls_sw_layer_f32_floats(const sweep_t *s);
+size_t ls_sw_layer_weight_bytes(const sweep_t *s);
 /* output.c */
 extern const char *ls_sw_profile_fields[7];
 int ls_sw_write_str_attr(sweep_t *s, const char *name, const char *v);

@@ -69,6 +69,12 @@ static void post_bcast(ls_wpipe_t *p, int layer) {
     return;
   }
   uint64_t bytes = p->m->layer_bytes[layer];
+  if (p->on_device) {
+    /* a failure is sticky in the backend and stops every rank at the layer's sync */
+    p->be->iface->bcast(p->be, b, p->draw[b], p->rank == 0 ? p->raw[b] : NULL, bytes);
+    p->posted[b] = layer;
+    return;
+  }
   int n = 0;
   for (uint64_t off = 0; off < bytes; off += BCAST_CHUNK) {
     uint64_t len = bytes - off < BCAST_CHUNK ? bytes - off : BCAST_CHUNK;
@@ -78,9 +84,12 @@ static void post_bcast(ls_wpipe_t *p, int layer) {
   p->posted[b] = layer;
 }
 
-int ls_wpipe_init(ls_wpipe_t *p, ls_model_t *m, int first, int n_run, MPI_Comm comm) {
+int ls_wpipe_init(ls_wpipe_t *p, ls_model_t *m, ls_backend_t *be, int first, int n_run,
+                  MPI_Comm comm) {
   memset(p, 0, sizeof *p);
   p->m = m;
+  p->be = be;
+  p->on_device = be->iface->bcast != NULL;
   p->first = first;
   p->n_run = n_run;
   MPI_Comm_dup(comm, &p->comm);
@@ -91,10 +100,17 @@ int ls_wpipe_init(ls_wpipe_t *p, ls_model_t *m, int first, int n_run, MPI_Comm c
   p->bcast_wait_s = ls_calloc((size_t)nl, sizeof(double), "profile");
   p->max_req = (int)((m->max_layer_bytes + BCAST_CHUNK - 1) / BCAST_CHUNK) + 1;
   for (int b = 0; b < 2; b++) {
-    p->raw[b] = ls_aligned_alloc(m->max_layer_bytes, "layer staging buffer");
-    p->req[b] = ls_calloc((size_t)p->max_req, sizeof(MPI_Request), "requests");
     p->want[b] = p->have[b] = p->posted[b] = -1;
-    if (!p->raw[b] || !p->req[b]) return LS_ERR;
+    if (!p->on_device || p->rank == 0) {
+      p->raw[b] = be->iface->host_alloc(be, m->max_layer_bytes, "layer staging buffer");
+      if (!p->raw[b]) return LS_ERR;
+    }
+    if (p->on_device) {
+      p->draw[b] = be->iface->alloc(be, m->max_layer_bytes, "layer receive buffer");
+      if (!p->draw[b]) return LS_ERR;
+    }
+    p->req[b] = ls_calloc((size_t)p->max_req, sizeof(MPI_Request), "requests");
+    if (!p->req[b]) return LS_ERR;
   }
   if (!p->read_s || !p->read_wait_s || !p->bcast_wait_s) return LS_ERR;
   if (p->rank == 0) {
@@ -116,6 +132,12 @@ const void *ls_wpipe_acquire(ls_wpipe_t *p, int layer) {
   post_bcast(p, layer);
   if (p->failed) return NULL;
   double t0 = ls_now();
+  if (p->on_device) {
+    /* as in post_bcast: a failure surfaces at the layer's sync, on every rank */
+    p->be->iface->bcast_wait(p->be, b);
+    p->bcast_wait_s[layer] += ls_now() - t0;
+    return p->draw[b];
+  }
   MPI_Waitall(p->nreq[b], p->req[b], MPI_STATUSES_IGNORE);
   p->nreq[b] = 0;
   p->bcast_wait_s[layer] += ls_now() - t0;
@@ -150,7 +172,13 @@ void ls_wpipe_free(ls_wpipe_t *p) {
     pthread_cond_destroy(&p->cv);
   }
   for (int b = 0; b < 2; b++) {
-    free(p->raw[b]);
+    if (p->be) {
+      if (p->raw[b]) p->be->iface->host_free(p->be, p->raw[b]);
+      if (p->draw[b]) {
+        if (p->be->iface->sync) p->be->iface->sync(p->be); /* no broadcast in flight */
+        p->be->iface->free(p->be, p->draw[b]);
+      }
+    }
     free(p->req[b]);
   }
   free(p->read_s);

@@ -1,6 +1,8 @@
 /* weights.h: the per-layer weight pipeline. Rank 0 has a reader thread that preads
- * layer L+2 while the world computes L; layer L+1 is broadcast (MPI_Ibcast of the
- * packed raw layer, on a communicator of its own) while L is computed. Two raw
+ * layer L+2 while the world computes L; layer L+1 is broadcast while L is computed:
+ * by the backend when it has a device broadcast (CUDA: rank 0 copies the raw layer
+ * to its GPU and NCCL sends it GPU to GPU), else by MPI_Ibcast of the packed raw
+ * layer into every rank's host memory, on a communicator of its own. Two raw
  * staging buffers rotate: read -> broadcast -> converted by the backend -> free.
  * Only rank 0 ever touches the weight files. */
 #ifndef LS_WEIGHTS_H
@@ -9,14 +11,19 @@
 #include <mpi.h>
 #include <pthread.h>
 
+#include "backend.h"
 #include "model.h"
 
 typedef struct {
   ls_model_t *m;
+  ls_backend_t *be;
   MPI_Comm comm;        /* duplicate of the job communicator, broadcasts only */
   int rank;
   int first, n_run;     /* layers first .. n_run-1 go through the pipeline */
-  void *raw[2];         /* (max_layer_bytes) staging, buffer b holds layers with L % 2 == b */
+  int on_device;        /* the backend broadcasts: acquired layers are backend memory */
+  void *raw[2];         /* (max_layer_bytes) host staging, buffer b holds layers with
+                         * L % 2 == b (on_device: rank 0 only) */
+  void *draw[2];        /* on_device: the backend receive buffers */
   /* reader thread (rank 0) */
   pthread_t thread;
   int thread_started;
@@ -34,8 +41,10 @@ typedef struct {
   double *bcast_wait_s; /* (n_layers) exposed wait for the broadcast */
 } ls_wpipe_t;
 
-int ls_wpipe_init(ls_wpipe_t *p, ls_model_t *m, int first, int n_run, MPI_Comm comm);
-/* Raw packed bytes of layer L, complete on this rank; NULL on every rank if rank 0
+int ls_wpipe_init(ls_wpipe_t *p, ls_model_t *m, ls_backend_t *be, int first, int n_run,
+                  MPI_Comm comm);
+/* Raw packed bytes of layer L, complete on this rank for everything the backend runs
+ * next (host memory, or backend memory if p->on_device); NULL on every rank if rank 0
  * could not read it (rank 0 said why). */
 const void *ls_wpipe_acquire(ls_wpipe_t *p, int layer);
 /* The caller has converted layer L: reuse its buffer for L+2, start broadcasting L+1.

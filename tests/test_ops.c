@@ -781,7 +781,7 @@ static void block_model_make(ls_backend_t *be, int n_heads, int n_kv, int hd, in
     }
     m->lw.w[id] = be->iface->alloc(be, sizeof(float) * numel, name);
     assert_non_null(m->lw.w[id]);
-    assert_int_equal(be->iface->load_weight(be, m->lw.w[id], host, LS_DT_F32, numel), 0);
+    assert_int_equal(be->iface->load_weight(be, m->lw.w[id], host, LS_DT_F32, numel, ls_weight_is_matrix(id), 0), 0);
     free(host);
   }
   m->max_pos = max_pos;
@@ -811,7 +811,11 @@ static void block_run(ls_backend_t *be, const block_model_t *m, const float *x_i
   assert_non_null(pos);
   for (int s = 0; s < n_seq; s++)
     for (int r = seq_start[s]; r < seq_start[s + 1]; r++) pos[r] = r - seq_start[s];
-  ls_batch_t b = {.T = T, .n_seq = n_seq, .seq_start = seq_start, .seq_len = seq_len, .pos = pos};
+  int max_len = 1;
+  for (int s = 0; s < n_seq; s++)
+    if (seq_start[s + 1] - seq_start[s] > max_len) max_len = seq_start[s + 1] - seq_start[s];
+  ls_batch_t b = {.T = T, .n_seq = n_seq, .seq_start = seq_start, .seq_len = seq_len, .pos = pos,
+                  .max_len = max_len};
   size_t nf = ls_block_scratch_floats(c, T);
   float *scratch = be->iface->alloc(be, sizeof(float) * nf, "block scratch");
   float *x = be->iface->alloc(be, sizeof(float) * (size_t)ls_round_rows(T) * H, "x");
@@ -847,7 +851,7 @@ static void ref_block(const block_model_t *m, double *x, const int32_t *seq_star
   const ls_config_t *c = &m->cfg;
   const int T = seq_start[n_seq], H = c->hidden, Im = c->intermediate, hd = c->head_dim;
   const int Q = c->n_heads * hd, KV = c->n_kv_heads * hd;
-  float *const *w = m->lw.w;
+  void *const *w = m->lw.w;
   int32_t *pos = malloc(sizeof(int32_t) * (size_t)T);
   assert_non_null(pos);
   for (int s = 0; s < n_seq; s++)

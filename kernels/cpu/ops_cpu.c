@@ -6,6 +6,7 @@
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -214,12 +215,15 @@ static void *cpu_alloc(ls_backend_t *be, size_t bytes, const char *what) {
   return p;
 }
 static void cpu_free(ls_backend_t *be, void *p) { free(p); }
+static void *cpu_host_alloc(ls_backend_t *be, size_t bytes, const char *what) {
+  return ls_aligned_alloc(bytes, what);
+}
 static int cpu_copy(ls_backend_t *be, void *dst, const void *src, size_t bytes) {
   if (bytes) memcpy(dst, src, bytes);
   return LS_OK;
 }
-static int cpu_load_weight(ls_backend_t *be, float *dst, const void *src, ls_dtype_t dt,
-                           size_t n) {
+static int cpu_load_weight(ls_backend_t *be, void *dst, const void *src, ls_dtype_t dt,
+                           size_t n, int matrix, int src_dev) {
   ls_convert_to_f32(dst, src, dt, n);
   return LS_OK;
 }
@@ -227,7 +231,7 @@ static void cpu_rmsnorm(ls_backend_t *be, float *out, const float *x, const floa
                         int H, float eps) {
   ls_cpu_rmsnorm(out, x, w, T, H, eps);
 }
-static void cpu_matmul(ls_backend_t *be, float *y, const float *x, const float *W,
+static void cpu_matmul(ls_backend_t *be, float *y, const float *x, const void *W,
                        const float *b, int T, int n_in, int n_out) {
   ls_cpu_matmul(y, x, W, b, T, n_in, n_out);
 }
@@ -237,7 +241,8 @@ static void cpu_rope(ls_backend_t *be, float *x, const int32_t *pos, const float
 }
 static void cpu_attention(ls_backend_t *be, float *out, const float *q, const float *k,
                           const float *v, const int32_t *seq_start, const int32_t *seq_len,
-                          int n_seq, int n_heads, int n_kv, int hd, int window) {
+                          int n_seq, int max_len, int n_heads, int n_kv, int hd,
+                          int window) {
   cpu_ctx_t *c = be->ctx;
   ls_cpu_attention(out, q, k, v, seq_start, seq_len, n_seq, n_heads, n_kv, hd, window,
                    c->scratch, c->max_seq);
@@ -263,6 +268,8 @@ static const ls_backend_iface_t cpu_iface = {
     .free = cpu_free,
     .to_device = cpu_copy,
     .to_host = cpu_copy,
+    .host_alloc = cpu_host_alloc,
+    .host_free = cpu_free,
     .load_weight = cpu_load_weight,
     .rmsnorm = cpu_rmsnorm,
     .matmul = cpu_matmul,
@@ -289,5 +296,10 @@ ls_backend_t *ls_backend_cpu_new(int threads, int max_seq) {
   be->iface = &cpu_iface;
   be->ctx = c;
   be->row_align = ls_cpu_probe_row_align();
+  be->wtype = LS_DT_F32;
+  be->compute_dtype = "float32";
+  be->host_visible = 1;
+  snprintf(be->desc, sizeof be->desc, "cpu (float32, %d thread%s per rank)", c->threads,
+           c->threads > 1 ? "s" : "");
   return be;
 }

@@ -1,0 +1,45 @@
+/* ops_cuda.cuh: the launchers of the CUDA backend's own kernels (one .cu per op, as in
+ * ggml: a static kernel, a launcher taking a cudaStream_t). All pointers are device
+ * memory; the semantics are those of the op table in kernels/backend.h, checked
+ * against kernels/cpu. Each launcher returns the launch's error (cudaSuccess if none);
+ * kernels run asynchronously on `st`. GEMMs are cuBLAS's (backend_cuda.cu). */
+#ifndef LS_OPS_CUDA_CUH
+#define LS_OPS_CUDA_CUH
+
+#include "cuda_common.cuh"
+
+/* element types of ls_cu_convert (values of ls_dtype_t in io/safetensors.h) */
+enum { LS_CU_F32 = 0, LS_CU_F16 = 1, LS_CU_BF16 = 2 };
+
+/* out (T, H) = w (H) * x * rsqrt(mean(x^2) + eps), row by row (float32 sums) */
+cudaError_t ls_cu_rmsnorm(cudaStream_t st, float *out, const float *x, const float *w, int T,
+                          int H, float eps);
+/* in place on x (T, n_heads * head_dim), rotate_half convention; cos/sin tables
+ * (max_pos, head_dim / 2), pos (T) the position of each row inside its prompt */
+cudaError_t ls_cu_rope(cudaStream_t st, float *x, const int32_t *pos, const float *cos_tab,
+                       const float *sin_tab, int T, int n_heads, int head_dim);
+/* causal attention inside each packed sequence (GQA, sliding window if window > 0):
+ * sequence s has seq_len[s] real rows from seq_start[s] (seq_len NULL: up to
+ * seq_start[s + 1]); rows from seq_start[s] + seq_len[s] to seq_start[s + 1] get 0.
+ * max_len >= the longest seq_start[s + 1] - seq_start[s] of the call. Flash-style:
+ * never materialises a (len x len) score matrix. head_dim <= 256. */
+cudaError_t ls_cu_attention(cudaStream_t st, float *out, const float *q, const float *k,
+                            const float *v, const int32_t *seq_start, const int32_t *seq_len,
+                            int n_seq, int max_len, int n_heads, int n_kv_heads, int head_dim,
+                            int window);
+/* gate (n) <- silu(gate) * up */
+cudaError_t ls_cu_swiglu(cudaStream_t st, float *gate, const float *up, size_t n);
+/* y (n) += x (n) */
+cudaError_t ls_cu_add(cudaStream_t st, float *y, const float *x, size_t n);
+/* y (T, n) += b (n) on every row */
+cudaError_t ls_cu_add_bias(cudaStream_t st, float *y, const float *b, int T, int n);
+/* pooled <- pool of x (T, H) per sequence, as kernels/backend.h `pool` (mode: 0 last
+ * real row, 1 mean over real rows, 2 real rows packed) */
+cudaError_t ls_cu_pool(cudaStream_t st, float *pooled, const float *x, const int32_t *seq_start,
+                       const int32_t *seq_len, int n_seq, int H, int mode);
+/* dst (n, dst_type LS_CU_F32 or LS_CU_BF16) <- src (n, src_type LS_CU_F32/F16/BF16);
+ * rounding to bf16 is round-to-nearest-even, as torch's .to(torch.bfloat16) */
+cudaError_t ls_cu_convert(cudaStream_t st, void *dst, int dst_type, const void *src,
+                          int src_type, size_t n);
+
+#endif
