@@ -49,6 +49,9 @@ static const char *usage_run =
     "                            inputs in bf16 with float32 accumulation, float32 computes\n"
     "                            everything in float32 (default: auto: bf16 on cuda, float32\n"
     "                            on cpu, which has no bf16 mode)\n"
+    "  --preload-weights         read every computed layer into (GPU) memory before the\n"
+    "                            layer loop instead of streaming them; for benchmarks and\n"
+    "                            models that fit (default: off, weights stream)\n"
     "  --allow-long-prompts      accept prompts longer than max_position_embeddings\n"
     "  --force                   overwrite an existing output file\n"
     "  --progress MODE           auto, lines or off (default: auto: a bar on a terminal)\n"
@@ -129,7 +132,7 @@ static void join_argv(int argc, char **argv, char *buf, size_t cap) {
 
 /* ---- commands ---------------------------------------------------------------------------- */
 enum { O_MODEL = 256, O_DATA, O_OUT, O_HOOKS, O_LAYERS, O_POOL, O_MB, O_THREADS, O_LONG,
-       O_FORCE, O_PROGRESS, O_SUMMARY, O_RESUME, O_CKPT_EVERY, O_CKPT_DIR, O_BACKEND, O_DTYPE, O_HELP };
+       O_FORCE, O_PROGRESS, O_SUMMARY, O_RESUME, O_CKPT_EVERY, O_CKPT_DIR, O_BACKEND, O_DTYPE, O_PRELOAD, O_HELP };
 
 static int cmd_run(int argc, char **argv, int plan_only) {
   static const struct option opts[] = {
@@ -146,6 +149,7 @@ static int cmd_run(int argc, char **argv, int plan_only) {
       {"checkpoint-dir", required_argument, 0, O_CKPT_DIR},
       {"backend", required_argument, 0, O_BACKEND},
       {"dtype", required_argument, 0, O_DTYPE},
+      {"preload-weights", no_argument, 0, O_PRELOAD},
       {0, 0, 0, 0}};
   ls_run_opts_t o;
   ls_run_opts_default(&o);
@@ -187,6 +191,7 @@ static int cmd_run(int argc, char **argv, int plan_only) {
       case O_RESUME: o.resume = 1; break;
       case O_BACKEND: o.backend = optarg; break;
       case O_DTYPE: o.dtype = optarg; break;
+      case O_PRELOAD: o.preload_weights = 1; break;
       case O_CKPT_DIR: o.checkpoint_dir = optarg; break;
       case O_CKPT_EVERY:
         if (strcmp(optarg, "auto") == 0) o.checkpoint_every = 0;

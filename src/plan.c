@@ -163,7 +163,7 @@ int ls_sw_plan(sweep_t *s) {
   const ls_backend_t *be = s->be;
   double resid = (double)s->n_rows * H * 4;
   double scratch = (double)ls_block_scratch_floats(c, s->T_max) * 4;
-  double wconv = (double)ls_sw_layer_weight_bytes(s);
+  double wconv = (double)ls_sw_layer_weight_bytes(s) * (s->o->preload_weights ? s->n_run : 1);
   double staging = 2.0 * (double)s->model.max_layer_bytes;
   double outbuf = (double)n_hooks * (double)s->out_rows * H * 4;
   double rank_bytes = resid + scratch + wconv + staging + outbuf;

@@ -40,6 +40,9 @@ static int write_summary_json(const sweep_t *s, const double *mn, const double *
   cJSON *j = cJSON_CreateObject();
   cJSON_AddStringToObject(j, "layersweep_version", LS_VERSION);
   cJSON_AddStringToObject(j, "backend", s->be->iface->name);
+  cJSON_AddStringToObject(j, "device", s->be->desc);
+  cJSON_AddStringToObject(j, "compute_dtype", s->be->compute_dtype);
+  cJSON_AddNumberToObject(j, "weights_preload_s", s->t_preload);
   cJSON_AddNumberToObject(j, "ranks", s->size);
   cJSON_AddNumberToObject(j, "threads_per_rank", s->threads);
   cJSON_AddNumberToObject(j, "prompts", (double)s->data.n);

@@ -57,7 +57,8 @@ static int alloc_buffers(sweep_t *s) {
   size_t nsc = ls_block_scratch_floats(c, s->T_max);
   s->scratch_base = f->alloc(be, sizeof(float) * nsc, "block scratch");
   s->wbuf_bytes = ls_sw_layer_weight_bytes(s);
-  s->wbuf = f->alloc(be, s->wbuf_bytes, "layer weights");
+  s->wbuf = f->alloc(be, s->wbuf_bytes * (size_t)(s->o->preload_weights ? s->n_run : 1),
+                     s->o->preload_weights ? "preloaded weights of every layer" : "layer weights");
   s->final_norm_w = f->alloc(be, sizeof(float) * H, "final norm");
   if (!s->x || !s->scratch_base || !s->wbuf || !s->final_norm_w) rc = LS_ERR;
   for (int h = 0; h < LS_HOOK_COUNT && rc == LS_OK; h++) {
@@ -84,15 +85,17 @@ static int alloc_buffers(sweep_t *s) {
   return rc;
 }
 
-/* Point lw at layer L in the backend's format, converted from the raw checkpoint bytes
- * (host memory, or backend memory when the layer came by a device broadcast). */
-static int convert_layer(sweep_t *s, int layer, const void *raw, int raw_on_device) {
-  char *p = s->wbuf;
+/* Layer L in the backend's format at base (wbuf_bytes), converted from the raw
+ * checkpoint bytes (host memory, or backend memory when the layer came by a device
+ * broadcast); lw points into it. */
+static int convert_layer(sweep_t *s, int layer, const void *raw, int raw_on_device, void *base,
+                         ls_layer_weights_t *lw) {
+  char *p = base;
   for (int id = 0; id < LS_W_COUNT; id++) {
     const ls_wslot_t *w = &s->model.slots[(size_t)layer * LS_W_COUNT + id];
-    if (!w->present) { s->lw.w[id] = NULL; continue; }
+    if (!w->present) { lw->w[id] = NULL; continue; }
     const int matrix = ls_weight_is_matrix(id);
-    s->lw.w[id] = p;
+    lw->w[id] = p;
     if (s->be->iface->load_weight(s->be, p, (const char *)raw + w->offset, w->dtype,
                                   (size_t)w->numel, matrix, raw_on_device))
       return LS_ERR;
@@ -293,13 +296,42 @@ static int finish_layer(sweep_t *s) {
   return ls_agree(rc, s->comm);
 }
 
+/* --preload-weights: every layer still to compute is read, broadcast and converted
+ * before the layer loop, which then never waits for weights. */
+static int preload_layers(sweep_t *s, ls_wpipe_t *wp) {
+  double t0 = ls_now();
+  s->lw_all = ls_calloc((size_t)s->cfg->n_layers, sizeof *s->lw_all, "layer table");
+  if (ls_agree(s->lw_all ? LS_OK : LS_ERR, s->comm)) return LS_ERR;
+  for (int L = s->start; L < s->n_run; L++) {
+    const void *raw = ls_wpipe_acquire(wp, L);
+    if (!raw ||
+        convert_layer(s, L, raw, wp->on_device, (char *)s->wbuf + (size_t)L * s->wbuf_bytes,
+                      &s->lw_all[L]) ||
+        ls_wpipe_release(wp, L))
+      return LS_ERR;
+  }
+  if (ls_agree(s->be->iface->sync ? s->be->iface->sync(s->be) : LS_OK, s->comm)) return LS_ERR;
+  double dt = ls_now() - t0;
+  MPI_Allreduce(&dt, &s->t_preload, 1, MPI_DOUBLE, MPI_MAX, s->comm);
+  ls_info("preloaded the weights of layers %d..%d in %.2f s", s->start, s->n_run - 1, s->t_preload);
+  return LS_OK;
+}
+
 static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
   const ls_config_t *c = s->cfg;
+  if (s->o->preload_weights && preload_layers(s, wp)) return LS_ERR;
   double t_start = ls_now();
   for (int L = s->start; L < s->n_run; L++) {
     double t0 = ls_now();
-    const void *raw = ls_wpipe_acquire(wp, L);
-    if (!raw || convert_layer(s, L, raw, wp->on_device) || ls_wpipe_release(wp, L)) return LS_ERR;
+    const ls_layer_weights_t *lw = &s->lw;
+    if (s->lw_all) {
+      lw = &s->lw_all[L];
+    } else {
+      const void *raw = ls_wpipe_acquire(wp, L);
+      if (!raw || convert_layer(s, L, raw, wp->on_device, s->wbuf, &s->lw) ||
+          ls_wpipe_release(wp, L))
+        return LS_ERR;
+    }
     double t1 = ls_now();
     s->t_load[L] = t1 - t0;
     int sel = s->sel_index[L];
@@ -312,7 +344,7 @@ static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
       if (sel >= 0 && (s->hooks & (1u << LS_HOOK_RESIDUAL_PRE)))
         capture(s, LS_HOOK_RESIDUAL_PRE, x, mb, &b);
       th += ls_now() - th0;
-      ls_block_forward(s->be, c, &s->lw, s->cos_d, s->sin_d, x, &b, &s->scratch);
+      ls_block_forward(s->be, c, lw, s->cos_d, s->sin_d, x, &b, &s->scratch);
       th0 = ls_now();
       if (sel >= 0) {
         if (s->hooks & (1u << LS_HOOK_ATTN_OUT)) capture(s, LS_HOOK_ATTN_OUT, s->scratch.attn_out, mb, &b);
@@ -384,7 +416,7 @@ static void sweep_free(sweep_t *s) {
   }
   free(s->layers); free(s->sel_index); free(s->bounds); free(s->mb_p); free(s->seq_start);
   free(s->seq_start_off); free(s->pos); free(s->poff); free(s->seq_len); free(s->mb_max_len); free(s->cos_tab); free(s->sin_tab);
-  free(s->done_marks);
+  free(s->done_marks); free(s->lw_all);
   free(s->t_load); free(s->t_forward); free(s->t_hooks); free(s->t_write);
   ls_dataset_free(&s->data);
   ls_model_close(&s->model);

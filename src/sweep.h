@@ -27,6 +27,8 @@ typedef struct {
   int resume;               /* continue from the last checkpoint */
   int checkpoint_every;     /* layers between checkpoints; 0 = auto (< 5% of the time), -1 = off */
   const char *checkpoint_dir; /* default: <out>.ckpt */
+  int preload_weights;      /* read every computed layer into backend memory before the
+                             * layer loop (benchmarks; needs memory for all of them) */
 } ls_run_opts_t;
 
 void ls_run_opts_default(ls_run_opts_t *o);

@@ -68,9 +68,12 @@ typedef struct {
   float *xd;          /* (T_max, H) staging for one microbatch when x_on_host */
   float *scratch_base;
   ls_block_scratch_t scratch;
-  void *wbuf;         /* one layer's weights in backend format, carved into lw */
-  size_t wbuf_bytes;
+  void *wbuf;         /* one layer's weights in backend format, carved into lw (with
+                       * --preload-weights: every computed layer's, into lw_all) */
+  size_t wbuf_bytes;  /* one layer's share of wbuf */
   ls_layer_weights_t lw;
+  ls_layer_weights_t *lw_all; /* (n_layers) --preload-weights only */
+  double t_preload;   /* seconds spent preloading (max over ranks) */
   float *final_norm_w;/* (H) */
   float *cos_tab, *sin_tab; /* (max_len, head_dim / 2), host */
   float *cos_d, *sin_d;

@@ -1,0 +1,455 @@
+/* test_cuda_ops.c: every op of the CUDA backend against the CPU backend (the oracle),
+ * through the op table of kernels/backend.h, as ggml's backend-ops test does: fresh
+ * random inputs per case, outputs poisoned with NaN before each run (an unwritten
+ * element fails), the case's parameters in every failure, max row-wise error and
+ * NMSE printed. float32 mode: within 1e-5 of the CPU op (row-wise relative). bf16
+ * mode: GEMMs compared (a) against the CPU GEMM on bf16-rounded inputs within 1e-5
+ * (only the accumulation order differs) and (b) against the float32 GEMM within 1e-2.
+ * Also: weight conversion from f32/f16/bf16, the device broadcast path, a whole
+ * decoder block.
+ * Needs a GPU: without a usable one it prints SKIPPED (with the reason) and exits 77,
+ * which CTest reports as skipped, never as passed. */
+#include <math.h>
+#include <mpi.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "backend.h"
+#include "backend_cuda.h"
+#include "block.h"
+#include "config.h"
+#include "ls_common.h"
+#include "safetensors.h"
+
+static ls_backend_t *cpu, *gpu32, *gpu16;
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+static uint64_t rng = 88172645463325252ull;
+static float frand(void) { /* uniform in [-1, 1) */
+  rng ^= rng << 13;
+  rng ^= rng >> 7;
+  rng ^= rng << 17;
+  return (float)((double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+static float *rand_buf(size_t n, float scale) {
+  float *p = malloc(sizeof(float) * (n ? n : 1));
+  assert_non_null(p);
+  for (size_t i = 0; i < n; i++) p[i] = scale * frand();
+  return p;
+}
+
+/* bf16 round-to-nearest-even of x, as a float */
+static float round_bf16(float x) {
+  uint32_t u;
+  memcpy(&u, &x, 4);
+  u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+  memcpy(&x, &u, 4);
+  return x;
+}
+
+/* device copy of host floats */
+static void *dev_from(ls_backend_t *be, const void *h, size_t bytes) {
+  void *d = be->iface->alloc(be, bytes ? bytes : 4, "test");
+  assert_non_null(d);
+  if (bytes) assert_int_equal(be->iface->to_device(be, d, h, bytes), 0);
+  return d;
+}
+
+/* device buffer of n floats, all NaN */
+static float *dev_poisoned(ls_backend_t *be, size_t n) {
+  float *h = malloc(sizeof(float) * (n ? n : 1));
+  assert_non_null(h);
+  for (size_t i = 0; i < n; i++) h[i] = NAN;
+  float *d = dev_from(be, h, sizeof(float) * n);
+  assert_int_equal(be->iface->sync(be), 0);
+  free(h);
+  return d;
+}
+
+static float *to_host(ls_backend_t *be, const void *d, size_t n) {
+  float *h = malloc(sizeof(float) * (n ? n : 1));
+  assert_non_null(h);
+  if (n) assert_int_equal(be->iface->to_host(be, h, d, sizeof(float) * n), 0);
+  assert_int_equal(be->iface->sync(be), 0);
+  return h;
+}
+
+/* Row-wise: max |a - ref| over a row <= rtol * max |ref| over the row (+ tiny atol);
+ * NaN anywhere fails. */
+static void check_rows(const char *what, const float *a, const float *ref, size_t rows,
+                       size_t cols, double rtol) {
+  double worst = 0, se = 0, sr = 0;
+  for (size_t r = 0; r < rows; r++) {
+    double err = 0, mag = 0;
+    for (size_t i = 0; i < cols; i++) {
+      double x = a[r * cols + i], y = ref[r * cols + i];
+      if (!isfinite(x)) fail_msg("%s: row %zu col %zu is %g (unwritten or overflow)", what, r, i, x);
+      err = fmax(err, fabs(x - y));
+      mag = fmax(mag, fabs(y));
+      se += (x - y) * (x - y);
+      sr += y * y;
+    }
+    double rel = err / (mag + 1e-30);
+    if (rel > worst) worst = rel;
+    if (err > rtol * mag + 1e-30)
+      fail_msg("%s: row %zu: max error %.3g vs row max %.3g (relative %.3g > %.0e)", what, r,
+               err, mag, rel, rtol);
+  }
+  printf("  %-60s max row rel %.2e  NMSE %.2e\n", what, worst, sr > 0 ? se / sr : se);
+}
+
+/* ---- ops ------------------------------------------------------------------------------------- */
+static void test_rmsnorm(void **state) {
+  const int shapes[][2] = {{1, 64}, {7, 100}, {130, 1024}, {3, 4097}};
+  for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+    const int T = shapes[c][0], H = shapes[c][1];
+    float *x = rand_buf((size_t)T * H, 3.0f), *w = rand_buf((size_t)H, 1.0f);
+    float *ref = malloc(sizeof(float) * (size_t)T * H);
+    cpu->iface->rmsnorm(cpu, ref, x, w, T, H, 1e-6f);
+    float *dx = dev_from(gpu32, x, sizeof(float) * (size_t)T * H),
+          *dw = dev_from(gpu32, w, sizeof(float) * (size_t)H), *dout = dev_poisoned(gpu32, (size_t)T * H);
+    gpu32->iface->rmsnorm(gpu32, dout, dx, dw, T, H, 1e-6f);
+    float *got = to_host(gpu32, dout, (size_t)T * H);
+    char what[128];
+    snprintf(what, sizeof what, "rmsnorm T=%d H=%d", T, H);
+    check_rows(what, got, ref, (size_t)T, (size_t)H, 1e-5);
+    gpu32->iface->free(gpu32, dx); gpu32->iface->free(gpu32, dw); gpu32->iface->free(gpu32, dout);
+    free(x); free(w); free(ref); free(got);
+  }
+}
+
+/* One GEMM case on backend be (dtype wt of its weights) against the CPU. */
+static void matmul_case(ls_backend_t *be, int T, int n_in, int n_out, int bias) {
+  const int bf16 = be->wtype == LS_DT_BF16;
+  float *x = rand_buf((size_t)ls_round_rows(T) * n_in, 1.0f), *W = rand_buf((size_t)n_out * n_in, 0.1f);
+  float *b = bias ? rand_buf((size_t)n_out, 0.5f) : NULL;
+  float *y32 = calloc((size_t)ls_round_rows(T) * n_out, sizeof(float));
+  cpu->iface->matmul(cpu, y32, x, W, b, T, n_in, n_out);
+  /* the GPU's weights go through load_weight from float32 host bytes */
+  void *dW = be->iface->alloc(be, (size_t)n_out * n_in * ls_dtype_size(be->wtype), "W");
+  assert_non_null(dW);
+  assert_int_equal(be->iface->load_weight(be, dW, W, LS_DT_F32, (size_t)n_out * n_in, 1, 0), 0);
+  float *db = b ? dev_from(be, b, sizeof(float) * (size_t)n_out) : NULL;
+  float *dx = dev_from(be, x, sizeof(float) * (size_t)ls_round_rows(T) * n_in);
+  float *dy = dev_poisoned(be, (size_t)ls_round_rows(T) * n_out);
+  assert_int_equal(be->iface->reserve ? be->iface->reserve(be, T, n_in) : 0, 0);
+  be->iface->matmul(be, dy, dx, dW, db, T, n_in, n_out);
+  float *got = to_host(be, dy, (size_t)T * n_out);
+  char what[160];
+  snprintf(what, sizeof what, "matmul %s T=%d n_in=%d n_out=%d%s", bf16 ? "bf16" : "f32", T, n_in,
+           n_out, bias ? " +bias" : "");
+  if (!bf16) {
+    check_rows(what, got, y32, (size_t)T, (size_t)n_out, 1e-5);
+  } else {
+    /* the same GEMM on bf16-rounded operands: only the summation order differs */
+    float *xr = malloc(sizeof(float) * (size_t)ls_round_rows(T) * n_in), *Wr = malloc(sizeof(float) * (size_t)n_out * n_in);
+    float *yr = calloc((size_t)ls_round_rows(T) * n_out, sizeof(float));
+    for (size_t i = 0; i < (size_t)ls_round_rows(T) * n_in; i++) xr[i] = round_bf16(x[i]);
+    for (size_t i = 0; i < (size_t)n_out * n_in; i++) Wr[i] = round_bf16(W[i]);
+    cpu->iface->matmul(cpu, yr, xr, Wr, b, T, n_in, n_out);
+    check_rows(what, got, yr, (size_t)T, (size_t)n_out, 1e-5);
+    snprintf(what + strlen(what), sizeof what - strlen(what), " vs float32");
+    check_rows(what, got, y32, (size_t)T, (size_t)n_out, 1e-2);
+    free(xr); free(Wr); free(yr);
+  }
+  be->iface->free(be, dW); be->iface->free(be, db); be->iface->free(be, dx); be->iface->free(be, dy);
+  free(x); free(W); free(b); free(y32); free(got);
+}
+
+static void test_matmul(void **state) {
+  const int shapes[][3] = {{1, 64, 96}, {7, 200, 33}, {130, 256, 512}, {300, 1024, 688}};
+  for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++)
+    for (int bias = 0; bias < 2; bias++) {
+      matmul_case(gpu32, shapes[c][0], shapes[c][1], shapes[c][2], bias);
+      matmul_case(gpu16, shapes[c][0], shapes[c][1], shapes[c][2], bias);
+    }
+}
+
+static void test_rope(void **state) {
+  const int cases[][3] = {{5, 4, 8}, {70, 8, 64}, {33, 2, 128}}; /* T, heads, head_dim */
+  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    const int T = cases[c][0], nh = cases[c][1], hd = cases[c][2], half = hd / 2, maxp = 200;
+    float *x = rand_buf((size_t)T * nh * hd, 2.0f), *ct = rand_buf((size_t)maxp * half, 1.0f),
+          *st = rand_buf((size_t)maxp * half, 1.0f);
+    int32_t *pos = malloc(sizeof(int32_t) * (size_t)T);
+    for (int t = 0; t < T; t++) pos[t] = (t * 7 + 3) % maxp;
+    float *dx = dev_from(gpu32, x, sizeof(float) * (size_t)T * nh * hd);
+    float *dct = dev_from(gpu32, ct, sizeof(float) * (size_t)maxp * half),
+          *dst = dev_from(gpu32, st, sizeof(float) * (size_t)maxp * half);
+    int32_t *dpos = dev_from(gpu32, pos, sizeof(int32_t) * (size_t)T);
+    cpu->iface->rope(cpu, x, pos, ct, st, T, nh, hd);
+    gpu32->iface->rope(gpu32, dx, dpos, dct, dst, T, nh, hd);
+    float *got = to_host(gpu32, dx, (size_t)T * nh * hd);
+    char what[128];
+    snprintf(what, sizeof what, "rope T=%d heads=%d hd=%d", T, nh, hd);
+    check_rows(what, got, x, (size_t)T, (size_t)nh * hd, 1e-6);
+    gpu32->iface->free(gpu32, dx); gpu32->iface->free(gpu32, dct); gpu32->iface->free(gpu32, dst);
+    gpu32->iface->free(gpu32, dpos);
+    free(x); free(ct); free(st); free(pos); free(got);
+  }
+}
+
+typedef struct { int n_seq, nh, nkv, hd, window, padded; const int *lens; } att_case_t;
+
+static void test_attention(void **state) {
+  static const int l1[] = {1}, l2[] = {200}, l3[] = {17, 1, 64, 130, 5, 33}, l4[] = {300, 2, 77},
+                   l5[] = {9, 128, 40};
+  const att_case_t cases[] = {
+      {1, 4, 4, 64, 0, 0, l1},   {1, 8, 2, 128, 0, 0, l2}, {6, 4, 1, 80, 0, 0, l3},
+      {6, 8, 4, 128, 32, 0, l3}, {3, 4, 2, 16, 5, 1, l4},  {3, 2, 2, 256, 0, 1, l5},
+  };
+  for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+    const att_case_t *c = &cases[ci];
+    int32_t *start = malloc(sizeof(int32_t) * (size_t)(c->n_seq + 1)), *len = malloc(sizeof(int32_t) * (size_t)c->n_seq);
+    int max_len = 1;
+    start[0] = 0;
+    for (int s = 0; s < c->n_seq; s++) {
+      len[s] = c->lens[s];
+      int extent = c->padded ? c->lens[s] + (s % 3) + 1 : c->lens[s]; /* padding rows */
+      start[s + 1] = start[s] + extent;
+      if (extent > max_len) max_len = extent;
+    }
+    const int T = start[c->n_seq];
+    const size_t qn = (size_t)T * c->nh * c->hd, kn = (size_t)T * c->nkv * c->hd;
+    float *q = rand_buf(qn, 1.0f), *k = rand_buf(kn, 1.0f), *v = rand_buf(kn, 1.0f);
+    float *ref = malloc(sizeof(float) * qn);
+    for (size_t i = 0; i < qn; i++) ref[i] = NAN;
+    ls_backend_t *cpu_a = ls_backend_cpu_new(1, max_len + LS_ROW_PAD);
+    cpu_a->iface->attention(cpu_a, ref, q, k, v, start, c->padded ? len : NULL, c->n_seq, max_len,
+                            c->nh, c->nkv, c->hd, c->window);
+    ls_backend_free(cpu_a);
+    float *dq = dev_from(gpu32, q, sizeof(float) * qn), *dk = dev_from(gpu32, k, sizeof(float) * kn),
+          *dv = dev_from(gpu32, v, sizeof(float) * kn), *dout = dev_poisoned(gpu32, qn);
+    int32_t *dstart = dev_from(gpu32, start, sizeof(int32_t) * (size_t)(c->n_seq + 1));
+    int32_t *dlen = dev_from(gpu32, len, sizeof(int32_t) * (size_t)c->n_seq);
+    gpu32->iface->attention(gpu32, dout, dq, dk, dv, dstart, c->padded ? dlen : NULL, c->n_seq,
+                            max_len, c->nh, c->nkv, c->hd, c->window);
+    float *got = to_host(gpu32, dout, qn);
+    char what[160];
+    snprintf(what, sizeof what, "attention seqs=%d T=%d heads=%d/%d hd=%d window=%d%s", c->n_seq,
+             T, c->nh, c->nkv, c->hd, c->window, c->padded ? " padded" : "");
+    check_rows(what, got, ref, (size_t)T, (size_t)c->nh * c->hd, 1e-5);
+    gpu32->iface->free(gpu32, dq); gpu32->iface->free(gpu32, dk); gpu32->iface->free(gpu32, dv);
+    gpu32->iface->free(gpu32, dout); gpu32->iface->free(gpu32, dstart); gpu32->iface->free(gpu32, dlen);
+    free(q); free(k); free(v); free(ref); free(got); free(start); free(len);
+  }
+}
+
+static void test_elementwise(void **state) {
+  const size_t sizes[] = {1, 5, 1000, 65537, 3000001};
+  for (size_t c = 0; c < sizeof sizes / sizeof sizes[0]; c++) {
+    const size_t n = sizes[c];
+    float *g = rand_buf(n, 6.0f), *u = rand_buf(n, 2.0f);
+    float *dg = dev_from(gpu32, g, sizeof(float) * n), *du = dev_from(gpu32, u, sizeof(float) * n);
+    cpu->iface->swiglu(cpu, g, u, n);
+    gpu32->iface->swiglu(gpu32, dg, du, n);
+    float *got = to_host(gpu32, dg, n);
+    char what[96];
+    snprintf(what, sizeof what, "swiglu n=%zu", n);
+    check_rows(what, got, g, 1, n, 1e-6);
+    free(got);
+    cpu->iface->add(cpu, g, u, n);
+    gpu32->iface->add(gpu32, dg, du, n);
+    got = to_host(gpu32, dg, n);
+    snprintf(what, sizeof what, "add n=%zu", n);
+    check_rows(what, got, g, 1, n, 1e-7);
+    gpu32->iface->free(gpu32, dg); gpu32->iface->free(gpu32, du);
+    free(g); free(u); free(got);
+  }
+}
+
+static void test_pool(void **state) {
+  static const int lens[] = {1, 17, 64, 3, 129};
+  const int n_seq = 5, H = 300;
+  for (int padded = 0; padded < 2; padded++) {
+    int32_t start[6], len[5];
+    start[0] = 0;
+    for (int s = 0; s < n_seq; s++) {
+      len[s] = lens[s];
+      start[s + 1] = start[s] + lens[s] + (padded ? 2 * s + 1 : 0);
+    }
+    const int T = start[n_seq], total = 1 + 17 + 64 + 3 + 129;
+    float *x = rand_buf((size_t)T * H, 4.0f);
+    float *dx = dev_from(gpu32, x, sizeof(float) * (size_t)T * H);
+    int32_t *dstart = dev_from(gpu32, start, sizeof start), *dlen = dev_from(gpu32, len, sizeof len);
+    for (int mode = 0; mode < 3; mode++) {
+      const size_t rows = mode == LS_POOL_NONE ? (size_t)total : (size_t)n_seq;
+      float *ref = malloc(sizeof(float) * rows * H);
+      cpu->iface->pool(cpu, ref, x, start, padded ? len : NULL, n_seq, H, (ls_pool_t)mode);
+      float *dout = dev_poisoned(gpu32, rows * H);
+      gpu32->iface->pool(gpu32, dout, dx, dstart, padded ? dlen : NULL, n_seq, H, (ls_pool_t)mode);
+      float *got = to_host(gpu32, dout, rows * H);
+      char what[96];
+      snprintf(what, sizeof what, "pool mode=%d%s", mode, padded ? " padded" : "");
+      check_rows(what, got, ref, rows, (size_t)H, 1e-6);
+      gpu32->iface->free(gpu32, dout);
+      free(ref); free(got);
+    }
+    gpu32->iface->free(gpu32, dx); gpu32->iface->free(gpu32, dstart); gpu32->iface->free(gpu32, dlen);
+    free(x);
+  }
+}
+
+/* load_weight: f32 / f16 / bf16 checkpoint bytes, from the host and from the device, to
+ * float32 vectors and (in bf16 mode) bf16 matrices read back through a GEMM with an
+ * identity input. */
+static void test_load_weight(void **state) {
+  const size_t n = 4099;
+  float *src = rand_buf(n, 3.0f);
+  uint16_t *h16 = malloc(2 * n), *b16 = malloc(2 * n);
+  float *want = malloc(sizeof(float) * n);
+  ls_convert_from_f32(h16, LS_DT_F16, src, n);
+  ls_convert_from_f32(b16, LS_DT_BF16, src, n);
+  const void *raw[3] = {src, h16, b16};
+  const ls_dtype_t dts[3] = {LS_DT_F32, LS_DT_F16, LS_DT_BF16};
+  for (int i = 0; i < 3; i++)
+    for (int src_dev = 0; src_dev < 2; src_dev++) {
+      ls_convert_to_f32(want, raw[i], dts[i], n);
+      void *dsrc = src_dev ? dev_from(gpu32, raw[i], n * ls_dtype_size(dts[i])) : NULL;
+      float *dst = dev_poisoned(gpu32, n);
+      assert_int_equal(gpu32->iface->load_weight(gpu32, dst, src_dev ? dsrc : raw[i], dts[i], n, 0,
+                                                 src_dev), 0);
+      float *got = to_host(gpu32, dst, n);
+      char what[96];
+      snprintf(what, sizeof what, "load_weight dtype=%d from %s", (int)dts[i], src_dev ? "device" : "host");
+      check_rows(what, got, want, 1, n, 0);
+      gpu32->iface->free(gpu32, dst);
+      gpu32->iface->free(gpu32, dsrc);
+      free(got);
+    }
+  free(src); free(h16); free(b16); free(want);
+}
+
+/* The device broadcast path on this rank's communicator: bytes from host memory land
+ * in a device slot, ordered before later ops. */
+static void test_bcast(void **state) {
+  const size_t n = (1 << 20) + 3;
+  float *src = rand_buf(n, 1.0f);
+  void *pinned = gpu32->iface->host_alloc(gpu32, sizeof(float) * n, "test");
+  memcpy(pinned, src, sizeof(float) * n);
+  for (int slot = 0; slot < 2; slot++) {
+    float *dst = dev_poisoned(gpu32, n);
+    assert_int_equal(gpu32->iface->bcast(gpu32, slot, dst, pinned, sizeof(float) * n), 0);
+    assert_int_equal(gpu32->iface->bcast_wait(gpu32, slot), 0);
+    float *got = to_host(gpu32, dst, n);
+    assert_memory_equal(got, src, sizeof(float) * n);
+    gpu32->iface->free(gpu32, dst);
+    free(got);
+  }
+  gpu32->iface->host_free(gpu32, pinned);
+  free(src);
+}
+
+/* A whole decoder block (GQA, biases, padding-free packed prompts) on both backends. */
+static void block_case(ls_backend_t *be, double rtol) {
+  ls_config_t c;
+  memset(&c, 0, sizeof c);
+  c.hidden = 256; c.intermediate = 688; c.n_heads = 8; c.n_kv_heads = 2; c.head_dim = 32;
+  c.rms_eps = 1e-5; c.qkv_bias = 1; c.n_layers = 1;
+  static const int lens[] = {5, 60, 1, 130};
+  const int n_seq = 4, H = c.hidden, half = c.head_dim / 2, maxp = 256;
+  int32_t start[5] = {0}, pos[196];
+  for (int s = 0; s < n_seq; s++) start[s + 1] = start[s] + lens[s];
+  const int T = start[n_seq];
+  for (int s = 0; s < n_seq; s++)
+    for (int r = start[s]; r < start[s + 1]; r++) pos[r] = r - start[s];
+  float *ct = malloc(sizeof(float) * maxp * half), *st = malloc(sizeof(float) * maxp * half);
+  for (int p = 0; p < maxp; p++)
+    for (int i = 0; i < half; i++) {
+      double a = p * pow(10000.0, -2.0 * i / c.head_dim);
+      ct[p * half + i] = (float)cos(a);
+      st[p * half + i] = (float)sin(a);
+    }
+  ls_layer_weights_t wc, wg;
+  memset(&wc, 0, sizeof wc);
+  memset(&wg, 0, sizeof wg);
+  for (int id = 0; id < LS_W_COUNT; id++) {
+    char name[128];
+    int64_t shape[2];
+    int nd;
+    if (!ls_weight_spec(&c, 0, (ls_weight_id_t)id, name, sizeof name, shape, &nd)) continue;
+    size_t numel = (size_t)shape[0] * (size_t)(nd == 2 ? shape[1] : 1);
+    int matrix = ls_weight_is_matrix((ls_weight_id_t)id);
+    float *h = rand_buf(numel, matrix ? 0.06f : 0.2f);
+    if (id == LS_W_ATTN_NORM || id == LS_W_MLP_NORM)
+      for (size_t i = 0; i < numel; i++) h[i] += 1.0f;
+    wc.w[id] = malloc(sizeof(float) * numel);
+    memcpy(wc.w[id], h, sizeof(float) * numel);
+    wg.w[id] = be->iface->alloc(be, numel * (matrix ? ls_dtype_size(be->wtype) : 4), name);
+    assert_int_equal(be->iface->load_weight(be, wg.w[id], h, LS_DT_F32, numel, matrix, 0), 0);
+    free(h);
+  }
+  const size_t nx = (size_t)ls_round_rows(T) * H;
+  float *x = rand_buf(nx, 1.0f);
+  float *dx = dev_from(be, x, sizeof(float) * nx), *dct = dev_from(be, ct, sizeof(float) * maxp * half),
+        *dst = dev_from(be, st, sizeof(float) * maxp * half);
+  int32_t *dstart = dev_from(be, start, sizeof start), *dpos = dev_from(be, pos, sizeof(int32_t) * (size_t)T);
+  size_t nsc = ls_block_scratch_floats(&c, T);
+  float *sc = calloc(nsc, sizeof(float)), *dsc = dev_poisoned(be, nsc);
+  ls_block_scratch_t s_cpu, s_gpu;
+  ls_block_scratch_carve(&c, T, sc, &s_cpu);
+  ls_block_scratch_carve(&c, T, dsc, &s_gpu);
+  assert_int_equal(be->iface->reserve ? be->iface->reserve(be, T, c.intermediate) : 0, 0);
+  ls_batch_t bc = {.T = T, .n_seq = n_seq, .seq_start = start, .seq_len = NULL, .pos = pos, .max_len = 130};
+  ls_batch_t bg = {.T = T, .n_seq = n_seq, .seq_start = dstart, .seq_len = NULL, .pos = dpos, .max_len = 130};
+  ls_block_forward(cpu, &c, &wc, ct, st, x, &bc, &s_cpu);
+  ls_block_forward(be, &c, &wg, dct, dst, dx, &bg, &s_gpu);
+  float *got = to_host(be, dx, (size_t)T * H), *ga = to_host(be, s_gpu.attn_out, (size_t)T * H);
+  char what[96];
+  snprintf(what, sizeof what, "block residual_post (%s)", be->compute_dtype);
+  check_rows(what, got, x, (size_t)T, (size_t)H, rtol);
+  snprintf(what, sizeof what, "block attn_out (%s)", be->compute_dtype);
+  check_rows(what, ga, s_cpu.attn_out, (size_t)T, (size_t)H, rtol);
+  for (int id = 0; id < LS_W_COUNT; id++) {
+    free(wc.w[id]);
+    if (wg.w[id]) be->iface->free(be, wg.w[id]);
+  }
+  be->iface->free(be, dx); be->iface->free(be, dct); be->iface->free(be, dst);
+  be->iface->free(be, dstart); be->iface->free(be, dpos); be->iface->free(be, dsc);
+  free(x); free(ct); free(st); free(sc); free(got); free(ga);
+}
+
+static void test_block(void **state) {
+  block_case(gpu32, 1e-5);
+  block_case(gpu16, 2e-2);
+}
+
+int main(int argc, char **argv) {
+  int provided;
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+  char why[256] = "";
+  if (ls_cuda_usable(why, sizeof why) <= 0) {
+    printf("SKIPPED: test_cuda_ops needs a usable GPU (%s)\n", why);
+    MPI_Finalize();
+    return 77;
+  }
+  cpu = ls_backend_cpu_new(1, 1024);
+  gpu32 = ls_backend_cuda_new(0, 1024, MPI_COMM_SELF);
+  gpu16 = ls_backend_cuda_new(1, 1024, MPI_COMM_SELF);
+  if (!cpu || !gpu32 || !gpu16) {
+    fprintf(stderr, "test_cuda_ops: cannot create the backends\n");
+    MPI_Finalize();
+    return 1;
+  }
+  printf("test_cuda_ops on %s\n", gpu32->desc);
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_rmsnorm),     cmocka_unit_test(test_matmul),
+      cmocka_unit_test(test_rope),        cmocka_unit_test(test_attention),
+      cmocka_unit_test(test_elementwise), cmocka_unit_test(test_pool),
+      cmocka_unit_test(test_load_weight), cmocka_unit_test(test_bcast),
+      cmocka_unit_test(test_block),
+  };
+  int failed = cmocka_run_group_tests(tests, NULL, NULL);
+  ls_backend_free(gpu16);
+  ls_backend_free(gpu32);
+  ls_backend_free(cpu);
+  MPI_Finalize();
+  return failed ? 1 : 0;
+}
