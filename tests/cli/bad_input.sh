@@ -508,7 +508,14 @@ WANT=(--layers); bad opt.layers_garbage "$(o layers_x)" "${R[@]}" --out "$(o lay
 WANT=(--layers); bad opt.layers_trailing_comma "$(o layers_c)" "${R[@]}" --out "$(o layers_c)" --layers 0,
 WANT=(--hooks bogus); bad opt.hooks_bogus "$(o hooks)" "${R[@]}" --out "$(o hooks)" --hooks bogus
 WANT=(--pool bogus); bad opt.pool_bogus "$(o pool)" "${R[@]}" --out "$(o pool)" --pool bogus
-WANT=(--backend "--backend cpu"); bad opt.backend_cuda "$(o backend_cuda)" "${R[@]}" --out "$(o backend_cuda)" --backend cuda
+if [ -e /proc/driver/nvidia/version ]; then
+  echo "SKIP opt.backend_cuda (this machine has an NVIDIA driver: --backend cuda is not bad input here)"
+else
+  WANT=(--backend "--backend cpu" "no usable GPU"); bad opt.backend_cuda "$(o backend_cuda)" "${R[@]}" --out "$(o backend_cuda)" --backend cuda
+  WANT=(--dtype bf16 "--dtype float32"); bad opt.dtype_bf16_no_gpu "$(o dtype_bf16_auto)" "${R[@]}" --out "$(o dtype_bf16_auto)" --dtype bf16
+fi
+WANT=(--dtype bf16 "CPU backend" "--backend cuda"); bad opt.dtype_bf16_cpu "$(o dtype_bf16)" "${R[@]}" --out "$(o dtype_bf16)" --backend cpu --dtype bf16
+WANT=(--dtype bogus); bad opt.dtype_bogus "$(o dtype_bogus)" "${R[@]}" --out "$(o dtype_bogus)" --dtype bogus
 WANT=(--backend bogus); bad opt.backend_bogus "$(o backend_bogus)" "${R[@]}" --out "$(o backend_bogus)" --backend bogus
 WANT=(--microbatch-tokens); bad opt.microbatch_0 "$(o mb0)" "${R[@]}" --out "$(o mb0)" --microbatch-tokens 0
 WANT=(--threads); bad opt.threads_0 "$(o threads0)" "${R[@]}" --out "$(o threads0)" --threads 0
