@@ -282,7 +282,7 @@ static void test_pool(void **state) {
     for (int mode = 0; mode < 3; mode++) {
       const size_t rows = mode == LS_POOL_NONE ? (size_t)total : (size_t)n_seq;
       float *ref = malloc(sizeof(float) * rows * H);
-      cpu->iface->pool(cpu, ref, x, start, padded ? len : NULL, n_seq, H, (ls_pool_t)mode);
+      cpu->iface->pool(cpu, ref, x, start, len, n_seq, H, (ls_pool_t)mode); /* CPU needs lengths */
       float *dout = dev_poisoned(gpu32, rows * H);
       gpu32->iface->pool(gpu32, dout, dx, dstart, padded ? dlen : NULL, n_seq, H, (ls_pool_t)mode);
       float *got = to_host(gpu32, dout, rows * H);
@@ -305,8 +305,8 @@ static void test_load_weight(void **state) {
   float *src = rand_buf(n, 3.0f);
   uint16_t *h16 = malloc(2 * n), *b16 = malloc(2 * n);
   float *want = malloc(sizeof(float) * n);
-  ls_convert_from_f32(h16, LS_DT_F16, src, n);
-  ls_convert_from_f32(b16, LS_DT_BF16, src, n);
+  ls_convert_from_f32(h16, src, LS_DT_F16, n);
+  ls_convert_from_f32(b16, src, LS_DT_BF16, n);
   const void *raw[3] = {src, h16, b16};
   const ls_dtype_t dts[3] = {LS_DT_F32, LS_DT_F16, LS_DT_BF16};
   for (int i = 0; i < 3; i++)

@@ -1,0 +1,116 @@
+/* elementwise.cu: swiglu (gate <- silu(gate) * up), add (y += x), add_bias (y (T, n) +=
+ * b (n) on every row), with the CPU ops' arithmetic (ls_cpu_swiglu, ls_cpu_add, the
+ * bias add of ls_cpu_matmul). Grid-stride loops over size_t indices (T * H can pass
+ * 2^31), float4 when the pointers are 16-byte aligned, the last n % 4 elements scalar. */
+#include "ops_cuda.cuh"
+
+/* ---- kernels ------------------------------------------------------------------------ */
+
+static constexpr int EW_THREADS = 256;
+static constexpr size_t EW_MAX_BLOCKS = 4096; /* the grid-stride loops do the rest */
+
+static __device__ __forceinline__ float ew_swiglu1(float g, float u) {
+  return (g / (1.0f + expf(-g))) * u;
+}
+
+/* VEC: gate, up 16-byte aligned */
+template <bool VEC>
+static __global__ void __launch_bounds__(EW_THREADS)
+    swiglu_kernel(float *__restrict__ gate, const float *__restrict__ up, size_t n) {
+  const size_t stride = (size_t)gridDim.x * blockDim.x;
+  const size_t i0 = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  size_t done = 0;
+  if constexpr (VEC) {
+    float4 *g4 = (float4 *)gate;
+    const float4 *u4 = (const float4 *)up;
+    for (size_t i = i0; i < n / 4; i += stride) {
+      const float4 g = g4[i], u = u4[i];
+      g4[i] = make_float4(ew_swiglu1(g.x, u.x), ew_swiglu1(g.y, u.y), ew_swiglu1(g.z, u.z),
+                          ew_swiglu1(g.w, u.w));
+    }
+    done = n / 4 * 4;
+  }
+  for (size_t i = done + i0; i < n; i += stride) gate[i] = ew_swiglu1(gate[i], up[i]);
+}
+
+/* VEC: y, x 16-byte aligned */
+template <bool VEC>
+static __global__ void __launch_bounds__(EW_THREADS)
+    add_kernel(float *__restrict__ y, const float *__restrict__ x, size_t n) {
+  const size_t stride = (size_t)gridDim.x * blockDim.x;
+  const size_t i0 = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  size_t done = 0;
+  if constexpr (VEC) {
+    float4 *y4 = (float4 *)y;
+    const float4 *x4 = (const float4 *)x;
+    for (size_t i = i0; i < n / 4; i += stride) {
+      const float4 a = y4[i], b = x4[i];
+      y4[i] = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+    }
+    done = n / 4 * 4;
+  }
+  for (size_t i = done + i0; i < n; i += stride) y[i] += x[i];
+}
+
+/* blockIdx.x: a slice of columns (float4 when VEC: n % 4 == 0, y and b 16-byte
+ * aligned), rows blockIdx.y, blockIdx.y + gridDim.y, ... */
+template <bool VEC>
+static __global__ void __launch_bounds__(EW_THREADS)
+    add_bias_kernel(float *__restrict__ y, const float *__restrict__ b, int T, int n) {
+  const int cols = VEC ? n / 4 : n;
+  const int c = (int)(blockIdx.x * blockDim.x + threadIdx.x);
+  if (c >= cols) return;
+  if constexpr (VEC) {
+    const float4 bb = __ldg((const float4 *)b + c);
+    for (int t = (int)blockIdx.y; t < T; t += (int)gridDim.y) {
+      float4 *yr = (float4 *)(y + (size_t)t * n) + c;
+      const float4 a = *yr;
+      *yr = make_float4(a.x + bb.x, a.y + bb.y, a.z + bb.z, a.w + bb.w);
+    }
+  } else {
+    const float bb = __ldg(&b[c]);
+    for (int t = (int)blockIdx.y; t < T; t += (int)gridDim.y) y[(size_t)t * n + c] += bb;
+  }
+}
+
+/* ---- launchers ------------------------------------------------------------------------ */
+
+static dim3 ew_grid(size_t items) {
+  const size_t b = (items + EW_THREADS - 1) / EW_THREADS;
+  return dim3((unsigned)(b < EW_MAX_BLOCKS ? b : EW_MAX_BLOCKS));
+}
+
+cudaError_t ls_cu_swiglu(cudaStream_t st, float *gate, const float *up, size_t n) {
+  if (n == 0) return cudaSuccess;
+  if (((uintptr_t)gate | (uintptr_t)up) % 16 == 0)
+    LS_LAUNCH(swiglu_kernel<true>, ew_grid((n + 3) / 4), dim3(EW_THREADS), 0, st, gate, up, n);
+  else
+    LS_LAUNCH(swiglu_kernel<false>, ew_grid(n), dim3(EW_THREADS), 0, st, gate, up, n);
+  return LS_CU_LAST_ERROR();
+}
+
+cudaError_t ls_cu_add(cudaStream_t st, float *y, const float *x, size_t n) {
+  if (n == 0) return cudaSuccess;
+  if (((uintptr_t)y | (uintptr_t)x) % 16 == 0)
+    LS_LAUNCH(add_kernel<true>, ew_grid((n + 3) / 4), dim3(EW_THREADS), 0, st, y, x, n);
+  else
+    LS_LAUNCH(add_kernel<false>, ew_grid(n), dim3(EW_THREADS), 0, st, y, x, n);
+  return LS_CU_LAST_ERROR();
+}
+
+cudaError_t ls_cu_add_bias(cudaStream_t st, float *y, const float *b, int T, int n) {
+  if (T <= 0 || n <= 0) return cudaSuccess;
+  const bool vec = n % 4 == 0 && ((uintptr_t)y | (uintptr_t)b) % 16 == 0;
+  const int cols = vec ? n / 4 : n;
+  const int threads = cols >= EW_THREADS ? EW_THREADS : (cols + 31) / 32 * 32;
+  const unsigned gx = (unsigned)((cols + threads - 1) / threads);
+  /* about 4 rows per block (the bias stays in registers), at most 65535 row slices */
+  const int gy = (T + 3) / 4 < 65535 ? (T + 3) / 4 : 65535;
+  if (vec)
+    LS_LAUNCH(add_bias_kernel<true>, dim3(gx, (unsigned)gy), dim3((unsigned)threads), 0, st, y,
+              b, T, n);
+  else
+    LS_LAUNCH(add_bias_kernel<false>, dim3(gx, (unsigned)gy), dim3((unsigned)threads), 0, st, y,
+              b, T, n);
+  return LS_CU_LAST_ERROR();
+}

@@ -1,0 +1,69 @@
+/* rmsnorm.cu: out (T, H) = w (H) * x * rsqrt(mean(x^2) + eps), as ls_cpu_rmsnorm.
+ * One block per row: each thread sums the squares of a strided slice of the row
+ * (float4 loads when the row allows), a warp-shuffle + shared-memory reduction gives
+ * the row's sum (float32, in a fixed order), then the row is scaled and written. */
+#include "ops_cuda.cuh"
+
+/* ---- kernel ------------------------------------------------------------------------ */
+
+/* sum of v over the block (blockDim.x a multiple of 32); every thread gets the sum */
+static __device__ __forceinline__ float rmsnorm_block_sum(float v, float *red /* [32] */) {
+  const int lane = (int)threadIdx.x % 32, warp = (int)threadIdx.x / 32;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  v = lane < (int)blockDim.x / 32 ? red[lane] : 0.0f;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+/* VEC: H % 4 == 0 and out, x, w 16-byte aligned */
+template <bool VEC>
+static __global__ void __launch_bounds__(256)
+    rmsnorm_kernel(float *__restrict__ out, const float *__restrict__ x,
+                   const float *__restrict__ w, int H, float eps) {
+  __shared__ float red[32];
+  const size_t row = blockIdx.x;
+  const float *xr = x + row * (size_t)H; // (H)
+  float *o = out + row * (size_t)H;      // (H)
+  const int tid = (int)threadIdx.x, nt = (int)blockDim.x;
+  float ss = 0.0f;
+  if constexpr (VEC) {
+    const float4 *x4 = (const float4 *)xr;
+    for (int i = tid; i < H / 4; i += nt) {
+      const float4 a = x4[i];
+      ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+    }
+  } else {
+    for (int i = tid; i < H; i += nt) ss += xr[i] * xr[i];
+  }
+  ss = rmsnorm_block_sum(ss, red);
+  const float r = rsqrtf(ss / (float)H + eps);
+  if constexpr (VEC) {
+    const float4 *x4 = (const float4 *)xr, *w4 = (const float4 *)w;
+    float4 *o4 = (float4 *)o;
+    for (int i = tid; i < H / 4; i += nt) {
+      const float4 a = x4[i], g = __ldg(&w4[i]);
+      o4[i] = make_float4(g.x * (a.x * r), g.y * (a.y * r), g.z * (a.z * r), g.w * (a.w * r));
+    }
+  } else {
+    for (int i = tid; i < H; i += nt) o[i] = __ldg(&w[i]) * (xr[i] * r);
+  }
+}
+
+/* ---- launcher ------------------------------------------------------------------------ */
+
+cudaError_t ls_cu_rmsnorm(cudaStream_t st, float *out, const float *x, const float *w, int T,
+                          int H, float eps) {
+  if (T <= 0 || H <= 0) return cudaSuccess;
+  const bool vec = H % 4 == 0 && ((uintptr_t)out | (uintptr_t)x | (uintptr_t)w) % 16 == 0;
+  const int items = vec ? H / 4 : H;                    /* loads per row */
+  const int threads = items >= 256 ? 256 : (items + 31) / 32 * 32; /* a multiple of 32 */
+  if (vec)
+    LS_LAUNCH(rmsnorm_kernel<true>, dim3((unsigned)T), dim3((unsigned)threads), 0, st, out, x,
+              w, H, eps);
+  else
+    LS_LAUNCH(rmsnorm_kernel<false>, dim3((unsigned)T), dim3((unsigned)threads), 0, st, out, x,
+              w, H, eps);
+  return LS_CU_LAST_ERROR();
+}
