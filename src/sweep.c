@@ -282,15 +282,15 @@ static void stage_out(sweep_t *s, int64_t row0, int T) {
     s->be->iface->to_host(s->be, s->x + (size_t)row0 * H, s->xd, sizeof(float) * H * (size_t)T);
 }
 
-/* Wait for the backend, bring the captured rows to the host; collective, so a device
- * failure on any rank stops every rank here. */
-static int finish_layer(sweep_t *s) {
+/* Wait for the backend, bring the rows of the hooks in mask (captured since the last
+ * call) to the host; collective, so a device failure on any rank stops every rank. */
+static int finish_layer(sweep_t *s, unsigned mask) {
   const ls_backend_iface_t *f = s->be->iface;
   const size_t H = (size_t)s->cfg->hidden;
   int rc = LS_OK;
   if (!s->be->host_visible)
     for (int h = 0; h < LS_HOOK_COUNT && rc == LS_OK; h++)
-      if (s->out[h])
+      if (s->out[h] && ((mask >> h) & 1))
         rc = f->to_host(s->be, s->out_host[h], s->out[h], sizeof(float) * H * (size_t)s->out_rows);
   if (f->sync && f->sync(s->be)) rc = LS_ERR;
   return ls_agree(rc, s->comm);
@@ -355,7 +355,7 @@ static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
       th += ls_now() - th0;
       ls_wpipe_progress(wp);
     }
-    if (finish_layer(s)) return LS_ERR;
+    if (finish_layer(s, sel >= 0 ? s->hooks & ~(1u << LS_HOOK_FINAL_NORM) : 0)) return LS_ERR;
     double t2 = ls_now();
     s->t_hooks[L] = th;
     s->t_forward[L] = t2 - t1 - th;
@@ -389,7 +389,7 @@ static int run_final_norm(sweep_t *s) {
                           (int)H, (float)c->rms_eps);
     capture(s, LS_HOOK_FINAL_NORM, s->scratch.xn, mb, &b);
   }
-  if (finish_layer(s)) return LS_ERR;
+  if (finish_layer(s, 1u << LS_HOOK_FINAL_NORM)) return LS_ERR;
   COLLECTIVE_STEP(s, ls_sw_write_hook(s, LS_HOOK_FINAL_NORM, 0));
   return LS_OK;
 }
