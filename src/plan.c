@@ -184,8 +184,10 @@ int ls_sw_plan(sweep_t *s) {
     const char *force_host = getenv("LS_TEST_RESIDUAL_ON_HOST");
     if (force_host && strcmp(force_host, "1") == 0) s->x_on_host = 1;
     dev_bytes = fixed + (s->x_on_host ? (double)s->T_max * H * 4 : resid);
-    /* host: rank 0's read staging, the pooled rows, the residual if it lives there */
-    rank_bytes = (s->rank == 0 ? staging : 0) + outbuf + (s->x_on_host ? resid : 0);
+    /* host: rank 0's read staging, the pooled rows, the residual stream if it lives
+     * there, or its copy while a checkpoint is written */
+    rank_bytes = (s->rank == 0 ? staging : 0) + outbuf +
+                 (s->x_on_host || s->o->checkpoint_every >= 0 ? resid : 0);
     if (dev_bytes > 0.92 * be->mem_bytes) {
       ls_error("plan: rank %d needs about %.2f GiB of GPU memory (layer weights %.2f, "
                "microbatch scratch %.2f, pooled outputs %.2f) but its GPU has %.2f GiB free; "
