@@ -190,11 +190,12 @@ int ls_sw_plan(sweep_t *s) {
                  (s->x_on_host || s->o->checkpoint_every >= 0 ? resid : 0);
     if (dev_bytes > 0.92 * be->mem_bytes) {
       ls_error("plan: rank %d needs about %.2f GiB of GPU memory (layer weights %.2f, "
-               "microbatch scratch %.2f, pooled outputs %.2f) but its GPU has %.2f GiB free; "
-               "lower --microbatch-tokens, capture fewer --hooks, use --pool last_token or "
-               "mean, or run on more GPUs", s->rank, dev_bytes / 1073741824.0,
-               (staging + wconv) / 1073741824.0, (scratch + gemm_in) / 1073741824.0,
-               outbuf / 1073741824.0, be->mem_bytes / 1073741824.0);
+               "microbatch scratch %.2f, pooled outputs %.2f, CUDA libraries 0.25) but may use "
+               "%.2f GiB (92%% of its GPU's %.2f GiB free); lower --microbatch-tokens, capture "
+               "fewer --hooks, use --pool last_token or mean, or run on more GPUs", s->rank,
+               dev_bytes / 1073741824.0, (staging + wconv) / 1073741824.0,
+               (scratch + gemm_in) / 1073741824.0, outbuf / 1073741824.0,
+               0.92 * be->mem_bytes / 1073741824.0, be->mem_bytes / 1073741824.0);
       dev_rc = LS_ERR;
     }
   }

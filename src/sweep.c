@@ -36,7 +36,10 @@ void ls_run_opts_default(ls_run_opts_t *o) {
 static void *index_copy(sweep_t *s, const void *host, size_t bytes, const char *what) {
   if (s->be->host_visible) return (void *)host;
   void *d = s->be->iface->alloc(s->be, bytes ? bytes : 4, what);
-  if (d && bytes && s->be->iface->to_device(s->be, d, host, bytes)) return NULL;
+  if (d && bytes && s->be->iface->to_device(s->be, d, host, bytes)) {
+    s->be->iface->free(s->be, d);
+    return NULL;
+  }
   return d;
 }
 
@@ -242,7 +245,7 @@ static int load_final_norm(sweep_t *s) {
   }
   free(raw);
   free(tmp);
-  return rc;
+  return ls_agree(rc, s->comm); /* the backend's part is local */
 }
 
 /* ---- the layer loop ---------------------------------------------------------------------------------- */
@@ -304,9 +307,12 @@ static int preload_layers(sweep_t *s, ls_wpipe_t *wp) {
   if (ls_agree(s->lw_all ? LS_OK : LS_ERR, s->comm)) return LS_ERR;
   for (int L = s->start; L < s->n_run; L++) {
     const void *raw = ls_wpipe_acquire(wp, L);
+    /* a conversion failure on one rank stops all of them here, before the next
+     * broadcast (which every rank must enter) */
     if (!raw ||
-        convert_layer(s, L, raw, wp->on_device, (char *)s->wbuf + (size_t)L * s->wbuf_bytes,
-                      &s->lw_all[L]) ||
+        ls_agree(convert_layer(s, L, raw, wp->on_device,
+                               (char *)s->wbuf + (size_t)L * s->wbuf_bytes, &s->lw_all[L]),
+                 s->comm) ||
         ls_wpipe_release(wp, L))
       return LS_ERR;
   }
@@ -328,7 +334,7 @@ static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
       lw = &s->lw_all[L];
     } else {
       const void *raw = ls_wpipe_acquire(wp, L);
-      if (!raw || convert_layer(s, L, raw, wp->on_device, s->wbuf, &s->lw) ||
+      if (!raw || ls_agree(convert_layer(s, L, raw, wp->on_device, s->wbuf, &s->lw), s->comm) ||
           ls_wpipe_release(wp, L))
         return LS_ERR;
     }

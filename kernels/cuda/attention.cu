@@ -261,7 +261,6 @@ static cudaError_t attention_launch(cudaStream_t st, float *out, const float *q,
                                     const float *v, const int32_t *seq_start,
                                     const int32_t *seq_len, int n_seq, int n_tiles,
                                     int n_heads, int n_kv_heads, int hd, int window, int vec) {
-  (void)st; /* unused by the emulator's LS_LAUNCH */
   const size_t smem = attn_smem_bytes(hd);
   if (smem > 48 * 1024) {
     cudaError_t e = LS_SET_MAX_DYN_SMEM(attention_kernel<DPL>, smem);

@@ -105,8 +105,9 @@ static int wait_event(cu_ctx_t *c, cudaEvent_t ev, const char *what) {
       ncclResult_t async = ncclSuccess;
       ncclResult_t r = ncclCommGetAsyncError(c->nccl, &async);
       if (r != ncclSuccess || (async != ncclSuccess && async != ncclInProgress)) {
-        check_nccl(c, r != ncclSuccess ? r : async, "ncclCommGetAsyncError (while waiting for "
-                   "a layer broadcast)", __FILE__, __LINE__);
+        char call[200];
+        snprintf(call, sizeof call, "ncclCommGetAsyncError (while waiting for %s)", what);
+        check_nccl(c, r != ncclSuccess ? r : async, call, __FILE__, __LINE__);
         ncclCommAbort(c->nccl);
         c->nccl_live = 0;
         return LS_ERR;
@@ -298,19 +299,21 @@ static int cu_sync(ls_backend_t *be) {
 }
 
 /* ---- weight broadcast (NCCL) ----------------------------------------------------------------- */
+/* Collective: every rank enqueues the broadcast even after a local failure (which
+ * stays sticky and stops every rank at the layer's sync), so no peer is left waiting
+ * in a broadcast this rank skipped. */
 static int cu_bcast(ls_backend_t *be, int slot, void *dst, const void *src, size_t bytes) {
   cu_ctx_t *c = ctx_of(be);
-  if (c->err) return LS_ERR;
-  /* the slot's last contents may still be read by ops already enqueued */
-  if (CU(c, cudaEventRecord(c->slot_free[slot], c->stream)) ||
-      CU(c, cudaStreamWaitEvent(c->wstream, c->slot_free[slot], 0)))
-    return LS_ERR;
-  if (c->rank == 0 &&
-      CU(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->wstream)))
-    return LS_ERR;
-  if (CU(c, cudaEventRecord(c->h2d_done[slot], c->wstream))) return LS_ERR;
-  if (NCCL(c, ncclBroadcast(dst, dst, bytes, ncclUint8, 0, c->nccl, c->wstream))) return LS_ERR;
-  return CU(c, cudaEventRecord(c->bcast_done[slot], c->wstream));
+  if (c->nccl_live) {
+    /* the slot's last contents may still be read by ops already enqueued */
+    CU(c, cudaEventRecord(c->slot_free[slot], c->stream));
+    CU(c, cudaStreamWaitEvent(c->wstream, c->slot_free[slot], 0));
+    if (c->rank == 0) CU(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->wstream));
+    CU(c, cudaEventRecord(c->h2d_done[slot], c->wstream));
+    NCCL(c, ncclBroadcast(dst, dst, bytes, ncclUint8, 0, c->nccl, c->wstream));
+    CU(c, cudaEventRecord(c->bcast_done[slot], c->wstream));
+  }
+  return c->err ? LS_ERR : LS_OK;
 }
 
 static int cu_bcast_wait(ls_backend_t *be, int slot) {

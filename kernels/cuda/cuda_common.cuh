@@ -18,8 +18,10 @@
 
 #ifdef LS_CUDA_EMU
 #include "cuda_emu.h"
-#define LS_LAUNCH(kern, grid, block, smem, stream, ...) \
-  ((void)(stream), ls_emu_launch((grid), (block), (smem), [&]() { kern(__VA_ARGS__); }))
+/* checked (emu_runtime.cpp, when the emulated CUDA runtime is in use), then run */
+#define LS_LAUNCH(kern, grid, block, smem, stream, ...)                                         \
+  ls_emu_launch_checked(#kern, (stream), (grid), (block), (smem), [&]() { kern(__VA_ARGS__); }, \
+                        __VA_ARGS__)
 #define LS_CU_LAST_ERROR() cudaSuccess
 #define LS_DYN_SMEM(T, name) T *name = (T *)ls_emu_dyn_smem()
 /* kernels that need more than 48 KiB of dynamic shared memory say so before launch */

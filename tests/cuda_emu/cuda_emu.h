@@ -19,7 +19,10 @@
  * by the others; fibers switch only at barriers), blocks run sequentially (so grid
  * level cooperation is not emulated), one launch at a time from one host thread,
  * no streams (launches are synchronous), fast-math intrinsics are exact (__expf is
- * expf), stacks are 64 KiB per fiber. */
+ * expf), stacks are 64 KiB per fiber.
+ * Under the emulated CUDA runtime (emu_runtime.cpp: the real backend_cuda.cu on the CPU)
+ * every launch is also checked there: a live stream, every pointer argument device
+ * memory or NULL, stream ordering of the allocations it reads and writes. */
 #ifndef LS_CUDA_EMU_H
 #define LS_CUDA_EMU_H
 
@@ -100,6 +103,45 @@ static constexpr int warpSize = 32;
 void ls_emu_launch(dim3 grid, dim3 block, size_t dyn_smem, std::function<void()> body);
 /* the running block's dynamic shared memory (16-byte aligned) */
 void *ls_emu_dyn_smem();
+
+/* ---- launches under the emulated CUDA runtime ---------------------------------------- */
+namespace ls_emu {
+/* Set by the emulated CUDA runtime (tests/cuda_emu/emu_runtime.cpp) once a program has
+ * used it (cudaSetDevice or cudaMalloc); NULL otherwise, as in the kernel-only tests,
+ * whose kernels get plain host pointers. The checks print what is wrong and abort. */
+struct launch_hooks_t {
+  /* a launch of kern on stream st (a live stream of the runtime's) */
+  void (*begin)(const char *kern, cudaStream_t st);
+  /* pointer argument i: device memory or NULL; written unless it points to const */
+  void (*arg)(const char *kern, int i, const void *p, bool write);
+  void (*open)();  /* device memory accessible to the kernel's fibers ... */
+  void (*close)(); /* ... until here */
+};
+inline launch_hooks_t *g_launch_hooks = nullptr;
+
+template <class T> inline void check_launch_arg(const char *kern, int i, const T &v) {
+  if constexpr (std::is_pointer<T>::value)
+    g_launch_hooks->arg(kern, i, (const void *)v,
+                        !std::is_const<typename std::remove_pointer<T>::type>::value);
+}
+} // namespace ls_emu
+
+/* LS_LAUNCH (cuda_common.cuh): the launch's pointer arguments checked, then the launch. */
+template <class... A>
+inline void ls_emu_launch_checked(const char *kern, cudaStream_t st, dim3 grid, dim3 block,
+                                  size_t dyn_smem, std::function<void()> body, const A &...args) {
+  ls_emu::launch_hooks_t *h = ls_emu::g_launch_hooks;
+  if (!h) {
+    ls_emu_launch(grid, block, dyn_smem, std::move(body));
+    return;
+  }
+  h->begin(kern, st);
+  int i = 0;
+  (ls_emu::check_launch_arg(kern, i++, args), ...);
+  h->open();
+  ls_emu_launch(grid, block, dyn_smem, std::move(body));
+  h->close();
+}
 
 /* ---- barriers and warp intrinsics -------------------------------------------------- */
 inline void __syncthreads() { ls_emu::sync_block(); }
