@@ -171,13 +171,12 @@ void ls_wpipe_free(ls_wpipe_t *p) {
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
   }
+  /* no copy or broadcast may still read or write the buffers */
+  if (p->be && p->on_device && p->be->iface->sync) p->be->iface->sync(p->be);
   for (int b = 0; b < 2; b++) {
     if (p->be) {
       if (p->raw[b]) p->be->iface->host_free(p->be, p->raw[b]);
-      if (p->draw[b]) {
-        if (p->be->iface->sync) p->be->iface->sync(p->be); /* no broadcast in flight */
-        p->be->iface->free(p->be, p->draw[b]);
-      }
+      if (p->draw[b]) p->be->iface->free(p->be, p->draw[b]);
     }
     free(p->req[b]);
   }

@@ -43,7 +43,7 @@ typedef struct {
   int blas_live;
   ncclComm_t nccl;
   int nccl_live;
-  cudaEvent_t h2d_done[2], bcast_done[2], slot_free[2], sync_ev;
+  cudaEvent_t h2d_done[2], bcast_done[2], slot_free[2], sync_ev, wsync_ev;
   int events_live;
   void *workspace;      /* cuBLAS workspace, allocated once */
   __nv_bfloat16 *xin;   /* (xin_elems) bf16 GEMM inputs */
@@ -291,11 +291,17 @@ static void cu_pool(ls_backend_t *be, float *pooled, const float *x, const int32
   if (!c->err) CU(c, ls_cu_pool(c->stream, pooled, x, seq_start, seq_len, n_seq, H, (int)mode));
 }
 
+/* Everything enqueued on both streams: the ops and copies, and the weight broadcasts
+ * (normally finished long before the layer's compute; waited for so that buffers are
+ * never freed under a broadcast in flight). */
 static int cu_sync(ls_backend_t *be) {
   cu_ctx_t *c = ctx_of(be);
   if (c->err) return LS_ERR;
-  if (CU(c, cudaEventRecord(c->sync_ev, c->stream))) return LS_ERR;
-  return wait_event(c, c->sync_ev, "the GPU's queued work (a kernel or copy failed)");
+  if (CU(c, cudaEventRecord(c->sync_ev, c->stream)) ||
+      CU(c, cudaEventRecord(c->wsync_ev, c->wstream)))
+    return LS_ERR;
+  if (wait_event(c, c->sync_ev, "the GPU's queued work (a kernel or copy failed)")) return LS_ERR;
+  return wait_event(c, c->wsync_ev, "a layer broadcast");
 }
 
 /* ---- weight broadcast (NCCL) ----------------------------------------------------------------- */
@@ -342,7 +348,10 @@ static void cu_destroy(ls_backend_t *be) {
       cudaEventDestroy(c->bcast_done[i]);
       cudaEventDestroy(c->slot_free[i]);
     }
-  if (c->events_live) cudaEventDestroy(c->sync_ev);
+  if (c->events_live) {
+    cudaEventDestroy(c->sync_ev);
+    cudaEventDestroy(c->wsync_ev);
+  }
   if (c->workspace) cudaFree(c->workspace);
   if (c->xin) cudaFree(c->xin);
   if (c->stage) cudaFree(c->stage);
@@ -453,7 +462,8 @@ extern "C" ls_backend_t *ls_backend_cuda_new(int bf16, int max_seq, MPI_Comm com
       ok = !CU(c, cudaEventCreateWithFlags(&c->h2d_done[i], cudaEventDisableTiming)) &&
            !CU(c, cudaEventCreateWithFlags(&c->bcast_done[i], cudaEventDisableTiming)) &&
            !CU(c, cudaEventCreateWithFlags(&c->slot_free[i], cudaEventDisableTiming));
-    ok = ok && !CU(c, cudaEventCreateWithFlags(&c->sync_ev, cudaEventDisableTiming));
+    ok = ok && !CU(c, cudaEventCreateWithFlags(&c->sync_ev, cudaEventDisableTiming)) &&
+         !CU(c, cudaEventCreateWithFlags(&c->wsync_ev, cudaEventDisableTiming));
     c->events_live = ok;
     rc = ok ? LS_OK : LS_ERR;
   }
