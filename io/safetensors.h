@@ -15,17 +15,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum { LS_DT_F32 = 0, LS_DT_F16 = 1, LS_DT_BF16 = 2 } ls_dtype_t;
+#include "dtype.h"
+
 
 #define LS_ST_MAX_NDIM 8
 #define LS_ST_MAX_NAME 256
 /* Largest JSON header accepted (the format's own reference reader uses 100 MB). */
 #define LS_ST_MAX_HEADER (100u * 1024u * 1024u)
 
-size_t ls_dtype_size(ls_dtype_t dt);
-const char *ls_dtype_name(ls_dtype_t dt);
-/* Parse "F32"/"F16"/"BF16"; returns 0 on success, -1 if unsupported. */
-int ls_dtype_parse(const char *s, ls_dtype_t *out);
 
 typedef struct {
   char name[LS_ST_MAX_NAME];
@@ -79,10 +76,6 @@ static inline int ls_st_read(ls_st_model_t *m, const ls_st_tensor_t *t, void *ds
 int ls_st_parse_header(const char *buf, size_t len, uint64_t file_size, const char *path,
                        int file, ls_st_tensor_t **tensors, int *n);
 
-/* Convert n elements of dtype dt at src to float32 at dst (exact for all three). */
-void ls_convert_to_f32(float *dst, const void *src, ls_dtype_t dt, size_t n);
-/* Round float32 to the given storage dtype (round to nearest even; NaN kept NaN). */
-void ls_convert_from_f32(void *dst, const float *src, ls_dtype_t dt, size_t n);
 
 /* ---- writer (used by make-model and tests) ---------------------------------- */
 typedef struct {

@@ -1,6 +1,9 @@
-/* backend.h: the block forward as a small op table. A backend is an opaque handle
- * over a table of function pointers ({ iface; ctx }, as in ggml). kernels/cpu is the
- * float32 reference (OpenBLAS + OpenMP); a CUDA backend implements the same table.
+/* backend.h: the ops a block forward is composed of, as a small table. A backend is an
+ * opaque handle over a table of function pointers ({ iface; ctx }, as in ggml).
+ * kernels/cpu is the float32 reference (OpenBLAS + OpenMP); kernels/cuda implements the
+ * same table (a plugin, loaded only when used). Backends are found and created through
+ * the registry (registry.h); nothing outside kernels/ includes a backend's own header.
+ * Ops take plain dimensions: no model names, no config struct.
  * All pointers passed to ops are backend memory (host memory for the CPU backend).
  * Every op is row-local: a row's result never depends on which other rows (prompts)
  * share the call, which keeps outputs identical for any batching or rank count. */
@@ -10,11 +13,33 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "safetensors.h" /* ls_dtype_t */
+#include "dtype.h"
 
 typedef enum { LS_POOL_LAST = 0, LS_POOL_MEAN = 1, LS_POOL_NONE = 2 } ls_pool_t;
 
 typedef struct ls_backend ls_backend_t;
+
+/* Capabilities (ls_backend_t.caps and the registry entry's caps) */
+#define LS_BE_DETERMINISTIC (1u << 0) /* bit-identical results for any batching / rank count */
+#define LS_BE_HOST_MEMORY (1u << 1)   /* backend memory is host memory: no copies needed */
+#define LS_BE_DEVICE_BCAST (1u << 2)  /* weights are broadcast into backend memory by the
+                                       * backend itself (else: MPI into host memory) */
+#define LS_BE_BF16 (1u << 3)          /* has a bf16 compute mode */
+
+/* The weight broadcast between the backends of all ranks: one slot on every backend,
+ * filled by the registry with an MPI broadcast into host memory when the backend has
+ * no device broadcast of its own. start sends `bytes` from rank 0's host buffer src
+ * into dst of every rank (on rank 0, dst may equal src), through receive slot `slot`
+ * (0 or 1; a slot's previous contents may still be read by ops enqueued before the
+ * call). wait makes every op enqueued after it see the bytes, and returns once rank 0's
+ * src may be reused; LS_ERR (said once) if the broadcast failed. progress (may be NULL)
+ * lets a broadcast in flight advance. Calls are collective, in the same order on every
+ * rank. */
+typedef struct {
+  int (*start)(ls_backend_t *be, int slot, void *dst, const void *src, size_t bytes);
+  int (*wait)(ls_backend_t *be, int slot);
+  void (*progress)(ls_backend_t *be);
+} ls_bcast_iface_t;
 
 /* Activation buffers passed to matmul have room for rows rounded up to LS_ROW_PAD:
  * backends may compute padding rows so that a row's result never depends on how many
@@ -78,16 +103,9 @@ typedef struct {
    * once) if any op or copy failed since the last sync */
   int (*sync)(ls_backend_t *be);
 
-  /* optional weight broadcast between the backends of all ranks (NULL: the engine
-   * broadcasts raw layers with MPI into host memory). bcast starts sending `bytes`
-   * from rank 0's host buffer src (NULL on other ranks) into backend memory dst of
-   * every rank, through receive slot `slot` (0 or 1; a slot's previous contents may
-   * still be read by ops enqueued before this call). bcast_wait makes every op
-   * enqueued after it see the bytes, and returns once rank 0's src may be reused;
-   * LS_ERR (said once) if the broadcast failed. Calls are collective, in the same
-   * order on every rank. */
-  int (*bcast)(ls_backend_t *be, int slot, void *dst, const void *src, size_t bytes);
-  int (*bcast_wait)(ls_backend_t *be, int slot);
+  /* optional: the backend's own (device) weight broadcast, see ls_bcast_iface_t; NULL:
+   * the registry installs the MPI one */
+  const ls_bcast_iface_t *bcast;
   void (*destroy)(ls_backend_t *be);
 } ls_backend_iface_t;
 
@@ -99,17 +117,21 @@ struct ls_backend {
   int row_align;
   ls_dtype_t wtype;          /* storage of GEMM weights and GEMM inputs */
   const char *compute_dtype; /* "float32" or "bf16" (the output file's compute_dtype) */
-  int host_visible;          /* backend memory is host memory (no copies needed) */
+  unsigned caps;             /* LS_BE_* */
+  int host_visible;          /* caps & LS_BE_HOST_MEMORY */
   double mem_bytes;          /* backend memory the plan may use; 0: host memory */
   char desc[320];            /* one line for the log: device, dtype */
+  /* set by the registry (ls_backend_create): the weight broadcast in use */
+  const ls_bcast_iface_t *bcast;
+  void *bcast_ctx;           /* its state (the MPI broadcast's) */
+  void (*bcast_free)(ls_backend_t *be);
 };
 
-/* CPU backend: threads <= 0 means "all cores". Scratch for attention is sized for
- * prompts up to max_seq tokens. */
-ls_backend_t *ls_backend_cpu_new(int threads, int max_seq);
-
+/* Destroy a backend made by ls_backend_create (the broadcast first). */
 static inline void ls_backend_free(ls_backend_t *be) {
-  if (be) be->iface->destroy(be);
+  if (!be) return;
+  if (be->bcast_free) be->bcast_free(be);
+  be->iface->destroy(be);
 }
 
 #endif

@@ -24,15 +24,6 @@ typedef struct {
   uint64_t n_floats;
 } rank_header_t;
 
-uint64_t ls_fnv1a(uint64_t h, const void *data, size_t n) {
-  const unsigned char *p = data;
-  for (size_t i = 0; i < n; i++) {
-    h ^= p[i];
-    h *= 0x100000001b3ull;
-  }
-  return h;
-}
-
 uint64_t ls_ckpt_fp(const ls_ckpt_meta_t *m) {
   uint64_t h = LS_FNV_INIT;
   h = ls_fnv1a(h, &m->model_fp, 8);
@@ -120,7 +111,7 @@ static char *meta_json(const ls_ckpt_meta_t *m) {
   snprintf(hex[0], 17, "%016" PRIx64, m->model_fp);
   snprintf(hex[1], 17, "%016" PRIx64, m->data_fp);
   snprintf(hex[2], 17, "%016" PRIx64, m->options_fp);
-  cJSON_AddNumberToObject(j, "format_version", 1);
+  cJSON_AddNumberToObject(j, "format_version", LS_CKPT_FORMAT_VERSION);
   cJSON_AddNumberToObject(j, "layer_next", m->layer_next);
   cJSON_AddNumberToObject(j, "ranks", m->ranks);
   cJSON_AddNumberToObject(j, "row_align", m->row_align);
@@ -209,7 +200,16 @@ int ls_ckpt_load_meta(const char *dir, MPI_Comm comm, ls_ckpt_meta_t *meta) {
       const cJSON *rk = cJSON_GetObjectItemCaseSensitive(j, "ranks");
       const cJSON *al = cJSON_GetObjectItemCaseSensitive(j, "row_align");
       const cJSON *md = cJSON_GetObjectItemCaseSensitive(j, "model");
-      if (j && cJSON_IsNumber(ln) && cJSON_IsNumber(rk) && cJSON_IsNumber(al) &&
+      const cJSON *fv = cJSON_GetObjectItemCaseSensitive(j, "format_version");
+      if (j && (!cJSON_IsNumber(fv) || fv->valuedouble != LS_CKPT_FORMAT_VERSION)) {
+        if (cJSON_IsNumber(fv))
+          ls_error("%s: checkpoint format version %g, this layersweep reads version %d; "
+                   "resume with the layersweep that wrote it, or remove %s to start over",
+                   mpath, fv->valuedouble, LS_CKPT_FORMAT_VERSION, dir);
+        else
+          ls_error("%s: no checkpoint format_version; remove %s to start over", mpath, dir);
+        found = -1;
+      } else if (j && cJSON_IsNumber(ln) && cJSON_IsNumber(rk) && cJSON_IsNumber(al) &&
           parse_hex(j, "model_fingerprint", &meta->model_fp) == LS_OK &&
           parse_hex(j, "data_fingerprint", &meta->data_fp) == LS_OK &&
           parse_hex(j, "options_fingerprint", &meta->options_fp) == LS_OK) {

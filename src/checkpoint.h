@@ -14,6 +14,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* meta.json's format_version; a checkpoint of another version is refused on load */
+#define LS_CKPT_FORMAT_VERSION 1
+
 typedef struct {
   int layer_next;          /* first layer still to compute */
   int ranks;               /* communicator size */
@@ -24,9 +27,6 @@ typedef struct {
   char model_desc[256];    /* human-readable, for messages */
 } ls_ckpt_meta_t;
 
-/* FNV-1a 64 over bytes, chained through h (start with LS_FNV_INIT). */
-#define LS_FNV_INIT 0xcbf29ce484222325ull
-uint64_t ls_fnv1a(uint64_t h, const void *data, size_t n);
 
 /* The combined fingerprint stored in every rank file. */
 uint64_t ls_ckpt_fp(const ls_ckpt_meta_t *m);

@@ -1,15 +1,17 @@
-/* config.h: the model description layersweep runs, parsed and validated from a
- * Hugging Face config.json (Llama, Mistral and Qwen2 families). The struct is plain
- * old data so it can be broadcast as bytes to every rank. */
+/* config.h: the model description layersweep runs, read from a Hugging Face
+ * config.json. ls_config_parse finds the family that reads the config's architecture
+ * (src/models) and lets it fill the struct; the JSON helpers every family's reader uses
+ * are in src/models/family.h. The struct is plain old data so it can be broadcast as
+ * bytes to every rank; a field a family does not use keeps its zero / default. */
 #ifndef LS_CONFIG_H
 #define LS_CONFIG_H
 
-typedef enum { LS_ARCH_LLAMA = 0, LS_ARCH_MISTRAL = 1, LS_ARCH_QWEN2 = 2 } ls_arch_t;
 typedef enum { LS_ROPE_DEFAULT = 0, LS_ROPE_LINEAR = 1, LS_ROPE_LLAMA3 = 2 } ls_rope_t;
 
 typedef struct {
-  ls_arch_t arch;
+  int family;             /* index of the family that read it (ls_family_get) */
   char arch_name[64];     /* e.g. "LlamaForCausalLM" */
+  char model_type[64];    /* config.json model_type, e.g. "llama" ("" when absent) */
   int hidden;             /* hidden_size */
   int intermediate;       /* intermediate_size */
   int n_layers;           /* num_hidden_layers */
@@ -34,14 +36,12 @@ typedef struct {
 /* Parse config.json text; `path` is used in messages. Returns 0 or -1 after one
  * error line naming the file and the key. */
 int ls_config_parse(const char *json, const char *path, ls_config_t *cfg);
-/* Read and parse dir/config.json. */
+/* Read (at most LS_CONFIG_MAX_BYTES) and parse dir/config.json. */
+#define LS_CONFIG_MAX_BYTES ((size_t)1 << 20)
 int ls_config_load(const char *dir, ls_config_t *cfg);
 
 /* RoPE inverse frequencies (head_dim / 2 floats), computed in float32 the way
  * transformers does (including linear and llama3 scaling). */
 void ls_config_rope_inv_freq(const ls_config_t *cfg, float *inv_freq);
-
-/* Model GEMM flops per token per layer (2 * multiply-adds of the projections). */
-double ls_config_gemm_flops_per_token(const ls_config_t *cfg);
 
 #endif

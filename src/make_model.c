@@ -13,7 +13,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "block.h"
+#include "config.h"
+#include "family.h"
 #include "ls_common.h"
 #include "safetensors.h"
 
@@ -106,25 +107,43 @@ typedef struct {
   int shard;
 } mm_tensor_t;
 
+/* Every tensor of the model in the family's table order (embedding, each layer's
+ * tensors, final norm), plus lm_head unless tied. */
 static int list_tensors(const ls_config_t *c, int tie, mm_tensor_t **out, int *n) {
-  int cap = 4 + c->n_layers * LS_W_COUNT;
+  const ls_family_t *fam = ls_family_get(c->family);
+  int cap = 4 + c->n_layers * fam->n_slots;
   mm_tensor_t *t = ls_calloc((size_t)cap, sizeof *t, "tensor list");
-  if (!t) return LS_ERR;
+  ls_wspec_t *w = ls_calloc((size_t)fam->n_slots, sizeof *w, "tensor list");
+  ls_wspec_t embed, norm;
+  if (!t || !w) { free(t); free(w); return LS_ERR; }
+  fam->global_tensors(c, &embed, &norm);
   int k = 0;
-  snprintf(t[k].name, sizeof t[k].name, "model.embed_tokens.weight");
-  t[k].ndim = 2; t[k].shape[0] = c->vocab; t[k].shape[1] = c->hidden; k++;
-  for (int L = 0; L < c->n_layers; L++)
-    for (int id = 0; id < LS_W_COUNT; id++) {
-      if (!ls_weight_spec(c, L, id, t[k].name, sizeof t[k].name, t[k].shape, &t[k].ndim)) continue;
-      t[k].is_norm = id == LS_W_ATTN_NORM || id == LS_W_MLP_NORM;
+  const ls_wspec_t *one[1];
+  for (int L = -1; L <= c->n_layers; L++) {
+    const ls_wspec_t *specs = w;
+    int count = fam->n_slots;
+    if (L < 0 || L == c->n_layers) {
+      one[0] = L < 0 ? &embed : &norm;
+      specs = one[0];
+      count = 1;
+    } else {
+      fam->layer_tensors(c, L, w);
+    }
+    for (int i = 0; i < count; i++) {
+      if (!specs[i].present) continue;
+      snprintf(t[k].name, sizeof t[k].name, "%s", specs[i].name);
+      t[k].ndim = specs[i].ndim;
+      t[k].shape[0] = specs[i].shape[0];
+      t[k].shape[1] = specs[i].shape[1];
+      t[k].is_norm = specs[i].kind == LS_WK_NORM;
       k++;
     }
-  snprintf(t[k].name, sizeof t[k].name, "model.norm.weight");
-  t[k].ndim = 1; t[k].shape[0] = c->hidden; t[k].is_norm = 1; k++;
+  }
   if (!tie) {
     snprintf(t[k].name, sizeof t[k].name, "lm_head.weight");
     t[k].ndim = 2; t[k].shape[0] = c->vocab; t[k].shape[1] = c->hidden; k++;
   }
+  free(w);
   *out = t;
   *n = k;
   return LS_OK;
@@ -222,16 +241,10 @@ int ls_make_model(const ls_make_model_opts_t *o) {
     ls_error("make-model: cannot create %s: %s", o->out_dir, strerror(errno));
     return LS_ERR;
   }
-  ls_config_t c = {0};
-  c.arch = (ls_arch_t)a;
-  c.hidden = o->hidden;
-  c.intermediate = o->intermediate;
-  c.n_layers = o->n_layers;
-  c.n_heads = o->n_heads;
-  c.n_kv_heads = o->n_kv_heads;
-  c.head_dim = head_dim;
-  c.vocab = o->vocab;
-  c.qkv_bias = c.arch == LS_ARCH_QWEN2;
+  /* the config first: its own reader (the family's) gives the tensors to write */
+  int rc = write_config(o, archs[a].arch, archs[a].type, torch_dtype, head_dim);
+  ls_config_t c;
+  if (rc || ls_config_load(o->out_dir, &c)) return LS_ERR;
   mm_tensor_t *t;
   int n;
   if (list_tensors(&c, o->tie_embeddings, &t, &n)) return LS_ERR;
@@ -243,7 +256,6 @@ int ls_make_model(const ls_make_model_opts_t *o) {
     if (t[i].shard >= o->shards) t[i].shard = o->shards - 1;
     acc += (uint64_t)numel(&t[i]) * ls_dtype_size(dt);
   }
-  int rc = write_config(o, archs[a].arch, archs[a].type, torch_dtype, head_dim);
   uint64_t state = o->seed;
   char (*names)[64] = ls_calloc((size_t)o->shards, 64, "shard names");
   if (!names) rc = LS_ERR;

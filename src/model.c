@@ -5,9 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "checkpoint.h"
-#include "ls_common.h"
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include "comm.h"
+#include "ls_common.h"
 
 /* ---- validation on rank 0 ------------------------------------------------------------ */
 static void shape_str(char *buf, size_t cap, const int64_t *shape, int ndim) {
@@ -38,40 +40,61 @@ static const ls_st_tensor_t *expect_tensor(const ls_model_t *m, const char *name
   return t;
 }
 
+/* The family's table for every layer (every rank builds the same from cfg). */
+static int build_table(ls_model_t *m) {
+  const ls_config_t *c = &m->cfg;
+  m->fam = ls_family_get(c->family);
+  if (!m->fam) {
+    ls_error("model description: unknown family %d (ranks run different layersweep builds?)",
+             c->family);
+    return LS_ERR;
+  }
+  m->n_slots = m->fam->n_slots;
+  m->slots = ls_calloc((size_t)c->n_layers * (size_t)m->n_slots, sizeof *m->slots, "weight table");
+  m->layer_bytes = ls_calloc((size_t)c->n_layers, sizeof *m->layer_bytes, "weight table");
+  ls_wspec_t *specs = ls_calloc((size_t)m->n_slots, sizeof *specs, "weight table");
+  int rc = m->slots && m->layer_bytes && specs ? LS_OK : LS_ERR;
+  for (int L = 0; L < c->n_layers && rc == LS_OK; L++) {
+    m->fam->layer_tensors(c, L, specs);
+    for (int i = 0; i < m->n_slots; i++) m->slots[(size_t)L * m->n_slots + i].spec = specs[i];
+  }
+  if (rc == LS_OK) m->fam->global_tensors(c, &m->embed.spec, &m->final_norm.spec);
+  free(specs);
+  return rc;
+}
+
+static int validate_slot(ls_model_t *m, ls_wslot_t *s) {
+  if (!s->spec.present) return LS_OK;
+  const ls_st_tensor_t *t = expect_tensor(m, s->spec.name, s->spec.shape, s->spec.ndim);
+  if (!t) return LS_ERR;
+  s->dtype = t->dtype;
+  s->numel = t->numel;
+  return LS_OK;
+}
+
 static int validate_root(ls_model_t *m, const char *dir) {
+  struct stat st;
+  if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+    ls_error("%s: not a directory; --model must be a Hugging Face model directory "
+             "(config.json + safetensors)", dir);
+    return LS_ERR;
+  }
   char path[4200];
   snprintf(path, sizeof path, "%s/config.json", dir);
-  size_t len;
-  char *text = ls_read_text_file(path, sizeof m->config_json - 1, &len);
-  if (!text) return LS_ERR;
-  memcpy(m->config_json, text, len + 1);
-  int rc = ls_config_parse(text, path, &m->cfg);
-  free(text);
-  if (rc) return LS_ERR;
-  if (ls_st_open_dir(dir, &m->st)) return LS_ERR;
-  const ls_config_t *c = &m->cfg;
-  int64_t shape[2] = {c->vocab, c->hidden};
-  const ls_st_tensor_t *t = expect_tensor(m, "model.embed_tokens.weight", shape, 2);
-  if (!t) return LS_ERR;
-  m->embed_dtype = t->dtype;
-  shape[0] = c->hidden;
-  if (!(t = expect_tensor(m, "model.norm.weight", shape, 1))) return LS_ERR;
-  m->norm_dtype = t->dtype;
-  m->total_tensor_bytes = t->nbytes;
-  for (int L = 0; L < c->n_layers; L++) {
+  m->config_json = ls_read_text_file(path, LS_CONFIG_MAX_BYTES, NULL);
+  if (!m->config_json || ls_config_parse(m->config_json, path, &m->cfg) ||
+      build_table(m) || ls_st_open_dir(dir, &m->st))
+    return LS_ERR;
+  if (validate_slot(m, &m->embed) || validate_slot(m, &m->final_norm)) return LS_ERR;
+  m->total_tensor_bytes = (uint64_t)m->final_norm.numel * ls_dtype_size(m->final_norm.dtype);
+  for (int L = 0; L < m->cfg.n_layers; L++) {
     uint64_t off = 0;
-    for (int id = 0; id < LS_W_COUNT; id++) {
-      char name[LS_ST_MAX_NAME];
-      int ndim;
-      ls_wslot_t *s = &m->slots[(size_t)L * LS_W_COUNT + id];
-      memset(s, 0, sizeof *s);
-      if (!ls_weight_spec(c, L, id, name, sizeof name, shape, &ndim)) continue;
-      if (!(t = expect_tensor(m, name, shape, ndim))) return LS_ERR;
-      s->present = 1;
-      s->dtype = t->dtype;
-      s->numel = t->numel;
+    for (int i = 0; i < m->n_slots; i++) {
+      ls_wslot_t *s = &m->slots[(size_t)L * m->n_slots + i];
+      if (validate_slot(m, s)) return LS_ERR;
+      if (!s->spec.present) continue;
       s->offset = off;
-      off += (t->nbytes + 63) / 64 * 64;
+      off += ((uint64_t)s->numel * ls_dtype_size(s->dtype) + 63) / 64 * 64;
     }
     m->layer_bytes[L] = off;
     m->total_tensor_bytes += off;
@@ -86,39 +109,33 @@ int ls_model_open(ls_model_t *m, const char *dir, MPI_Comm comm) {
   MPI_Comm_rank(comm, &rank);
   memset(m, 0, sizeof *m);
   m->is_root = rank == 0;
-  int ok = 1;
-  if (m->is_root) {
-    /* slots are sized after the config is known */
-    ls_config_t probe;
-    ok = ls_config_load(dir, &probe) == LS_OK;
-    if (ok) {
-      m->slots = ls_calloc((size_t)probe.n_layers * LS_W_COUNT, sizeof *m->slots, "layer table");
-      m->layer_bytes = ls_calloc((size_t)probe.n_layers, sizeof *m->layer_bytes, "layer table");
-      ok = m->slots && m->layer_bytes && validate_root(m, dir) == LS_OK;
-    }
-  }
+  int ok = !m->is_root || validate_root(m, dir) == LS_OK;
   MPI_Bcast(&ok, 1, MPI_INT, 0, comm);
   if (!ok) {
     ls_model_close(m);
     return LS_ERR;
   }
-  /* fixed-size part of the description, then the tables */
+  /* the config, then the tables every rank builds from it are filled in from rank 0's */
   MPI_Bcast(&m->cfg, sizeof m->cfg, MPI_BYTE, 0, comm);
-  MPI_Bcast(m->config_json, sizeof m->config_json, MPI_BYTE, 0, comm);
-  int64_t scalars[4] = {(int64_t)m->max_layer_bytes, m->embed_dtype, m->norm_dtype,
-                        (int64_t)m->total_tensor_bytes};
-  MPI_Bcast(scalars, 4, MPI_INT64_T, 0, comm);
-  m->max_layer_bytes = (uint64_t)scalars[0];
-  m->embed_dtype = (int32_t)scalars[1];
-  m->norm_dtype = (int32_t)scalars[2];
-  m->total_tensor_bytes = (uint64_t)scalars[3];
-  const int nl = m->cfg.n_layers;
+  uint64_t scalars[3] = {m->max_layer_bytes, m->total_tensor_bytes,
+                         m->config_json ? strlen(m->config_json) : 0};
+  MPI_Bcast(scalars, 3, MPI_UINT64_T, 0, comm);
+  m->max_layer_bytes = scalars[0];
+  m->total_tensor_bytes = scalars[1];
+  ok = 1;
   if (!m->is_root) {
-    m->slots = ls_calloc((size_t)nl * LS_W_COUNT, sizeof *m->slots, "layer table");
-    m->layer_bytes = ls_calloc((size_t)nl, sizeof *m->layer_bytes, "layer table");
-    if (!m->slots || !m->layer_bytes) MPI_Abort(comm, 1);
+    m->config_json = ls_malloc(scalars[2] + 1, "config.json text");
+    ok = m->config_json && build_table(m) == LS_OK;
   }
-  MPI_Bcast(m->slots, (int)(sizeof *m->slots * (size_t)nl * LS_W_COUNT), MPI_BYTE, 0, comm);
+  if (ls_agree(ok ? LS_OK : LS_ERR, comm)) {
+    ls_model_close(m);
+    return LS_ERR;
+  }
+  const int nl = m->cfg.n_layers;
+  ls_bcast_bytes(m->config_json, scalars[2] + 1, 0, comm);
+  ls_bcast_bytes(m->slots, sizeof *m->slots * (size_t)nl * (size_t)m->n_slots, 0, comm);
+  MPI_Bcast(&m->embed, sizeof m->embed, MPI_BYTE, 0, comm);
+  MPI_Bcast(&m->final_norm, sizeof m->final_norm, MPI_BYTE, 0, comm);
   MPI_Bcast(m->layer_bytes, nl, MPI_UINT64_T, 0, comm);
   return LS_OK;
 }
@@ -127,8 +144,10 @@ void ls_model_close(ls_model_t *m) {
   if (m->is_root) ls_st_close(&m->st);
   free(m->slots);
   free(m->layer_bytes);
+  free(m->config_json);
   m->slots = NULL;
   m->layer_bytes = NULL;
+  m->config_json = NULL;
 }
 
 /* ---- raw reads (rank 0) -------------------------------------------------------------------- */
@@ -155,14 +174,10 @@ static int check_finite(const ls_model_t *m, const ls_st_tensor_t *t, const void
 }
 
 int ls_model_read_layer(ls_model_t *m, int layer, void *dst) {
-  for (int id = 0; id < LS_W_COUNT; id++) {
-    const ls_wslot_t *s = &m->slots[(size_t)layer * LS_W_COUNT + id];
-    if (!s->present) continue;
-    char name[LS_ST_MAX_NAME];
-    int64_t shape[2];
-    int ndim;
-    ls_weight_spec(&m->cfg, layer, id, name, sizeof name, shape, &ndim);
-    const ls_st_tensor_t *t = ls_st_find(&m->st, name);
+  for (int i = 0; i < m->n_slots; i++) {
+    const ls_wslot_t *s = ls_model_slot(m, layer, i);
+    if (!s->spec.present) continue;
+    const ls_st_tensor_t *t = ls_st_find(&m->st, s->spec.name);
     if (!t || ls_st_read(&m->st, t, (char *)dst + s->offset)) return LS_ERR;
     if (check_finite(m, t, (char *)dst + s->offset, (uint64_t)t->numel, 0)) return LS_ERR;
   }
@@ -170,7 +185,7 @@ int ls_model_read_layer(ls_model_t *m, int layer, void *dst) {
 }
 
 int ls_model_read_embed_rows(ls_model_t *m, const int32_t *ids, int64_t n, void *dst) {
-  const ls_st_tensor_t *t = ls_st_find(&m->st, "model.embed_tokens.weight");
+  const ls_st_tensor_t *t = ls_st_find(&m->st, m->embed.spec.name);
   const uint64_t row = (uint64_t)m->cfg.hidden * ls_dtype_size(t->dtype);
   /* coalesce runs of consecutive ids into one pread */
   for (int64_t i = 0; i < n;) {
@@ -187,7 +202,7 @@ int ls_model_read_embed_rows(ls_model_t *m, const int32_t *ids, int64_t n, void 
 }
 
 int ls_model_read_final_norm(ls_model_t *m, void *dst) {
-  const ls_st_tensor_t *t = ls_st_find(&m->st, "model.norm.weight");
+  const ls_st_tensor_t *t = ls_st_find(&m->st, m->final_norm.spec.name);
   if (ls_st_read(&m->st, t, dst)) return LS_ERR;
   return check_finite(m, t, dst, (uint64_t)t->numel, 0);
 }
@@ -196,6 +211,7 @@ uint64_t ls_model_fingerprint(ls_model_t *m, MPI_Comm comm) {
   uint64_t h = LS_FNV_INIT;
   if (m->is_root) {
     h = ls_fnv1a(h, m->config_json, strlen(m->config_json));
+    h = ls_fnv1a(h, m->slots, sizeof *m->slots * (size_t)m->cfg.n_layers * (size_t)m->n_slots);
     for (int i = 0; i < m->st.n_files; i++) {
       const ls_st_file_t *f = &m->st.files[i];
       h = ls_fnv1a(h, f->name, strlen(f->name) + 1);

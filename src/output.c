@@ -12,7 +12,7 @@ const char *ls_sw_profile_fields[7] = {"read_s", "read_wait_s", "bcast_wait_s", 
                                         "forward_s", "hooks_s", "write_s"};
 
 int ls_sw_write_str_attr(sweep_t *s, const char *name, const char *v) {
-  return ls_h5out_attr_str(&s->h5, "/", name, v);
+  return ls_h5out_attr_str(&s->out.h5, "/", name, v);
 }
 
 int ls_sw_create_output(sweep_t *s) {
@@ -20,16 +20,16 @@ int ls_sw_create_output(sweep_t *s) {
   const hsize_t H = (hsize_t)s->cfg->hidden;
   /* --resume without a usable checkpoint overwrites a partial file (a complete one
    * never reaches here) */
-  if (ls_h5out_create(&s->h5, s->o->out_path, s->comm, s->o->force || s->o->resume))
+  if (ls_h5out_create(&s->out.h5, s->o->out_path, s->comm, s->o->force || s->o->resume))
     return LS_ERR;
-  s->h5_open = 1;
+  s->out.open = 1;
   char hooks[256] = "";
   for (int h = 0; h < LS_HOOK_COUNT; h++)
-    if ((s->hooks >> h) & 1)
+    if ((s->sel.hooks >> h) & 1)
       snprintf(hooks + strlen(hooks), sizeof hooks - strlen(hooks), "%s%s", hooks[0] ? "," : "",
                ls_hook_name(h));
   int rc = LS_OK;
-  rc |= ls_h5out_attr_str_sized(&s->h5, "/", "status", "partial", 16);
+  rc |= ls_h5out_attr_str_sized(&s->out.h5, "/", "status", "partial", 16);
   rc |= ls_sw_write_str_attr(s, "format_version", FORMAT_VERSION);
   rc |= ls_sw_write_str_attr(s, "layersweep_version", LS_VERSION);
   rc |= ls_sw_write_str_attr(s, "model_path", s->o->model_dir);
@@ -38,60 +38,60 @@ int ls_sw_create_output(sweep_t *s) {
   rc |= ls_sw_write_str_attr(s, "data_path", s->o->data_path);
   rc |= ls_sw_write_str_attr(s, "compute_dtype", s->be->compute_dtype);
   rc |= ls_sw_write_str_attr(s, "backend", s->be->iface->name);
-  rc |= ls_sw_write_str_attr(s, "pool", ls_pool_name(s->pool));
+  rc |= ls_sw_write_str_attr(s, "pool", ls_pool_name(s->sel.pool));
   rc |= ls_sw_write_str_attr(s, "hooks", hooks);
   rc |= ls_sw_write_str_attr(s, "command", s->o->command ? s->o->command : "");
   int64_t nranks = s->size;
-  rc |= ls_h5out_attr_i64(&s->h5, "/", "n_ranks", &nranks, 1);
-  rc |= ls_h5out_attr_i64(&s->h5, "/", "layers_completed", s->done_marks, s->n_sel);
+  rc |= ls_h5out_attr_i64(&s->out.h5, "/", "n_ranks", &nranks, 1);
+  rc |= ls_h5out_attr_i64(&s->out.h5, "/", "layers_completed", s->out.done_marks, s->sel.n_sel);
   if (rc) return LS_ERR;
   /* every dataset is created now, so that later writes touch raw data and fixed-size
    * attributes only: a killed run leaves the file's metadata as last flushed */
   for (size_t i = 0; i < sizeof ls_sw_profile_fields / sizeof ls_sw_profile_fields[0] && rc == LS_OK; i++) {
     char name[64];
     snprintf(name, sizeof name, "/profile/%s", ls_sw_profile_fields[i]);
-    hsize_t dims[2] = {(hsize_t)s->size, (hsize_t)s->n_run};
-    rc = ls_h5out_create_dataset(&s->h5, name, H5T_IEEE_F64LE, 2, dims);
+    hsize_t dims[2] = {(hsize_t)s->size, (hsize_t)s->sel.n_run};
+    rc = ls_h5out_create_dataset(&s->out.h5, name, H5T_IEEE_F64LE, 2, dims);
   }
-  hsize_t nrun = (hsize_t)s->n_run;
-  if (rc == LS_OK) rc = ls_h5out_create_dataset(&s->h5, "/profile/layer_bytes", H5T_IEEE_F64LE, 1, &nrun);
+  hsize_t nrun = (hsize_t)s->sel.n_run;
+  if (rc == LS_OK) rc = ls_h5out_create_dataset(&s->out.h5, "/profile/layer_bytes", H5T_IEEE_F64LE, 1, &nrun);
   if (rc) return LS_ERR;
-  int64_t *sel = ls_malloc(sizeof(int64_t) * (size_t)(s->n_sel + 1), "layers");
+  int64_t *sel = ls_malloc(sizeof(int64_t) * (size_t)(s->sel.n_sel + 1), "layers");
   if (!sel) return LS_ERR;
-  for (int i = 0; i < s->n_sel; i++) sel[i] = s->layers[i];
+  for (int i = 0; i < s->sel.n_sel; i++) sel[i] = s->sel.layers[i];
   for (int h = 0; h < LS_HOOK_PER_LAYER_COUNT && rc == LS_OK; h++) {
-    if (!((s->hooks >> h) & 1)) continue;
+    if (!((s->sel.hooks >> h) & 1)) continue;
     char name[64];
     snprintf(name, sizeof name, "/%s", ls_hook_name(h));
-    hsize_t dims[3] = {(hsize_t)s->n_sel, (hsize_t)s->n_out_rows, H};
-    rc = ls_h5out_create_dataset(&s->h5, name, H5T_IEEE_F32LE, 3, dims);
-    if (!rc) rc = ls_h5out_attr_i64(&s->h5, name, "layers", sel, s->n_sel);
+    hsize_t dims[3] = {(hsize_t)s->sel.n_sel, (hsize_t)s->sh.n_out_rows, H};
+    rc = ls_h5out_create_dataset(&s->out.h5, name, H5T_IEEE_F32LE, 3, dims);
+    if (!rc) rc = ls_h5out_attr_i64(&s->out.h5, name, "layers", sel, s->sel.n_sel);
   }
   free(sel);
-  if (rc == LS_OK && ((s->hooks >> LS_HOOK_FINAL_NORM) & 1)) {
-    hsize_t dims[2] = {(hsize_t)s->n_out_rows, H};
-    rc = ls_h5out_create_dataset(&s->h5, "/final_norm", H5T_IEEE_F32LE, 2, dims);
+  if (rc == LS_OK && ((s->sel.hooks >> LS_HOOK_FINAL_NORM) & 1)) {
+    hsize_t dims[2] = {(hsize_t)s->sh.n_out_rows, H};
+    rc = ls_h5out_create_dataset(&s->out.h5, "/final_norm", H5T_IEEE_F32LE, 2, dims);
   }
   if (rc) return LS_ERR;
 
   /* /samples: each rank writes its own prompts */
-  hsize_t N = (hsize_t)d->n, start = (hsize_t)s->p0, count = (hsize_t)s->n_prompts;
-  int64_t *len = ls_malloc(sizeof(int64_t) * (size_t)(s->n_prompts + 1), "samples");
+  hsize_t N = (hsize_t)d->n, start = (hsize_t)s->sh.p0, count = (hsize_t)s->sh.n_prompts;
+  int64_t *len = ls_malloc(sizeof(int64_t) * (size_t)(s->sh.n_prompts + 1), "samples");
   if (!len) return LS_ERR;
-  for (int64_t i = 0; i < s->n_prompts; i++) len[i] = ls_dataset_len(d, s->p0 + i);
-  rc = ls_h5out_create_dataset(&s->h5, "/samples/length", H5T_STD_I64LE, 1, &N);
-  rc |= ls_h5out_write(&s->h5, "/samples/length", H5T_NATIVE_INT64, 1, &start, &count, len);
+  for (int64_t i = 0; i < s->sh.n_prompts; i++) len[i] = ls_dataset_len(d, s->sh.p0 + i);
+  rc = ls_h5out_create_dataset(&s->out.h5, "/samples/length", H5T_STD_I64LE, 1, &N);
+  rc |= ls_h5out_write(&s->out.h5, "/samples/length", H5T_NATIVE_INT64, 1, &start, &count, len);
   free(len);
-  if (rc == LS_OK && s->pool == LS_POOL_NONE) {
+  if (rc == LS_OK && s->sel.pool == LS_POOL_NONE) {
     hsize_t n1 = N + 1, cnt = count + (s->rank == s->size - 1 ? 1 : 0);
-    rc = ls_h5out_create_dataset(&s->h5, "/samples/offsets", H5T_STD_I64LE, 1, &n1);
-    rc |= ls_h5out_write(&s->h5, "/samples/offsets", H5T_NATIVE_INT64, 1, &start, &cnt,
-                         d->offsets + s->p0);
+    rc = ls_h5out_create_dataset(&s->out.h5, "/samples/offsets", H5T_STD_I64LE, 1, &n1);
+    rc |= ls_h5out_write(&s->out.h5, "/samples/offsets", H5T_NATIVE_INT64, 1, &start, &cnt,
+                         d->offsets + s->sh.p0);
   }
   if (rc == LS_OK && d->has_label) {
-    rc = ls_h5out_create_dataset(&s->h5, "/samples/label", H5T_STD_I64LE, 1, &N);
-    rc |= ls_h5out_write(&s->h5, "/samples/label", H5T_NATIVE_INT64, 1, &start, &count,
-                         d->labels + s->p0);
+    rc = ls_h5out_create_dataset(&s->out.h5, "/samples/label", H5T_STD_I64LE, 1, &N);
+    rc |= ls_h5out_write(&s->out.h5, "/samples/label", H5T_NATIVE_INT64, 1, &start, &count,
+                         d->labels + s->sh.p0);
   }
   if (rc == LS_OK && d->has_id) {
     size_t width = 1;
@@ -103,45 +103,45 @@ int ls_sw_create_output(sweep_t *s) {
     H5Tset_size(t, width);
     H5Tset_strpad(t, H5T_STR_NULLTERM);
     H5Tset_cset(t, H5T_CSET_UTF8);
-    char *buf = ls_calloc((size_t)(s->n_prompts + 1), width, "ids");
+    char *buf = ls_calloc((size_t)(s->sh.n_prompts + 1), width, "ids");
     if (!buf) { H5Tclose(t); return LS_ERR; }
-    for (int64_t i = 0; i < s->n_prompts; i++)
-      memcpy(buf + (size_t)i * width, d->ids + (size_t)(s->p0 + i) * LS_DATASET_MAX_ID,
-             strlen(d->ids + (size_t)(s->p0 + i) * LS_DATASET_MAX_ID));
-    rc = ls_h5out_create_dataset(&s->h5, "/samples/id", t, 1, &N);
-    rc |= ls_h5out_write(&s->h5, "/samples/id", t, 1, &start, &count, buf);
+    for (int64_t i = 0; i < s->sh.n_prompts; i++)
+      memcpy(buf + (size_t)i * width, d->ids + (size_t)(s->sh.p0 + i) * LS_DATASET_MAX_ID,
+             strlen(d->ids + (size_t)(s->sh.p0 + i) * LS_DATASET_MAX_ID));
+    rc = ls_h5out_create_dataset(&s->out.h5, "/samples/id", t, 1, &N);
+    rc |= ls_h5out_write(&s->out.h5, "/samples/id", t, 1, &start, &count, buf);
     free(buf);
     H5Tclose(t);
   }
-  if (rc == LS_OK) rc = ls_h5out_flush(&s->h5);
+  if (rc == LS_OK) rc = ls_h5out_flush(&s->out.h5);
   return ls_agree(rc, s->comm);
 }
 
 int ls_sw_write_hook(sweep_t *s, ls_hook_t h, int sel) {
   const hsize_t H = (hsize_t)s->cfg->hidden;
-  if (s->fault_layer >= 0 && sel >= 0 && h != LS_HOOK_FINAL_NORM &&
-      s->layers[sel] == s->fault_layer) {
+  if (s->out.fault_layer >= 0 && sel >= 0 && h != LS_HOOK_FINAL_NORM &&
+      s->sel.layers[sel] == s->out.fault_layer) {
     ls_error("%s: injected write failure at layer %d (LS_FAULT_WRITE_LAYER, as if the disk "
-             "were full); rerun with --resume", s->o->out_path, s->fault_layer);
+             "were full); rerun with --resume", s->o->out_path, s->out.fault_layer);
     return LS_ERR;
   }
   char name[64];
   snprintf(name, sizeof name, "/%s", ls_hook_name(h));
   if (h == LS_HOOK_FINAL_NORM) {
-    hsize_t start[2] = {(hsize_t)s->out_row0, 0}, count[2] = {(hsize_t)s->out_rows, H};
-    return ls_h5out_write(&s->h5, name, H5T_NATIVE_FLOAT, 2, start, count, s->out_host[h]);
+    hsize_t start[2] = {(hsize_t)s->sh.out_row0, 0}, count[2] = {(hsize_t)s->sh.out_rows, H};
+    return ls_h5out_write(&s->out.h5, name, H5T_NATIVE_FLOAT, 2, start, count, s->buf.out_host[h]);
   }
-  hsize_t start[3] = {(hsize_t)sel, (hsize_t)s->out_row0, 0};
-  hsize_t count[3] = {1, (hsize_t)s->out_rows, H};
-  if (s->out_rows == 0) count[0] = count[2] = 0;
-  return ls_h5out_write(&s->h5, name, H5T_NATIVE_FLOAT, 3, start, count, s->out_host[h]);
+  hsize_t start[3] = {(hsize_t)sel, (hsize_t)s->sh.out_row0, 0};
+  hsize_t count[3] = {1, (hsize_t)s->sh.out_rows, H};
+  if (s->sh.out_rows == 0) count[0] = count[2] = 0;
+  return ls_h5out_write(&s->out.h5, name, H5T_NATIVE_FLOAT, 3, start, count, s->buf.out_host[h]);
 }
 
 /* ---- profile ---------------------------------------------------------------------------------------- */
 int ls_sw_write_profile(sweep_t *s, const ls_wpipe_t *wp) {
-  const int n = s->n_run, first = s->start;
-  const double *fields[7] = {wp->read_s, wp->read_wait_s, wp->bcast_wait_s, s->t_load,
-                             s->t_forward, s->t_hooks, s->t_write};
+  const int n = s->sel.n_run, first = s->start;
+  const double *fields[7] = {wp->read_s, wp->read_wait_s, wp->bcast_wait_s, s->prof.t_load,
+                             s->prof.t_forward, s->prof.t_hooks, s->prof.t_write};
   int rc = LS_OK;
   /* this run's layers only: a resumed run keeps the earlier run's columns */
   for (int i = 0; i < 7 && rc == LS_OK; i++) {
@@ -149,38 +149,38 @@ int ls_sw_write_profile(sweep_t *s, const ls_wpipe_t *wp) {
     snprintf(name, sizeof name, "/profile/%s", ls_sw_profile_fields[i]);
     hsize_t start[2] = {(hsize_t)s->rank, (hsize_t)first}, count[2] = {1, (hsize_t)(n - first)};
     if (n == first) count[0] = 0;
-    rc = ls_h5out_write(&s->h5, name, H5T_NATIVE_DOUBLE, 2, start, count, fields[i] + first);
+    rc = ls_h5out_write(&s->out.h5, name, H5T_NATIVE_DOUBLE, 2, start, count, fields[i] + first);
   }
   double *bytes = ls_calloc((size_t)n + 1, sizeof(double), "profile");
   if (!bytes) return LS_ERR;
   for (int L = 0; L < n; L++) bytes[L] = (double)s->model.layer_bytes[L];
   hsize_t start1 = 0, count1 = s->rank == 0 ? (hsize_t)n : 0;
-  if (rc == LS_OK) rc = ls_h5out_write(&s->h5, "/profile/layer_bytes", H5T_NATIVE_DOUBLE, 1, &start1, &count1, bytes);
+  if (rc == LS_OK) rc = ls_h5out_write(&s->out.h5, "/profile/layer_bytes", H5T_NATIVE_DOUBLE, 1, &start1, &count1, bytes);
   free(bytes);
-  double totals[3] = {(double)(s->rank == 0 ? s->model.st.bytes_read : 0), (double)s->embed_bytes,
-                      s->t_total};
+  double totals[3] = {(double)(s->rank == 0 ? s->model.st.bytes_read : 0), (double)s->prof.embed_bytes,
+                      s->prof.t_total};
   MPI_Bcast(totals, 3, MPI_DOUBLE, 0, s->comm);
-  if (rc == LS_OK) rc = ls_h5out_attr_f64(&s->h5, "/profile", "bytes_read", &totals[0], 1);
-  if (rc == LS_OK) rc = ls_h5out_attr_f64(&s->h5, "/profile", "embedding_bytes_read", &totals[1], 1);
-  if (rc == LS_OK) rc = ls_h5out_attr_f64(&s->h5, "/profile", "total_s", &totals[2], 1);
+  if (rc == LS_OK) rc = ls_h5out_attr_f64(&s->out.h5, "/profile", "bytes_read", &totals[0], 1);
+  if (rc == LS_OK) rc = ls_h5out_attr_f64(&s->out.h5, "/profile", "embedding_bytes_read", &totals[1], 1);
+  if (rc == LS_OK) rc = ls_h5out_attr_f64(&s->out.h5, "/profile", "total_s", &totals[2], 1);
   return ls_agree(rc, s->comm);
 }
 
 
 /* The output file of a resumed run must be the one this run would have created. */
 int ls_sw_check_output(sweep_t *s) {
-  const hsize_t H = (hsize_t)s->cfg->hidden, R = (hsize_t)s->n_out_rows;
+  const hsize_t H = (hsize_t)s->cfg->hidden, R = (hsize_t)s->sh.n_out_rows;
   hsize_t dims[4];
   for (int h = 0; h < LS_HOOK_COUNT; h++) {
     char name[64];
     snprintf(name, sizeof name, "/%s", ls_hook_name(h));
-    int nd = ls_h5out_dataset_dims(&s->h5, name, dims, 4);
-    int want = (s->hooks >> h) & 1;
+    int nd = ls_h5out_dataset_dims(&s->out.h5, name, dims, 4);
+    int want = (s->sel.hooks >> h) & 1;
     int ok = !want ? nd < 0
              : h == LS_HOOK_FINAL_NORM ? nd == 2 && dims[0] == R && dims[1] == H
-                                       : nd == 3 && dims[0] == (hsize_t)s->n_sel && dims[1] == R && dims[2] == H;
+                                       : nd == 3 && dims[0] == (hsize_t)s->sel.n_sel && dims[1] == R && dims[2] == H;
     if (!ok) return LS_ERR;
   }
-  int nd = ls_h5out_dataset_dims(&s->h5, "/profile/read_s", dims, 4);
-  return nd == 2 && dims[0] == (hsize_t)s->size && dims[1] == (hsize_t)s->n_run ? LS_OK : LS_ERR;
+  int nd = ls_h5out_dataset_dims(&s->out.h5, "/profile/read_s", dims, 4);
+  return nd == 2 && dims[0] == (hsize_t)s->size && dims[1] == (hsize_t)s->sel.n_run ? LS_OK : LS_ERR;
 }

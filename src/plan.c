@@ -41,23 +41,47 @@ int ls_sw_load_dataset(sweep_t *s) {
   return LS_OK;
 }
 
-/* Largest tensor of each kind over all layers (16-float aligned): the float32 buffer one
- * layer is converted into, carved in ls_weight_id_t order. */
-int64_t ls_sw_slot_max_numel(const sweep_t *s, int id) {
+/* Largest tensor of slot i over all layers (16-float aligned): one layer's weights are
+ * converted into a buffer carved in table order, each slot sized for the largest layer. */
+static int64_t slot_max_numel(const ls_model_t *m, int i) {
   int64_t mx = 0;
-  for (int L = 0; L < s->cfg->n_layers; L++)
-    mx = max64(mx, s->model.slots[(size_t)L * LS_W_COUNT + id].numel);
+  for (int L = 0; L < m->cfg.n_layers; L++) mx = max64(mx, ls_model_slot(m, L, i)->numel);
   return (mx + 15) / 16 * 16;
 }
 
+static size_t slot_bytes(const ls_model_t *m, const ls_backend_t *be, int i) {
+  const int matrix = ls_model_slot(m, 0, i)->spec.kind == LS_WK_MATRIX;
+  return (size_t)slot_max_numel(m, i) * (matrix ? ls_dtype_size(be->wtype) : sizeof(float));
+}
+
 /* Bytes of one layer's weights in the backend's format (GEMM weights as be->wtype,
- * vectors float32), each tensor's slot sized for the largest layer. */
-size_t ls_sw_layer_weight_bytes(const sweep_t *s) {
+ * the rest float32). */
+size_t ls_sw_layer_weight_bytes(const ls_model_t *m, const ls_backend_t *be) {
   size_t n = 0;
-  for (int id = 0; id < LS_W_COUNT; id++)
-    n += (size_t)ls_sw_slot_max_numel(s, id) *
-         (ls_weight_is_matrix(id) ? ls_dtype_size(s->be->wtype) : sizeof(float));
+  for (int i = 0; i < m->n_slots; i++) n += slot_bytes(m, be, i);
   return n;
+}
+
+/* The widest GEMM input of the model (the bf16 GEMM-input scratch is sized by it). */
+int ls_sw_max_gemm_in(const ls_model_t *m) {
+  int64_t mx = 1;
+  for (int L = 0; L < m->cfg.n_layers; L++)
+    for (int i = 0; i < m->n_slots; i++) {
+      const ls_wslot_t *w = ls_model_slot(m, L, i);
+      if (w->spec.present && w->spec.kind == LS_WK_MATRIX) mx = max64(mx, w->spec.shape[1]);
+    }
+  return (int)mx;
+}
+
+/* Carve base (ls_sw_layer_weight_bytes) into the slots' pointers (NULL where the layer
+ * has no such tensor). */
+void ls_sw_carve_layer(const ls_model_t *m, const ls_backend_t *be, int layer, void *base,
+                       void **w) {
+  char *p = base;
+  for (int i = 0; i < m->n_slots; i++) {
+    w[i] = ls_model_slot(m, layer, i)->spec.present ? p : NULL;
+    p += slot_bytes(m, be, i);
+  }
 }
 
 /* ---- plan: shard, microbatches, sizes ------------------------------------------------------ */
@@ -93,79 +117,95 @@ static void shard_prompts(const int64_t *offsets, int64_t n, int P, int64_t *bou
   bounds[P] = n;
 }
 
+/* The shard of rank `rank` of `size`: token-balanced contiguous prompts, the padded
+ * row layout (prompts start at multiples of align), greedy microbatches of whole
+ * prompts (at most microbatch_tokens rows unless one prompt alone is longer). */
+int ls_shard_build(ls_shard_t *sh, const ls_dataset_t *d, int rank, int size, int align,
+                   int64_t microbatch_tokens, ls_pool_t pool) {
+  memset(sh, 0, sizeof *sh);
+  sh->align = align;
+  sh->bounds = ls_malloc(sizeof(int64_t) * (size_t)(size + 1), "shard bounds");
+  if (!sh->bounds) return LS_ERR;
+  shard_prompts(d->offsets, d->n, size, sh->bounds);
+  sh->p0 = sh->bounds[rank];
+  sh->p1 = sh->bounds[rank + 1];
+  sh->t0 = d->offsets[sh->p0];
+  sh->t1 = d->offsets[sh->p1];
+  sh->n_prompts = sh->p1 - sh->p0;
+  sh->n_tokens = sh->t1 - sh->t0;
+  const int none = pool == LS_POOL_NONE;
+  sh->out_rows = none ? sh->n_tokens : sh->n_prompts;
+  sh->out_row0 = none ? sh->t0 : sh->p0;
+  sh->n_out_rows = none ? d->n_tokens : d->n;
+
+  const int64_t np = sh->n_prompts, A = align;
+  sh->poff = ls_malloc(sizeof(int64_t) * (size_t)(np + 1), "row layout");
+  sh->mb_p = ls_malloc(sizeof(int64_t) * (size_t)(np + 2), "microbatches");
+  sh->seq_start = ls_malloc(sizeof(int32_t) * (size_t)(2 * np + 2), "microbatches");
+  sh->seq_len = ls_malloc(sizeof(int32_t) * (size_t)(2 * np + 2), "microbatches");
+  sh->seq_start_off = ls_malloc(sizeof(int64_t) * (size_t)(np + 1), "microbatches");
+  sh->mb_max_len = ls_malloc(sizeof(int) * (size_t)(np + 1), "microbatches");
+  if (!sh->poff || !sh->mb_p || !sh->seq_start || !sh->seq_len || !sh->seq_start_off ||
+      !sh->mb_max_len)
+    return LS_ERR;
+  sh->poff[0] = 0;
+  for (int64_t i = 0; i < np; i++)
+    sh->poff[i + 1] = sh->poff[i] + (ls_dataset_len(d, sh->p0 + i) + A - 1) / A * A;
+  sh->n_rows = sh->poff[np];
+  sh->pos = ls_malloc(sizeof(int32_t) * (size_t)max64(sh->n_rows, 1), "positions");
+  if (!sh->pos) return LS_ERR;
+  int64_t max_len = 1;
+  for (int64_t i = 0; i < d->n; i++) max_len = max64(max_len, ls_dataset_len(d, i));
+  sh->max_len = (int)((max_len + A - 1) / A * A); /* padding rows have positions too */
+  int64_t p = 0, ss = 0;
+  sh->n_mb = 0;
+  sh->T_max = 1;
+  while (p < np) {
+    int64_t q = p + 1;
+    while (q < np && sh->poff[q + 1] - sh->poff[p] <= microbatch_tokens) q++;
+    sh->mb_p[sh->n_mb] = sh->p0 + p;
+    sh->seq_start_off[sh->n_mb] = ss;
+    sh->mb_max_len[sh->n_mb] = 1;
+    for (int64_t i = p; i < q; i++)
+      sh->mb_max_len[sh->n_mb] = (int)max64(sh->mb_max_len[sh->n_mb], sh->poff[i + 1] - sh->poff[i]);
+    for (int64_t i = p; i <= q; i++) {
+      sh->seq_len[ss] = i < q ? (int32_t)ls_dataset_len(d, sh->p0 + i) : 0;
+      sh->seq_start[ss++] = (int32_t)(sh->poff[i] - sh->poff[p]);
+    }
+    sh->T_max = (int)max64(sh->T_max, sh->poff[q] - sh->poff[p]);
+    sh->n_mb++;
+    p = q;
+  }
+  sh->mb_p[sh->n_mb] = sh->p1;
+  for (int64_t i = 0; i < np; i++)
+    for (int64_t r = sh->poff[i]; r < sh->poff[i + 1]; r++) sh->pos[r] = (int32_t)(r - sh->poff[i]);
+  return LS_OK;
+}
+
+void ls_shard_free(ls_shard_t *sh) {
+  free(sh->bounds); free(sh->poff); free(sh->mb_p); free(sh->seq_start); free(sh->seq_len);
+  free(sh->seq_start_off); free(sh->pos); free(sh->mb_max_len);
+  memset(sh, 0, sizeof *sh);
+}
+
+/* The memory and disk estimates (refusing what cannot fit) and the RoPE tables. */
 int ls_sw_plan(sweep_t *s) {
   const ls_dataset_t *d = &s->data;
   const ls_config_t *c = s->cfg;
-  s->bounds = ls_malloc(sizeof(int64_t) * (size_t)(s->size + 1), "shard bounds");
-  if (!s->bounds) return LS_ERR;
-  shard_prompts(d->offsets, d->n, s->size, s->bounds);
-  s->p0 = s->bounds[s->rank];
-  s->p1 = s->bounds[s->rank + 1];
-  s->t0 = d->offsets[s->p0];
-  s->t1 = d->offsets[s->p1];
-  s->n_prompts = s->p1 - s->p0;
-  s->n_tokens = s->t1 - s->t0;
-  const int none = s->pool == LS_POOL_NONE;
-  s->out_rows = none ? s->n_tokens : s->n_prompts;
-  s->out_row0 = none ? s->t0 : s->p0;
-  s->n_out_rows = none ? d->n_tokens : d->n;
-
-  /* padded layout, then microbatches: greedy, whole prompts, at most
-   * microbatch_tokens rows unless one prompt alone is longer */
-  const int64_t np = s->n_prompts, A = s->align;
-  s->poff = ls_malloc(sizeof(int64_t) * (size_t)(np + 1), "row layout");
-  s->mb_p = ls_malloc(sizeof(int64_t) * (size_t)(np + 2), "microbatches");
-  s->seq_start = ls_malloc(sizeof(int32_t) * (size_t)(2 * np + 2), "microbatches");
-  s->seq_len = ls_malloc(sizeof(int32_t) * (size_t)(2 * np + 2), "microbatches");
-  s->seq_start_off = ls_malloc(sizeof(int64_t) * (size_t)(np + 1), "microbatches");
-  s->mb_max_len = ls_malloc(sizeof(int) * (size_t)(np + 1), "microbatches");
-  if (!s->poff || !s->mb_p || !s->seq_start || !s->seq_len || !s->seq_start_off ||
-      !s->mb_max_len)
-    return LS_ERR;
-  s->poff[0] = 0;
-  for (int64_t i = 0; i < np; i++)
-    s->poff[i + 1] = s->poff[i] + (ls_dataset_len(d, s->p0 + i) + A - 1) / A * A;
-  s->n_rows = s->poff[np];
-  s->pos = ls_malloc(sizeof(int32_t) * (size_t)max64(s->n_rows, 1), "positions");
-  if (!s->pos) return LS_ERR;
-  int64_t max_len = 1;
-  for (int64_t i = 0; i < d->n; i++) max_len = max64(max_len, ls_dataset_len(d, i));
-  max_len = (max_len + A - 1) / A * A; /* padding rows have positions too */
-  int64_t p = 0, ss = 0;
-  s->n_mb = 0;
-  s->T_max = 1;
-  while (p < np) {
-    int64_t q = p + 1;
-    while (q < np && s->poff[q + 1] - s->poff[p] <= s->o->microbatch_tokens) q++;
-    s->mb_p[s->n_mb] = s->p0 + p;
-    s->seq_start_off[s->n_mb] = ss;
-    s->mb_max_len[s->n_mb] = 1;
-    for (int64_t i = p; i < q; i++)
-      s->mb_max_len[s->n_mb] = (int)max64(s->mb_max_len[s->n_mb], s->poff[i + 1] - s->poff[i]);
-    for (int64_t i = p; i <= q; i++) {
-      s->seq_len[ss] = i < q ? (int32_t)ls_dataset_len(d, s->p0 + i) : 0;
-      s->seq_start[ss++] = (int32_t)(s->poff[i] - s->poff[p]);
-    }
-    s->T_max = (int)max64(s->T_max, s->poff[q] - s->poff[p]);
-    s->n_mb++;
-    p = q;
-  }
-  s->mb_p[s->n_mb] = s->p1;
-  for (int64_t i = 0; i < np; i++)
-    for (int64_t r = s->poff[i]; r < s->poff[i + 1]; r++) s->pos[r] = (int32_t)(r - s->poff[i]);
-
-  s->max_len = (int)max_len;
-
+  const ls_shard_t *sh = &s->sh;
+  ls_bufs_t *bf = &s->buf;
+  const int64_t np = sh->n_prompts;
+  const int64_t max_len = sh->max_len;
   /* memory and disk estimates; refuse what cannot fit */
   const double H = c->hidden;
   int n_hooks = 0;
-  for (int h = 0; h < LS_HOOK_COUNT; h++) n_hooks += (s->hooks >> h) & 1;
+  for (int h = 0; h < LS_HOOK_COUNT; h++) n_hooks += (s->sel.hooks >> h) & 1;
   const ls_backend_t *be = s->be;
-  double resid = (double)s->n_rows * H * 4;
-  double scratch = (double)ls_block_scratch_floats(c, s->T_max) * 4;
-  double wconv = (double)ls_sw_layer_weight_bytes(s) * (s->o->preload_weights ? s->n_run : 1);
+  double resid = (double)sh->n_rows * H * 4;
+  double scratch = (double)s->fam->scratch_floats(c, sh->T_max) * 4;
+  double wconv = (double)ls_sw_layer_weight_bytes(&s->model, s->be) * (s->o->preload_weights ? s->sel.n_run : 1);
   double staging = 2.0 * (double)s->model.max_layer_bytes;
-  double outbuf = (double)n_hooks * (double)s->out_rows * H * 4;
+  double outbuf = (double)n_hooks * (double)sh->out_rows * H * 4;
   double rank_bytes = resid + scratch + wconv + staging + outbuf;
   int dev_rc = LS_OK;
   double dev_bytes = 0;
@@ -174,20 +214,19 @@ int ls_sw_plan(sweep_t *s) {
     /* a device backend: weights (two raw receive slots + the converted layer), scratch,
      * pooled outputs, index arrays, rope tables and GEMM-input scratch on the device;
      * the residual stream too if it fits, else on the host, staged per microbatch */
-    const int max_dim = (int)max64(max64(c->hidden, c->intermediate),
-                                   (int64_t)c->n_heads * c->head_dim);
-    double idx = (double)(s->n_rows + 4 * np + 8) * 4 + 2.0 * max_len * (c->head_dim / 2) * 4;
-    double gemm_in = be->wtype == LS_DT_F32 ? 0 : (double)ls_round_rows(s->T_max) * max_dim * 2;
+    const int max_dim = ls_sw_max_gemm_in(&s->model);
+    double idx = (double)(sh->n_rows + 4 * np + 8) * 4 + 2.0 * max_len * (c->head_dim / 2) * 4;
+    double gemm_in = be->wtype == LS_DT_F32 ? 0 : (double)ls_round_rows(sh->T_max) * max_dim * 2;
     double fixed = staging + wconv + scratch + outbuf + idx + gemm_in + (double)(256 << 20);
-    s->x_on_host = fixed + resid > 0.92 * be->mem_bytes;
+    bf->x_on_host = fixed + resid > 0.92 * be->mem_bytes;
     /* test switch: exercise the host-staged path on a GPU that could hold everything */
     const char *force_host = getenv("LS_TEST_RESIDUAL_ON_HOST");
-    if (force_host && strcmp(force_host, "1") == 0) s->x_on_host = 1;
-    dev_bytes = fixed + (s->x_on_host ? (double)s->T_max * H * 4 : resid);
+    if (force_host && strcmp(force_host, "1") == 0) bf->x_on_host = 1;
+    dev_bytes = fixed + (bf->x_on_host ? (double)sh->T_max * H * 4 : resid);
     /* host: rank 0's read staging, the pooled rows, the residual stream if it lives
      * there, or its copy while a checkpoint is written */
     rank_bytes = (s->rank == 0 ? staging : 0) + outbuf +
-                 (s->x_on_host || s->o->checkpoint_every >= 0 ? resid : 0);
+                 (bf->x_on_host || s->o->checkpoint_every >= 0 ? resid : 0);
     if (dev_bytes > 0.92 * be->mem_bytes) {
       ls_error("plan: rank %d needs about %.2f GiB of GPU memory (layer weights %.2f, "
                "microbatch scratch %.2f, pooled outputs %.2f, CUDA libraries 0.25) but may use "
@@ -200,12 +239,12 @@ int ls_sw_plan(sweep_t *s) {
     }
   }
   int any_on_host = 0;
-  MPI_Allreduce(&s->x_on_host, &any_on_host, 1, MPI_INT, MPI_MAX, s->comm);
+  MPI_Allreduce(&bf->x_on_host, &any_on_host, 1, MPI_INT, MPI_MAX, s->comm);
   double file_bytes = 0;
   for (int h = 0; h < LS_HOOK_COUNT; h++) {
-    if (!((s->hooks >> h) & 1)) continue;
-    double layers = h == LS_HOOK_FINAL_NORM ? 1 : s->n_sel;
-    file_bytes += layers * (double)s->n_out_rows * H * 4;
+    if (!((s->sel.hooks >> h) & 1)) continue;
+    double layers = h == LS_HOOK_FINAL_NORM ? 1 : s->sel.n_sel;
+    file_bytes += layers * (double)sh->n_out_rows * H * 4;
   }
   double max_rank_bytes = 0;
   MPI_Allreduce(&rank_bytes, &max_rank_bytes, 1, MPI_DOUBLE, MPI_MAX, s->comm);
@@ -219,12 +258,12 @@ int ls_sw_plan(sweep_t *s) {
   }
   if (s->rank == 0) {
     ls_info("plan: %s, %d layers (computing %d, capturing %d), hidden %d, %lld prompts, "
-            "%lld tokens, %d rank%s", c->arch_name, c->n_layers, s->n_run, s->n_sel, c->hidden,
+            "%lld tokens, %d rank%s", c->arch_name, c->n_layers, s->sel.n_run, s->sel.n_sel, c->hidden,
             (long long)d->n, (long long)d->n_tokens, s->size, s->size > 1 ? "s" : "");
     for (int r = 0; r < s->size && r < 16; r++)
-      ls_info("plan:   rank %d: prompts [%lld, %lld), %lld tokens", r, (long long)s->bounds[r],
-              (long long)s->bounds[r + 1],
-              (long long)(d->offsets[s->bounds[r + 1]] - d->offsets[s->bounds[r]]));
+      ls_info("plan:   rank %d: prompts [%lld, %lld), %lld tokens", r, (long long)sh->bounds[r],
+              (long long)sh->bounds[r + 1],
+              (long long)(d->offsets[sh->bounds[r + 1]] - d->offsets[sh->bounds[r]]));
     if (s->size > 16) ls_info("plan:   ... (%d ranks)", s->size);
     if (be->mem_bytes > 0)
       ls_info("plan: GPU memory per rank %.2f of %.2f GiB; residual stream %s", dev_bytes / 1073741824.0,
@@ -234,8 +273,8 @@ int ls_sw_plan(sweep_t *s) {
                           : "on the GPU");
     ls_info("plan: microbatch <= %lld tokens (rank 0: %d microbatches, largest %d rows; prompts "
             "start at multiples of %d rows, %.1f%% padding); memory per rank <= %.2f GiB; output "
-            "%.3f GiB; weights read once: %.3f GiB", (long long)s->o->microbatch_tokens, s->n_mb,
-            s->T_max, s->align, s->n_rows ? 100.0 * (double)(s->n_rows - s->n_tokens) / (double)s->n_rows : 0.0,
+            "%.3f GiB; weights read once: %.3f GiB", (long long)s->o->microbatch_tokens, sh->n_mb,
+            sh->T_max, sh->align, sh->n_rows ? 100.0 * (double)(sh->n_rows - sh->n_tokens) / (double)sh->n_rows : 0.0,
             max_rank_bytes / 1073741824.0,
             file_bytes / 1073741824.0, (double)s->model.total_tensor_bytes / 1073741824.0);
   }
@@ -266,16 +305,16 @@ int ls_sw_plan(sweep_t *s) {
   if (ls_agree(rc, s->comm)) return LS_ERR;
   /* rope tables for every position a prompt can have */
   const int half = c->head_dim / 2;
-  s->cos_tab = ls_malloc(sizeof(float) * (size_t)max_len * half, "rope table");
-  s->sin_tab = ls_malloc(sizeof(float) * (size_t)max_len * half, "rope table");
+  bf->cos_tab = ls_malloc(sizeof(float) * (size_t)max_len * half, "rope table");
+  bf->sin_tab = ls_malloc(sizeof(float) * (size_t)max_len * half, "rope table");
   float *inv = ls_malloc(sizeof(float) * (size_t)half, "rope table");
-  if (!s->cos_tab || !s->sin_tab || !inv) return LS_ERR;
+  if (!bf->cos_tab || !bf->sin_tab || !inv) return LS_ERR;
   ls_config_rope_inv_freq(c, inv);
   for (int64_t pp = 0; pp < max_len; pp++)
     for (int i = 0; i < half; i++) {
       float a = (float)pp * inv[i];
-      s->cos_tab[pp * half + i] = (float)cos((double)a);
-      s->sin_tab[pp * half + i] = (float)sin((double)a);
+      bf->cos_tab[pp * half + i] = (float)cos((double)a);
+      bf->sin_tab[pp * half + i] = (float)sin((double)a);
     }
   free(inv);
   return LS_OK;

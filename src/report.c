@@ -11,10 +11,10 @@
 void ls_sw_progress(sweep_t *s, int layer, double elapsed) {
   if (s->rank != 0 || s->o->progress == 0) return;
   int tty = isatty(STDERR_FILENO) && s->o->progress < 0;
-  double frac = (double)(layer + 1 - s->start) / (s->n_run - s->start);
+  double frac = (double)(layer + 1 - s->start) / (s->sel.n_run - s->start);
   double eta = elapsed / frac - elapsed;
   /* prompt tokens through the whole model per second, at this pace */
-  double tps = (double)s->data.n_tokens * (layer + 1 - s->start) / s->n_run /
+  double tps = (double)s->data.n_tokens * (layer + 1 - s->start) / s->sel.n_run /
                (elapsed > 0 ? elapsed : 1e-9);
   if (tty) {
     char bar[41];
@@ -22,12 +22,12 @@ void ls_sw_progress(sweep_t *s, int layer, double elapsed) {
     for (int i = 0; i < 40; i++) bar[i] = i < fill ? '#' : '.';
     bar[40] = '\0';
     fprintf(stderr, "\r[%s] layer %d/%d  %.0f tok/s  elapsed %.1fs  eta %.1fs ", bar, layer + 1,
-            s->n_run, tps, elapsed, eta);
-    if (layer + 1 == s->n_run) fputc('\n', stderr);
+            s->sel.n_run, tps, elapsed, eta);
+    if (layer + 1 == s->sel.n_run) fputc('\n', stderr);
   } else {
     fprintf(stderr, "layer %d/%d done: load %.3fs forward %.3fs hooks %.3fs write %.3fs; "
-            "%.0f tok/s; elapsed %.1fs, eta %.1fs\n", layer + 1, s->n_run, s->t_load[layer],
-            s->t_forward[layer], s->t_hooks[layer], s->t_write[layer], tps, elapsed, eta);
+            "%.0f tok/s; elapsed %.1fs, eta %.1fs\n", layer + 1, s->sel.n_run, s->prof.t_load[layer],
+            s->prof.t_forward[layer], s->prof.t_hooks[layer], s->prof.t_write[layer], tps, elapsed, eta);
   }
   fflush(stderr);
 }
@@ -42,21 +42,21 @@ static int write_summary_json(const sweep_t *s, const double *mn, const double *
   cJSON_AddStringToObject(j, "backend", s->be->iface->name);
   cJSON_AddStringToObject(j, "device", s->be->desc);
   cJSON_AddStringToObject(j, "compute_dtype", s->be->compute_dtype);
-  cJSON_AddNumberToObject(j, "weights_preload_s", s->t_preload);
+  cJSON_AddNumberToObject(j, "weights_preload_s", s->prof.t_preload);
   cJSON_AddNumberToObject(j, "ranks", s->size);
   cJSON_AddNumberToObject(j, "threads_per_rank", s->threads);
   cJSON_AddNumberToObject(j, "prompts", (double)s->data.n);
   cJSON_AddNumberToObject(j, "tokens", (double)s->data.n_tokens);
-  cJSON_AddNumberToObject(j, "layers_computed", s->n_run);
-  cJSON_AddNumberToObject(j, "row_align", s->align);
-  cJSON_AddNumberToObject(j, "total_s", s->t_total);
-  cJSON_AddNumberToObject(j, "tokens_per_s", (double)s->data.n_tokens / s->t_total);
+  cJSON_AddNumberToObject(j, "layers_computed", s->sel.n_run);
+  cJSON_AddNumberToObject(j, "row_align", s->sh.align);
+  cJSON_AddNumberToObject(j, "total_s", s->prof.t_total);
+  cJSON_AddNumberToObject(j, "tokens_per_s", (double)s->data.n_tokens / s->prof.t_total);
   cJSON_AddNumberToObject(j, "gemm_gflop", flops / 1e9);
-  cJSON_AddNumberToObject(j, "gemm_gflops_overall", flops / s->t_total / 1e9);
-  cJSON_AddNumberToObject(j, "weight_bytes_read", (double)(s->model.st.bytes_read - s->embed_bytes));
-  cJSON_AddNumberToObject(j, "embedding_bytes_read", (double)s->embed_bytes);
-  cJSON_AddNumberToObject(j, "checkpoints", s->n_ckpt);
-  cJSON_AddNumberToObject(j, "checkpoint_s", s->t_ckpt);
+  cJSON_AddNumberToObject(j, "gemm_gflops_overall", flops / s->prof.t_total / 1e9);
+  cJSON_AddNumberToObject(j, "weight_bytes_read", (double)(s->model.st.bytes_read - s->prof.embed_bytes));
+  cJSON_AddNumberToObject(j, "embedding_bytes_read", (double)s->prof.embed_bytes);
+  cJSON_AddNumberToObject(j, "checkpoints", s->prof.n_ckpt);
+  cJSON_AddNumberToObject(j, "checkpoint_s", s->prof.t_ckpt);
   cJSON *ph = cJSON_AddObjectToObject(j, "phase_s");
   for (int i = 0; i < 8; i++) {
     cJSON *p = cJSON_AddObjectToObject(ph, phase_names[i]);
@@ -74,36 +74,36 @@ static int write_summary_json(const sweep_t *s, const double *mn, const double *
 }
 
 void ls_sw_print_summary(sweep_t *s, const ls_wpipe_t *wp) {
-  const int n = s->n_run;
+  const int n = s->sel.n_run;
   double sums[8] = {0}, mx[8], mn[8];
   for (int L = 0; L < n; L++) {
     sums[0] += wp->read_s[L];
     sums[1] += wp->read_wait_s[L];
     sums[2] += wp->bcast_wait_s[L];
-    sums[3] += s->t_load[L];
-    sums[4] += s->t_forward[L];
-    sums[5] += s->t_hooks[L];
-    sums[6] += s->t_write[L];
+    sums[3] += s->prof.t_load[L];
+    sums[4] += s->prof.t_forward[L];
+    sums[5] += s->prof.t_hooks[L];
+    sums[6] += s->prof.t_write[L];
   }
-  sums[7] = s->t_embed;
+  sums[7] = s->prof.t_embed;
   MPI_Reduce(sums, mx, 8, MPI_DOUBLE, MPI_MAX, 0, s->comm);
   MPI_Reduce(sums, mn, 8, MPI_DOUBLE, MPI_MIN, 0, s->comm);
   if (s->rank != 0) return;
   /* model GEMM flops on real tokens (alignment padding not counted) */
-  double flops = ls_config_gemm_flops_per_token(s->cfg) * (double)s->data.n_tokens * n;
+  double flops = ls_family_gemm_flops_per_token(s->cfg) * (double)s->data.n_tokens * n;
   fprintf(stderr, "profile (seconds summed over %d layers; min..max across %d rank%s):\n", n,
           s->size, s->size > 1 ? "s" : "");
   const char *names[8] = {"read (rank 0 reader)", "read wait", "bcast wait", "load (bcast+convert)",
                           "forward", "hooks/pooling", "write", "embed"};
   for (int i = 0; i < 8; i++)
     fprintf(stderr, "  %-22s %10.3f .. %-10.3f\n", names[i], mn[i], mx[i]);
-  fprintf(stderr, "  checkpoints: %d taken, %.3f s\n", s->n_ckpt, s->t_ckpt);
+  fprintf(stderr, "  checkpoints: %d taken, %.3f s\n", s->prof.n_ckpt, s->prof.t_ckpt);
   fprintf(stderr, "  weight bytes read: %.3f GiB (+ %.3f MiB embedding rows) by rank 0\n",
-          (double)(s->model.st.bytes_read - s->embed_bytes) / 1073741824.0,
-          (double)s->embed_bytes / 1048576.0);
+          (double)(s->model.st.bytes_read - s->prof.embed_bytes) / 1073741824.0,
+          (double)s->prof.embed_bytes / 1048576.0);
   fprintf(stderr, "  %lld prompts, %lld tokens through %d layers in %.2f s: %.0f tokens/s; model "
           "GEMM %.1f GFLOP/s overall, %.1f GFLOP/s in forward\n", (long long)s->data.n,
-          (long long)s->data.n_tokens, n, s->t_total, (double)s->data.n_tokens / s->t_total,
-          flops / s->t_total / 1e9, flops / (mx[4] > 0 ? mx[4] : 1e-9) / 1e9);
+          (long long)s->data.n_tokens, n, s->prof.t_total, (double)s->data.n_tokens / s->prof.t_total,
+          flops / s->prof.t_total / 1e9, flops / (mx[4] > 0 ? mx[4] : 1e-9) / 1e9);
   if (s->o->summary_json) write_summary_json(s, mn, mx, flops);
 }

@@ -22,39 +22,34 @@ void ls_sw_install_signals(void) {
   sigaction(SIGINT, &sa, NULL);
 }
 
-/* The residual stream in host memory: s->x itself, or (a device backend holding it) a
- * temporary host buffer, filled from the device when `fill`. NULL after a message. */
+/* The residual stream in host memory: s->buf.x itself, or (a device backend holding
+ * it) the page-locked host copy kept for checkpoints (allocated the first time, reused),
+ * filled from the device when `fill`. NULL after a message. */
 static float *residual_host(sweep_t *s, int fill) {
-  if (s->be->host_visible || s->x_on_host) return s->x;
-  const size_t bytes = sizeof(float) * (size_t)max64(s->n_rows, 1) * (size_t)s->cfg->hidden;
-  float *h = s->be->iface->host_alloc(s->be, bytes, "checkpoint staging");
+  if (s->be->host_visible || s->buf.x_on_host) return s->buf.x;
+  const size_t bytes = sizeof(float) * (size_t)max64(s->sh.n_rows, 1) * (size_t)s->cfg->hidden;
+  if (!s->buf.x_ckpt) s->buf.x_ckpt = s->be->iface->host_alloc(s->be, bytes, "checkpoint staging");
+  float *h = s->buf.x_ckpt;
   if (h && fill &&
-      (s->be->iface->to_host(s->be, h, s->x, bytes) || (s->be->iface->sync && s->be->iface->sync(s->be)))) {
-    s->be->iface->host_free(s->be, h);
+      (s->be->iface->to_host(s->be, h, s->buf.x, bytes) || (s->be->iface->sync && s->be->iface->sync(s->be))))
     return NULL;
-  }
   return h;
-}
-
-static void residual_host_done(sweep_t *s, float *h) {
-  if (h && h != s->x) s->be->iface->host_free(s->be, h);
 }
 
 static int save_checkpoint(sweep_t *s, int next) {
   double t0 = ls_now();
-  s->meta.layer_next = next;
-  const size_t n = (size_t)s->n_rows * (size_t)s->cfg->hidden;
+  s->ck.meta.layer_next = next;
+  const size_t n = (size_t)s->sh.n_rows * (size_t)s->cfg->hidden;
   float *xh = residual_host(s, 1);
   int rc = ls_agree(xh ? LS_OK : LS_ERR, s->comm);
-  if (rc == LS_OK) rc = ls_ckpt_save(s->ckpt_dir, s->comm, &s->meta, xh, n);
-  residual_host_done(s, xh);
+  if (rc == LS_OK) rc = ls_ckpt_save(s->ck.dir, s->comm, &s->ck.meta, xh, n);
   double dt = ls_now() - t0;
-  MPI_Allreduce(&dt, &s->ckpt_cost_s, 1, MPI_DOUBLE, MPI_MAX, s->comm);
-  s->n_ckpt++;
-  s->t_ckpt += s->ckpt_cost_s;
+  MPI_Allreduce(&dt, &s->ck.cost_s, 1, MPI_DOUBLE, MPI_MAX, s->comm);
+  s->prof.n_ckpt++;
+  s->prof.t_ckpt += s->ck.cost_s;
   if (rc == LS_OK) {
-    s->last_ckpt = next;
-    s->since_ckpt_s = 0;
+    s->ck.last = next;
+    s->ck.since_s = 0;
   }
   return rc;
 }
@@ -67,20 +62,20 @@ static int save_checkpoint(sweep_t *s, int next) {
 int ls_sw_maybe_checkpoint(sweep_t *s, int next, double layer_s) {
   double in[2] = {layer_s, (double)g_signal}, out[2];
   MPI_Allreduce(in, out, 2, MPI_DOUBLE, MPI_MAX, s->comm);
-  s->since_ckpt_s += out[0];
+  s->ck.since_s += out[0];
   const int signalled = out[1] != 0;
   int every = s->o->checkpoint_every;
   /* auto: at most one checkpoint per minute of work, and under 2% of the time */
-  int due = every > 0 ? next - s->last_ckpt >= every
-                      : every == 0 && s->since_ckpt_s >= 60.0 &&
-                            s->since_ckpt_s * 0.02 >= s->ckpt_cost_s;
-  if (next >= s->n_run && !signalled) due = 0; /* the end is near: nothing to save */
-  if ((due || (signalled && every >= 0)) && next != s->last_ckpt)
+  int due = every > 0 ? next - s->ck.last >= every
+                      : every == 0 && s->ck.since_s >= 60.0 &&
+                            s->ck.since_s * 0.02 >= s->ck.cost_s;
+  if (next >= s->sel.n_run && !signalled) due = 0; /* the end is near: nothing to save */
+  if ((due || (signalled && every >= 0)) && next != s->ck.last)
     if (save_checkpoint(s, next)) return LS_ERR;
   if (!signalled) return 0;
   if (s->rank == 0)
     ls_error("stopped by signal %d after layer %d of %d; %s is partial%s", (int)out[1], next - 1,
-             s->n_run, s->o->out_path,
+             s->sel.n_run, s->o->out_path,
              every >= 0 ? "; rerun the same command with --resume to continue" : "");
   return LS_STOPPED;
 }
@@ -89,12 +84,12 @@ int ls_sw_maybe_checkpoint(sweep_t *s, int next, double layer_s) {
 void ls_sw_fingerprints(sweep_t *s) {
   const ls_dataset_t *d = &s->data;
   if (s->o->checkpoint_dir && s->o->checkpoint_dir[0])
-    snprintf(s->ckpt_dir, sizeof s->ckpt_dir, "%s", s->o->checkpoint_dir);
+    snprintf(s->ck.dir, sizeof s->ck.dir, "%s", s->o->checkpoint_dir);
   else
-    snprintf(s->ckpt_dir, sizeof s->ckpt_dir, "%s.ckpt", s->o->out_path);
-  ls_ckpt_meta_t *m = &s->meta;
+    snprintf(s->ck.dir, sizeof s->ck.dir, "%s.ckpt", s->o->out_path);
+  ls_ckpt_meta_t *m = &s->ck.meta;
   m->ranks = s->size;
-  m->row_align = s->align;
+  m->row_align = s->sh.align;
   m->model_fp = ls_model_fingerprint(&s->model, s->comm);
   uint64_t h = LS_FNV_INIT;
   h = ls_fnv1a(h, d->tokens, sizeof(int32_t) * (size_t)d->n_tokens);
@@ -104,17 +99,18 @@ void ls_sw_fingerprints(sweep_t *s) {
   m->data_fp = h;
   /* the backend and its dtype too: a residual stream computed in bf16 on a GPU is not
    * continued in float32 on the CPU (or the reverse) */
-  int opts[7] = {(int)s->hooks, (int)s->pool, s->n_sel, s->o->allow_long_prompts, s->n_run,
-                 (int)s->be->wtype, strcmp(s->be->iface->name, "cpu") == 0};
+  int opts[7] = {(int)s->sel.hooks, (int)s->sel.pool, s->sel.n_sel, s->o->allow_long_prompts, s->sel.n_run,
+                 (int)s->be->wtype, (int)s->be->caps};
   h = ls_fnv1a(LS_FNV_INIT, opts, sizeof opts);
-  m->options_fp = ls_fnv1a(h, s->layers, sizeof(int) * (size_t)s->n_sel);
+  h = ls_fnv1a(h, s->be->iface->name, strlen(s->be->iface->name));
+  m->options_fp = ls_fnv1a(h, s->sel.layers, sizeof(int) * (size_t)s->sel.n_sel);
   snprintf(m->model_desc, sizeof m->model_desc, "%s", s->o->model_dir);
   /* until one has been timed, assume a checkpoint writes 0.5 GB/s */
-  double bytes = (double)s->n_rows * s->cfg->hidden * 4, mx = 0;
+  double bytes = (double)s->sh.n_rows * s->cfg->hidden * 4, mx = 0;
   MPI_Allreduce(&bytes, &mx, 1, MPI_DOUBLE, MPI_MAX, s->comm);
-  s->ckpt_cost_s = mx / 0.5e9;
+  s->ck.cost_s = mx / 0.5e9;
   const char *fl = getenv("LS_FAULT_WRITE_LAYER");
-  s->fault_layer = fl && *fl ? atoi(fl) : -1;
+  s->out.fault_layer = fl && *fl ? atoi(fl) : -1;
 }
 
 
@@ -124,20 +120,20 @@ int ls_sw_try_resume(sweep_t *s) {
   int exists = s->rank == 0 ? access(s->o->out_path, F_OK) == 0 : 0;
   MPI_Bcast(&exists, 1, MPI_INT, 0, s->comm);
   ls_ckpt_meta_t saved;
-  int found = ls_ckpt_load_meta(s->ckpt_dir, s->comm, &saved);
+  int found = ls_ckpt_load_meta(s->ck.dir, s->comm, &saved);
   if (found < 0) return -1;
   if (exists) {
-    if (ls_h5out_open(&s->h5, s->o->out_path, s->comm)) return -1;
-    s->h5_open = 1;
+    if (ls_h5out_open(&s->out.h5, s->o->out_path, s->comm)) return -1;
+    s->out.open = 1;
     char status[32];
-    ls_h5out_read_attr_str(&s->h5, "/", "status", status, sizeof status);
+    ls_h5out_read_attr_str(&s->out.h5, "/", "status", status, sizeof status);
     if (strcmp(status, "complete") == 0) {
       ls_info("%s is already complete; nothing to resume", s->o->out_path);
-      ls_h5out_close(&s->h5);
-      s->h5_open = 0;
+      ls_h5out_close(&s->out.h5);
+      s->out.open = 0;
       return 2;
     }
-    if (found == 1 && ls_ckpt_check(&saved, &s->meta, s->ckpt_dir, s->comm)) return -1;
+    if (found == 1 && ls_ckpt_check(&saved, &s->ck.meta, s->ck.dir, s->comm)) return -1;
     if (found == 1 && ls_agree(ls_sw_check_output(s), s->comm)) {
       if (s->rank == 0)
         ls_error("%s does not match this run's hooks, layers, pooling or data; rerun with "
@@ -146,29 +142,26 @@ int ls_sw_try_resume(sweep_t *s) {
     }
   }
   if (found == 1 && exists) {
-    s->meta.layer_next = saved.layer_next;
-    const size_t n = (size_t)s->n_rows * (size_t)s->cfg->hidden;
+    s->ck.meta.layer_next = saved.layer_next;
+    const size_t n = (size_t)s->sh.n_rows * (size_t)s->cfg->hidden;
     float *xh = residual_host(s, 0);
     if (ls_agree(xh ? LS_OK : LS_ERR, s->comm) ||
-        ls_ckpt_load_rows(s->ckpt_dir, s->comm, saved.layer_next, ls_ckpt_fp(&s->meta), xh, n)) {
-      residual_host_done(s, xh);
+        ls_ckpt_load_rows(s->ck.dir, s->comm, saved.layer_next, ls_ckpt_fp(&s->ck.meta), xh, n))
       return -1;
-    }
-    int rc = xh == s->x ? LS_OK : s->be->iface->to_device(s->be, s->x, xh, sizeof(float) * n);
+    int rc = xh == s->buf.x ? LS_OK : s->be->iface->to_device(s->be, s->buf.x, xh, sizeof(float) * n);
     if (rc == LS_OK && s->be->iface->sync) rc = s->be->iface->sync(s->be);
-    residual_host_done(s, xh);
     if (ls_agree(rc, s->comm)) return -1;
     s->start = saved.layer_next;
-    for (int i = 0; i < s->n_sel; i++)
-      if (s->layers[i] < s->start) s->done_marks[i] = s->layers[i];
+    for (int i = 0; i < s->sel.n_sel; i++)
+      if (s->sel.layers[i] < s->start) s->out.done_marks[i] = s->sel.layers[i];
     ls_info("resuming %s from the checkpoint before layer %d (%s)", s->o->out_path, s->start,
-            s->ckpt_dir);
+            s->ck.dir);
     return 1;
   }
-  if (s->h5_open) {
-    ls_h5out_close(&s->h5);
-    s->h5_open = 0;
+  if (s->out.open) {
+    ls_h5out_close(&s->out.h5);
+    s->out.open = 0;
   }
-  ls_info("--resume: no usable checkpoint in %s; starting from the beginning", s->ckpt_dir);
+  ls_info("--resume: no usable checkpoint in %s; starting from the beginning", s->ck.dir);
   return 0;
 }

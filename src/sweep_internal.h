@@ -1,6 +1,12 @@
-/* sweep_internal.h: the state of one sweep, shared by the files that implement it
- * (sweep.c: buffers, embedding, layer loop, entry point; plan.c; output.c; report.c;
- * resume.c). Not part of the library's interface. */
+/* sweep_internal.h: the state of one sweep, in parts that each have one owner:
+ *   ls_select_t   what is captured (hooks, layers, pooling)        hooks.c / sweep.c
+ *   ls_shard_t    this rank's prompts, row layout, microbatches   plan.c
+ *   ls_bufs_t     backend and host buffers, allocated once        sweep.c
+ *   ls_output_t   the HDF5 file and its per-layer markers         output.c
+ *   ls_profile_t  per-layer timings and bytes                     sweep.c, report.c
+ *   ls_ckstate_t  checkpoints, signals, resume                    resume.c
+ * sweep_t holds one of each plus what every part reads (options, communicator, model,
+ * dataset, backend). Not part of the library's interface. */
 #ifndef LS_SWEEP_INTERNAL_H
 #define LS_SWEEP_INTERNAL_H
 
@@ -8,10 +14,10 @@
 #include <stdint.h>
 
 #include "backend.h"
-#include "block.h"
 #include "checkpoint.h"
 #include "comm.h"
 #include "dataset.h"
+#include "family.h"
 #include "h5out.h"
 #include "hooks.h"
 #include "ls_common.h"
@@ -21,21 +27,15 @@
 
 #define FORMAT_VERSION "1"
 
-/* ---- the sweep's state -------------------------------------------------------------- */
 typedef struct {
-  const ls_run_opts_t *o;
-  MPI_Comm comm;
-  int rank, size;
-  ls_model_t model;
-  ls_config_t *cfg;
-  ls_dataset_t data;
-  /* selection */
-  unsigned hooks;
+  unsigned hooks;     /* 1 << ls_hook_t */
   ls_pool_t pool;
   int *layers, n_sel; /* selected layers, ascending */
   int *sel_index;     /* (n_layers) position in the output, -1 if not selected */
   int n_run;          /* layers computed: 0 .. n_run-1 */
-  /* shard */
+} ls_select_t;
+
+typedef struct {
   int64_t *bounds;    /* (size + 1) prompt ranges per rank */
   int64_t p0, p1, t0, t1;
   int64_t n_prompts, n_tokens; /* this rank */
@@ -57,48 +57,73 @@ typedef struct {
   int64_t *seq_start_off; /* (n_mb) where each microbatch's seq_start begins */
   int32_t *pos;       /* (n_rows) position of each row in its prompt */
   int *mb_max_len;    /* (n_mb) longest padded prompt of each microbatch */
-  int max_len;        /* longest padded prompt (rows of the rope tables) */
-  /* compute. Backend memory unless said otherwise; with a host-visible backend (CPU)
-   * the *_d arrays alias their host versions. */
-  ls_backend_t *be;
+  int max_len;        /* longest padded prompt of the whole dataset (rope table rows) */
+} ls_shard_t;
+
+/* Backend memory unless said otherwise; with a host-memory backend (CPU) the *_d
+ * arrays alias their host versions. */
+typedef struct {
   float *x;           /* (n_rows, H) residual stream: backend memory, or page-locked
                        * host memory when x_on_host */
   int x_on_host;      /* the residual stream does not fit in backend memory: it lives
                        * on the host and each microbatch is staged through xd */
   float *xd;          /* (T_max, H) staging for one microbatch when x_on_host */
-  float *scratch_base;
-  ls_block_scratch_t scratch;
-  void *wbuf;         /* one layer's weights in backend format, carved into lw (with
-                       * --preload-weights: every computed layer's, into lw_all) */
+  float *x_ckpt;      /* (n_rows, H) page-locked host copy for checkpoints of a device
+                       * residual stream, allocated at the first checkpoint, kept */
+  float *scratch;     /* the family's block scratch for T_max rows */
+  void *wbuf;         /* one layer's weights in backend format (with --preload-weights:
+                       * every computed layer's) */
   size_t wbuf_bytes;  /* one layer's share of wbuf */
-  ls_layer_weights_t lw;
-  ls_layer_weights_t *lw_all; /* (n_layers) --preload-weights only */
-  double t_preload;   /* seconds spent preloading (max over ranks) */
+  void **lw;          /* (n_slots) the current layer's tensors in wbuf */
+  void **lw_all;      /* (n_layers, n_slots) --preload-weights only */
   float *final_norm_w;/* (H) */
   float *cos_tab, *sin_tab; /* (max_len, head_dim / 2), host */
   float *cos_d, *sin_d;
-  int32_t *seq_start_d, *seq_len_d, *pos_d; /* backend copies of seq_start, seq_len, pos */
+  int32_t *seq_start_d, *seq_len_d, *pos_d; /* backend copies of the shard's arrays */
   float *out[LS_HOOK_COUNT];      /* (out_rows, H) per requested hook, backend memory */
   float *out_host[LS_HOOK_COUNT]; /* the same rows on the host, as written to the file */
-  /* output */
+} ls_bufs_t;
+
+typedef struct {
   ls_h5out_t h5;
-  int h5_open;
-  /* profile, per layer (n_layers) */
-  double *t_load, *t_forward, *t_hooks, *t_write;
-  double t_embed, t_total;
-  int threads;
-  /* resume / checkpoints */
-  int start;              /* first layer computed by this run (> 0 when resumed) */
+  int open;
   int64_t *done_marks;    /* (n_sel) layer index once its rows are written, else -1 */
-  char ckpt_dir[4200];
-  ls_ckpt_meta_t meta;    /* this run's fingerprints */
-  int last_ckpt;          /* layer_next of the last checkpoint taken */
-  double since_ckpt_s;    /* layer time since then (max over ranks) */
-  double ckpt_cost_s;     /* (estimated) seconds one checkpoint takes */
+  int fault_layer;        /* test switch LS_FAULT_WRITE_LAYER: fail this layer's write */
+} ls_output_t;
+
+typedef struct {
+  double *t_load, *t_forward, *t_hooks, *t_write; /* (n_layers) */
+  double t_embed, t_total, t_preload;
+  uint64_t embed_bytes;
   int n_ckpt;             /* checkpoints taken by this run */
   double t_ckpt;          /* seconds they took (max over ranks) */
-  int fault_layer;        /* test switch LS_FAULT_WRITE_LAYER: fail this layer's write */
-  uint64_t embed_bytes;
+} ls_profile_t;
+
+typedef struct {
+  char dir[4200];
+  ls_ckpt_meta_t meta;    /* this run's fingerprints */
+  int last;               /* layer_next of the last checkpoint taken */
+  double since_s;         /* layer time since then (max over ranks) */
+  double cost_s;          /* (estimated) seconds one checkpoint takes */
+} ls_ckstate_t;
+
+typedef struct {
+  const ls_run_opts_t *o;
+  MPI_Comm comm;
+  int rank, size;
+  ls_model_t model;
+  const ls_config_t *cfg;
+  const ls_family_t *fam;
+  ls_dataset_t data;
+  ls_backend_t *be;
+  int threads;
+  int start;              /* first layer computed by this run (> 0 when resumed) */
+  ls_select_t sel;
+  ls_shard_t sh;
+  ls_bufs_t buf;
+  ls_output_t out;
+  ls_profile_t prof;
+  ls_ckstate_t ck;
 } sweep_t;
 
 static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -114,9 +139,14 @@ static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 /* plan.c */
 int ls_sw_load_dataset(sweep_t *s);
+int ls_shard_build(ls_shard_t *sh, const ls_dataset_t *d, int rank, int size, int align,
+                   int64_t microbatch_tokens, ls_pool_t pool);
+void ls_shard_free(ls_shard_t *sh);
 int ls_sw_plan(sweep_t *s);
-int64_t ls_sw_slot_max_numel(const sweep_t *s, int id);
-size_t ls_sw_layer_weight_bytes(const sweep_t *s);
+size_t ls_sw_layer_weight_bytes(const ls_model_t *m, const ls_backend_t *be);
+void ls_sw_carve_layer(const ls_model_t *m, const ls_backend_t *be, int layer, void *base,
+                       void **w);
+int ls_sw_max_gemm_in(const ls_model_t *m);
 /* output.c */
 extern const char *ls_sw_profile_fields[7];
 int ls_sw_write_str_attr(sweep_t *s, const char *name, const char *v);

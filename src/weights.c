@@ -2,16 +2,16 @@
 #include "weights.h"
 
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ls_common.h"
 
-#define BCAST_CHUNK ((uint64_t)1 << 30)
-
 /* ---- reader thread (rank 0) --------------------------------------------------------- */
 static void *reader_main(void *arg) {
   ls_wpipe_t *p = arg;
+  ls_error_defer(1); /* this thread's messages are kept, and reported by the main thread */
   pthread_mutex_lock(&p->mu);
   for (;;) {
     int b = -1;
@@ -26,9 +26,15 @@ static void *reader_main(void *arg) {
     double t0 = ls_now();
     int rc = ls_model_read_layer(p->m, layer, p->raw[b]);
     double dt = ls_now() - t0;
+    char msg[sizeof p->read_msg];
+    if (rc && !ls_error_take(msg, sizeof msg))
+      snprintf(msg, sizeof msg, "reading the weights of layer %d failed", layer);
     pthread_mutex_lock(&p->mu);
     p->read_s[layer] = dt;
-    if (rc) p->read_err = 1;
+    if (rc && !p->read_err) {
+      p->read_err = 1;
+      memcpy(p->read_msg, msg, sizeof msg);
+    }
     p->have[b] = layer;
     pthread_cond_broadcast(&p->cv);
   }
@@ -44,14 +50,17 @@ static void request_read(ls_wpipe_t *p, int layer) {
   pthread_mutex_unlock(&p->mu);
 }
 
-/* Rank 0: wait until layer is read; LS_ERR if the reader failed (it said why). */
+/* Rank 0: wait until layer is read; LS_ERR (reported here) if the reader failed. */
 static int wait_read(ls_wpipe_t *p, int layer) {
   double t0 = ls_now();
   pthread_mutex_lock(&p->mu);
   while (p->have[layer % 2] != layer && !p->read_err) pthread_cond_wait(&p->cv, &p->mu);
   int err = p->read_err;
+  char msg[sizeof p->read_msg];
+  memcpy(msg, p->read_msg, sizeof msg);
   pthread_mutex_unlock(&p->mu);
   p->read_wait_s[layer] += ls_now() - t0;
+  if (err) ls_error("%s", msg);
   return err ? LS_ERR : LS_OK;
 }
 
@@ -68,19 +77,9 @@ static void post_bcast(ls_wpipe_t *p, int layer) {
     p->failed = 1;
     return;
   }
-  uint64_t bytes = p->m->layer_bytes[layer];
-  if (p->on_device) {
-    /* a failure is sticky in the backend and stops every rank at the layer's sync */
-    p->be->iface->bcast(p->be, b, p->draw[b], p->rank == 0 ? p->raw[b] : NULL, bytes);
-    p->posted[b] = layer;
-    return;
-  }
-  int n = 0;
-  for (uint64_t off = 0; off < bytes; off += BCAST_CHUNK) {
-    uint64_t len = bytes - off < BCAST_CHUNK ? bytes - off : BCAST_CHUNK;
-    MPI_Ibcast((char *)p->raw[b] + off, (int)len, MPI_BYTE, 0, p->comm, &p->req[b][n++]);
-  }
-  p->nreq[b] = n;
+  /* a failure is sticky in the backend and stops every rank at the layer's sync */
+  p->be->bcast->start(p->be, b, p->recv[b], p->rank == 0 ? p->raw[b] : NULL,
+                      p->m->layer_bytes[layer]);
   p->posted[b] = layer;
 }
 
@@ -89,30 +88,26 @@ int ls_wpipe_init(ls_wpipe_t *p, ls_model_t *m, ls_backend_t *be, int first, int
   memset(p, 0, sizeof *p);
   p->m = m;
   p->be = be;
-  p->on_device = be->iface->bcast != NULL;
+  p->on_device = (be->caps & LS_BE_DEVICE_BCAST) != 0;
   p->first = first;
   p->n_run = n_run;
-  MPI_Comm_dup(comm, &p->comm);
+  p->comm = comm;
   MPI_Comm_rank(comm, &p->rank);
   const int nl = m->cfg.n_layers;
   p->read_s = ls_calloc((size_t)nl, sizeof(double), "profile");
   p->read_wait_s = ls_calloc((size_t)nl, sizeof(double), "profile");
   p->bcast_wait_s = ls_calloc((size_t)nl, sizeof(double), "profile");
-  p->max_req = (int)((m->max_layer_bytes + BCAST_CHUNK - 1) / BCAST_CHUNK) + 1;
+  if (!p->read_s || !p->read_wait_s || !p->bcast_wait_s) return LS_ERR;
   for (int b = 0; b < 2; b++) {
     p->want[b] = p->have[b] = p->posted[b] = -1;
     if (!p->on_device || p->rank == 0) {
       p->raw[b] = be->iface->host_alloc(be, m->max_layer_bytes, "layer staging buffer");
       if (!p->raw[b]) return LS_ERR;
     }
-    if (p->on_device) {
-      p->draw[b] = be->iface->alloc(be, m->max_layer_bytes, "layer receive buffer");
-      if (!p->draw[b]) return LS_ERR;
-    }
-    p->req[b] = ls_calloc((size_t)p->max_req, sizeof(MPI_Request), "requests");
-    if (!p->req[b]) return LS_ERR;
+    p->recv[b] = p->on_device ? be->iface->alloc(be, m->max_layer_bytes, "layer receive buffer")
+                              : p->raw[b];
+    if (!p->recv[b]) return LS_ERR;
   }
-  if (!p->read_s || !p->read_wait_s || !p->bcast_wait_s) return LS_ERR;
   if (p->rank == 0) {
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
@@ -132,16 +127,10 @@ const void *ls_wpipe_acquire(ls_wpipe_t *p, int layer) {
   post_bcast(p, layer);
   if (p->failed) return NULL;
   double t0 = ls_now();
-  if (p->on_device) {
-    /* as in post_bcast: a failure surfaces at the layer's sync, on every rank */
-    p->be->iface->bcast_wait(p->be, b);
-    p->bcast_wait_s[layer] += ls_now() - t0;
-    return p->draw[b];
-  }
-  MPI_Waitall(p->nreq[b], p->req[b], MPI_STATUSES_IGNORE);
-  p->nreq[b] = 0;
+  /* as in post_bcast: a device failure surfaces at the layer's sync, on every rank */
+  p->be->bcast->wait(p->be, b);
   p->bcast_wait_s[layer] += ls_now() - t0;
-  return p->raw[b];
+  return p->recv[b];
 }
 
 int ls_wpipe_release(ls_wpipe_t *p, int layer) {
@@ -152,16 +141,13 @@ int ls_wpipe_release(ls_wpipe_t *p, int layer) {
 }
 
 void ls_wpipe_progress(ls_wpipe_t *p) {
-  for (int b = 0; b < 2; b++) {
-    if (p->nreq[b] == 0) continue;
-    int done;
-    MPI_Testall(p->nreq[b], p->req[b], &done, MPI_STATUSES_IGNORE);
-  }
+  if (p->be->bcast->progress) p->be->bcast->progress(p->be);
 }
 
 void ls_wpipe_free(ls_wpipe_t *p) {
-  for (int b = 0; b < 2; b++)
-    if (p->nreq[b]) MPI_Waitall(p->nreq[b], p->req[b], MPI_STATUSES_IGNORE);
+  /* broadcasts in flight finish (every rank posted the same ones) */
+  for (int b = 0; b < 2 && p->be; b++)
+    if (p->posted[b] >= 0) p->be->bcast->wait(p->be, b);
   if (p->thread_started) {
     pthread_mutex_lock(&p->mu);
     p->stop = 1;
@@ -174,15 +160,12 @@ void ls_wpipe_free(ls_wpipe_t *p) {
   /* no copy or broadcast may still read or write the buffers */
   if (p->be && p->on_device && p->be->iface->sync) p->be->iface->sync(p->be);
   for (int b = 0; b < 2; b++) {
-    if (p->be) {
-      if (p->raw[b]) p->be->iface->host_free(p->be, p->raw[b]);
-      if (p->draw[b]) p->be->iface->free(p->be, p->draw[b]);
-    }
-    free(p->req[b]);
+    if (!p->be) break;
+    if (p->on_device && p->recv[b]) p->be->iface->free(p->be, p->recv[b]);
+    if (p->raw[b]) p->be->iface->host_free(p->be, p->raw[b]);
   }
   free(p->read_s);
   free(p->read_wait_s);
   free(p->bcast_wait_s);
-  if (p->comm != MPI_COMM_NULL && p->comm) MPI_Comm_free(&p->comm);
   memset(p, 0, sizeof *p);
 }

@@ -2,15 +2,31 @@
  * made by gen_fixtures.py with transformers' own forward in float64), under any
  * number of MPI ranks (CTest runs it plain and under mpirun -np 2/3/4):
  *   - every hook and layer of every fixture model within 1e-5 of transformers,
- *     raw (--pool none) and pooled (last_token, mean), and a layer subset;
- *   - the file of P ranks bit-identical to one rank's (run on MPI_COMM_SELF), for
- *     several --microbatch-tokens, including more ranks than prompts;
+ *     raw (--pool none) and pooled (last_token, mean), and a layer subset. Every hook
+ *     the sweep was asked for, at every layer asked for, must be in expected.safetensors
+ *     and in the output (a missing one fails, naming it); hooks not asked for must be
+ *     absent; the set of hook names is the test's own (hook_names), and the engine's
+ *     "all" must be exactly that set;
+ *   - rank and batching invariance: the file of MPI_COMM_WORLD bit-identical to one
+ *     rank's (run by rank 0 alone on MPI_COMM_SELF with the whole dataset in one
+ *     microbatch), for several --microbatch-tokens that split the prompts into more
+ *     microbatches. Each comparison differs from the reference: at P > 1 ranks in the
+ *     sharding (and batching), at 1 rank in the batching (checked, so that no
+ *     comparison is of a run with itself);
+ *   - more ranks than prompts (P - 1 prompts on P ranks, so at least one rank has
+ *     none; needs P >= 2, skipped when run alone): the files equal the one-rank file
+ *     and transformers, and every rank took part in every layer;
  *   - weight bytes read == the model's layer + norm tensors + used embedding rows,
  *     whatever P; the profile datasets exist and are sane.
  * LS_TEST_BACKEND=cuda (LS_TEST_DTYPE=float32 or bf16) runs the same checks on the GPU
  * (CTest: gpu.test_fixtures.*): float32 within 1e-4 of transformers, bf16 within 2e-2,
  * and batchings compared within that tolerance instead of bit for bit (bit-identity
- * is the CPU backend's promise). Without a usable GPU it prints SKIPPED and exits 77. */
+ * is the CPU backend's promise). Without a usable GPU it prints SKIPPED and exits 77.
+ *
+ * Every rank runs every test: the sweeps are collective, and each test makes all its
+ * collective calls before rank 0 asserts, so that a failed check never leaves the other
+ * ranks waiting in a collective. */
+#define _GNU_SOURCE
 #include <hdf5.h>
 #include <math.h>
 #include <mpi.h>
@@ -23,6 +39,11 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <cmocka.h>
+
+/* cmocka's fail_msg, defined here again so that GCC checks its printf format: expanded
+ * from a system header, the original's mismatched arguments go unreported. */
+#undef fail_msg
+#define fail_msg(msg, ...) do { print_error("ERROR: " msg "\n", ##__VA_ARGS__); fail(); } while (0)
 
 #include "dataset.h"
 #include "hooks.h"
@@ -40,6 +61,19 @@ static char fixtures[2048], tmp[2048];
 static const char *models[] = {"llama_gqa_f32",    "llama_mqa_bf16", "qwen2_bias_sharded",
                                "llama3_rope_f16",  "mistral_window", "llama_linear_rope"};
 #define N_MODELS (sizeof models / sizeof models[0])
+
+/* The hooks a sweep writes, in the file's order (src/hooks.h), each a dataset /<name>
+ * of the output and a tensor of expected.safetensors. The test keeps its own list, so a
+ * hook the engine stops writing (or writes under another name) fails here. */
+static const char *const hook_names[] = {"residual_pre", "attn_out", "mlp_out",
+                                         "residual_post", "final_norm"};
+#define N_HOOKS 5
+#define HOOK_FINAL_NORM 4 /* the one hook without a layer axis: (rows, hidden) */
+#define MAX_LAYERS 64
+
+/* Whole dataset in one microbatch: the reference run's --microbatch-tokens. The fixture
+ * prompts are 98 tokens, at most 8 * 48 more with the CPU's row alignment padding. */
+#define REF_MB 4096
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 /* Path of a per-test output file; identical on every rank. */
@@ -76,22 +110,65 @@ static int sweep(const char *model, const char *data, const char *out, const cha
   return ls_sweep_run(&o, comm);
 }
 
-/* Read a whole dataset (serial HDF5, rank 0). Returns malloc'd data and its dims. */
+/* Which of hook_names a --hooks spec asks for ("all", or a comma list of names). */
+static void hook_set(const char *spec, int want[N_HOOKS]) {
+  for (int h = 0; h < N_HOOKS; h++) want[h] = 0;
+  char buf[512];
+  snprintf(buf, sizeof buf, "%s", spec);
+  for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    int found = 0;
+    for (int h = 0; h < N_HOOKS; h++)
+      if (strcmp(tok, "all") == 0 || strcmp(tok, hook_names[h]) == 0) want[h] = found = 1;
+    if (!found) fail_msg("hook spec \"%s\": unknown hook \"%s\"", spec, tok);
+  }
+}
+
+static ls_pool_t pool_mode(const char *pool) {
+  if (strcmp(pool, "none") == 0) return LS_POOL_NONE;
+  if (strcmp(pool, "mean") == 0) return LS_POOL_MEAN;
+  assert_string_equal(pool, "last_token");
+  return LS_POOL_LAST;
+}
+
+/* An integer key of a fixture model's config.json (num_hidden_layers, hidden_size). */
+static int config_int(const char *model, const char *key) {
+  char path[4200], buf[1 << 16], pat[128];
+  snprintf(path, sizeof path, "%s/%s/config.json", fixtures, model);
+  FILE *f = fopen(path, "rb");
+  if (!f) fail_msg("%s: cannot open", path);
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  snprintf(pat, sizeof pat, "\"%s\"", key);
+  const char *p = strstr(buf, pat);
+  int v = p && (p = strchr(p + strlen(pat), ':')) ? atoi(p + 1) : -1;
+  if (v <= 0 || v > (1 << 20)) fail_msg("%s: no positive \"%s\"", path, key);
+  return v;
+}
+
+/* Read a whole dataset (serial HDF5, rank 0). Returns malloc'd data and its dims, or
+ * NULL (quietly) if the file or the dataset is not there. */
 static void *h5_read(const char *path, const char *name, hid_t mem_type, size_t elem,
                      hsize_t *dims, int *ndim) {
+  H5E_auto2_t fn;
+  void *data;
+  H5Eget_auto2(H5E_DEFAULT, &fn, &data);
+  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+  void *buf = NULL;
   hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-  if (f < 0) return NULL;
-  hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
-  if (d < 0) { H5Fclose(f); return NULL; }
-  hid_t sp = H5Dget_space(d);
-  *ndim = H5Sget_simple_extent_dims(sp, dims, NULL);
-  size_t n = 1;
-  for (int i = 0; i < *ndim; i++) n *= dims[i];
-  void *buf = malloc(n * elem + 1);
-  if (H5Dread(d, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0) { free(buf); buf = NULL; }
-  H5Sclose(sp);
-  H5Dclose(d);
-  H5Fclose(f);
+  hid_t d = f >= 0 ? H5Dopen2(f, name, H5P_DEFAULT) : -1;
+  if (d >= 0) {
+    hid_t sp = H5Dget_space(d);
+    *ndim = H5Sget_simple_extent_dims(sp, dims, NULL);
+    size_t n = 1;
+    for (int i = 0; i < *ndim; i++) n *= dims[i];
+    buf = malloc(n * elem + 1);
+    if (H5Dread(d, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0) { free(buf); buf = NULL; }
+    H5Sclose(sp);
+    H5Dclose(d);
+  }
+  if (f >= 0) H5Fclose(f);
+  H5Eset_auto2(H5E_DEFAULT, fn, data);
   return buf;
 }
 
@@ -141,37 +218,56 @@ static double h5_attr_f64(const char *path, const char *obj, const char *name) {
   return v;
 }
 
-/* Expected activations: tensor `name` of <model>/expected.safetensors as float32. */
+/* Expected activations of hook h: its tensor in <model>/expected.safetensors, float32,
+ * (layers, tokens, hidden) for the per-layer hooks and (tokens, hidden) for final_norm,
+ * with every layer of the model. Anything missing fails, naming the hook. */
 typedef struct { float *v; int64_t shape[3]; int ndim; } expected_t;
 
-static expected_t load_expected(const char *model, const char *name) {
+static expected_t need_expected(const char *model, int h, int n_layers, int64_t T, int H) {
   expected_t e = {0};
+  const char *name = hook_names[h];
   char path[4200];
   snprintf(path, sizeof path, "%s/%s/expected.safetensors", fixtures, model);
-  size_t len;
   FILE *f = fopen(path, "rb");
-  if (!f) return e;
+  if (!f) fail_msg("%s: cannot open (hook %s)", path, name);
   fseek(f, 0, SEEK_END);
-  len = (size_t)ftell(f);
+  size_t len = (size_t)ftell(f);
   fseek(f, 0, SEEK_SET);
   char *buf = malloc(len);
-  if (fread(buf, 1, len, f) != len) { fclose(f); free(buf); return e; }
+  size_t got = fread(buf, 1, len, f);
   fclose(f);
+  if (got != len || len < 8) fail_msg("%s: cannot read (hook %s)", path, name);
   uint64_t hlen;
   memcpy(&hlen, buf, 8);
   ls_st_tensor_t *t = NULL;
-  int n = 0;
-  if (ls_st_parse_header(buf + 8, (size_t)hlen, len, path, 0, &t, &n) == 0) {
-    for (int i = 0; i < n; i++) {
-      if (strcmp(t[i].name, name) != 0 || t[i].dtype != LS_DT_F32) continue;
-      e.v = malloc(t[i].nbytes);
-      memcpy(e.v, buf + t[i].offset, t[i].nbytes);
-      e.ndim = t[i].ndim;
-      for (int k = 0; k < t[i].ndim; k++) e.shape[k] = t[i].shape[k];
-    }
+  int n = 0, found = 0;
+  if (ls_st_parse_header(buf + 8, (size_t)hlen, len, path, 0, &t, &n) != 0)
+    fail_msg("%s: bad safetensors header (hook %s)", path, name);
+  for (int i = 0; i < n; i++) {
+    if (strcmp(t[i].name, name) != 0) continue;
+    found = 1;
+    if (t[i].dtype != LS_DT_F32) fail_msg("%s: hook %s is not F32", path, name);
+    e.v = malloc(t[i].nbytes);
+    memcpy(e.v, buf + t[i].offset, t[i].nbytes);
+    e.ndim = t[i].ndim;
+    for (int k = 0; k < t[i].ndim && k < 3; k++) e.shape[k] = t[i].shape[k];
   }
   free(t);
   free(buf);
+  if (!found) fail_msg("%s: hook %s is missing from %s", model, name, path);
+  if (h == HOOK_FINAL_NORM) {
+    if (e.ndim != 2 || e.shape[0] != T || e.shape[1] != H)
+      fail_msg("%s: hook %s has the wrong shape in %s (want [%lld, %d])", model, name, path,
+               (long long)T, H);
+  } else {
+    if (e.ndim != 3 || e.shape[1] != T || e.shape[2] != H)
+      fail_msg("%s: hook %s has the wrong shape in %s (want [%d, %lld, %d])", model, name, path,
+               n_layers, (long long)T, H);
+    if (e.shape[0] != n_layers)
+      fail_msg("%s: hook %s in %s has %lld layers but the model has %d: layer %lld is missing",
+               model, name, path, (long long)e.shape[0], n_layers,
+               (long long)(e.shape[0] < n_layers ? e.shape[0] : n_layers));
+  }
   return e;
 }
 
@@ -180,23 +276,44 @@ static void assert_rows_close(const float *a, const float *ref, int64_t rows, in
                               const char *what) {
   for (int64_t r = 0; r < rows; r++) {
     double err = 0, mag = 0;
+    int zero = 1;
     for (int64_t i = 0; i < H; i++) {
       double x = a[r * H + i], y = ref[r * H + i];
       if (!isfinite(x)) fail_msg("%s: row %lld has a non-finite value", what, (long long)r);
       err = fmax(err, fabs(x - y));
       mag = fmax(mag, fabs(y));
+      zero &= x == 0;
     }
+    if (zero && mag > 0)
+      fail_msg("%s: row %lld is all zeros (never written?); the reference's row max is %.3g",
+               what, (long long)r, mag);
     if (err > tol * mag + 1e-30)
       fail_msg("%s: row %lld: max abs error %.3g vs row max %.3g (relative %.3g > %.0e)", what,
                (long long)r, err, mag, err / mag, tol);
   }
 }
 
-/* Expected pooled rows (n_prompts, H) from raw rows (T, H). */
-static float *pool_expected(const float *raw, const ls_dataset_t *d, int64_t H, ls_pool_t mode) {
-  float *out = malloc(sizeof(float) * (size_t)(d->n * H));
+static ls_dataset_t load_prompts(void) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/prompts.jsonl", fixtures);
+  ls_dataset_t d;
+  assert_int_equal(ls_dataset_load(path, 1 << 30, 0, &d), 0);
+  return d;
+}
+
+/* The rows transformers gives for the prompts of d at one layer, pooled: raw is one
+ * (fixture tokens, H) plane of expected.safetensors, in prompts.jsonl (fx) order; d's
+ * prompt i is fixture prompt src[i] (src NULL: d is prompts.jsonl itself). */
+static float *expected_rows(const float *raw, const ls_dataset_t *fx, const ls_dataset_t *d,
+                            const int64_t *src, int64_t H, ls_pool_t mode) {
+  const int64_t rows = mode == LS_POOL_NONE ? d->n_tokens : d->n;
+  float *out = malloc(sizeof(float) * (size_t)(rows * H + 1));
   for (int64_t i = 0; i < d->n; i++) {
-    int64_t a = d->offsets[i], b = d->offsets[i + 1];
+    int64_t j = src ? src[i] : i, a = fx->offsets[j], b = fx->offsets[j + 1];
+    if (mode == LS_POOL_NONE) {
+      memcpy(out + d->offsets[i] * H, raw + a * H, sizeof(float) * (size_t)((b - a) * H));
+      continue;
+    }
     for (int64_t h = 0; h < H; h++) {
       if (mode == LS_POOL_LAST) { out[i * H + h] = raw[(b - 1) * H + h]; continue; }
       double acc = 0;
@@ -207,12 +324,136 @@ static float *pool_expected(const float *raw, const ls_dataset_t *d, int64_t H, 
   return out;
 }
 
-static ls_dataset_t load_prompts(void) {
-  char path[4200];
-  snprintf(path, sizeof path, "%s/prompts.jsonl", fixtures);
-  ls_dataset_t d;
-  assert_int_equal(ls_dataset_load(path, 1 << 30, 0, &d), 0);
-  return d;
+/* ---- one output file against transformers ---------------------------------------------------- */
+typedef struct {
+  const char *model, *out;  /* the sweep's model and output file */
+  const char *hooks;        /* its --hooks */
+  const int *layers;        /* its --layers as ascending indices; NULL: every layer */
+  int n_sel;
+  const char *pool;         /* its --pool */
+  const ls_dataset_t *d;    /* the prompts it swept */
+  const int64_t *src;       /* d's prompt i is prompts.jsonl's src[i]; NULL: d is prompts.jsonl */
+} expect_t;
+
+/* Rank 0: every hook asked for, at every layer asked for, is in expected.safetensors and
+ * in the output with the right shape, layers and values; no other hook is in the output;
+ * the file is complete and its /samples match the prompts. */
+static void check_vs_expected(const expect_t *x) {
+  ls_dataset_t fx = load_prompts();
+  const ls_dataset_t *d = x->d;
+  const ls_pool_t mode = pool_mode(x->pool);
+  const int nL = config_int(x->model, "num_hidden_layers"), H = config_int(x->model, "hidden_size");
+  assert_true(nL <= MAX_LAYERS);
+  int all[MAX_LAYERS], n_sel = x->layers ? x->n_sel : nL;
+  const int *sel = x->layers ? x->layers : all;
+  for (int i = 0; i < nL; i++) all[i] = i;
+  for (int64_t i = 0; i < d->n; i++) { /* the prompts really are the fixture's */
+    int64_t j = x->src ? x->src[i] : i;
+    assert_true(j >= 0 && j < fx.n);
+    assert_int_equal(ls_dataset_len(d, i), ls_dataset_len(&fx, j));
+    assert_memory_equal(d->tokens + d->offsets[i], fx.tokens + fx.offsets[j],
+                        sizeof(int32_t) * (size_t)ls_dataset_len(d, i));
+  }
+  const int64_t rows = mode == LS_POOL_NONE ? d->n_tokens : d->n;
+  int want[N_HOOKS];
+  hook_set(x->hooks, want);
+
+  char status[64], hooks_attr[512], hooks_want[512] = "";
+  h5_attr_str(x->out, "/", "status", status, sizeof status);
+  if (strcmp(status, "complete") != 0)
+    fail_msg("%s: status \"%s\", want \"complete\"", x->out, status);
+  for (int h = 0; h < N_HOOKS; h++)
+    if (want[h])
+      snprintf(hooks_want + strlen(hooks_want), sizeof hooks_want - strlen(hooks_want), "%s%s",
+               hooks_want[0] ? "," : "", hook_names[h]);
+  h5_attr_str(x->out, "/", "hooks", hooks_attr, sizeof hooks_attr);
+  if (strcmp(hooks_attr, hooks_want) != 0)
+    fail_msg("%s: the file's hooks attribute is \"%s\"; the sweep was asked for \"%s\" (%s)",
+             x->out, hooks_attr, x->hooks, hooks_want);
+  int64_t done[MAX_LAYERS];
+  int n_done = h5_attr_i64(x->out, "/", "layers_completed", done, MAX_LAYERS);
+  for (int k = 0; k < n_sel; k++)
+    if (n_done != n_sel || done[k] != sel[k])
+      fail_msg("%s: layer %d is not marked completed (layers_completed has %d entries)", x->out,
+               sel[k], n_done);
+
+  for (int h = 0; h < N_HOOKS; h++) {
+    const char *name = hook_names[h];
+    char dname[64];
+    snprintf(dname, sizeof dname, "/%s", name);
+    hsize_t dims[3];
+    int nd;
+    float *got = h5_read(x->out, dname, H5T_NATIVE_FLOAT, sizeof(float), dims, &nd);
+    if (!want[h]) {
+      if (got) fail_msg("%s: hook %s is in the output but was not asked for (--hooks %s)", x->out,
+                        name, x->hooks);
+      continue;
+    }
+    expected_t e = need_expected(x->model, h, nL, fx.n_tokens, H);
+    if (!got) fail_msg("%s: hook %s is missing from the output %s", x->model, name, x->out);
+    const int per_layer = h != HOOK_FINAL_NORM;
+    if (per_layer ? nd != 3 || dims[0] != (hsize_t)n_sel || dims[1] != (hsize_t)rows || dims[2] != (hsize_t)H
+                  : nd != 2 || dims[0] != (hsize_t)rows || dims[1] != (hsize_t)H)
+      fail_msg("%s: hook %s has the wrong shape in %s (want [%s%lld, %d]: %d layers, %lld rows "
+               "of pool %s)", x->model, name, x->out, per_layer ? "layers, " : "",
+               (long long)rows, H, per_layer ? n_sel : 0, (long long)rows, x->pool);
+    if (per_layer) {
+      int64_t la[MAX_LAYERS];
+      int nla = h5_attr_i64(x->out, dname, "layers", la, MAX_LAYERS);
+      for (int k = 0; k < n_sel; k++)
+        if (nla != n_sel || la[k] != sel[k])
+          fail_msg("%s: hook %s: layer %d is missing from its layers attribute in %s", x->model,
+                   name, sel[k], x->out);
+    }
+    for (int k = 0; k < (per_layer ? n_sel : 1); k++) {
+      const float *plane = e.v + (per_layer ? (int64_t)sel[k] : 0) * fx.n_tokens * H;
+      float *ref = expected_rows(plane, &fx, d, x->src, H, mode);
+      char what[512];
+      if (per_layer)
+        snprintf(what, sizeof what, "%s %s layer %d (pool %s)", x->model, name, sel[k], x->pool);
+      else
+        snprintf(what, sizeof what, "%s %s (pool %s)", x->model, name, x->pool);
+      assert_rows_close(got + (int64_t)k * rows * H, ref, rows, H, what);
+      free(ref);
+    }
+    free(got);
+    free(e.v);
+  }
+
+  /* samples */
+  hsize_t dims[3];
+  int nd;
+  int64_t *len = h5_read(x->out, "/samples/length", H5T_NATIVE_INT64, 8, dims, &nd);
+  int64_t *lab = h5_read(x->out, "/samples/label", H5T_NATIVE_INT64, 8, dims, &nd);
+  if (!len || !lab) fail_msg("%s: /samples/length or /samples/label is missing", x->out);
+  for (int64_t i = 0; i < d->n; i++) {
+    assert_int_equal(len[i], ls_dataset_len(d, i));
+    assert_int_equal(lab[i], d->labels[i]);
+  }
+  if (mode == LS_POOL_NONE) {
+    int64_t *off = h5_read(x->out, "/samples/offsets", H5T_NATIVE_INT64, 8, dims, &nd);
+    if (!off) fail_msg("%s: /samples/offsets is missing", x->out);
+    assert_int_equal(dims[0], d->n + 1);
+    for (int64_t i = 0; i <= d->n; i++) assert_int_equal(off[i], d->offsets[i]);
+    free(off);
+  }
+  free(len);
+  free(lab);
+  ls_dataset_free(&fx);
+}
+
+/* ---- the engine's hook set is the test's ------------------------------------------------------- */
+static void test_hook_set(void **state) {
+  (void)state;
+  unsigned mask = 0;
+  assert_int_equal(ls_hooks_parse("all", &mask), 0);
+  if (LS_HOOK_COUNT != N_HOOKS || mask != (1u << N_HOOKS) - 1)
+    fail_msg("the engine has %d hooks (\"all\" = 0x%x); this test checks %d: update hook_names",
+             (int)LS_HOOK_COUNT, mask, N_HOOKS);
+  for (int h = 0; h < N_HOOKS; h++)
+    if (strcmp(ls_hook_name((ls_hook_t)h), hook_names[h]) != 0)
+      fail_msg("hook %d is \"%s\" in the engine, \"%s\" in this test", h,
+               ls_hook_name((ls_hook_t)h), hook_names[h]);
 }
 
 /* ---- every fixture, every hook, raw tokens ---------------------------------------------------- */
@@ -232,86 +473,28 @@ static void test_hf_fixtures_raw(void **state) {
     out_path(out, sizeof out, "raw_%s", models[m]);
     assert_int_equal(rc[m], 0);
     if (rank != 0) continue;
-    char status[64];
-    h5_attr_str(out, "/", "status", status, sizeof status);
-    assert_string_equal(status, "complete");
-    for (int h = 0; h < LS_HOOK_COUNT; h++) {
-      expected_t e = load_expected(models[m], ls_hook_name(h));
-      assert_non_null(e.v);
-      hsize_t dims[3];
-      int nd;
-      char name[64];
-      snprintf(name, sizeof name, "/%s", ls_hook_name(h));
-      float *got = h5_read(out, name, H5T_NATIVE_FLOAT, sizeof(float), dims, &nd);
-      assert_non_null(got);
-      assert_int_equal(nd, e.ndim);
-      for (int k = 0; k < nd; k++) assert_int_equal(dims[k], e.shape[k]);
-      int64_t H = e.shape[nd - 1], rows = 1;
-      for (int k = 0; k < nd - 1; k++) rows *= e.shape[k];
-      assert_int_equal(dims[nd - 2], d.n_tokens);
-      char what[256];
-      snprintf(what, sizeof what, "%s %s (pool none)", models[m], ls_hook_name(h));
-      assert_rows_close(got, e.v, rows, H, what);
-      free(got);
-      free(e.v);
-    }
-    /* samples */
-    hsize_t dims[3];
-    int nd;
-    int64_t *len = h5_read(out, "/samples/length", H5T_NATIVE_INT64, 8, dims, &nd);
-    int64_t *off = h5_read(out, "/samples/offsets", H5T_NATIVE_INT64, 8, dims, &nd);
-    int64_t *lab = h5_read(out, "/samples/label", H5T_NATIVE_INT64, 8, dims, &nd);
-    assert_non_null(len);
-    assert_non_null(off);
-    assert_non_null(lab);
-    for (int64_t i = 0; i < d.n; i++) {
-      assert_int_equal(len[i], ls_dataset_len(&d, i));
-      assert_int_equal(off[i], d.offsets[i]);
-      assert_int_equal(lab[i], d.labels[i]);
-    }
-    assert_int_equal(off[d.n], d.n_tokens);
-    free(len); free(off); free(lab);
+    expect_t x = {.model = models[m], .out = out, .hooks = "all", .pool = "none", .d = &d};
+    check_vs_expected(&x);
   }
   ls_dataset_free(&d);
 }
 
 /* ---- pooled: last_token and mean, and a layer subset ------------------------------------------- */
+static const char *pooled_hooks = "residual_pre,mlp_out,residual_post,final_norm";
+
 static int run_pooled(const char *model, const char *pool_name) {
   char out[4400];
   out_path(out, sizeof out, "pool_%s_%s", model, pool_name);
-  return sweep(model, "prompts.jsonl", out, "residual_pre,mlp_out,residual_post,final_norm",
-               "all", pool_name, 37, MPI_COMM_WORLD);
+  return sweep(model, "prompts.jsonl", out, pooled_hooks, "all", pool_name, 37, MPI_COMM_WORLD);
 }
 
-static void check_pooled(const char *model, ls_pool_t mode, const char *pool_name) {
+static void check_pooled(const char *model, const char *pool_name) {
+  if (rank != 0) return;
   ls_dataset_t d = load_prompts();
   char out[4400];
   out_path(out, sizeof out, "pool_%s_%s", model, pool_name);
-  if (rank == 0) {
-    const char *hooks[] = {"residual_pre", "mlp_out", "residual_post", "final_norm"};
-    for (int h = 0; h < 4; h++) {
-      expected_t e = load_expected(model, hooks[h]);
-      assert_non_null(e.v);
-      int64_t H = e.shape[e.ndim - 1], L = e.ndim == 3 ? e.shape[0] : 1;
-      char name[64];
-      snprintf(name, sizeof name, "/%s", hooks[h]);
-      hsize_t dims[3];
-      int nd;
-      float *got = h5_read(out, name, H5T_NATIVE_FLOAT, sizeof(float), dims, &nd);
-      assert_non_null(got);
-      assert_int_equal(dims[nd - 2], d.n);
-      for (int64_t l = 0; l < L; l++) {
-        float *ref = pool_expected(e.v + l * d.n_tokens * H, &d, H, mode);
-        char what[256];
-        snprintf(what, sizeof what, "%s %s layer %lld (pool %s)", model, hooks[h], (long long)l,
-                 pool_name);
-        assert_rows_close(got + l * d.n * H, ref, d.n, H, what);
-        free(ref);
-      }
-      free(got);
-      free(e.v);
-    }
-  }
+  expect_t x = {.model = model, .out = out, .hooks = pooled_hooks, .pool = pool_name, .d = &d};
+  check_vs_expected(&x);
   ls_dataset_free(&d);
 }
 
@@ -320,8 +503,8 @@ static void test_pool_last(void **state) {
   int a = run_pooled("qwen2_bias_sharded", "last_token"), b = run_pooled("llama_mqa_bf16", "last_token");
   assert_int_equal(a, 0);
   assert_int_equal(b, 0);
-  check_pooled("qwen2_bias_sharded", LS_POOL_LAST, "last_token");
-  check_pooled("llama_mqa_bf16", LS_POOL_LAST, "last_token");
+  check_pooled("qwen2_bias_sharded", "last_token");
+  check_pooled("llama_mqa_bf16", "last_token");
 }
 
 static void test_pool_mean(void **state) {
@@ -329,8 +512,8 @@ static void test_pool_mean(void **state) {
   int a = run_pooled("llama_gqa_f32", "mean"), b = run_pooled("mistral_window", "mean");
   assert_int_equal(a, 0);
   assert_int_equal(b, 0);
-  check_pooled("llama_gqa_f32", LS_POOL_MEAN, "mean");
-  check_pooled("mistral_window", LS_POOL_MEAN, "mean");
+  check_pooled("llama_gqa_f32", "mean");
+  check_pooled("mistral_window", "mean");
 }
 
 static void test_layer_subset(void **state) {
@@ -340,108 +523,239 @@ static void test_layer_subset(void **state) {
   assert_int_equal(sweep("llama3_rope_f16", "prompts.jsonl", out, "attn_out", "-1,0",
                          "last_token", 4096, MPI_COMM_WORLD), 0);
   if (rank != 0) return;
-  int64_t layers[8];
-  assert_int_equal(h5_attr_i64(out, "/attn_out", "layers", layers, 8), 2);
-  assert_int_equal(layers[0], 0);
-  assert_int_equal(layers[1], 2);
-  hsize_t dims[3];
-  int nd;
-  float *got = h5_read(out, "/attn_out", H5T_NATIVE_FLOAT, sizeof(float), dims, &nd);
-  assert_non_null(got);
-  assert_int_equal(nd, 3);
-  assert_int_equal(dims[0], 2);
+  /* layers 0 and 2 only; every other hook (residual_post, ...) absent */
+  static const int layers[] = {0, 2};
   ls_dataset_t d = load_prompts();
-  expected_t e = load_expected("llama3_rope_f16", "attn_out");
-  int64_t H = e.shape[2];
-  for (int i = 0; i < 2; i++) {
-    float *ref = pool_expected(e.v + layers[i] * d.n_tokens * H, &d, H, LS_POOL_LAST);
-    assert_rows_close(got + (int64_t)i * d.n * H, ref, d.n, H, "attn_out layer subset");
-    free(ref);
-  }
-  /* datasets of hooks not asked for are absent */
-  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-  assert_null(h5_read(out, "/residual_post", H5T_NATIVE_FLOAT, sizeof(float), dims, &nd));
-  free(got);
-  free(e.v);
+  expect_t x = {.model = "llama3_rope_f16", .out = out, .hooks = "attn_out", .layers = layers,
+                .n_sel = 2, .pool = "last_token", .d = &d};
+  check_vs_expected(&x);
   ls_dataset_free(&d);
 }
 
-/* ---- P ranks == 1 rank, bit for bit, for any microbatch size -------------------------------------- */
-static void compare_files_bitwise(const char *a, const char *b, const char **names, int n) {
-  for (int i = 0; i < n; i++) {
+/* ---- rank and batching invariance ---------------------------------------------------------------- */
+/* Rank 0: files a and b (the same sweep on other ranks / batchings) hold the same hooks,
+ * bit for bit on the CPU backend (within tol on cuda), and the same /samples. Every hook
+ * of hooks_spec must be in both. */
+static void compare_outputs(const char *a, const char *b, const char *hooks_spec, int pool_none) {
+  int want[N_HOOKS];
+  hook_set(hooks_spec, want);
+  for (int h = 0; h < N_HOOKS; h++) {
+    if (!want[h]) continue;
+    char name[64];
+    snprintf(name, sizeof name, "/%s", hook_names[h]);
     hsize_t da[3], db[3];
     int na, nb;
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    float *x = h5_read(a, names[i], H5T_NATIVE_FLOAT, sizeof(float), da, &na);
-    float *y = h5_read(b, names[i], H5T_NATIVE_FLOAT, sizeof(float), db, &nb);
-    if (!x && !y) continue; /* absent in both */
-    assert_non_null(x);
-    assert_non_null(y);
-    assert_int_equal(na, nb);
+    float *x = h5_read(a, name, H5T_NATIVE_FLOAT, sizeof(float), da, &na);
+    float *y = h5_read(b, name, H5T_NATIVE_FLOAT, sizeof(float), db, &nb);
+    if (!x) fail_msg("hook %s is missing from %s", hook_names[h], a);
+    if (!y) fail_msg("hook %s is missing from %s", hook_names[h], b);
     size_t cnt = 1;
-    for (int k = 0; k < na; k++) {
-      assert_int_equal(da[k], db[k]);
+    int same_shape = na == nb;
+    for (int k = 0; k < na && same_shape; k++) {
+      same_shape = da[k] == db[k];
       cnt *= da[k];
     }
-    if (exact && memcmp(x, y, cnt * sizeof(float)) != 0)
-      fail_msg("%s differs between %s and %s", names[i], a, b);
+    if (!same_shape) fail_msg("hook %s has another shape in %s than in %s", hook_names[h], b, a);
+    if (h != HOOK_FINAL_NORM) {
+      int64_t la[MAX_LAYERS], lb[MAX_LAYERS];
+      int nla = h5_attr_i64(a, name, "layers", la, MAX_LAYERS);
+      int nlb = h5_attr_i64(b, name, "layers", lb, MAX_LAYERS);
+      if (nla < 0 || nla != nlb || memcmp(la, lb, sizeof(int64_t) * (size_t)nla) != 0)
+        fail_msg("hook %s: the layers attribute differs between %s and %s", hook_names[h], a, b);
+    }
+    const size_t H = (size_t)da[na - 1];
+    if (exact && memcmp(x, y, cnt * sizeof(float)) != 0) {
+      size_t i = 0;
+      while (memcmp(x + i, y + i, sizeof(float)) == 0) i++;
+      fail_msg("hook %s differs between %s and %s: row %zu (of the flattened leading axes), "
+               "column %zu: %.9g vs %.9g", hook_names[h], a, b, i / H, i % H, x[i], y[i]);
+    }
     if (!exact) {
       char what[9000];
-      snprintf(what, sizeof what, "%s: %s vs %s", names[i], a, b);
-      assert_rows_close(x, y, (int64_t)(cnt / da[na - 1]), (int64_t)da[na - 1], what);
+      snprintf(what, sizeof what, "%s: %s vs %s", hook_names[h], b, a);
+      assert_rows_close(y, x, (int64_t)(cnt / H), (int64_t)H, what);
     }
+    free(x);
+    free(y);
+  }
+  const char *samples[] = {"/samples/length", "/samples/label", "/samples/offsets"};
+  for (int s = 0; s < (pool_none ? 3 : 2); s++) {
+    hsize_t da[3], db[3];
+    int na, nb;
+    int64_t *x = h5_read(a, samples[s], H5T_NATIVE_INT64, 8, da, &na);
+    int64_t *y = h5_read(b, samples[s], H5T_NATIVE_INT64, 8, db, &nb);
+    if (!x || !y || na != 1 || nb != 1 || da[0] != db[0] ||
+        memcmp(x, y, sizeof(int64_t) * (size_t)da[0]) != 0)
+      fail_msg("%s is missing or differs between %s and %s", samples[s], a, b);
     free(x);
     free(y);
   }
 }
 
-static void check_rank_invariance(const char *model, const char *data, const char *pool) {
-  static const char *names[] = {"/residual_pre", "/attn_out", "/mlp_out", "/residual_post",
-                                "/final_norm"};
-  char ref[4400];
-  snprintf(ref, sizeof ref, "%s/ref_%s_%s_r%d.h5", tmp, model, pool, size);
-  int rc = 0;
-  if (rank == 0) rc = sweep(model, data, ref, "all", "all", pool, 4096, MPI_COMM_SELF);
-  MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
-  assert_int_equal(rc, 0);
-  const int64_t mbs[] = {1, 29, 4096};
-  int rcs[3];
-  for (size_t i = 0; i < 3; i++) {
-    char out[4400];
-    out_path(out, sizeof out, "inv_%s_%s_mb%lld", model, pool, (long long)mbs[i]);
-    rcs[i] = sweep(model, data, out, "all", "all", pool, mbs[i], MPI_COMM_WORLD);
+/* Rank 0: every rank of this run took part in every layer: the file records `size` ranks
+ * and each rank's row of the (ranks, layers) profile was written by it (it loaded each
+ * layer's weights and took part in each layer's collective write: both times > 0). */
+static void check_every_rank_took_part(const char *out, int n_layers) {
+  int64_t n_ranks = 0;
+  if (h5_attr_i64(out, "/", "n_ranks", &n_ranks, 1) != 1 || n_ranks != size)
+    fail_msg("%s: n_ranks is %lld, want %d", out, (long long)n_ranks, size);
+  const char *fields[] = {"/profile/load_s", "/profile/write_s"};
+  for (int f = 0; f < 2; f++) {
+    hsize_t dims[3];
+    int nd;
+    double *v = h5_read(out, fields[f], H5T_NATIVE_DOUBLE, sizeof(double), dims, &nd);
+    if (!v || nd != 2 || dims[0] != (hsize_t)size || dims[1] != (hsize_t)n_layers)
+      fail_msg("%s: %s is missing or not (%d ranks, %d layers)", out, fields[f], size, n_layers);
+    for (int r = 0; r < size; r++)
+      for (int L = 0; L < n_layers; L++)
+        if (!(isfinite(v[r * n_layers + L]) && v[r * n_layers + L] > 0))
+          fail_msg("%s: rank %d did not take part in layer %d (%s = %g)", out, r, L, fields[f],
+                   v[r * n_layers + L]);
+    free(v);
   }
-  for (size_t i = 0; i < 3; i++) {
-    char out[4400];
-    out_path(out, sizeof out, "inv_%s_%s_mb%lld", model, pool, (long long)mbs[i]);
-    assert_int_equal(rcs[i], 0);
-    if (rank == 0) compare_files_bitwise(ref, out, names, 5);
+}
+
+/* Rank and batching invariance of `data` (the prompts of d) through `model`, every hook
+ * and layer:
+ *   reference: rank 0 alone (MPI_COMM_SELF), the whole dataset in one microbatch (REF_MB);
+ *   then every rank (MPI_COMM_WORLD) with each --microbatch-tokens of mbs.
+ * At P > 1 ranks each world run differs from the reference in its sharding; at 1 rank
+ * only the batching can differ, so there every mb must split the prompts into several
+ * microbatches (checked). inv_run() makes the collective calls and asserts nothing that
+ * could differ between ranks; inv_check() then asserts on rank 0, so a test may run
+ * several inv_run()s before its first inv_check() without stranding ranks in a collective. */
+enum { MAX_MBS = 8, MAX_RANKS = 256 };
+typedef struct {
+  const char *model, *pool;
+  int64_t mbs[MAX_MBS];
+  int n_mbs;
+  char ref[4400], outs[MAX_MBS][4400];
+  int ref_rc, rcs[MAX_MBS * MAX_RANKS]; /* rank r, mbs[i]: rcs[r * n_mbs + i] (rank 0) */
+} inv_run_t;
+
+static void inv_run(inv_run_t *v, const char *tag, const char *model, const char *data,
+                    const ls_dataset_t *d, const char *pool, const int64_t *mbs, int n_mbs) {
+  assert_true(n_mbs >= 1 && n_mbs <= MAX_MBS && size <= MAX_RANKS);
+  /* the reference holds the whole dataset in one microbatch even with the widest row
+   * alignment padding (LS_ROW_PAD, 48 rows, per prompt) */
+  assert_true(d->n_tokens + 48 * d->n <= REF_MB);
+  for (int i = 0; i < n_mbs; i++)
+    if (size == 1 && !(d->n >= 2 && mbs[i] < d->n_tokens))
+      fail_msg("at 1 rank, --microbatch-tokens %lld keeps all %lld prompts (%lld tokens) in "
+               "one microbatch, like the reference: that compares a run with itself",
+               (long long)mbs[i], (long long)d->n, (long long)d->n_tokens);
+  v->model = model;
+  v->pool = pool;
+  v->n_mbs = n_mbs;
+  out_path(v->ref, sizeof v->ref, "inv_%s_%s_%s_ref1rank", tag, model, pool);
+  v->ref_rc = 0;
+  if (rank == 0) v->ref_rc = sweep(model, data, v->ref, "all", "all", pool, REF_MB, MPI_COMM_SELF);
+  int rcs[MAX_MBS];
+  for (int i = 0; i < n_mbs; i++) {
+    v->mbs[i] = mbs[i];
+    out_path(v->outs[i], sizeof v->outs[i], "inv_%s_%s_%s_mb%lld", tag, model, pool,
+             (long long)mbs[i]);
+    rcs[i] = sweep(model, data, v->outs[i], "all", "all", pool, mbs[i], MPI_COMM_WORLD);
   }
+  MPI_Gather(rcs, n_mbs, MPI_INT, v->rcs, n_mbs, MPI_INT, 0, MPI_COMM_WORLD);
+}
+
+/* Rank 0: the reference and every world file match transformers (d's prompt i is
+ * prompts.jsonl's src[i]; src NULL: d is prompts.jsonl); every world file equals the
+ * reference bit for bit (on CPU) and shows that every rank took part. */
+static void inv_check(const inv_run_t *v, const ls_dataset_t *d, const int64_t *src) {
+  if (rank != 0) return;
+  if (v->ref_rc != 0) fail_msg("%s: the one-rank reference sweep returned %d", v->ref, v->ref_rc);
+  for (int r = 0; r < size; r++)
+    for (int i = 0; i < v->n_mbs; i++)
+      if (v->rcs[r * v->n_mbs + i] != 0)
+        fail_msg("%s: the sweep (--microbatch-tokens %lld) returned %d on rank %d", v->outs[i],
+                 (long long)v->mbs[i], v->rcs[r * v->n_mbs + i], r);
+  const int nL = config_int(v->model, "num_hidden_layers");
+  expect_t x = {.model = v->model, .out = v->ref, .hooks = "all", .pool = v->pool, .d = d,
+                .src = src};
+  check_vs_expected(&x);
+  for (int i = 0; i < v->n_mbs; i++) {
+    x.out = v->outs[i];
+    check_vs_expected(&x);
+    compare_outputs(v->ref, v->outs[i], "all", strcmp(v->pool, "none") == 0);
+    check_every_rank_took_part(v->outs[i], nL);
+  }
+}
+
+/* The world runs' --microbatch-tokens: 1 (one prompt per microbatch), 29 (a few together),
+ * and at P > 1 ranks REF_MB (each rank's shard in one microbatch: the reference's batching
+ * on another sharding); at 1 rank that would be the reference itself, so 64 instead. */
+static void invariance_mbs(int64_t mbs[3]) {
+  mbs[0] = 1;
+  mbs[1] = 29;
+  mbs[2] = size > 1 ? REF_MB : 64;
 }
 
 static void test_rank_invariance_raw(void **state) {
   (void)state;
-  check_rank_invariance("llama_gqa_f32", "prompts.jsonl", "none");
+  ls_dataset_t d = load_prompts();
+  int64_t mbs[3];
+  invariance_mbs(mbs);
+  inv_run_t v;
+  inv_run(&v, "fx", "llama_gqa_f32", "prompts.jsonl", &d, "none", mbs, 3);
+  inv_check(&v, &d, NULL);
+  ls_dataset_free(&d);
 }
 
 static void test_rank_invariance_mean(void **state) {
   (void)state;
-  check_rank_invariance("qwen2_bias_sharded", "prompts.jsonl", "mean");
+  ls_dataset_t d = load_prompts();
+  int64_t mbs[3];
+  invariance_mbs(mbs);
+  inv_run_t v;
+  inv_run(&v, "fx", "qwen2_bias_sharded", "prompts.jsonl", &d, "mean", mbs, 3);
+  inv_check(&v, &d, NULL);
+  ls_dataset_free(&d);
 }
 
-/* more ranks than prompts: ranks without prompts still take part in every collective */
+/* more ranks than prompts: P - 1 prompts of prompts.jsonl (33, 7, 24, ... tokens) on P
+ * ranks, so at least one rank (by the token-balanced sharding, often rank 0) has none;
+ * ranks without prompts still take part in every collective. The files (raw and pooled)
+ * must equal the one-rank run and transformers. Needs P >= 2: alone, it is skipped. */
 static void test_more_ranks_than_prompts(void **state) {
   (void)state;
+  if (size < 2) {
+    print_message("test_more_ranks_than_prompts: needs at least 2 ranks (run under mpirun)\n");
+    skip();
+  }
+  static const int64_t order[] = {4, 1, 7, 2, 5, 3, 6, 0};
+  const int64_t n = size - 1 < 8 ? size - 1 : 8;
+  ls_dataset_t fx = load_prompts();
   char data[4200];
-  snprintf(data, sizeof data, "%s/two_prompts.jsonl", tmp);
+  snprintf(data, sizeof data, "%s/fewer_prompts_np%d.jsonl", tmp, size);
+  int ok = 1;
   if (rank == 0) {
     FILE *f = fopen(data, "w");
-    fputs("{\"input_ids\": [5, 6, 7], \"label\": 1, \"id\": \"a\"}\n", f);
-    fputs("{\"input_ids\": [9], \"label\": 0, \"id\": \"b\"}\n", f);
-    fclose(f);
+    ok = f != NULL;
+    for (int64_t i = 0; i < n && ok; i++) {
+      int64_t j = order[i];
+      fputs("{\"input_ids\": [", f);
+      for (int64_t t = fx.offsets[j]; t < fx.offsets[j + 1]; t++)
+        fprintf(f, "%s%d", t > fx.offsets[j] ? ", " : "", (int)fx.tokens[t]);
+      fprintf(f, "], \"label\": %lld, \"id\": \"p%lld\"}\n", (long long)fx.labels[j], (long long)j);
+    }
+    if (f && fclose(f) != 0) ok = 0;
   }
-  MPI_Barrier(MPI_COMM_WORLD);
-  check_rank_invariance("mistral_window", data, "last_token");
+  MPI_Bcast(&ok, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  assert_true(ok);
+  ls_dataset_t d;
+  assert_int_equal(ls_dataset_load(data, 1 << 30, 0, &d), 0);
+  assert_int_equal(d.n, n);
+  assert_true(d.n < size); /* so at least size - n ranks have no prompt */
+  static const int64_t mbs[] = {REF_MB};
+  static inv_run_t raw, last; /* static: large */
+  inv_run(&raw, "fewer", "mistral_window", data, &d, "none", mbs, 1);
+  inv_run(&last, "fewer", "mistral_window", data, &d, "last_token", mbs, 1);
+  inv_check(&raw, &d, order);
+  inv_check(&last, &d, order);
+  ls_dataset_free(&d);
+  ls_dataset_free(&fx);
 }
 
 /* ---- bytes read from disk and the profile ----------------------------------------------------------- */
@@ -522,6 +836,7 @@ int main(int argc, char **argv) {
     if (rank == 0) printf("test_fixtures on the CUDA backend, %s, tolerance %.0e\n", dtype, tol);
   }
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_hook_set),
       cmocka_unit_test(test_hf_fixtures_raw),
       cmocka_unit_test(test_pool_last),
       cmocka_unit_test(test_pool_mean),

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "ls_common.h"
+#include "registry.h"
 
 /* ---- elementwise / row ops ----------------------------------------------------- */
 void ls_cpu_rmsnorm(float *out, const float *x, const float *w, int T, int H, float eps) {
@@ -298,8 +299,24 @@ ls_backend_t *ls_backend_cpu_new(int threads, int max_seq) {
   be->row_align = ls_cpu_probe_row_align();
   be->wtype = LS_DT_F32;
   be->compute_dtype = "float32";
+  be->caps = LS_BE_DETERMINISTIC | LS_BE_HOST_MEMORY;
   be->host_visible = 1;
   snprintf(be->desc, sizeof be->desc, "cpu (float32, %d thread%s per rank)", c->threads,
            c->threads > 1 ? "s" : "");
   return be;
 }
+
+/* ---- the registry entry ------------------------------------------------------------------ */
+static int cpu_probe(int asked, char *why, size_t cap) { return 1; }
+
+static ls_backend_t *cpu_create(const ls_backend_params_t *p) {
+  return ls_backend_cpu_new(p->threads, p->max_seq);
+}
+
+const ls_backend_entry_t ls_backend_cpu_entry = {
+    .name = "cpu",
+    .caps = LS_BE_DETERMINISTIC | LS_BE_HOST_MEMORY,
+    .auto_priority = 0,
+    .probe = cpu_probe,
+    .create = cpu_create,
+};

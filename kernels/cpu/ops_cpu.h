@@ -31,4 +31,9 @@ void ls_cpu_pool(float *pooled, const float *x, const int32_t *seq_start,
  * it sits in the call (measured once; see ops_cpu.c). */
 int ls_cpu_probe_row_align(void);
 
+/* The CPU backend itself (the registry's "cpu" entry creates it; tests may call it
+ * directly): threads <= 0 means "all cores"; attention scratch is sized for prompts up
+ * to max_seq tokens. Its weight broadcast is installed by ls_backend_create only. */
+ls_backend_t *ls_backend_cpu_new(int threads, int max_seq);
+
 #endif

@@ -1,4 +1,7 @@
-/* backend_cuda.cu: the CUDA backend (see backend_cuda.h and kernels/backend.h).
+/* backend_cuda.cu: the CUDA backend: the op table of kernels/backend.h on one GPU per
+ * MPI rank, GEMMs with cuBLAS, layer weights broadcast GPU to GPU with NCCL. Built as
+ * the plugin liblayersweep-cuda.so (kernels/cuda/CMakeLists.txt), loaded through the
+ * registry (kernels/plugin.c) only when used; its one export is ls_plugin_entry.
  *
  * One GPU per MPI rank. Two streams: `stream` runs every op and copy in order;
  * `wstream` carries layer weights (rank 0's host-to-device copy of the raw layer, then
@@ -26,9 +29,9 @@
 #include <unistd.h>
 
 extern "C" { /* the project's C headers (mpi.h, included above, stays C++-aware) */
-#include "backend_cuda.h"
+#include "backend.h"
 #include "ls_common.h"
-#include "safetensors.h"
+#include "registry.h"
 }
 #include "ops_cuda.cuh"
 
@@ -332,6 +335,8 @@ static int cu_bcast_wait(ls_backend_t *be, int slot) {
                       : LS_OK;
 }
 
+static const ls_bcast_iface_t cuda_bcast = {cu_bcast, cu_bcast_wait, NULL};
+
 /* ---- lifetime ---------------------------------------------------------------------------------- */
 static void cu_destroy(ls_backend_t *be) {
   cu_ctx_t *c = ctx_of(be);
@@ -379,12 +384,13 @@ static const ls_backend_iface_t cuda_iface = {
     /* .add = */ cu_add,
     /* .pool = */ cu_pool,
     /* .sync = */ cu_sync,
-    /* .bcast = */ cu_bcast,
-    /* .bcast_wait = */ cu_bcast_wait,
+    /* .bcast = */ &cuda_bcast,
     /* .destroy = */ cu_destroy,
 };
 
-extern "C" int ls_cuda_usable(char *why, size_t cap) {
+/* Number of CUDA devices this process can use; 0 with the reason in why (no driver, an
+ * old driver, no device). Touches no device memory. */
+static int cuda_probe(int asked, char *why, size_t cap) {
   int n = 0;
   cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess) {
@@ -420,10 +426,17 @@ static int pick_device(cu_ctx_t *c, MPI_Comm comm) {
   } else {
     rc = LS_ERR;
   }
+  /* the gather is collective: a rank that cannot allocate still takes part */
   char *all = (char *)calloc((size_t)local_size, sizeof bus);
-  if (!all) MPI_Abort(comm, 1);
-  MPI_Allgather(bus, sizeof bus, MPI_CHAR, all, sizeof bus, MPI_CHAR, node);
-  for (int r = 0; r < local_size && rc == LS_OK; r++)
+  char *recv = all ? all : (char *)calloc(1, sizeof bus * (size_t)local_size + 1);
+  if (!all) {
+    ls_error("out of memory on rank %d comparing the ranks' GPUs", c->rank);
+    c->err = 1;
+    rc = LS_ERR;
+  }
+  if (recv) MPI_Allgather(bus, sizeof bus, MPI_CHAR, recv, sizeof bus, MPI_CHAR, node);
+  if (!all) free(recv);
+  for (int r = 0; r < local_size && rc == LS_OK && all; r++)
     if (r != local && bus[0] && strcmp(all + (size_t)r * sizeof bus, bus) == 0) {
       ls_error("rank %d and rank %d of this node would share GPU %s: NCCL needs one GPU per "
                "rank; start as many ranks per node as GPUs (mpirun -npernode N, or srun "
@@ -436,10 +449,23 @@ static int pick_device(cu_ctx_t *c, MPI_Comm comm) {
   return rc;
 }
 
-extern "C" ls_backend_t *ls_backend_cuda_new(int bf16, int max_seq, MPI_Comm comm) {
+/* Collective over p->comm: every rank opens the GPU of its node-local rank (modulo the
+ * visible devices; refused when ranks would share a GPU), one NCCL communicator for
+ * the job. bf16: GEMM weights and GEMM inputs in bf16 with float32 accumulation; else
+ * float32 throughout (no TF32). NULL after one message on error. */
+static ls_backend_t *cuda_create(const ls_backend_params_t *p) {
+  const int bf16 = p->bf16, max_seq = p->max_seq;
+  MPI_Comm comm = p->comm;
   ls_backend_t *be = (ls_backend_t *)ls_calloc(1, sizeof *be, "cuda backend");
   cu_ctx_t *c = (cu_ctx_t *)ls_calloc(1, sizeof *c, "cuda backend");
-  if (!be || !c) MPI_Abort(comm, 1);
+  /* creation is collective: a rank that cannot allocate still agrees (and fails) */
+  int have = be && c, all_have = 0;
+  MPI_Allreduce(&have, &all_have, 1, MPI_INT, MPI_MIN, comm);
+  if (!all_have) {
+    free(be);
+    free(c);
+    return NULL;
+  }
   be->iface = &cuda_iface;
   be->ctx = c;
   c->bf16 = bf16;
@@ -502,6 +528,7 @@ extern "C" ls_backend_t *ls_backend_cuda_new(int bf16, int max_seq, MPI_Comm com
   be->row_align = 1; /* packed prompts, no padding */
   be->wtype = bf16 ? LS_DT_BF16 : LS_DT_F32;
   be->compute_dtype = bf16 ? "bf16" : "float32";
+  be->caps = LS_BE_DEVICE_BCAST | LS_BE_BF16;
   be->host_visible = 0;
   be->mem_bytes = (double)free_b;
   {
@@ -520,4 +547,16 @@ fail:
   if (!c->err) c->err = 1; /* another rank failed and said why */
   cu_destroy(be);
   return NULL;
+}
+
+static const ls_backend_entry_t cuda_entry = {
+    /* .name = */ "cuda",
+    /* .caps = */ LS_BE_DEVICE_BCAST | LS_BE_BF16,
+    /* .auto_priority = */ 10,
+    /* .probe = */ cuda_probe,
+    /* .create = */ cuda_create,
+};
+
+extern "C" __attribute__((visibility("default"))) const ls_backend_entry_t *ls_plugin_entry(int abi) {
+  return abi == LS_PLUGIN_ABI ? &cuda_entry : NULL;
 }

@@ -11,8 +11,11 @@
 #include <unistd.h>
 #include <time.h>
 
-static int g_rank = 0, g_size = 1, g_quiet = 0, g_defer = 0;
-static char g_deferred[2048];
+static int g_rank = 0, g_size = 1, g_quiet = 0;
+/* Deferral is per thread: rank 0's weight reader thread keeps its own first error
+ * (ls_error_take) while the main thread defers around a collective step. */
+static _Thread_local int g_defer = 0;
+static _Thread_local char g_deferred[2048];
 
 void ls_log_set_rank(int rank, int size) { g_rank = rank; g_size = size; }
 void ls_error_set_quiet(int quiet) { g_quiet = quiet; }
@@ -54,6 +57,13 @@ void ls_error_release(int print) {
   if (print && msg[0]) ls_error("%s", msg);
 }
 
+int ls_error_take(char *buf, size_t cap) {
+  int had = g_deferred[0] != '\0';
+  if (cap) snprintf(buf, cap, "%s", g_deferred);
+  g_deferred[0] = '\0';
+  return had;
+}
+
 void ls_warn(const char *fmt, ...) {
   if (g_rank != 0) return;
   va_list ap;
@@ -92,6 +102,15 @@ void *ls_aligned_alloc(size_t bytes, const char *what) {
     return NULL;
   }
   return p;
+}
+
+uint64_t ls_fnv1a(uint64_t h, const void *data, size_t n) {
+  const unsigned char *p = data;
+  for (size_t i = 0; i < n; i++) {
+    h ^= p[i];
+    h *= 0x100000001b3ull;
+  }
+  return h;
 }
 
 double ls_now(void) {

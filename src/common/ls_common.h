@@ -23,11 +23,16 @@ void ls_log_set_rank(int rank, int size);
 void ls_error_set_quiet(int quiet);
 /* Deferred errors: while deferring, ls_error keeps the first message instead of
  * printing it; ls_error_release(print) prints it (if print) and clears it. Used around
- * collective steps so that one rank reports a failure every rank saw (see ls_agree_report). */
+ * collective steps so that one rank reports a failure every rank saw (see ls_agree_report).
+ * The deferral state is per thread. */
 void ls_error_defer(int on);
-/* 1 if an error was deferred and not yet released */
+/* 1 if an error was deferred and not yet released (by this thread) */
 int ls_error_pending(void);
 void ls_error_release(int print);
+/* Move this thread's deferred message into buf (cap bytes) and clear it, staying in
+ * deferred mode; 1 if there was one. A worker thread defers for its whole life and
+ * hands its messages to the thread that reports them. */
+int ls_error_take(char *buf, size_t cap);
 
 /* Allocation that reports what it was for; returns NULL (after ls_error) on failure. */
 void *ls_malloc(size_t bytes, const char *what);
@@ -42,6 +47,11 @@ static inline int ls_mul_overflow_u64(uint64_t a, uint64_t b, uint64_t *out) {
 static inline int ls_add_overflow_u64(uint64_t a, uint64_t b, uint64_t *out) {
   return __builtin_add_overflow(a, b, out);
 }
+
+/* FNV-1a 64 over bytes, chained through h (start with LS_FNV_INIT): fingerprints of
+ * model headers, datasets and options (not a cryptographic hash). */
+#define LS_FNV_INIT 0xcbf29ce484222325ull
+uint64_t ls_fnv1a(uint64_t h, const void *data, size_t n);
 
 /* Monotonic wall clock in seconds. */
 double ls_now(void);

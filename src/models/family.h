@@ -1,0 +1,123 @@
+/* family.h: a model family as a recipe. A family is one file in src/models that
+ * declares
+ *   (a) how its config.json is read (parse_config, with the JSON helpers below),
+ *   (b) its weight table: the Hugging Face name, shape and kind of every tensor of a
+ *       layer (layer_tensors) and of the whole model (global_tensors), built once per
+ *       model (src/model.c) and used by the plan, the weight reader, the converter and
+ *       the checkpoint fingerprint,
+ *   (c) its block forward, composed from backend ops (kernels/backend.h), calling the
+ *       hook callback at every hook point it has,
+ * and is listed once in src/models/families.c. Compare llama.cpp's per-architecture
+ * graph builders over one op set. */
+#ifndef LS_FAMILY_H
+#define LS_FAMILY_H
+
+#include <cjson/cJSON.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "config.h"
+#include "hooks.h"
+
+/* ---- the weight table ------------------------------------------------------------------- */
+#define LS_WNAME_MAX 256
+
+typedef enum {
+  LS_WK_MATRIX = 0, /* GEMM weight (n_out, n_in): stored in the backend's weight format */
+  LS_WK_NORM = 1,   /* norm weight (float32 in backend memory) */
+  LS_WK_BIAS = 2,   /* bias (float32) */
+  LS_WK_EMBED = 3   /* embedding table (vocab, H): read by rows, never converted whole */
+} ls_wkind_t;
+
+typedef struct {
+  char name[LS_WNAME_MAX]; /* Hugging Face tensor name */
+  int32_t kind;            /* ls_wkind_t */
+  int32_t present;         /* 0: this model has no such tensor (e.g. biases turned off) */
+  int32_t ndim;
+  int64_t shape[2];        /* as stored in the checkpoint */
+} ls_wspec_t;
+
+/* ---- the block forward -------------------------------------------------------------------- */
+/* A microbatch of packed prompts (all backend memory). */
+typedef struct {
+  int T;                    /* rows (tokens) */
+  int n_seq;                /* prompts */
+  const int32_t *seq_start; /* (n_seq + 1) row offsets, seq_start[0] = 0 */
+  const int32_t *seq_len;   /* (n_seq) real rows of each sequence (the rest up to the
+                             * next start is alignment padding); NULL: no padding */
+  const int32_t *pos;       /* (T) position of each row inside its prompt */
+  int max_len;              /* >= every seq_start[s + 1] - seq_start[s] */
+} ls_batch_t;
+
+/* Called by a block at each of its hook points with the rows (T, width) that point
+ * exposes (backend memory). The callee may read them (capture, pooling) and, for edit
+ * points, change them in place before the block uses them (steering). */
+typedef void (*ls_hook_fn)(void *ctx, ls_hook_t hook, float *rows, int width);
+
+typedef struct {
+  ls_backend_t *be;
+  const ls_config_t *cfg;
+  void *const *w;                  /* (n_slots) this layer's tensors, backend memory, in
+                                    * layer_tensors order; NULL where absent */
+  const float *cos_tab, *sin_tab;  /* (max_len, head_dim / 2) RoPE tables, backend memory */
+  const ls_batch_t *b;
+  float *scratch;                  /* scratch_floats(cfg, T_max) floats, backend memory */
+  int T_max;
+  ls_hook_fn hook;                 /* NULL: no hooks */
+  void *hook_ctx;
+} ls_block_t;
+
+typedef struct {
+  const char *name;               /* e.g. "llama" */
+  const char *const *archs;       /* config "architectures" values it reads, NULL-ended */
+  const char *const *model_types; /* the matching "model_type" values (used when
+                                   * "architectures" is absent), same order */
+  /* Fill cfg from config.json's root object (cfg->arch_name / model_type / family are
+   * already set); LS_ERR after one line naming path and the key. */
+  int (*parse_config)(const cJSON *root, const char *path, ls_config_t *cfg);
+  int n_slots;                    /* tensors per layer (present or not) */
+  void (*layer_tensors)(const ls_config_t *cfg, int layer, ls_wspec_t *slots);
+  /* the embedding table and the final norm's weight */
+  void (*global_tensors)(const ls_config_t *cfg, ls_wspec_t *embed, ls_wspec_t *final_norm);
+  size_t (*scratch_floats)(const ls_config_t *cfg, int T_max);
+  /* x (T, H): the residual stream in (residual_pre), residual_post out */
+  void (*forward)(const ls_block_t *blk, float *x);
+  /* out (T, H) <- the model's final norm of x with weight w (hook final_norm) */
+  void (*final_norm)(ls_backend_t *be, const ls_config_t *cfg, float *out, const float *x,
+                     const float *w, int T);
+} ls_family_t;
+
+/* The family of index i (cfg->family), NULL past the end. */
+const ls_family_t *ls_family_get(int i);
+/* Index of the family that reads architecture `arch` (or, when arch is NULL,
+ * model_type `type`); -1 if none. */
+int ls_family_find(const char *arch, const char *type);
+/* "LlamaForCausalLM, MistralForCausalLM, ..." for messages */
+const char *ls_family_supported(void);
+/* Model GEMM flops per token per layer (2 x the multiply-adds of every GEMM weight),
+ * averaged over the layers. */
+double ls_family_gemm_flops_per_token(const ls_config_t *cfg);
+
+/* ---- config.json helpers for parse_config (src/config.c) ------------------------------------ */
+/* the value of key, NULL when absent or null */
+const cJSON *ls_cfg_get(const cJSON *o, const char *key);
+/* integer in [lo, hi]; absent: def, or an error when required */
+int ls_cfg_int(const cJSON *o, const char *key, int required, int def, int lo, int hi,
+               const char *path, int *out);
+/* finite number in [lo, hi]; absent: def */
+int ls_cfg_num(const cJSON *o, const char *key, double def, double lo, double hi,
+               const char *path, double *out);
+int ls_cfg_bool(const cJSON *o, const char *key, int def, const char *path, int *out);
+/* the sizes every decoder has: hidden_size, intermediate_size, num_hidden_layers,
+ * num_attention_heads, num_key_value_heads, head_dim, vocab_size,
+ * max_position_embeddings, rms_norm_eps, checked for consistency */
+int ls_cfg_common_sizes(const cJSON *root, const char *path, ls_config_t *cfg);
+/* rope_theta + rope_scaling (classic) or rope_parameters (transformers 5): default,
+ * linear and llama3 */
+int ls_cfg_rope(const cJSON *root, const char *path, ls_config_t *cfg);
+/* hidden_act (or hidden_activation) must be one of the NULL-ended names */
+int ls_cfg_activation(const cJSON *root, const char *path, const char *const *allowed,
+                      const ls_config_t *cfg);
+
+#endif

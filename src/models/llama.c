@@ -1,0 +1,218 @@
+/* llama.c: the Llama family (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM):
+ * pre-norm decoder blocks with RMSNorm, rotary attention (GQA, optional sliding
+ * window, optional biases) and a SwiGLU MLP:
+ *   x = x + o_proj(attn(rope(q(norm1(x))), rope(k(..)), v(..)))     hook attn_out
+ *   x = x + down(silu(gate(norm2(x))) * up(norm2(x)))                 hook mlp_out
+ * Semantics: transformers' modeling_llama.py / modeling_mistral.py / modeling_qwen2.py. */
+#include <stdio.h>
+#include <string.h>
+
+#include "family.h"
+#include "ls_common.h"
+
+/* ---- config.json --------------------------------------------------------------------------- */
+/* Sliding window: Mistral everywhere it is set; Qwen2 only with use_sliding_window; Llama
+ * never. Models mixing sliding and full layers are another family's business. */
+static int parse_window(const cJSON *root, const char *path, ls_config_t *cfg) {
+  const int llama = strcmp(cfg->model_type, "llama") == 0,
+            qwen2 = strcmp(cfg->model_type, "qwen2") == 0;
+  cfg->sliding_window = 0;
+  if (llama) return LS_OK;
+  int use = 1;
+  if (qwen2) LS_CHECK(ls_cfg_bool(root, "use_sliding_window", 0, path, &use));
+  const cJSON *types = ls_cfg_get(root, "layer_types");
+  if (types && cJSON_IsArray(types)) {
+    int any_sliding = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, types) {
+      if (cJSON_IsString(e) && strcmp(e->valuestring, "sliding_attention") == 0) any_sliding = 1;
+      else if (!cJSON_IsString(e) || strcmp(e->valuestring, "full_attention") != 0) {
+        ls_error("%s: layer_types entry must be \"full_attention\" or \"sliding_attention\"", path);
+        return LS_ERR;
+      }
+    }
+    if (qwen2) use = any_sliding;
+    if (any_sliding && cJSON_GetArraySize(types) > 0) {
+      cJSON_ArrayForEach(e, types) {
+        if (strcmp(e->valuestring, "sliding_attention") != 0) {
+          ls_error("%s: models mixing sliding and full attention layers are not supported yet",
+                   path);
+          return LS_ERR;
+        }
+      }
+    }
+  }
+  if (!use) return LS_OK;
+  return ls_cfg_int(root, "sliding_window", 0, 0, 0, 0x7fffffff, path, &cfg->sliding_window);
+}
+
+static int parse_config(const cJSON *root, const char *path, ls_config_t *cfg) {
+  static const char *const act[] = {"silu", NULL};
+  LS_CHECK(ls_cfg_common_sizes(root, path, cfg));
+  LS_CHECK(ls_cfg_activation(root, path, act, cfg));
+  LS_CHECK(ls_cfg_rope(root, path, cfg));
+  LS_CHECK(parse_window(root, path, cfg));
+  if (strcmp(cfg->model_type, "qwen2") == 0) {
+    cfg->qkv_bias = 1;
+  } else {
+    int attn_bias = 0;
+    LS_CHECK(ls_cfg_bool(root, "attention_bias", 0, path, &attn_bias));
+    cfg->qkv_bias = cfg->o_bias = attn_bias;
+    if (strcmp(cfg->model_type, "llama") == 0)
+      LS_CHECK(ls_cfg_bool(root, "mlp_bias", 0, path, &cfg->mlp_bias));
+  }
+  return ls_cfg_bool(root, "tie_word_embeddings", 0, path, &cfg->tie_embeddings);
+}
+
+/* ---- weight table ------------------------------------------------------------------------------ */
+enum {
+  W_ATTN_NORM, W_Q, W_K, W_V, W_O, W_BQ, W_BK, W_BV, W_BO,
+  W_MLP_NORM, W_GATE, W_UP, W_DOWN, W_BGATE, W_BUP, W_BDOWN,
+  W_COUNT
+};
+
+static void put(ls_wspec_t *w, int layer, const char *name, ls_wkind_t kind, int present,
+                int64_t d0, int64_t d1) {
+  snprintf(w->name, sizeof w->name, "model.layers.%d.%s", layer, name);
+  w->kind = kind;
+  w->present = present;
+  w->ndim = d1 ? 2 : 1;
+  w->shape[0] = d0;
+  w->shape[1] = d1;
+}
+
+static void layer_tensors(const ls_config_t *c, int L, ls_wspec_t *w) {
+  const int64_t H = c->hidden, I = c->intermediate, Q = (int64_t)c->n_heads * c->head_dim,
+                KV = (int64_t)c->n_kv_heads * c->head_dim;
+  put(&w[W_ATTN_NORM], L, "input_layernorm.weight", LS_WK_NORM, 1, H, 0);
+  put(&w[W_Q], L, "self_attn.q_proj.weight", LS_WK_MATRIX, 1, Q, H);
+  put(&w[W_K], L, "self_attn.k_proj.weight", LS_WK_MATRIX, 1, KV, H);
+  put(&w[W_V], L, "self_attn.v_proj.weight", LS_WK_MATRIX, 1, KV, H);
+  put(&w[W_O], L, "self_attn.o_proj.weight", LS_WK_MATRIX, 1, H, Q);
+  put(&w[W_BQ], L, "self_attn.q_proj.bias", LS_WK_BIAS, c->qkv_bias, Q, 0);
+  put(&w[W_BK], L, "self_attn.k_proj.bias", LS_WK_BIAS, c->qkv_bias, KV, 0);
+  put(&w[W_BV], L, "self_attn.v_proj.bias", LS_WK_BIAS, c->qkv_bias, KV, 0);
+  put(&w[W_BO], L, "self_attn.o_proj.bias", LS_WK_BIAS, c->o_bias, H, 0);
+  put(&w[W_MLP_NORM], L, "post_attention_layernorm.weight", LS_WK_NORM, 1, H, 0);
+  put(&w[W_GATE], L, "mlp.gate_proj.weight", LS_WK_MATRIX, 1, I, H);
+  put(&w[W_UP], L, "mlp.up_proj.weight", LS_WK_MATRIX, 1, I, H);
+  put(&w[W_DOWN], L, "mlp.down_proj.weight", LS_WK_MATRIX, 1, H, I);
+  put(&w[W_BGATE], L, "mlp.gate_proj.bias", LS_WK_BIAS, c->mlp_bias, I, 0);
+  put(&w[W_BUP], L, "mlp.up_proj.bias", LS_WK_BIAS, c->mlp_bias, I, 0);
+  put(&w[W_BDOWN], L, "mlp.down_proj.bias", LS_WK_BIAS, c->mlp_bias, H, 0);
+}
+
+static void global_tensors(const ls_config_t *c, ls_wspec_t *embed, ls_wspec_t *norm) {
+  snprintf(embed->name, sizeof embed->name, "model.embed_tokens.weight");
+  embed->kind = LS_WK_EMBED;
+  embed->present = 1;
+  embed->ndim = 2;
+  embed->shape[0] = c->vocab;
+  embed->shape[1] = c->hidden;
+  snprintf(norm->name, sizeof norm->name, "model.norm.weight");
+  norm->kind = LS_WK_NORM;
+  norm->present = 1;
+  norm->ndim = 1;
+  norm->shape[0] = c->hidden;
+  norm->shape[1] = 0;
+}
+
+/* ---- scratch ------------------------------------------------------------------------------------- */
+typedef struct {
+  float *xn;       /* (T, H) normed input */
+  float *q;        /* (T, n_heads * head_dim) */
+  float *k, *v;    /* (T, n_kv_heads * head_dim) */
+  float *att;      /* (T, n_heads * head_dim) attention output before o_proj */
+  float *attn_out; /* (T, H) hook attn_out */
+  float *gate;     /* (T, I) */
+  float *up;       /* (T, I) */
+  float *mlp_out;  /* (T, H) hook mlp_out */
+} scratch_t;
+
+static size_t scratch_floats(const ls_config_t *c, int T) {
+  size_t H = c->hidden, I = c->intermediate, Q = (size_t)c->n_heads * c->head_dim,
+         KV = (size_t)c->n_kv_heads * c->head_dim;
+  /* xn, q, k, v, att, attn_out, gate, up, mlp_out; each rounded to 16 floats */
+  size_t per = 3 * H + 2 * Q + 2 * KV + 2 * I;
+  return (size_t)ls_round_rows(T) * per + 9 * 16;
+}
+
+/* xn first: the engine's final norm writes there too */
+static void carve(const ls_config_t *c, int T, float *p, scratch_t *s) {
+  size_t H = c->hidden, I = c->intermediate, Q = (size_t)c->n_heads * c->head_dim,
+         KV = (size_t)c->n_kv_heads * c->head_dim;
+  T = ls_round_rows(T);
+#define TAKE(ptr, n)                           \
+  do {                                         \
+    (ptr) = p;                                 \
+    p += (((size_t)T * (n)) + 15) / 16 * 16;   \
+  } while (0)
+  TAKE(s->xn, H);
+  TAKE(s->q, Q);
+  TAKE(s->k, KV);
+  TAKE(s->v, KV);
+  TAKE(s->att, Q);
+  TAKE(s->attn_out, H);
+  TAKE(s->gate, I);
+  TAKE(s->up, I);
+  TAKE(s->mlp_out, H);
+#undef TAKE
+}
+
+/* ---- forward ---------------------------------------------------------------------------------------- */
+static void forward(const ls_block_t *blk, float *x) {
+  ls_backend_t *be = blk->be;
+  const ls_backend_iface_t *f = be->iface;
+  const ls_config_t *c = blk->cfg;
+  const ls_batch_t *b = blk->b;
+  void *const *w = blk->w;
+  scratch_t s;
+  carve(c, blk->T_max, blk->scratch, &s);
+  const int T = b->T, H = c->hidden, I = c->intermediate, hd = c->head_dim;
+  const int Q = c->n_heads * hd, KV = c->n_kv_heads * hd;
+  const float eps = (float)c->rms_eps;
+
+  /* attention */
+  f->rmsnorm(be, s.xn, x, w[W_ATTN_NORM], T, H, eps);
+  f->matmul(be, s.q, s.xn, w[W_Q], w[W_BQ], T, H, Q);
+  f->matmul(be, s.k, s.xn, w[W_K], w[W_BK], T, H, KV);
+  f->matmul(be, s.v, s.xn, w[W_V], w[W_BV], T, H, KV);
+  f->rope(be, s.q, b->pos, blk->cos_tab, blk->sin_tab, T, c->n_heads, hd);
+  f->rope(be, s.k, b->pos, blk->cos_tab, blk->sin_tab, T, c->n_kv_heads, hd);
+  f->attention(be, s.att, s.q, s.k, s.v, b->seq_start, b->seq_len, b->n_seq, b->max_len,
+               c->n_heads, c->n_kv_heads, hd, c->sliding_window);
+  f->matmul(be, s.attn_out, s.att, w[W_O], w[W_BO], T, Q, H);
+  if (blk->hook) blk->hook(blk->hook_ctx, LS_HOOK_ATTN_OUT, s.attn_out, H);
+  f->add(be, x, s.attn_out, (size_t)T * H);
+
+  /* MLP */
+  f->rmsnorm(be, s.xn, x, w[W_MLP_NORM], T, H, eps);
+  f->matmul(be, s.gate, s.xn, w[W_GATE], w[W_BGATE], T, H, I);
+  f->matmul(be, s.up, s.xn, w[W_UP], w[W_BUP], T, H, I);
+  f->swiglu(be, s.gate, s.up, (size_t)T * I);
+  f->matmul(be, s.mlp_out, s.gate, w[W_DOWN], w[W_BDOWN], T, I, H);
+  if (blk->hook) blk->hook(blk->hook_ctx, LS_HOOK_MLP_OUT, s.mlp_out, H);
+  f->add(be, x, s.mlp_out, (size_t)T * H);
+}
+
+static void final_norm(ls_backend_t *be, const ls_config_t *c, float *out, const float *x,
+                       const float *w, int T) {
+  be->iface->rmsnorm(be, out, x, w, T, c->hidden, (float)c->rms_eps);
+}
+
+static const char *const archs[] = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
+                                    NULL};
+static const char *const types[] = {"llama", "mistral", "qwen2", NULL};
+
+const ls_family_t ls_family_llama = {
+    .name = "llama",
+    .archs = archs,
+    .model_types = types,
+    .parse_config = parse_config,
+    .n_slots = W_COUNT,
+    .layer_tensors = layer_tensors,
+    .global_tensors = global_tensors,
+    .scratch_floats = scratch_floats,
+    .forward = forward,
+    .final_norm = final_norm,
+};

@@ -1,0 +1,411 @@
+#!/usr/bin/env bash
+# tests/cli/golden.sh: golden-output test of the CPU backend (CTest: cli.golden).
+#
+# Runs a fixed list of sweeps on the fixture models and compares a sha256 of every output
+# dataset and of every deterministic attribute with tests/fixtures/golden/cpu_outputs.sha256,
+# recorded from an earlier binary. It proves that a change of the engine writes the same
+# files, bit for bit.
+#
+#   golden.sh                 verify against tests/fixtures/golden/cpu_outputs.sha256
+#   golden.sh --golden FILE   verify against FILE
+#   golden.sh --record FILE   run the cases and write FILE (nothing is written if any fails)
+#
+# Environment (set by tests/CMakeLists.txt): LS_BIN (the layersweep binary), LS_FIXTURES
+# (tests/fixtures), LS_TEST_TMP (scratch directory).
+#
+# Exit status: 0 every hash matches; 1 a mismatch, a dataset or attribute present on one side
+# only, a case whose command failed or whose file is not "complete", a malformed golden file;
+# 77 (CTest SKIP_RETURN_CODE) when the golden file was recorded on another kind of machine;
+# 2 usage.
+#
+# Cases (every model directory of tests/fixtures that has a config.json, with
+# tests/fixtures/prompts.jsonl, which has labels and ids; all with --backend cpu):
+#   <model>.{last_token,mean,none}        --hooks all --layers all, single rank
+#   <model>.none.np3.mb20                 mpirun -np 3, --pool none --microbatch-tokens 20
+#                                         (mistral_window, qwen2_bias_sharded)
+#   subset.*                              --layers 0,-1 / 1 / -2--1 with a few hooks
+#   data_labels_only.*, data_plain.*      prompts.jsonl with the ids, or ids and labels,
+#                                         removed (written to the scratch dir by sed)
+#
+# What is hashed, per output file (one line per object: "<case> <kind> <object> <sha256>"):
+#   dataset        every dataset outside /profile: its type and shape (h5dump -H) followed
+#                  by its raw bytes (h5dump -b LE; the byte count is checked against the
+#                  shape, since h5dump writes no bytes for some types); string and other
+#                  non-numeric datasets are hashed from their full text dump
+#                  (h5dump -m %.17g), because h5dump -b drops string padding / writes nothing.
+#   dataset-shape  /profile/* timing datasets (read_s, forward_s, ...): type and shape only,
+#                  their values are wall-clock times. /profile/layer_bytes is deterministic
+#                  and hashed in full as a "dataset".
+#   attr           every attribute, as h5dump -m %.17g prints it (floats exact), except:
+#   attr-shape     /profile/total_s: the run's wall-clock time, different on every run (the
+#                  only attribute that differed between two runs of the same binary with the
+#                  same arguments); only its type and shape are hashed.
+#                  The path-bearing root attributes /command (argv: the binary's path, the
+#                  scratch dir, --out), /model_path and /data_path (the fixtures' location)
+#                  differ between binaries and checkouts, not between runs: they are hashed
+#                  after the paths of LS_BIN, LS_FIXTURES and the scratch dir are replaced by
+#                  @LS_BIN@, @FIXTURES@ and @TMP@ (and their STRSIZE lines dropped, as the
+#                  length follows the paths), so everything else in them is still checked.
+#   group          every group (name only), so a new or missing group is noticed too.
+#
+# Bit-identical floats depend on the machine: OpenBLAS picks its sgemm kernels per CPU, the
+# build uses -march=native, and the attribute text comes from h5dump. So the golden file
+# starts with a signature line: CPU model name, a digest of the CPU flags, the OpenBLAS core
+# that LS_BIN selects (OPENBLAS_VERBOSE=2 prints "Core: ...") and the OpenBLAS library file
+# it loads, the h5dump version, and the number of hashes. On a machine with another
+# signature the test prints SKIPPED and exits 77; re-record there with --record if wanted.
+set -u
+export LC_ALL=C
+
+usage() {
+  echo "usage: golden.sh [--golden FILE] | --record FILE   (env: LS_BIN, LS_FIXTURES, LS_TEST_TMP)" >&2
+  exit 2
+}
+
+: "${LS_BIN:?set LS_BIN to the layersweep binary}"
+: "${LS_TEST_TMP:=${TMPDIR:-/tmp}}"
+: "${LS_FIXTURES:=$(cd "$(dirname "${BASH_SOURCE[0]}")/../fixtures" 2>/dev/null && pwd)}"
+
+MODE=verify
+GOLDEN=$LS_FIXTURES/golden/cpu_outputs.sha256
+case $# in
+  0) ;;
+  2) case $1 in
+       --record) MODE=record; GOLDEN=$2 ;;
+       --golden) GOLDEN=$2 ;;
+       *) usage ;;
+     esac ;;
+  *) usage ;;
+esac
+
+# The golden hashes were recorded with one thread per rank (as the CTest environment
+# runs every test): force it, whatever the caller's environment says.
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_btl_vader_single_copy_mechanism=${OMPI_MCA_btl_vader_single_copy_mechanism:-none}
+export OMPI_MCA_rmaps_base_oversubscribe=1
+TO=120 # seconds per sweep
+
+die() { echo "FAIL golden: $*"; exit 1; }
+
+for tool in h5dump sha256sum mpirun timeout awk sed sort ldd; do
+  command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found (hdf5-tools, coreutils, Open MPI are needed)"
+done
+[ -x "$LS_BIN" ] || die "LS_BIN=$LS_BIN is not an executable"
+FIX=$(cd "$LS_FIXTURES" 2>/dev/null && pwd -P) || die "LS_FIXTURES=$LS_FIXTURES is not a directory"
+[ -f "$FIX/prompts.jsonl" ] || die "$FIX/prompts.jsonl not found"
+
+# ---- machine signature -------------------------------------------------------------------
+machine_signature() {
+  local model flags help core blas h5v
+  model=$(sed -n 's/^model name[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo | head -n 1)
+  [ -n "$model" ] || model="$(uname -m) (no model name in /proc/cpuinfo)"
+  flags=$(sed -n 's/^\(flags\|Features\)[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo | head -n 1 |
+          tr ' ' '\n' | sed '/^$/d' | sort -u | sha256sum | cut -c1-12)
+  help=$(OPENBLAS_VERBOSE=2 "$LS_BIN" --help 2>&1) || { echo "'$LS_BIN --help' failed" >&2; return 1; }
+  core=$(printf '%s\n' "$help" | sed -n 's/^Core:[[:space:]]*//p' | head -n 1)
+  [ -n "$core" ] || core="unknown (no Core: line with OPENBLAS_VERBOSE=2)"
+  blas=$(ldd "$LS_BIN" 2>/dev/null | awk '/libopenblas/ { print $3; exit }')
+  if [ -n "$blas" ] && [ -e "$blas" ]; then blas=$(basename "$(readlink -f "$blas")"); else blas="not linked"; fi
+  h5v=$(h5dump --version 2>&1 | sed -n 's/.*Version[[:space:]]*//p' | head -n 1)
+  printf 'cpu=%s; cpuflags=%s; openblas core=%s lib=%s; h5dump=%s' "$model" "$flags" "$core" "$blas" "$h5v"
+}
+SIG=$(machine_signature) || die "cannot compute the machine signature"
+
+if [ "$MODE" = verify ]; then
+  [ -r "$GOLDEN" ] || die "golden file $GOLDEN not found (record it with: golden.sh --record FILE)"
+  first=$(head -n 1 "$GOLDEN")
+  gsig=$(printf '%s\n' "$first" | sed -n 's/^# signature: \(.*\); hashes=[0-9][0-9]*$/\1/p')
+  gcount=$(printf '%s\n' "$first" | sed -n 's/^# signature: .*; hashes=\([0-9][0-9]*\)$/\1/p')
+  if [ -z "$gsig" ] || [ -z "$gcount" ]; then
+    die "$GOLDEN: the first line is not '# signature: ...; hashes=N'"
+  fi
+  if [ "$gsig" != "$SIG" ]; then
+    echo "SKIPPED: golden hashes were recorded on $gsig, this machine is $SIG"
+    exit 77
+  fi
+  nbody=$(grep -vc '^#' "$GOLDEN")
+  [ "$nbody" = "$gcount" ] || die "$GOLDEN: the signature says $gcount hashes, the file has $nbody lines"
+  bad=$(grep -v '^#' "$GOLDEN" | grep -Evx '[^ ]+ [^ ]+ /[^ ]* [0-9a-f]{64}' | head -n 1)
+  [ -z "$bad" ] || die "$GOLDEN: malformed line: $bad"
+  dup=$(grep -v '^#' "$GOLDEN" | awk '{ print $1, $2, $3 }' | sort | uniq -d | head -n 1)
+  [ -z "$dup" ] || die "$GOLDEN: duplicate entry: $dup"
+fi
+
+mkdir -p "$LS_TEST_TMP" || die "cannot create $LS_TEST_TMP"
+T=$(mktemp -d "$LS_TEST_TMP/golden.XXXXXX") || die "cannot create a scratch dir in $LS_TEST_TMP"
+T=$(cd "$T" && pwd -P) || die "scratch dir vanished"
+NEW=$T/new.sha256
+: >"$NEW"
+
+# ---- path normalization of attribute text (longest string first) -------------------------
+NORM_FROM=()
+NORM_TO=()
+add_norm() { [ -n "$1" ] && printf '%d\t%s\t%s\n' "${#1}" "$1" "$2"; }
+while IFS=$'\t' read -r _ from to; do
+  NORM_FROM+=("$from")
+  NORM_TO+=("$to")
+done < <( { add_norm "$T" @TMP@
+            add_norm "$FIX" @FIXTURES@
+            add_norm "$LS_BIN" @LS_BIN@
+            real_bin=$(readlink -f "$LS_BIN")
+            [ "$real_bin" != "$LS_BIN" ] && add_norm "$real_bin" @LS_BIN@
+            [ "$LS_FIXTURES" != "$FIX" ] && add_norm "$LS_FIXTURES" @FIXTURES@
+          } | sort -t$'\t' -k1,1nr)
+
+normalize() { # text -> text with the paths replaced; STRSIZE dropped when something was
+  local s=$1 i
+  for i in "${!NORM_FROM[@]}"; do
+    s=${s//"${NORM_FROM[$i]}"/"${NORM_TO[$i]}"}
+  done
+  if [ "$s" != "$1" ]; then
+    s=$(printf '%s\n' "$s" | grep -v '^[[:space:]]*STRSIZE ')
+  fi
+  printf '%s' "$s"
+}
+
+sha() { sha256sum | cut -d ' ' -f 1; }
+
+# ---- hashing of one output file -----------------------------------------------------------
+HASH_ERR=
+hash_dataset() { # file path kind(dataset|dataset-shape) -> sha256 on stdout
+  local file=$1 path=$2 kind=$3 hdr dt dims bits nelem want got bin txt d
+  hdr=$(h5dump -H -d "$path" "$file" 2>&1) || { HASH_ERR="h5dump -H -d $path failed: $hdr"; return 1; }
+  hdr=${hdr#*$'\n'} # drop 'HDF5 "<file>" {'
+  if [ "$kind" = dataset-shape ]; then
+    printf '%s\n' "$hdr" | sha
+    return 0
+  fi
+  dt=$(printf '%s\n' "$hdr" | sed -n 's/^   DATATYPE[[:space:]]*//p' | head -n 1)
+  bits=$(printf '%s\n' "$dt" | sed -n 's/^H5T_\(IEEE_F\|STD_I\|STD_U\|STD_B\)\(8\|16\|32\|64\)\(LE\|BE\)$/\2/p')
+  if [ -n "$bits" ]; then
+    dims=$(printf '%s\n' "$hdr" | sed -n 's/^   DATASPACE[[:space:]]*//p' | head -n 1)
+    case $dims in
+      SCALAR) nelem=1 ;;
+      NULL) nelem=0 ;;
+      SIMPLE*)
+        d=$(printf '%s\n' "$dims" | sed -n 's/^SIMPLE { ( \([0-9, ]*\) ).*/\1/p')
+        [ -n "$d" ] || { HASH_ERR="$path: cannot read the shape from '$dims'"; return 1; }
+        nelem=1
+        for d in ${d//,/ }; do nelem=$((nelem * d)); done ;;
+      *) HASH_ERR="$path: unknown dataspace '$dims'"; return 1 ;;
+    esac
+    want=$((nelem * bits / 8))
+    bin=$T/dset.bin
+    rm -f "$bin"
+    if [ "$want" -gt 0 ]; then
+      txt=$(h5dump -b LE -d "$path" -o "$bin" "$file" 2>&1) || { HASH_ERR="h5dump -b -d $path failed: $txt"; return 1; }
+    fi
+    [ -e "$bin" ] || : >"$bin"
+    got=$(stat -c %s "$bin")
+    [ "$got" = "$want" ] || { HASH_ERR="$path: h5dump -b wrote $got bytes, the shape says $want"; return 1; }
+    { printf '%s\n' "$hdr"; cat "$bin"; } | sha
+  else
+    # strings (/samples/id) and any other non-numeric type: the full text dump
+    txt=$(h5dump -m %.17g -d "$path" "$file" 2>&1) || { HASH_ERR="h5dump -d $path failed: $txt"; return 1; }
+    printf '%s\n' "${txt#*$'\n'}" | sha
+  fi
+}
+
+hash_attr() { # file path kind(attr|attr-shape) -> sha256 on stdout
+  local file=$1 path=$2 kind=$3 txt
+  txt=$(h5dump -m %.17g -a "$path" "$file" 2>&1) || { HASH_ERR="h5dump -a $path failed: $txt"; return 1; }
+  txt=${txt#*$'\n'} # drop 'HDF5 "<file>" {'
+  if [ "$kind" = attr-shape ]; then
+    txt=$(printf '%s\n' "$txt" | sed '/^[[:space:]]*DATA {/,$d')
+  fi
+  normalize "$txt" | sha
+}
+
+hash_file() { # case file -> "<case> <kind> <object> <sha256>" lines on stdout
+  local name=$1 file=$2 listing line kind path h nd=0
+  listing=$(h5dump -n 1 "$file" 2>&1) || { HASH_ERR="h5dump -n failed: $listing"; return 1; }
+  while IFS= read -r line; do
+    case $line in
+      " attribute "*) kind=attr ;;
+      " dataset "*) kind=dataset ;;
+      " group "*) kind=group ;;
+      " "[a-z]*) HASH_ERR="object kind not handled by golden.sh: '$line'"; return 1 ;;
+      *) continue ;; # 'HDF5 "..." {', 'FILE_CONTENTS {', ' }', '}'
+    esac
+    path=$(printf '%s\n' "$line" | sed 's/^ [a-z]*[[:space:]]*//')
+    case $path in
+      /*) ;;
+      *) HASH_ERR="cannot parse h5dump -n line '$line'"; return 1 ;;
+    esac
+    case $path in
+      *[[:space:]]*) HASH_ERR="object name with white space not handled: '$path'"; return 1 ;;
+    esac
+    case $kind:$path in
+      dataset:/profile/layer_bytes) ;;
+      dataset:/profile/*) kind=dataset-shape ;;
+      attr:/profile/total_s) kind=attr-shape ;;
+    esac
+    case $kind in
+      group) h=$(printf 'group %s\n' "$path" | sha) ;;
+      dataset*) h=$(hash_dataset "$file" "$path" "$kind") || return 1; nd=$((nd + 1)) ;;
+      attr*) h=$(hash_attr "$file" "$path" "$kind") || return 1 ;;
+    esac
+    printf '%s %s %s %s\n' "$name" "$kind" "$path" "$h"
+  done <<<"$listing"
+  [ "$nd" -gt 0 ] || { HASH_ERR="no dataset found in the file (h5dump -n output: $(head -c 300 <<<"$listing"))"; return 1; }
+}
+
+h5_status() { # root attribute "status" ("" when absent / unreadable)
+  h5dump -a /status "$1" 2>/dev/null | sed -n 's/.*(0): "\(.*\)".*/\1/p' | head -n 1
+}
+
+# ---- running the cases --------------------------------------------------------------------
+CASES=()
+declare -A CASE_ERR=()
+N_RUN_FAIL=0
+
+case_error() { CASE_ERR[$1]=$2; N_RUN_FAIL=$((N_RUN_FAIL + 1)); echo "FAIL $1: $2"; }
+
+run_case() { # name np model data [run options...]
+  local name=$1 np=$2 model=$3 data=$4 dir out rc st
+  shift 4
+  CASES+=("$name")
+  dir=$T/cases/$name
+  out=$dir/out.h5
+  mkdir -p "$dir" || { case_error "$name" "cannot create $dir"; return; }
+  local cmd=("$LS_BIN" run --model "$FIX/$model" --data "$data" --out "$out" --backend cpu
+             --progress lines "$@")
+  if [ "$np" -gt 1 ]; then
+    cmd=(mpirun --oversubscribe --allow-run-as-root -np "$np" -x OMP_NUM_THREADS
+         -x OPENBLAS_NUM_THREADS "${cmd[@]}")
+  fi
+  printf '%s\n' "${cmd[*]}" >"$dir/cmd"
+  timeout "$TO" "${cmd[@]}" >"$dir/log" 2>&1
+  rc=$?
+  if [ "$rc" != 0 ]; then
+    case_error "$name" "exit status $rc ($( { grep -m 1 'error' "$dir/log" || tail -n 1 "$dir/log"; } | head -c 300)); command: ${cmd[*]}"
+    return
+  fi
+  st=$(h5_status "$out")
+  if [ "$st" != complete ]; then
+    case_error "$name" "exit status 0 but /status is '$st', not 'complete'"
+    return
+  fi
+  HASH_ERR=
+  if ! hash_file "$name" "$out" >"$dir/hashes"; then
+    case_error "$name" "hashing $out: ${HASH_ERR:-failed}"
+    return
+  fi
+  cat "$dir/hashes" >>"$NEW"
+}
+
+# derived data files: prompts.jsonl without ids, and without ids and labels
+mkdir -p "$T/data" || die "cannot create $T/data"
+P=$FIX/prompts.jsonl
+NP=$(grep -c . "$P")
+sed -E 's/, "id": "[^"]*"}$/}/' "$P" >"$T/data/labels_only.jsonl" || die "sed failed"
+sed -E 's/, "label": -?[0-9]+, "id": "[^"]*"}$/}/' "$P" >"$T/data/plain.jsonl" || die "sed failed"
+if [ "$(grep -c '"label": ' "$T/data/labels_only.jsonl")" != "$NP" ] ||
+   [ "$(grep -c '"id": ' "$T/data/labels_only.jsonl")" != 0 ] ||
+   [ "$(grep -c -E '"(label|id)": ' "$T/data/plain.jsonl")" != 0 ] ||
+   [ "$(grep -c '"input_ids": ' "$T/data/plain.jsonl")" != "$NP" ]; then
+  die "could not derive the label-only / plain data files from $P (has its format changed?)"
+fi
+
+MODELS=()
+for d in "$FIX"/*/; do
+  [ -f "$d/config.json" ] && MODELS+=("$(basename "$d")")
+done
+[ "${#MODELS[@]}" -gt 0 ] || die "no model directory (with config.json) in $FIX"
+has_model() { local m; for m in "${MODELS[@]}"; do [ "$m" = "$1" ] && return 0; done; return 1; }
+for m in mistral_window qwen2_bias_sharded llama3_rope_f16 llama_linear_rope llama_mqa_bf16 llama_gqa_f32; do
+  has_model "$m" || die "fixture model $m not found in $FIX"
+done
+
+START=$SECONDS
+echo "golden: $MODE, LS_BIN=$LS_BIN, ${#MODELS[@]} fixture models, scratch $T"
+for m in "${MODELS[@]}"; do
+  for pool in last_token mean none; do
+    run_case "$m.$pool" 1 "$m" "$P" --hooks all --layers all --pool "$pool"
+  done
+done
+for m in mistral_window qwen2_bias_sharded; do
+  run_case "$m.none.np3.mb20" 3 "$m" "$P" --hooks all --layers all --pool none --microbatch-tokens 20
+done
+run_case "subset.llama3_rope_f16.L0,-1.mean" 1 llama3_rope_f16 "$P" \
+  --hooks residual_post,final_norm --layers 0,-1 --pool mean
+run_case "subset.llama_linear_rope.L1.last_token" 1 llama_linear_rope "$P" \
+  --hooks residual_pre,attn_out --layers 1 --pool last_token
+run_case "subset.qwen2_bias_sharded.L-2--1.none" 1 qwen2_bias_sharded "$P" \
+  --hooks mlp_out,residual_post --layers -2--1 --pool none
+run_case "data_labels_only.llama_mqa_bf16.mean" 1 llama_mqa_bf16 "$T/data/labels_only.jsonl" \
+  --hooks all --layers all --pool mean
+run_case "data_plain.llama_gqa_f32.none" 1 llama_gqa_f32 "$T/data/plain.jsonl" \
+  --hooks all --layers all --pool none
+ELAPSED=$((SECONDS - START))
+
+NHASH=$(wc -l <"$NEW")
+
+# ---- record -------------------------------------------------------------------------------
+if [ "$MODE" = record ]; then
+  if [ "$N_RUN_FAIL" != 0 ]; then
+    echo "golden: $N_RUN_FAIL case(s) failed, nothing written (scratch kept: $T)"
+    exit 1
+  fi
+  mkdir -p "$(dirname "$GOLDEN")" || die "cannot create the directory of $GOLDEN"
+  version=$("$LS_BIN" --version 2>&1 | head -n 1)
+  if ! { printf '# signature: %s; hashes=%s\n' "$SIG" "$NHASH" &&
+          printf '# written by tests/cli/golden.sh --record from %s; lines: <case> <kind> <object> <sha256>\n' "$version" &&
+          cat "$NEW"; } >"$GOLDEN.tmp.$$" ||
+     ! mv "$GOLDEN.tmp.$$" "$GOLDEN"; then
+    rm -f "$GOLDEN.tmp.$$"
+    die "cannot write $GOLDEN"
+  fi
+  echo "golden: wrote $GOLDEN: ${#CASES[@]} cases, $NHASH hashes (${ELAPSED}s)"
+  rm -rf "$T"
+  exit 0
+fi
+
+# ---- verify -------------------------------------------------------------------------------
+grep -v '^#' "$GOLDEN" >"$T/golden.body" || die "cannot read $GOLDEN"
+failed_cases=$(for c in "${!CASE_ERR[@]}"; do printf '%s\n' "$c"; done)
+# one line per difference: "<case>\t<message>"
+printf '%s\n' "$failed_cases" >"$T/failed_cases"
+awk -v OFS='\t' '
+  FILENAME == ARGV[1] { if (NF) skip[$1] = 1; next }
+  FILENAME == ARGV[2] { k = $1 " " $2 " " $3; g[k] = $4; gcase[k] = $1; what[k] = $2 " " $3; next }
+  { k = $1 " " $2 " " $3; seen[k] = 1
+    if (!(k in g)) print $1, $2 " " $3 " is in the new output but not in the golden file"
+    else if (g[k] != $4) print $1, $2 " " $3 " differs" }
+  END { for (k in g) if (!(k in seen) && !(gcase[k] in skip))
+          print gcase[k], what[k] " is in the golden file but missing from the new output" }
+' "$T/failed_cases" "$T/golden.body" "$NEW" | sort >"$T/diffs" || die "comparison failed"
+
+N_PASS=0
+N_FAIL=$N_RUN_FAIL
+declare -A RAN=()
+for c in "${CASES[@]}"; do
+  RAN[$c]=1
+  [ -n "${CASE_ERR[$c]+x}" ] && continue # already reported as FAIL
+  msgs=$(awk -F '\t' -v c="$c" '$1 == c { print "    " $2 }' "$T/diffs")
+  n=$(awk -v c="$c" '$1 == c' "$T/golden.body" | wc -l)
+  if [ -z "$msgs" ] && [ "$n" -gt 0 ]; then
+    N_PASS=$((N_PASS + 1))
+    echo "PASS $c ($n hashes)"
+  else
+    N_FAIL=$((N_FAIL + 1))
+    [ "$n" -gt 0 ] || msgs="    the case is not in the golden file (re-record it)"
+    echo "FAIL $c:"
+    printf '%s\n' "$msgs"
+  fi
+done
+while IFS= read -r c; do
+  if [ -z "${RAN[$c]+x}" ]; then
+    N_FAIL=$((N_FAIL + 1))
+    echo "FAIL $c: in the golden file, but this script does not run it (or the fixture is gone)"
+  fi
+done < <(awk '{ print $1 }' "$T/golden.body" | sort -u)
+
+echo "golden tests: $N_PASS passed, $N_FAIL failed; $NHASH hashes computed, $gcount in the golden file (${ELAPSED}s)"
+if [ "$N_FAIL" != 0 ]; then
+  echo "scratch dir kept for inspection: $T"
+  exit 1
+fi
+rm -rf "$T"
+exit 0
