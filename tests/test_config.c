@@ -6,7 +6,7 @@
  * sliding-window rules per family. Each bad config must return -1 with exactly one
  * stderr line naming the file. ls_config_rope_inv_freq is checked against an
  * independent double-precision evaluation of transformers' formulas
- * (modeling_rope_utils: default, linear, llama3); ls_config_gemm_flops_per_token
+ * (modeling_rope_utils: default, linear, llama3); ls_family_gemm_flops_per_token
  * against hand-computed counts. The fixture configs are loaded too when
  * $LS_FIXTURES is set. */
 #define _GNU_SOURCE
@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "family.h"
 #include "ls_common.h"
 
 #define PATH "/models/tiny-llama/config.json"
@@ -91,7 +92,7 @@ static void test_llama_full(void **state) {
            "\"tie_word_embeddings\": true, \"torch_dtype\": \"bfloat16\", \"pad_token_id\": null, "
            "\"sliding_window\": 16}",
            &c);
-  assert_int_equal(c.arch, LS_ARCH_LLAMA);
+  assert_string_equal(c.arch_name, "LlamaForCausalLM");
   assert_string_equal(c.arch_name, "LlamaForCausalLM");
   assert_int_equal(c.hidden, 64);
   assert_int_equal(c.intermediate, 96);
@@ -134,7 +135,7 @@ static void test_defaults(void **state) {
 static void test_mistral(void **state) {
   ls_config_t c;
   parse_ok("{" A_MISTRAL SIZES ", \"num_key_value_heads\": 1, \"sliding_window\": 4096}", &c);
-  assert_int_equal(c.arch, LS_ARCH_MISTRAL);
+  assert_string_equal(c.arch_name, "MistralForCausalLM");
   assert_string_equal(c.arch_name, "MistralForCausalLM");
   assert_int_equal(c.n_kv_heads, 1);
   assert_int_equal(c.sliding_window, 4096);
@@ -154,7 +155,7 @@ static void test_qwen2(void **state) {
   parse_ok("{" A_QWEN2 SIZES ", \"num_key_value_heads\": 2, \"use_sliding_window\": false, "
            "\"sliding_window\": 4096, \"max_window_layers\": 28, \"rope_theta\": 1000000.0}",
            &c);
-  assert_int_equal(c.arch, LS_ARCH_QWEN2);
+  assert_string_equal(c.arch_name, "Qwen2ForCausalLM");
   assert_string_equal(c.arch_name, "Qwen2ForCausalLM");
   assert_int_equal(c.sliding_window, 0); /* not in use */
   assert_int_equal(c.qkv_bias, 1);
@@ -183,24 +184,25 @@ static void test_qwen2(void **state) {
 }
 
 static void test_model_type_only(void **state) {
-  static const struct { const char *type, *arch; ls_arch_t id; } k[] = {
-      {"llama", "LlamaForCausalLM", LS_ARCH_LLAMA},
-      {"mistral", "MistralForCausalLM", LS_ARCH_MISTRAL},
-      {"qwen2", "Qwen2ForCausalLM", LS_ARCH_QWEN2},
+  static const struct { const char *type, *arch; int qkv_bias; } k[] = {
+      {"llama", "LlamaForCausalLM", 0},
+      {"mistral", "MistralForCausalLM", 0},
+      {"qwen2", "Qwen2ForCausalLM", 1},
   };
   for (int i = 0; i < 3; i++) {
     char json[1024];
     snprintf(json, sizeof json, "{\"model_type\": \"%s\", " SIZES "}", k[i].type);
     ls_config_t c;
     parse_ok(json, &c);
-    assert_int_equal(c.arch, k[i].id);
     assert_string_equal(c.arch_name, k[i].arch);
-    assert_int_equal(c.qkv_bias, k[i].id == LS_ARCH_QWEN2);
+    assert_string_equal(c.model_type, k[i].type);
+    assert_ptr_equal(ls_family_get(c.family), ls_family_get(ls_family_find(k[i].arch, NULL)));
+    assert_int_equal(c.qkv_bias, k[i].qkv_bias);
   }
   /* architectures wins over model_type */
   ls_config_t c;
   parse_ok("{" A_MISTRAL "\"model_type\": \"llama\", " SIZES "}", &c);
-  assert_int_equal(c.arch, LS_ARCH_MISTRAL);
+  assert_string_equal(c.arch_name, "MistralForCausalLM");
 }
 
 static void test_head_dim(void **state) {
@@ -479,16 +481,16 @@ static void test_gemm_flops(void **state) {
   /* H 64, 4 heads of 16, 2 kv heads, I 96:
    * q 64*64 + k 64*32 + v 64*32 + o 64*64 + gate/up/down 3*64*96 = 30720 MACs */
   parse_ok("{" A_LLAMA SIZES ", \"num_key_value_heads\": 2}", &c);
-  assert_true(ls_config_gemm_flops_per_token(&c) == 61440.0);
+  assert_true(ls_family_gemm_flops_per_token(&c) == 61440.0);
   /* explicit head_dim 32: q/o are 64x128, k/v 64x64:
    * 8192 + 4096 + 4096 + 8192 + 18432 = 43008 MACs */
   parse_ok("{" A_LLAMA SIZES ", \"num_key_value_heads\": 2, \"head_dim\": 32}", &c);
-  assert_true(ls_config_gemm_flops_per_token(&c) == 86016.0);
+  assert_true(ls_family_gemm_flops_per_token(&c) == 86016.0);
   /* Llama-3-8B: H 4096, 32 heads, 8 kv, I 14336 -> 2 * 218103808 */
   parse_ok("{" A_LLAMA "\"hidden_size\": 4096, \"intermediate_size\": 14336, "
            "\"num_hidden_layers\": 32, \"num_attention_heads\": 32, \"num_key_value_heads\": 8, "
            "\"vocab_size\": 128256}", &c);
-  assert_true(ls_config_gemm_flops_per_token(&c) == 436207616.0);
+  assert_true(ls_family_gemm_flops_per_token(&c) == 436207616.0);
 }
 
 /* ---- the fixture configs (written by transformers 5.17) ------------------------------- */
@@ -520,11 +522,11 @@ static void test_fixture_configs(void **state) {
   assert_int_equal(c.n_kv_heads, 1);
   snprintf(p, sizeof p, "%s/mistral_window", dir);
   assert_int_equal(ls_config_load(p, &c), 0);
-  assert_int_equal(c.arch, LS_ARCH_MISTRAL);
+  assert_string_equal(c.arch_name, "MistralForCausalLM");
   assert_int_equal(c.sliding_window, 8);
   snprintf(p, sizeof p, "%s/qwen2_bias_sharded", dir);
   assert_int_equal(ls_config_load(p, &c), 0);
-  assert_int_equal(c.arch, LS_ARCH_QWEN2);
+  assert_string_equal(c.arch_name, "Qwen2ForCausalLM");
   assert_int_equal(c.sliding_window, 0);
   assert_int_equal(c.qkv_bias, 1);
   assert_true(c.rope_theta == 1e6);

@@ -48,7 +48,7 @@
 #include "dataset.h"
 #include "hooks.h"
 #include "ls_common.h"
-#include "backend_cuda.h"
+#include "registry.h"
 #include "safetensors.h"
 #include "sweep.h"
 
@@ -426,15 +426,19 @@ static void check_vs_expected(const expect_t *x) {
   int64_t *len = h5_read(x->out, "/samples/length", H5T_NATIVE_INT64, 8, dims, &nd);
   int64_t *lab = h5_read(x->out, "/samples/label", H5T_NATIVE_INT64, 8, dims, &nd);
   if (!len || !lab) fail_msg("%s: /samples/length or /samples/label is missing", x->out);
-  for (int64_t i = 0; i < d->n; i++) {
-    assert_int_equal(len[i], ls_dataset_len(d, i));
-    assert_int_equal(lab[i], d->labels[i]);
-  }
+  for (int64_t i = 0; i < d->n; i++)
+    if (len[i] != ls_dataset_len(d, i) || lab[i] != d->labels[i])
+      fail_msg("%s: prompt %lld: /samples/length %lld, /samples/label %lld; want %lld, %lld",
+               x->out, (long long)i, (long long)len[i], (long long)lab[i],
+               (long long)ls_dataset_len(d, i), (long long)d->labels[i]);
   if (mode == LS_POOL_NONE) {
     int64_t *off = h5_read(x->out, "/samples/offsets", H5T_NATIVE_INT64, 8, dims, &nd);
-    if (!off) fail_msg("%s: /samples/offsets is missing", x->out);
-    assert_int_equal(dims[0], d->n + 1);
-    for (int64_t i = 0; i <= d->n; i++) assert_int_equal(off[i], d->offsets[i]);
+    if (!off || nd != 1 || dims[0] != (hsize_t)d->n + 1)
+      fail_msg("%s: /samples/offsets is missing or not %lld long", x->out, (long long)d->n + 1);
+    for (int64_t i = 0; i <= d->n; i++)
+      if (off[i] != d->offsets[i])
+        fail_msg("%s: /samples/offsets[%lld] is %lld, want %lld", x->out, (long long)i,
+                 (long long)off[i], (long long)d->offsets[i]);
     free(off);
   }
   free(len);
@@ -567,8 +571,9 @@ static void compare_outputs(const char *a, const char *b, const char *hooks_spec
     if (exact && memcmp(x, y, cnt * sizeof(float)) != 0) {
       size_t i = 0;
       while (memcmp(x + i, y + i, sizeof(float)) == 0) i++;
-      fail_msg("hook %s differs between %s and %s: row %zu (of the flattened leading axes), "
-               "column %zu: %.9g vs %.9g", hook_names[h], a, b, i / H, i % H, x[i], y[i]);
+      const size_t R = na == 3 ? (size_t)da[1] : cnt / H; /* rows per layer */
+      fail_msg("hook %s differs between %s and %s: layer index %zu, row %zu, column %zu: "
+               "%.9g vs %.9g", hook_names[h], a, b, i / H / R, i / H % R, i % H, x[i], y[i]);
     }
     if (!exact) {
       char what[9000];
@@ -818,8 +823,9 @@ int main(int argc, char **argv) {
   snprintf(tmp, sizeof tmp, "%s", tp ? tp : "/tmp");
   const char *be = getenv("LS_TEST_BACKEND"), *dt = getenv("LS_TEST_DTYPE");
   if (be && strcmp(be, "cuda") == 0) {
-    char why[256] = "";
-    int usable = ls_cuda_usable(why, sizeof why) > 0, all = 0;
+    char why[1024] = "";
+    const ls_backend_entry_t *cuda = ls_backend_lookup("cuda");
+    int usable = cuda && cuda->probe(1, why, sizeof why) > 0, all = 0;
     MPI_Allreduce(&usable, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
     if (!all) {
       if (rank == 0) printf("SKIPPED: test_fixtures on the CUDA backend: no usable GPU (%s)\n", why);

@@ -33,8 +33,8 @@
 #include <string.h>
 
 #include "backend.h"
-#include "block.h"
 #include "config.h"
+#include "family.h"
 #include "ls_common.h"
 #include "ops_cpu.h"
 
@@ -738,9 +738,12 @@ static void test_pool(void **state) {
 
 /* ---- decoder block ------------------------------------------------------------------------------ */
 
+#define MAX_SLOTS 64
 typedef struct {
   ls_config_t cfg;
-  ls_layer_weights_t lw;
+  const ls_family_t *fam;
+  void *w[MAX_SLOTS]; /* the family's layer tensors (backend memory), NULL where absent */
+  ls_wspec_t spec[MAX_SLOTS];
   float *cos_tab, *sin_tab;
   int max_pos;
 } block_model_t;
@@ -749,8 +752,12 @@ static void block_model_make(ls_backend_t *be, int n_heads, int n_kv, int hd, in
                              int biases, int max_pos, block_model_t *m) {
   memset(m, 0, sizeof *m);
   ls_config_t *c = &m->cfg;
-  c->arch = LS_ARCH_LLAMA;
+  c->family = ls_family_find("LlamaForCausalLM", NULL);
+  assert_true(c->family >= 0);
+  m->fam = ls_family_get(c->family);
+  assert_true(m->fam->n_slots <= MAX_SLOTS);
   snprintf(c->arch_name, sizeof c->arch_name, "LlamaForCausalLM");
+  snprintf(c->model_type, sizeof c->model_type, "llama");
   c->hidden = 40; /* not a multiple of 16 on purpose */
   c->intermediate = 72;
   c->n_layers = 1;
@@ -765,23 +772,24 @@ static void block_model_make(ls_backend_t *be, int n_heads, int n_kv, int hd, in
   c->rope_factor = 1.0;
   c->sliding_window = window;
   c->qkv_bias = c->o_bias = c->mlp_bias = biases;
-  for (int id = 0; id < LS_W_COUNT; id++) {
-    char name[128];
-    int64_t shape[2];
-    int ndim;
-    if (!ls_weight_spec(c, 0, (ls_weight_id_t)id, name, sizeof name, shape, &ndim)) continue;
-    size_t numel = (size_t)shape[0] * (size_t)(ndim == 2 ? shape[1] : 1);
+  ls_wspec_t *specs = m->spec;
+  m->fam->layer_tensors(c, 0, specs);
+  for (int id = 0; id < m->fam->n_slots; id++) {
+    const ls_wspec_t *w = &specs[id];
+    if (!w->present) continue;
+    size_t numel = (size_t)w->shape[0] * (size_t)(w->ndim == 2 ? w->shape[1] : 1);
     float *host = malloc(sizeof(float) * numel);
     assert_non_null(host);
-    if (id == LS_W_ATTN_NORM || id == LS_W_MLP_NORM) fill_rand(host, numel, 0.5f, 1.5f);
-    else if (ndim == 1) fill_rand(host, numel, -0.2f, 0.2f);
+    if (w->kind == LS_WK_NORM) fill_rand(host, numel, 0.5f, 1.5f);
+    else if (w->ndim == 1) fill_rand(host, numel, -0.2f, 0.2f);
     else {
-      float a = 1.7f / sqrtf((float)shape[1]);
+      float a = 1.7f / sqrtf((float)w->shape[1]);
       fill_rand(host, numel, -a, a);
     }
-    m->lw.w[id] = be->iface->alloc(be, sizeof(float) * numel, name);
-    assert_non_null(m->lw.w[id]);
-    assert_int_equal(be->iface->load_weight(be, m->lw.w[id], host, LS_DT_F32, numel, ls_weight_is_matrix(id), 0), 0);
+    m->w[id] = be->iface->alloc(be, sizeof(float) * numel, w->name);
+    assert_non_null(m->w[id]);
+    assert_int_equal(be->iface->load_weight(be, m->w[id], host, LS_DT_F32, numel,
+                                            w->kind == LS_WK_MATRIX, 0), 0);
     free(host);
   }
   m->max_pos = max_pos;
@@ -789,8 +797,8 @@ static void block_model_make(ls_backend_t *be, int n_heads, int n_kv, int hd, in
 }
 
 static void block_model_free(ls_backend_t *be, block_model_t *m) {
-  for (int id = 0; id < LS_W_COUNT; id++)
-    if (m->lw.w[id]) be->iface->free(be, m->lw.w[id]);
+  for (int id = 0; id < MAX_SLOTS; id++)
+    if (m->w[id]) be->iface->free(be, m->w[id]);
   free(m->cos_tab);
   free(m->sin_tab);
 }
@@ -798,7 +806,16 @@ static void block_model_free(ls_backend_t *be, block_model_t *m) {
 typedef struct {
   int T;
   float *x, *attn_out, *mlp_out; /* (T, H) each, copied out after the forward */
+  int hooks_seen;                /* bitmask of the hook points the block called */
 } block_out_t;
+
+/* the block's hook points: copy the sub-layer outputs out as they are exposed */
+static void copy_hook(void *ctx, ls_hook_t h, float *rows, int width) {
+  block_out_t *o = ctx;
+  o->hooks_seen |= 1 << h;
+  if (h == LS_HOOK_ATTN_OUT) memcpy(o->attn_out, rows, sizeof(float) * (size_t)o->T * width);
+  if (h == LS_HOOK_MLP_OUT) memcpy(o->mlp_out, rows, sizeof(float) * (size_t)o->T * width);
+}
 
 /* Forward rows x_in (T, H) of n_seq sequences at seq_start (positions restart at each
  * sequence and run on through its padding rows). Scratch and padding rows are NaN. */
@@ -816,24 +833,24 @@ static void block_run(ls_backend_t *be, const block_model_t *m, const float *x_i
     if (seq_start[s + 1] - seq_start[s] > max_len) max_len = seq_start[s + 1] - seq_start[s];
   ls_batch_t b = {.T = T, .n_seq = n_seq, .seq_start = seq_start, .seq_len = seq_len, .pos = pos,
                   .max_len = max_len};
-  size_t nf = ls_block_scratch_floats(c, T);
+  size_t nf = m->fam->scratch_floats(c, T);
   float *scratch = be->iface->alloc(be, sizeof(float) * nf, "block scratch");
   float *x = be->iface->alloc(be, sizeof(float) * (size_t)ls_round_rows(T) * H, "x");
   assert_true(scratch && x);
   fill_poison(scratch, nf);
   fill_poison(x, (size_t)ls_round_rows(T) * H);
   memcpy(x, x_in, sizeof(float) * (size_t)T * H);
-  ls_block_scratch_t s;
-  ls_block_scratch_carve(c, T, scratch, &s);
-  ls_block_forward(be, c, &m->lw, m->cos_tab, m->sin_tab, x, &b, &s);
   o->T = T;
+  o->hooks_seen = 0;
   o->x = malloc(sizeof(float) * (size_t)T * H);
   o->attn_out = malloc(sizeof(float) * (size_t)T * H);
   o->mlp_out = malloc(sizeof(float) * (size_t)T * H);
   assert_true(o->x && o->attn_out && o->mlp_out);
+  const ls_block_t blk = {be, c, m->w, m->cos_tab, m->sin_tab, &b, scratch, T, copy_hook, o};
+  m->fam->forward(&blk, x);
+  /* the Llama block exposes exactly attn_out and mlp_out */
+  assert_int_equal(o->hooks_seen, (1 << LS_HOOK_ATTN_OUT) | (1 << LS_HOOK_MLP_OUT));
   memcpy(o->x, x, sizeof(float) * (size_t)T * H);
-  memcpy(o->attn_out, s.attn_out, sizeof(float) * (size_t)T * H);
-  memcpy(o->mlp_out, s.mlp_out, sizeof(float) * (size_t)T * H);
   be->iface->free(be, scratch);
   be->iface->free(be, x);
   free(pos);
@@ -845,13 +862,23 @@ static void block_out_free(block_out_t *o) {
   free(o->mlp_out);
 }
 
+/* Layer 0's tensor named model.layers.0.<name> (host memory: the CPU backend), NULL when
+ * the model has none; found by its Hugging Face name, as transformers names it. */
+static const float *tensor(const block_model_t *m, const char *name) {
+  char full[LS_WNAME_MAX];
+  snprintf(full, sizeof full, "model.layers.0.%s", name);
+  for (int i = 0; i < m->fam->n_slots; i++)
+    if (strcmp(m->spec[i].name, full) == 0) return m->w[i];
+  fail_msg("the Llama family has no tensor %s", full);
+  return NULL;
+}
+
 /* The block composed from the double references (x in/out (T, H)). */
 static void ref_block(const block_model_t *m, double *x, const int32_t *seq_start, int n_seq,
                       double *attn_out, double *mlp_out) {
   const ls_config_t *c = &m->cfg;
   const int T = seq_start[n_seq], H = c->hidden, Im = c->intermediate, hd = c->head_dim;
   const int Q = c->n_heads * hd, KV = c->n_kv_heads * hd;
-  void *const *w = m->lw.w;
   int32_t *pos = malloc(sizeof(int32_t) * (size_t)T);
   assert_non_null(pos);
   for (int s = 0; s < n_seq; s++)
@@ -859,21 +886,21 @@ static void ref_block(const block_model_t *m, double *x, const int32_t *seq_star
   double *xn = dalloc((size_t)T * H), *q = dalloc((size_t)T * Q), *k = dalloc((size_t)T * KV),
          *v = dalloc((size_t)T * KV), *att = dalloc((size_t)T * Q), *g = dalloc((size_t)T * Im),
          *u = dalloc((size_t)T * Im);
-  ref_rmsnorm(xn, NULL, x, w[LS_W_ATTN_NORM], T, H, c->rms_eps);
-  ref_matmul(q, NULL, xn, w[LS_W_Q], w[LS_W_BQ], T, H, Q);
-  ref_matmul(k, NULL, xn, w[LS_W_K], w[LS_W_BK], T, H, KV);
-  ref_matmul(v, NULL, xn, w[LS_W_V], w[LS_W_BV], T, H, KV);
+  ref_rmsnorm(xn, NULL, x, tensor(m, "input_layernorm.weight"), T, H, c->rms_eps);
+  ref_matmul(q, NULL, xn, tensor(m, "self_attn.q_proj.weight"), tensor(m, "self_attn.q_proj.bias"), T, H, Q);
+  ref_matmul(k, NULL, xn, tensor(m, "self_attn.k_proj.weight"), tensor(m, "self_attn.k_proj.bias"), T, H, KV);
+  ref_matmul(v, NULL, xn, tensor(m, "self_attn.v_proj.weight"), tensor(m, "self_attn.v_proj.bias"), T, H, KV);
   ref_rope(q, NULL, pos, m->cos_tab, m->sin_tab, T, c->n_heads, hd);
   ref_rope(k, NULL, pos, m->cos_tab, m->sin_tab, T, c->n_kv_heads, hd);
   ref_attention(att, NULL, q, k, v, seq_start, n_seq, c->n_heads, c->n_kv_heads, hd,
                 c->sliding_window);
-  ref_matmul(attn_out, NULL, att, w[LS_W_O], w[LS_W_BO], T, Q, H);
+  ref_matmul(attn_out, NULL, att, tensor(m, "self_attn.o_proj.weight"), tensor(m, "self_attn.o_proj.bias"), T, Q, H);
   for (size_t i = 0; i < (size_t)T * H; i++) x[i] += attn_out[i];
-  ref_rmsnorm(xn, NULL, x, w[LS_W_MLP_NORM], T, H, c->rms_eps);
-  ref_matmul(g, NULL, xn, w[LS_W_GATE], w[LS_W_BGATE], T, H, Im);
-  ref_matmul(u, NULL, xn, w[LS_W_UP], w[LS_W_BUP], T, H, Im);
+  ref_rmsnorm(xn, NULL, x, tensor(m, "post_attention_layernorm.weight"), T, H, c->rms_eps);
+  ref_matmul(g, NULL, xn, tensor(m, "mlp.gate_proj.weight"), tensor(m, "mlp.gate_proj.bias"), T, H, Im);
+  ref_matmul(u, NULL, xn, tensor(m, "mlp.up_proj.weight"), tensor(m, "mlp.up_proj.bias"), T, H, Im);
   for (size_t i = 0; i < (size_t)T * Im; i++) g[i] = silu(g[i]) * u[i];
-  ref_matmul(mlp_out, NULL, g, w[LS_W_DOWN], w[LS_W_BDOWN], T, Im, H);
+  ref_matmul(mlp_out, NULL, g, tensor(m, "mlp.down_proj.weight"), tensor(m, "mlp.down_proj.bias"), T, Im, H);
   for (size_t i = 0; i < (size_t)T * H; i++) x[i] += mlp_out[i];
   free(pos); free(xn); free(q); free(k); free(v); free(att); free(g); free(u);
 }

@@ -511,10 +511,10 @@ WANT=(--pool bogus); bad opt.pool_bogus "$(o pool)" "${R[@]}" --out "$(o pool)" 
 if [ -e /proc/driver/nvidia/version ]; then
   echo "SKIP opt.backend_cuda (this machine has an NVIDIA driver: --backend cuda is not bad input here)"
 else
-  WANT=(--backend "--backend cpu" "no usable GPU"); bad opt.backend_cuda "$(o backend_cuda)" "${R[@]}" --out "$(o backend_cuda)" --backend cuda
+  WANT=(--backend "--backend cpu" "no usable device" "no NVIDIA driver"); bad opt.backend_cuda "$(o backend_cuda)" "${R[@]}" --out "$(o backend_cuda)" --backend cuda
   WANT=(--dtype bf16 "--dtype float32"); bad opt.dtype_bf16_no_gpu "$(o dtype_bf16_auto)" "${R[@]}" --out "$(o dtype_bf16_auto)" --dtype bf16
 fi
-WANT=(--dtype bf16 "CPU backend" "--backend cuda"); bad opt.dtype_bf16_cpu "$(o dtype_bf16)" "${R[@]}" --out "$(o dtype_bf16)" --backend cpu --dtype bf16
+WANT=(--dtype bf16 "no bf16 mode" "--backend cuda"); bad opt.dtype_bf16_cpu "$(o dtype_bf16)" "${R[@]}" --out "$(o dtype_bf16)" --backend cpu --dtype bf16
 WANT=(--dtype bogus); bad opt.dtype_bogus "$(o dtype_bogus)" "${R[@]}" --out "$(o dtype_bogus)" --dtype bogus
 WANT=(--backend bogus); bad opt.backend_bogus "$(o backend_bogus)" "${R[@]}" --out "$(o backend_bogus)" --backend bogus
 WANT=(--microbatch-tokens); bad opt.microbatch_0 "$(o mb0)" "${R[@]}" --out "$(o mb0)" --microbatch-tokens 0

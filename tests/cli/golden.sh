@@ -138,117 +138,149 @@ T=$(cd "$T" && pwd -P) || die "scratch dir vanished"
 NEW=$T/new.sha256
 : >"$NEW"
 
-# ---- path normalization of attribute text (longest string first) -------------------------
-NORM_FROM=()
-NORM_TO=()
+# ---- path normalization of attribute text ------------------------------------------------
+# "<from>\t<to>" lines, longest <from> first, read by the awk program in hash_attrs
+NORM=$T/norm.tsv
 add_norm() { [ -n "$1" ] && printf '%d\t%s\t%s\n' "${#1}" "$1" "$2"; }
-while IFS=$'\t' read -r _ from to; do
-  NORM_FROM+=("$from")
-  NORM_TO+=("$to")
-done < <( { add_norm "$T" @TMP@
-            add_norm "$FIX" @FIXTURES@
-            add_norm "$LS_BIN" @LS_BIN@
-            real_bin=$(readlink -f "$LS_BIN")
-            [ "$real_bin" != "$LS_BIN" ] && add_norm "$real_bin" @LS_BIN@
-            [ "$LS_FIXTURES" != "$FIX" ] && add_norm "$LS_FIXTURES" @FIXTURES@
-          } | sort -t$'\t' -k1,1nr)
-
-normalize() { # text -> text with the paths replaced; STRSIZE dropped when something was
-  local s=$1 i
-  for i in "${!NORM_FROM[@]}"; do
-    s=${s//"${NORM_FROM[$i]}"/"${NORM_TO[$i]}"}
-  done
-  if [ "$s" != "$1" ]; then
-    s=$(printf '%s\n' "$s" | grep -v '^[[:space:]]*STRSIZE ')
-  fi
-  printf '%s' "$s"
-}
-
-sha() { sha256sum | cut -d ' ' -f 1; }
+{ add_norm "$T" @TMP@
+  add_norm "$FIX" @FIXTURES@
+  add_norm "$LS_BIN" @LS_BIN@
+  real_bin=$(readlink -f "$LS_BIN")
+  [ "$real_bin" != "$LS_BIN" ] && add_norm "$real_bin" @LS_BIN@
+  [ "$LS_FIXTURES" != "$FIX" ] && add_norm "$LS_FIXTURES" @FIXTURES@
+} | sort -t$'\t' -k1,1nr | cut -f 2- >"$NORM" || die "cannot write $NORM"
 
 # ---- hashing of one output file -----------------------------------------------------------
+# Each object's hashed bytes are written to a file <dir>/<index>; one sha256sum call hashes
+# them all (a few processes per dataset, one h5dump for all attributes of a file).
 HASH_ERR=
-hash_dataset() { # file path kind(dataset|dataset-shape) -> sha256 on stdout
-  local file=$1 path=$2 kind=$3 hdr dt dims bits nelem want got bin txt d
-  hdr=$(h5dump -H -d "$path" "$file" 2>&1) || { HASH_ERR="h5dump -H -d $path failed: $hdr"; return 1; }
-  hdr=${hdr#*$'\n'} # drop 'HDF5 "<file>" {'
+RE_DT=$'\n''   DATATYPE  ([^'$'\n'']*)'
+RE_DS=$'\n''   DATASPACE  ([^'$'\n'']*)'
+RE_NUM='^H5T_(IEEE_F|STD_I|STD_U|STD_B)(8|16|32|64)(LE|BE)$'
+RE_SIMPLE='^SIMPLE \{ \( ([0-9, ]+) \)'
+
+hash_dataset() { # file path kind(dataset|dataset-shape) outfile: writes the bytes to hash
+  local file=$1 path=$2 kind=$3 o=$4 hdr dt ds bits nelem want got d
   if [ "$kind" = dataset-shape ]; then
-    printf '%s\n' "$hdr" | sha
-    return 0
+    h5dump -H -d "$path" "$file" >"$o.hdr" 2>&1 || { HASH_ERR="h5dump -H -d $path failed: $(head -c 300 "$o.hdr")"; return 1; }
+    tail -n +2 "$o.hdr" >"$o" # without 'HDF5 "<file>" {'
+    return
   fi
-  dt=$(printf '%s\n' "$hdr" | sed -n 's/^   DATATYPE[[:space:]]*//p' | head -n 1)
-  bits=$(printf '%s\n' "$dt" | sed -n 's/^H5T_\(IEEE_F\|STD_I\|STD_U\|STD_B\)\(8\|16\|32\|64\)\(LE\|BE\)$/\2/p')
-  if [ -n "$bits" ]; then
-    dims=$(printf '%s\n' "$hdr" | sed -n 's/^   DATASPACE[[:space:]]*//p' | head -n 1)
-    case $dims in
-      SCALAR) nelem=1 ;;
-      NULL) nelem=0 ;;
-      SIMPLE*)
-        d=$(printf '%s\n' "$dims" | sed -n 's/^SIMPLE { ( \([0-9, ]*\) ).*/\1/p')
-        [ -n "$d" ] || { HASH_ERR="$path: cannot read the shape from '$dims'"; return 1; }
-        nelem=1
-        for d in ${d//,/ }; do nelem=$((nelem * d)); done ;;
-      *) HASH_ERR="$path: unknown dataspace '$dims'"; return 1 ;;
-    esac
-    want=$((nelem * bits / 8))
-    bin=$T/dset.bin
-    rm -f "$bin"
-    if [ "$want" -gt 0 ]; then
-      txt=$(h5dump -b LE -d "$path" -o "$bin" "$file" 2>&1) || { HASH_ERR="h5dump -b -d $path failed: $txt"; return 1; }
+  # h5dump -b writes the raw bytes to -o and the type and shape to stdout
+  rm -f "$o.bin"
+  h5dump -b LE -d "$path" -o "$o.bin" "$file" >"$o.hdr" 2>&1 || { HASH_ERR="h5dump -b -d $path failed: $(head -c 300 "$o.hdr")"; return 1; }
+  IFS= read -r -d '' hdr <"$o.hdr"
+  [[ $hdr =~ $RE_DT ]] || { HASH_ERR="$path: no DATATYPE in: ${hdr:0:300}"; return 1; }
+  dt=${BASH_REMATCH[1]}
+  if [[ $dt =~ $RE_NUM ]]; then
+    bits=${BASH_REMATCH[2]}
+    [[ $hdr =~ $RE_DS ]] || { HASH_ERR="$path: no DATASPACE in: ${hdr:0:300}"; return 1; }
+    ds=${BASH_REMATCH[1]}
+    if [ "$ds" = SCALAR ]; then nelem=1
+    elif [ "$ds" = NULL ]; then nelem=0
+    elif [[ $ds =~ $RE_SIMPLE ]]; then
+      nelem=1
+      for d in ${BASH_REMATCH[1]//,/ }; do nelem=$((nelem * d)); done
+    else HASH_ERR="$path: unknown dataspace '$ds'"; return 1
     fi
-    [ -e "$bin" ] || : >"$bin"
-    got=$(stat -c %s "$bin")
+    want=$((nelem * bits / 8))
+    [ -e "$o.bin" ] || : >"$o.bin"
+    got=$(stat -c %s "$o.bin")
     [ "$got" = "$want" ] || { HASH_ERR="$path: h5dump -b wrote $got bytes, the shape says $want"; return 1; }
-    { printf '%s\n' "$hdr"; cat "$bin"; } | sha
+    { tail -n +2 "$o.hdr"; cat "$o.bin"; } >"$o"
   else
-    # strings (/samples/id) and any other non-numeric type: the full text dump
-    txt=$(h5dump -m %.17g -d "$path" "$file" 2>&1) || { HASH_ERR="h5dump -d $path failed: $txt"; return 1; }
-    printf '%s\n' "${txt#*$'\n'}" | sha
+    # strings (/samples/id) and any other non-numeric type: the full text dump, because
+    # h5dump -b writes nothing (-b LE) or the strings without their padding (-b FILE)
+    h5dump -m %.17g -d "$path" "$file" >"$o.txt" 2>&1 || { HASH_ERR="h5dump -d $path failed: $(head -c 300 "$o.txt")"; return 1; }
+    tail -n +2 "$o.txt" >"$o"
   fi
 }
 
-hash_attr() { # file path kind(attr|attr-shape) -> sha256 on stdout
-  local file=$1 path=$2 kind=$3 txt
-  txt=$(h5dump -m %.17g -a "$path" "$file" 2>&1) || { HASH_ERR="h5dump -a $path failed: $txt"; return 1; }
-  txt=${txt#*$'\n'} # drop 'HDF5 "<file>" {'
-  if [ "$kind" = attr-shape ]; then
-    txt=$(printf '%s\n' "$txt" | sed '/^[[:space:]]*DATA {/,$d')
-  fi
-  normalize "$txt" | sha
+hash_attrs() { # file dir manifest: one h5dump for every attribute listed in manifest
+  # ("<index>\t<kind>\t<path>" lines); writes <dir>/<index> for each
+  local file=$1 dir=$2 man=$3 args=() path
+  while IFS=$'\t' read -r _ _ path; do args+=(-a "$path"); done <"$man"
+  [ "${#args[@]}" -gt 0 ] || return 0
+  h5dump -m %.17g "${args[@]}" "$file" >"$dir/attrs.txt" 2>&1 ||
+    { HASH_ERR="h5dump -a ... failed: $(grep -m 1 -i error "$dir/attrs.txt")"; return 1; }
+  # split the dump into its top-level ATTRIBUTE blocks, in the order asked; check each
+  # block's name; replace the paths (NORM) and then drop STRSIZE; attr-shape: no DATA
+  awk -v dir="$dir" '
+    function repl(s, from, to,   out, p) {
+      out = ""
+      while ((p = index(s, from)) > 0) { out = out substr(s, 1, p - 1) to; s = substr(s, p + length(from)) }
+      return out s
+    }
+    function flush(   t, i, n, lines, o, out) {
+      t = block
+      for (i = 1; i <= nnorm; i++) t = repl(t, nfrom[i], nto[i])
+      n = split(t, lines, "\n"); out = ""
+      for (i = 1; i <= n; i++) {
+        if (t != block && lines[i] ~ /^[ \t]*STRSIZE /) continue
+        out = out lines[i] "\n"
+      }
+      o = dir "/" midx[cur]
+      printf "%s", out > o
+      close(o)
+    }
+    FILENAME == ARGV[1] { split($0, f, "\t"); nnorm++; nfrom[nnorm] = f[1]; nto[nnorm] = f[2]; next }
+    FILENAME == ARGV[2] { split($0, f, "\t"); nman++; midx[nman] = f[1]; mkind[nman] = f[2]; mpath[nman] = f[3]; next }
+    inblk == 0 && /^ATTRIBUTE "/ {
+      cur++
+      if (cur > nman) { print "more attribute blocks than asked for"; bad = 1; exit 1 }
+      name = mpath[cur]; sub(/.*\//, "", name)
+      if ($0 != "ATTRIBUTE \"" name "\" {") { print "expected attribute " mpath[cur] ", h5dump printed: " $0; bad = 1; exit 1 }
+      inblk = 1; skipdata = 0; block = $0; next
+    }
+    inblk == 1 && /^}$/ { block = block "\n" $0; flush(); inblk = 0; next }
+    inblk == 1 {
+      if (mkind[cur] == "attr-shape" && $0 ~ /^[ \t]*DATA \{/) skipdata = 1
+      if (!skipdata) block = block "\n" $0
+      next
+    }
+    END { if (!bad && (inblk || cur != nman)) { print "h5dump printed " cur " attributes of " nman; exit 1 } }
+  ' "$NORM" "$man" "$dir/attrs.txt" >"$dir/attrs.err" ||
+    { HASH_ERR="splitting the attributes of $file: $(head -c 300 "$dir/attrs.err")"; return 1; }
 }
 
-hash_file() { # case file -> "<case> <kind> <object> <sha256>" lines on stdout
-  local name=$1 file=$2 listing line kind path h nd=0
-  listing=$(h5dump -n 1 "$file" 2>&1) || { HASH_ERR="h5dump -n failed: $listing"; return 1; }
+RE_LIST='^ (attribute|dataset|group) +(/[^[:space:]]*)$'
+
+hash_file() { # case file dir -> "<case> <kind> <object> <sha256>" lines on stdout
+  local name=$1 file=$2 dir=$3 listing line kind path n=0 nd=0 h f i
+  local kinds=() paths=()
+  if ! rm -rf "$dir" || ! mkdir -p "$dir"; then HASH_ERR="cannot create $dir"; return 1; fi
+  listing=$(h5dump -n 1 "$file" 2>&1) || { HASH_ERR="h5dump -n failed: ${listing:0:300}"; return 1; }
+  : >"$dir/attrs.manifest"
   while IFS= read -r line; do
-    case $line in
-      " attribute "*) kind=attr ;;
-      " dataset "*) kind=dataset ;;
-      " group "*) kind=group ;;
-      " "[a-z]*) HASH_ERR="object kind not handled by golden.sh: '$line'"; return 1 ;;
-      *) continue ;; # 'HDF5 "..." {', 'FILE_CONTENTS {', ' }', '}'
-    esac
-    path=$(printf '%s\n' "$line" | sed 's/^ [a-z]*[[:space:]]*//')
-    case $path in
-      /*) ;;
-      *) HASH_ERR="cannot parse h5dump -n line '$line'"; return 1 ;;
-    esac
-    case $path in
-      *[[:space:]]*) HASH_ERR="object name with white space not handled: '$path'"; return 1 ;;
-    esac
+    if [[ $line =~ $RE_LIST ]]; then
+      kind=${BASH_REMATCH[1]} path=${BASH_REMATCH[2]}
+    elif [[ $line =~ ^\ [a-z] ]]; then # a link, a named datatype, a name with white space
+      HASH_ERR="h5dump -n line not handled by golden.sh: '$line'"; return 1
+    else
+      continue # 'HDF5 "..." {', 'FILE_CONTENTS {', ' }', '}'
+    fi
+    [ "$kind" = attribute ] && kind=attr
     case $kind:$path in
       dataset:/profile/layer_bytes) ;;
       dataset:/profile/*) kind=dataset-shape ;;
       attr:/profile/total_s) kind=attr-shape ;;
     esac
     case $kind in
-      group) h=$(printf 'group %s\n' "$path" | sha) ;;
-      dataset*) h=$(hash_dataset "$file" "$path" "$kind") || return 1; nd=$((nd + 1)) ;;
-      attr*) h=$(hash_attr "$file" "$path" "$kind") || return 1 ;;
+      group) printf 'group %s\n' "$path" >"$dir/$n" ;;
+      dataset*) hash_dataset "$file" "$path" "$kind" "$dir/$n" || return 1; nd=$((nd + 1)) ;;
+      attr*) printf '%s\t%s\t%s\n' "$n" "$kind" "$path" >>"$dir/attrs.manifest" ;;
     esac
-    printf '%s %s %s %s\n' "$name" "$kind" "$path" "$h"
+    kinds+=("$kind"); paths+=("$path"); n=$((n + 1))
   done <<<"$listing"
-  [ "$nd" -gt 0 ] || { HASH_ERR="no dataset found in the file (h5dump -n output: $(head -c 300 <<<"$listing"))"; return 1; }
+  [ "$nd" -gt 0 ] || { HASH_ERR="no dataset found in the file (h5dump -n: ${listing:0:300})"; return 1; }
+  hash_attrs "$file" "$dir" "$dir/attrs.manifest" || return 1
+  i=0
+  while read -r h f; do
+    [ "$f" = "$i" ] || { HASH_ERR="sha256sum output out of order ($f, expected $i)"; return 1; }
+    printf '%s %s %s %s\n' "$name" "${kinds[$i]}" "${paths[$i]}" "$h"
+    i=$((i + 1))
+  done < <(cd "$dir" && sha256sum -- $(seq 0 $((n - 1))))
+  [ "$i" = "$n" ] || { HASH_ERR="sha256sum hashed $i of $n objects"; return 1; }
 }
 
 h5_status() { # root attribute "status" ("" when absent / unreadable)
@@ -288,7 +320,7 @@ run_case() { # name np model data [run options...]
     return
   fi
   HASH_ERR=
-  if ! hash_file "$name" "$out" >"$dir/hashes"; then
+  if ! hash_file "$name" "$out" "$dir/h" >"$dir/hashes"; then
     case_error "$name" "hashing $out: ${HASH_ERR:-failed}"
     return
   fi

@@ -31,6 +31,7 @@ extern "C" { /* this cmocka.h has no C++ guards */
 
 extern "C" {
 #include "backend.h"
+#include "ops_cpu.h"
 }
 
 #define RTOL 1e-5

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "family.h"
 #include "fuzz_util.h"
 #include "ls_common.h"
 
@@ -42,7 +43,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   FUZZ_ASSERT(isfinite(cfg.rope_factor) && cfg.rope_factor > 0.0, "rope_factor %g",
               cfg.rope_factor);
   FUZZ_ASSERT(cfg.sliding_window >= 0, "sliding_window %d", cfg.sliding_window);
-  FUZZ_ASSERT(isfinite(ls_config_gemm_flops_per_token(&cfg)), "gemm flops not finite");
+  FUZZ_ASSERT(isfinite(ls_family_gemm_flops_per_token(&cfg)), "gemm flops not finite");
 
   if (cfg.head_dim > 65536) return 0;
   const int half = cfg.head_dim / 2;
