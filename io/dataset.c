@@ -11,7 +11,7 @@
 #include "ls_common.h"
 
 typedef struct {
-  int64_t n, cap_n, n_tok, cap_tok;
+  int64_t n, cap_n, n_tok, cap_tok, cap_label, cap_id; /* capacities grow geometrically */
   int64_t first_line; /* line of the first prompt (label / id presence is taken from it) */
 } grow_t;
 
@@ -96,15 +96,12 @@ static int parse_line(const char *path, int64_t lineno, const char *line, int vo
   }
   if (grow((void **)&d->offsets, &g->cap_n, i + 2, sizeof(int64_t), "offsets")) goto done;
   if (d->has_label) {
-    int64_t cap = g->cap_n;
     if (label == NULL || !cJSON_IsNumber(label) || label->valuedouble != floor(label->valuedouble) ||
         fabs(label->valuedouble) > 9e15) {
       ls_error("%s:%lld: \"label\" must be an integer", path, (long long)lineno);
       goto done;
     }
-    void *q = realloc(d->labels, (size_t)cap * sizeof(int64_t));
-    if (!q) { ls_error("out of memory for labels"); goto done; }
-    d->labels = q;
+    if (grow((void **)&d->labels, &g->cap_label, i + 1, sizeof(int64_t), "labels")) goto done;
     d->labels[i] = (int64_t)label->valuedouble;
   }
   if (d->has_id) {
@@ -113,9 +110,7 @@ static int parse_line(const char *path, int64_t lineno, const char *line, int vo
                LS_DATASET_MAX_ID);
       goto done;
     }
-    void *q = realloc(d->ids, (size_t)g->cap_n * LS_DATASET_MAX_ID);
-    if (!q) { ls_error("out of memory for ids"); goto done; }
-    d->ids = q;
+    if (grow((void **)&d->ids, &g->cap_id, i + 1, LS_DATASET_MAX_ID, "ids")) goto done;
     memset(d->ids + (size_t)i * LS_DATASET_MAX_ID, 0, LS_DATASET_MAX_ID);
     strcpy(d->ids + (size_t)i * LS_DATASET_MAX_ID, id->valuestring);
   }
