@@ -9,6 +9,7 @@
 
 #include "ls_common.h"
 #include "make_model.h"
+#include "registry.h"
 #include "sweep.h"
 
 static const char *usage_main =
@@ -22,6 +23,8 @@ static const char *usage_main =
     "  plan         print the plan of a sweep (sharding, memory, output size) and stop\n"
     "  make-model   write a random Llama/Mistral/Qwen2-family model directory\n"
     "  make-data    write a random JSONL dataset of token ids\n"
+    "  backends     list the backends of this build, their capabilities, and whether\n"
+    "               each is usable here (and why not)\n"
     "  --version    print the version\n"
     "\n"
     "Run `layersweep <command> --help` for the options of each command.\n";
@@ -326,6 +329,29 @@ static int cmd_make_data(int argc, char **argv) {
   return ls_make_data(&o) == LS_OK ? 0 : 1;
 }
 
+/* `layersweep backends`: the registry, probed as --backend NAME would probe it. */
+static int cmd_backends(void) {
+  static const struct { unsigned bit; const char *name; } caps[] = {
+      {LS_BE_DETERMINISTIC, "bit-identical for any rank count / microbatch"},
+      {LS_BE_HOST_MEMORY, "host memory"},
+      {LS_BE_DEVICE_BCAST, "device weight broadcast"},
+      {LS_BE_BF16, "bf16 mode"}};
+  for (int i = 0; i < ls_backend_count(); i++) {
+    const ls_backend_entry_t *e = ls_backend_at(i);
+    char why[1024] = "", list[256] = "";
+    int usable = e->probe(1, why, sizeof why) > 0;
+    for (size_t k = 0; k < sizeof caps / sizeof caps[0]; k++)
+      if (e->caps & caps[k].bit)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", list[0] ? ", " : "",
+                 caps[k].name);
+    printf("%-6s %s%s%s  [%s]\n", e->name, usable ? "usable" : "not usable", usable ? "" : ": ",
+           why, list);
+  }
+  const char *plugin = ls_backend_plugin_loaded();
+  if (plugin[0]) printf("cuda plugin: %s\n", plugin);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
     fputs(usage_main, argc < 2 ? stderr : stdout);
@@ -338,6 +364,7 @@ int main(int argc, char **argv) {
   const char *cmd = argv[1];
   if (strcmp(cmd, "make-model") == 0) return cmd_make_model(argc - 1, argv + 1);
   if (strcmp(cmd, "make-data") == 0) return cmd_make_data(argc - 1, argv + 1);
+  if (strcmp(cmd, "backends") == 0) return cmd_backends();
   if (strcmp(cmd, "run") != 0 && strcmp(cmd, "plan") != 0) {
     fprintf(stderr, "layersweep: error: unknown command \"%s\"; run `layersweep --help`\n", cmd);
     return 2;

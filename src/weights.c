@@ -97,9 +97,9 @@ int ls_wpipe_init(ls_wpipe_t *p, ls_model_t *m, ls_backend_t *be, int first, int
   p->read_s = ls_calloc((size_t)nl, sizeof(double), "profile");
   p->read_wait_s = ls_calloc((size_t)nl, sizeof(double), "profile");
   p->bcast_wait_s = ls_calloc((size_t)nl, sizeof(double), "profile");
+  for (int b = 0; b < 2; b++) p->want[b] = p->have[b] = p->posted[b] = -1;
   if (!p->read_s || !p->read_wait_s || !p->bcast_wait_s) return LS_ERR;
   for (int b = 0; b < 2; b++) {
-    p->want[b] = p->have[b] = p->posted[b] = -1;
     if (!p->on_device || p->rank == 0) {
       p->raw[b] = be->iface->host_alloc(be, m->max_layer_bytes, "layer staging buffer");
       if (!p->raw[b]) return LS_ERR;

@@ -399,6 +399,19 @@ if command -v python3 >/dev/null 2>&1; then
   patch_value "$m" model.layers.0.self_attn.k_proj.weight 5 0000c0ff
   WANT=("$m/model.safetensors" model.layers.0.self_attn.k_proj.weight "NaN or Inf")
   bad_mpi mpi.nan_in_layer_weight "$(o nan_weight_mpi)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o nan_weight_mpi)"
+  # a bad tensor in a late layer is read by rank 0's reader thread while the main thread
+  # is inside the collective writes (and checkpoints) of earlier layers: its message must
+  # still be the one line reported
+  deep=$T/base_6layer
+  if timeout $TO "$LS_BIN" make-model --out "$deep" "${MODEL_ARGS[@]}" --layers 6 >>"$LOGS/setup.log" 2>&1; then
+    m=$(case_model nan_late_layer "$deep")
+    patch_value "$m" model.layers.5.self_attn.o_proj.weight 11 0000c07f
+    WANT=("$m/model.safetensors" model.layers.5.self_attn.o_proj.weight "NaN or Inf")
+    bad_mpi mpi.nan_in_late_layer "$(o nan_late)" "$LS_BIN" run --model "$m" --data "$DATA" \
+      --out "$(o nan_late)" --hooks all --pool none --checkpoint-every 1
+  else
+    fail mpi.nan_in_late_layer "test setup: make-model --layers 6 failed"
+  fi
 else
   echo "SKIP model.nan_in_layer_weight (no python3 to patch the file)"
 fi

@@ -52,8 +52,13 @@
 # build uses -march=native, and the attribute text comes from h5dump. So the golden file
 # starts with a signature line: CPU model name, a digest of the CPU flags, the OpenBLAS core
 # that LS_BIN selects (OPENBLAS_VERBOSE=2 prints "Core: ...") and the OpenBLAS library file
-# it loads, the h5dump version, and the number of hashes. On a machine with another
-# signature the test prints SKIPPED and exits 77; re-record there with --record if wanted.
+# it loads, the compiler named in LS_BIN's .comment section, the h5dump version, and the
+# number of hashes. On a machine with another signature the test prints SKIPPED and exits
+# 77; re-record there with --record if wanted.
+# They also depend on the build flags, which the binary does not record: the golden file
+# holds the outputs of an optimized -march=native build (Release -O3; RelWithDebInfo -O2
+# with ASan+UBSan gives the same bits); a -O0 (Debug) or -DLS_NATIVE=OFF build writes other
+# last bits and fails here, so CTest should register this test only for the former.
 set -u
 export LC_ALL=C
 
@@ -88,8 +93,8 @@ TO=120 # seconds per sweep
 
 die() { echo "FAIL golden: $*"; exit 1; }
 
-for tool in h5dump sha256sum mpirun timeout awk sed sort ldd; do
-  command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found (hdf5-tools, coreutils, Open MPI are needed)"
+for tool in h5dump sha256sum mpirun timeout awk sed sort ldd readelf; do
+  command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found (hdf5-tools, coreutils, binutils, Open MPI are needed)"
 done
 [ -x "$LS_BIN" ] || die "LS_BIN=$LS_BIN is not an executable"
 FIX=$(cd "$LS_FIXTURES" 2>/dev/null && pwd -P) || die "LS_FIXTURES=$LS_FIXTURES is not a directory"
@@ -97,7 +102,7 @@ FIX=$(cd "$LS_FIXTURES" 2>/dev/null && pwd -P) || die "LS_FIXTURES=$LS_FIXTURES 
 
 # ---- machine signature -------------------------------------------------------------------
 machine_signature() {
-  local model flags help core blas h5v
+  local model flags help core blas cc h5v
   model=$(sed -n 's/^model name[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo | head -n 1)
   [ -n "$model" ] || model="$(uname -m) (no model name in /proc/cpuinfo)"
   flags=$(sed -n 's/^\(flags\|Features\)[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo | head -n 1 |
@@ -105,10 +110,16 @@ machine_signature() {
   help=$(OPENBLAS_VERBOSE=2 "$LS_BIN" --help 2>&1) || { echo "'$LS_BIN --help' failed" >&2; return 1; }
   core=$(printf '%s\n' "$help" | sed -n 's/^Core:[[:space:]]*//p' | head -n 1)
   [ -n "$core" ] || core="unknown (no Core: line with OPENBLAS_VERBOSE=2)"
+  # the OpenBLAS library LS_BIN loads (else the system's libopenblas.so.0)
   blas=$(ldd "$LS_BIN" 2>/dev/null | awk '/libopenblas/ { print $3; exit }')
-  if [ -n "$blas" ] && [ -e "$blas" ]; then blas=$(basename "$(readlink -f "$blas")"); else blas="not linked"; fi
+  [ -n "$blas" ] || blas=$(ldconfig -p 2>/dev/null | awk '/libopenblas\.so\.0 / { print $NF; exit }')
+  if [ -n "$blas" ] && [ -e "$blas" ]; then blas=$(basename "$(readlink -f "$blas")"); else blas=unknown; fi
+  # the compiler that built LS_BIN (its code generation decides FMA contraction)
+  cc=$(readelf -p .comment "$LS_BIN" 2>/dev/null | sed -n 's/^ *\[ *[0-9a-f]*\] *//p' | head -n 1)
+  [ -n "$cc" ] || cc=unknown
   h5v=$(h5dump --version 2>&1 | sed -n 's/.*Version[[:space:]]*//p' | head -n 1)
-  printf 'cpu=%s; cpuflags=%s; openblas core=%s lib=%s; h5dump=%s' "$model" "$flags" "$core" "$blas" "$h5v"
+  printf 'cpu=%s; cpuflags=%s; openblas core=%s lib=%s; compiler=%s; h5dump=%s' \
+    "$model" "$flags" "$core" "$blas" "$cc" "$h5v"
 }
 SIG=$(machine_signature) || die "cannot compute the machine signature"
 

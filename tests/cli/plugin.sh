@@ -104,5 +104,18 @@ for case in missing foreign; do
   else pass "plugin_$case ($(cat "$tmp/$case.err"))"; fi
 done
 
+# 5. `layersweep backends`: the registry as this machine sees it
+out=$(unset LS_CUDA_PLUGIN; "$ls" backends 2>&1)
+if echo "$out" | grep -q '^cpu  *usable  \[bit-identical' && echo "$out" | grep -q '^cuda '; then
+  pass "backends ($(echo "$out" | tr '\n' ';'))"
+else fail backends "$out"; fi
+emu="${LS_BUILD_DIR:-}/liblayersweep-cuda-emu.so"
+if [ -f "$emu" ]; then
+  out=$(LS_CUDA_PLUGIN="$emu" "$ls" backends 2>&1)
+  if echo "$out" | grep -q '^cuda  *usable' && echo "$out" | grep -q "cuda plugin: $emu"; then
+    pass "backends_with_plugin (the emulator build of the plugin loads and probes usable)"
+  else fail backends_with_plugin "$out"; fi
+fi
+
 echo "summary: $passes passed, $fails failed"
 [ $fails = 0 ]
