@@ -28,14 +28,15 @@
 #                                         removed (written to the scratch dir by sed)
 #
 # What is hashed, per output file (one line per object: "<case> <kind> <object> <sha256>"):
-#   dataset        every dataset outside /profile: its type and shape (h5dump -H) followed
-#                  by its raw bytes (h5dump -b LE; the byte count is checked against the
-#                  shape, since h5dump writes no bytes for some types); string and other
-#                  non-numeric datasets are hashed from their full text dump
-#                  (h5dump -m %.17g), because h5dump -b drops string padding / writes nothing.
-#   dataset-shape  /profile/* timing datasets (read_s, forward_s, ...): type and shape only,
-#                  their values are wall-clock times. /profile/layer_bytes is deterministic
-#                  and hashed in full as a "dataset".
+#   dataset        every dataset outside /profile: its type and shape (the header that
+#                  h5dump -b prints) followed by its raw bytes (h5dump -b LE; the byte count
+#                  is checked against the shape, since h5dump writes no bytes for some
+#                  types); string and other non-numeric datasets are hashed from their
+#                  full text dump (h5dump -m %.17g), because h5dump -b writes nothing for
+#                  them (-b LE) or drops the string padding (-b FILE).
+#   dataset-shape  /profile/* timing datasets (read_s, forward_s, ...): type and shape only
+#                  (h5dump -H), their values are wall-clock times. /profile/layer_bytes is
+#                  deterministic and hashed in full as a "dataset".
 #   attr           every attribute, as h5dump -m %.17g prints it (floats exact), except:
 #   attr-shape     /profile/total_s: the run's wall-clock time, different on every run (the
 #                  only attribute that differed between two runs of the same binary with the
