@@ -113,6 +113,10 @@ int ls_cfg_rope(const cJSON *root, const char *path, ls_config_t *cfg) {
 
 /* ---- sizes every decoder has ---------------------------------------------- */
 int ls_cfg_common_sizes(const cJSON *root, const char *path, ls_config_t *cfg) {
+  return ls_cfg_sizes(root, path, 0, cfg);
+}
+
+int ls_cfg_sizes(const cJSON *root, const char *path, int default_head_dim, ls_config_t *cfg) {
   const int BIG = 1 << 24;
   if (ls_cfg_int(root, "hidden_size", 1, 0, 1, BIG, path, &cfg->hidden) ||
       ls_cfg_int(root, "intermediate_size", 1, 0, 1, BIG, path, &cfg->intermediate) ||
@@ -123,9 +127,9 @@ int ls_cfg_common_sizes(const cJSON *root, const char *path, ls_config_t *cfg) {
       ls_cfg_int(root, "max_position_embeddings", 0, 0, 0, INT_MAX, path, &cfg->max_pos) ||
       ls_cfg_num(root, "rms_norm_eps", 1e-6, 0.0, 1.0, path, &cfg->rms_eps))
     return LS_ERR;
-  int def_head_dim = cfg->hidden / cfg->n_heads;
+  int def_head_dim = default_head_dim > 0 ? default_head_dim : cfg->hidden / cfg->n_heads;
   LS_CHECK(ls_cfg_int(root, "head_dim", 0, def_head_dim, 1, 65536, path, &cfg->head_dim));
-  if (!ls_cfg_get(root, "head_dim") && cfg->hidden % cfg->n_heads != 0) {
+  if (!ls_cfg_get(root, "head_dim") && default_head_dim <= 0 && cfg->hidden % cfg->n_heads != 0) {
     ls_error("%s: hidden_size %d is not divisible by num_attention_heads %d and no head_dim is given",
              path, cfg->hidden, cfg->n_heads);
     return LS_ERR;
@@ -137,6 +141,42 @@ int ls_cfg_common_sizes(const cJSON *root, const char *path, ls_config_t *cfg) {
   if (cfg->n_heads % cfg->n_kv_heads != 0) {
     ls_error("%s: num_attention_heads %d must be a multiple of num_key_value_heads %d", path,
              cfg->n_heads, cfg->n_kv_heads);
+    return LS_ERR;
+  }
+  return LS_OK;
+}
+
+int ls_cfg_layer_types(const cJSON *root, const char *path, int first_sliding, ls_config_t *cfg) {
+  const cJSON *types = ls_cfg_get(root, "layer_types");
+  cfg->window_per_layer = 1;
+  memset(cfg->layer_sliding, 0, sizeof cfg->layer_sliding);
+  if (types && (!cJSON_IsArray(types) || cJSON_GetArraySize(types) != cfg->n_layers)) {
+    ls_error("%s: \"layer_types\" must be a list of %d entries (one per layer)", path, cfg->n_layers);
+    return LS_ERR;
+  }
+  int any = 0;
+  if (cfg->n_layers > LS_MAX_TYPED_LAYERS && (types || cfg->sliding_window > 0)) {
+    ls_error("%s: %d layers of differing attention kinds; layersweep handles at most %d", path,
+             cfg->n_layers, LS_MAX_TYPED_LAYERS);
+    return LS_ERR;
+  }
+  for (int L = 0; L < cfg->n_layers && L < LS_MAX_TYPED_LAYERS; L++) {
+    int sliding = cfg->sliding_window > 0 && L >= first_sliding;
+    if (types) {
+      const cJSON *e = cJSON_GetArrayItem(types, L);
+      if (cJSON_IsString(e) && strcmp(e->valuestring, "sliding_attention") == 0) sliding = 1;
+      else if (cJSON_IsString(e) && strcmp(e->valuestring, "full_attention") == 0) sliding = 0;
+      else {
+        ls_error("%s: layer_types[%d] must be \"full_attention\" or \"sliding_attention\"", path, L);
+        return LS_ERR;
+      }
+    }
+    cfg->layer_sliding[L] = (unsigned char)sliding;
+    any |= sliding;
+  }
+  if (any && cfg->sliding_window <= 0) { /* transformers raises on this too */
+    ls_error("%s: layer_types has sliding_attention layers but no sliding_window is in effect "
+             "(sliding_window null, or use_sliding_window false)", path);
     return LS_ERR;
   }
   return LS_OK;

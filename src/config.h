@@ -8,6 +8,9 @@
 
 typedef enum { LS_ROPE_DEFAULT = 0, LS_ROPE_LINEAR = 1, LS_ROPE_LLAMA3 = 2 } ls_rope_t;
 
+/* Most layers of a model whose layers differ in kind (sliding / full attention). */
+#define LS_MAX_TYPED_LAYERS 1024
+
 typedef struct {
   int family;             /* index of the family that read it (ls_family_get) */
   char arch_name[64];     /* e.g. "LlamaForCausalLM" */
@@ -27,6 +30,9 @@ typedef struct {
   double rope_low_freq_factor, rope_high_freq_factor; /* llama3 */
   int rope_orig_max_pos;  /* llama3 original_max_position_embeddings */
   int sliding_window;     /* 0 = full causal attention */
+  int window_per_layer;   /* 1: sliding_window applies only to the layers marked in
+                           * layer_sliding (config "layer_types"); 0: to every layer */
+  unsigned char layer_sliding[LS_MAX_TYPED_LAYERS]; /* (n_layers) 1 = sliding_attention */
   int qkv_bias;           /* q/k/v projections have biases (Qwen2, Llama attention_bias) */
   int o_bias;             /* o_proj has a bias (Llama attention_bias) */
   int mlp_bias;           /* gate/up/down have biases (Llama mlp_bias) */
@@ -39,6 +45,12 @@ int ls_config_parse(const char *json, const char *path, ls_config_t *cfg);
 /* Read (at most LS_CONFIG_MAX_BYTES) and parse dir/config.json. */
 #define LS_CONFIG_MAX_BYTES ((size_t)1 << 20)
 int ls_config_load(const char *dir, ls_config_t *cfg);
+
+/* The attention window of layer L (0: full causal attention). */
+static inline int ls_config_window(const ls_config_t *c, int layer) {
+  if (!c->window_per_layer) return c->sliding_window;
+  return layer >= 0 && layer < LS_MAX_TYPED_LAYERS && c->layer_sliding[layer] ? c->sliding_window : 0;
+}
 
 /* RoPE inverse frequencies (head_dim / 2 floats), computed in float32 the way
  * transformers does (including linear and llama3 scaling). */

@@ -379,7 +379,7 @@ static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
       float *x = stage_in(s, row0, b.T);
       hook_ctx_t hk = {s, mb, &b, 0};
       if (sel >= 0) on_hook(&hk, LS_HOOK_RESIDUAL_PRE, x, s->cfg->hidden);
-      const ls_block_t blk = {s->be, s->cfg, lw, s->buf.cos_d, s->buf.sin_d, &b,
+      const ls_block_t blk = {s->be, s->cfg, L, lw, s->buf.cos_d, s->buf.sin_d, &b,
                               s->buf.scratch, s->sh.T_max, sel >= 0 ? on_hook : NULL, &hk};
       s->fam->forward(&blk, x);
       if (sel >= 0) on_hook(&hk, LS_HOOK_RESIDUAL_POST, x, s->cfg->hidden);

@@ -19,7 +19,10 @@
  *   - weight bytes read == the model's layer + norm tensors + used embedding rows,
  *     whatever P; the profile datasets exist and are sane.
  * LS_TEST_BACKEND=cuda (LS_TEST_DTYPE=float32 or bf16) runs the same checks on the GPU
- * (CTest: gpu.test_fixtures.*): float32 within 1e-4 of transformers, bf16 within 2e-2,
+ * (CTest: gpu.test_fixtures.*): float32 within 1e-4 of transformers, bf16 within 4e-2
+ * (row-wise max relative error; transformers' own bf16 forward is 1.5e-2 to 3.4e-2 from
+ * its float64 one on these fixtures, measured with transformers 5.17; layersweep's bf16
+ * mode reaches 3.2e-2 on the OLMo-2 fixture's post-normed mlp_out under the emulator),
  * and batchings compared within that tolerance instead of bit for bit (bit-identity
  * is the CPU backend's promise). Without a usable GPU it prints SKIPPED and exits 77.
  *
@@ -58,8 +61,9 @@ static double tol = 1e-5; /* row-wise relative error allowed against transformer
 static int exact = 1;     /* batchings and rank counts compared bit for bit */
 static char fixtures[2048], tmp[2048];
 
-static const char *models[] = {"llama_gqa_f32",    "llama_mqa_bf16", "qwen2_bias_sharded",
-                               "llama3_rope_f16",  "mistral_window", "llama_linear_rope"};
+static const char *models[] = {"llama_gqa_f32",       "llama_mqa_bf16",  "qwen2_bias_sharded",
+                               "llama3_rope_f16",     "mistral_window",  "llama_linear_rope",
+                               "qwen3_qknorm_window", "qwen3_bias_bf16", "olmo2_postnorm"};
 #define N_MODELS (sizeof models / sizeof models[0])
 
 /* The hooks a sweep writes, in the file's order (src/hooks.h), each a dataset /<name>
@@ -834,7 +838,7 @@ int main(int argc, char **argv) {
     }
     backend = "cuda";
     dtype = dt && strcmp(dt, "bf16") == 0 ? "bf16" : "float32";
-    tol = strcmp(dtype, "bf16") == 0 ? 2e-2 : 1e-4;
+    tol = strcmp(dtype, "bf16") == 0 ? 4e-2 : 1e-4;
     exact = 0;
     snprintf(tmp + strlen(tmp), sizeof tmp - strlen(tmp), "/cuda_%s", dtype);
     if (rank == 0) mkdir(tmp, 0755);

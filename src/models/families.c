@@ -5,10 +5,12 @@
 
 #include "family.h"
 
-extern const ls_family_t ls_family_llama;
+extern const ls_family_t ls_family_llama, ls_family_qwen3, ls_family_olmo2;
 
 static const ls_family_t *const families[] = {
     &ls_family_llama,
+    &ls_family_qwen3,
+    &ls_family_olmo2,
 };
 #define N_FAMILIES ((int)(sizeof families / sizeof families[0]))
 
@@ -45,4 +47,36 @@ double ls_family_gemm_flops_per_token(const ls_config_t *c) {
       if (w[i].present && w[i].kind == LS_WK_MATRIX) macs += (double)w[i].shape[0] * (double)w[i].shape[1];
   }
   return c->n_layers > 0 ? 2.0 * macs / c->n_layers : 0.0;
+}
+
+/* ---- helpers for recipes -------------------------------------------------------------------- */
+static void wspec(ls_wspec_t *w, ls_wkind_t kind, int present, int64_t d0, int64_t d1) {
+  w->kind = kind;
+  w->present = present;
+  w->ndim = d1 ? 2 : 1;
+  w->shape[0] = d0;
+  w->shape[1] = d1;
+}
+
+void ls_wspec_layer(ls_wspec_t *w, int layer, const char *name, ls_wkind_t kind, int present,
+                    int64_t d0, int64_t d1) {
+  snprintf(w->name, sizeof w->name, "model.layers.%d.%s", layer, name);
+  wspec(w, kind, present, d0, d1);
+}
+
+void ls_wspec_global(ls_wspec_t *w, const char *name, ls_wkind_t kind, int64_t d0, int64_t d1) {
+  snprintf(w->name, sizeof w->name, "%s", name);
+  wspec(w, kind, 1, d0, d1);
+}
+
+float *ls_scratch_take(float **p, int T, size_t width) {
+  float *block = *p;
+  *p += ((size_t)ls_round_rows(T) * width + 15) / 16 * 16;
+  return block;
+}
+
+size_t ls_scratch_floats(int T, const size_t *widths, int n) {
+  size_t total = 0;
+  for (int i = 0; i < n; i++) total += ((size_t)ls_round_rows(T) * widths[i] + 15) / 16 * 16;
+  return total;
 }

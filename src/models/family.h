@@ -58,6 +58,7 @@ typedef void (*ls_hook_fn)(void *ctx, ls_hook_t hook, float *rows, int width);
 typedef struct {
   ls_backend_t *be;
   const ls_config_t *cfg;
+  int layer;                       /* the layer's index (per-layer windows, RoPE tables) */
   void *const *w;                  /* (n_slots) this layer's tensors, backend memory, in
                                     * layer_tensors order; NULL where absent */
   const float *cos_tab, *sin_tab;  /* (max_len, head_dim / 2) RoPE tables, backend memory */
@@ -99,6 +100,23 @@ const char *ls_family_supported(void);
  * averaged over the layers. */
 double ls_family_gemm_flops_per_token(const ls_config_t *cfg);
 
+/* ---- helpers for recipes (src/models/families.c) ---------------------------------------------- */
+/* w <- tensor "model.layers.<layer>.<name>" of the given kind and shape (d1 = 0: 1-D) */
+void ls_wspec_layer(ls_wspec_t *w, int layer, const char *name, ls_wkind_t kind, int present,
+                    int64_t d0, int64_t d1);
+/* w <- the model-level tensor `name` (d1 = 0: 1-D) */
+void ls_wspec_global(ls_wspec_t *w, const char *name, ls_wkind_t kind, int64_t d0, int64_t d1);
+/* the embedding table and final RMSNorm of the Llama-shaped families (model.embed_tokens,
+ * model.norm: Llama, Mistral, Qwen2/3, OLMo-2), and that final norm (weight w,
+ * cfg->rms_eps) */
+void ls_llama_global_tensors(const ls_config_t *c, ls_wspec_t *embed, ls_wspec_t *norm);
+void ls_llama_final_norm(ls_backend_t *be, const ls_config_t *c, float *out, const float *x,
+                         const float *w, int T);
+/* Scratch carving: the next (ls_round_rows(T), width) block at *p, 16-float aligned. */
+float *ls_scratch_take(float **p, int T, size_t width);
+/* Floats ls_scratch_take needs for `n` blocks of the given widths at T rows. */
+size_t ls_scratch_floats(int T, const size_t *widths, int n);
+
 /* ---- config.json helpers for parse_config (src/config.c) ------------------------------------ */
 /* the value of key, NULL when absent or null */
 const cJSON *ls_cfg_get(const cJSON *o, const char *key);
@@ -113,6 +131,14 @@ int ls_cfg_bool(const cJSON *o, const char *key, int def, const char *path, int 
  * num_attention_heads, num_key_value_heads, head_dim, vocab_size,
  * max_position_embeddings, rms_norm_eps, checked for consistency */
 int ls_cfg_common_sizes(const cJSON *root, const char *path, ls_config_t *cfg);
+/* the same with the family's own default head_dim when the key is absent (0: hidden /
+ * num_attention_heads, as most families) */
+int ls_cfg_sizes(const cJSON *root, const char *path, int default_head_dim, ls_config_t *cfg);
+/* Per-layer attention kinds: "layer_types" (a list of "full_attention" /
+ * "sliding_attention", one per layer) when given, else every layer from first_sliding on
+ * is sliding when cfg->sliding_window > 0 (Qwen2/Qwen3's max_window_layers rule); sets
+ * window_per_layer and layer_sliding. */
+int ls_cfg_layer_types(const cJSON *root, const char *path, int first_sliding, ls_config_t *cfg);
 /* rope_theta + rope_scaling (classic) or rope_parameters (transformers 5): default,
  * linear and llama3 */
 int ls_cfg_rope(const cJSON *root, const char *path, ls_config_t *cfg);

@@ -71,15 +71,7 @@ enum {
   W_COUNT
 };
 
-static void put(ls_wspec_t *w, int layer, const char *name, ls_wkind_t kind, int present,
-                int64_t d0, int64_t d1) {
-  snprintf(w->name, sizeof w->name, "model.layers.%d.%s", layer, name);
-  w->kind = kind;
-  w->present = present;
-  w->ndim = d1 ? 2 : 1;
-  w->shape[0] = d0;
-  w->shape[1] = d1;
-}
+#define put ls_wspec_layer
 
 static void layer_tensors(const ls_config_t *c, int L, ls_wspec_t *w) {
   const int64_t H = c->hidden, I = c->intermediate, Q = (int64_t)c->n_heads * c->head_dim,
@@ -102,24 +94,15 @@ static void layer_tensors(const ls_config_t *c, int L, ls_wspec_t *w) {
   put(&w[W_BDOWN], L, "mlp.down_proj.bias", LS_WK_BIAS, c->mlp_bias, H, 0);
 }
 
-static void global_tensors(const ls_config_t *c, ls_wspec_t *embed, ls_wspec_t *norm) {
-  snprintf(embed->name, sizeof embed->name, "model.embed_tokens.weight");
-  embed->kind = LS_WK_EMBED;
-  embed->present = 1;
-  embed->ndim = 2;
-  embed->shape[0] = c->vocab;
-  embed->shape[1] = c->hidden;
-  snprintf(norm->name, sizeof norm->name, "model.norm.weight");
-  norm->kind = LS_WK_NORM;
-  norm->present = 1;
-  norm->ndim = 1;
-  norm->shape[0] = c->hidden;
-  norm->shape[1] = 0;
+/* the embedding table and the final RMSNorm (every family of this shape) */
+void ls_llama_global_tensors(const ls_config_t *c, ls_wspec_t *embed, ls_wspec_t *norm) {
+  ls_wspec_global(embed, "model.embed_tokens.weight", LS_WK_EMBED, c->vocab, c->hidden);
+  ls_wspec_global(norm, "model.norm.weight", LS_WK_NORM, c->hidden, 0);
 }
 
 /* ---- scratch ------------------------------------------------------------------------------------- */
 typedef struct {
-  float *xn;       /* (T, H) normed input */
+  float *xn;       /* (T, H) normed input (first: the engine's final norm writes there) */
   float *q;        /* (T, n_heads * head_dim) */
   float *k, *v;    /* (T, n_kv_heads * head_dim) */
   float *att;      /* (T, n_heads * head_dim) attention output before o_proj */
@@ -129,34 +112,26 @@ typedef struct {
   float *mlp_out;  /* (T, H) hook mlp_out */
 } scratch_t;
 
-static size_t scratch_floats(const ls_config_t *c, int T) {
-  size_t H = c->hidden, I = c->intermediate, Q = (size_t)c->n_heads * c->head_dim,
-         KV = (size_t)c->n_kv_heads * c->head_dim;
-  /* xn, q, k, v, att, attn_out, gate, up, mlp_out; each rounded to 16 floats */
-  size_t per = 3 * H + 2 * Q + 2 * KV + 2 * I;
-  return (size_t)ls_round_rows(T) * per + 9 * 16;
+#define N_SCRATCH 9
+static void widths(const ls_config_t *c, size_t *w) {
+  const size_t H = c->hidden, I = c->intermediate, Q = (size_t)c->n_heads * c->head_dim,
+               KV = (size_t)c->n_kv_heads * c->head_dim;
+  const size_t v[N_SCRATCH] = {H, Q, KV, KV, Q, H, I, I, H};
+  memcpy(w, v, sizeof v);
 }
 
-/* xn first: the engine's final norm writes there too */
+static size_t scratch_floats(const ls_config_t *c, int T) {
+  size_t w[N_SCRATCH];
+  widths(c, w);
+  return ls_scratch_floats(T, w, N_SCRATCH);
+}
+
 static void carve(const ls_config_t *c, int T, float *p, scratch_t *s) {
-  size_t H = c->hidden, I = c->intermediate, Q = (size_t)c->n_heads * c->head_dim,
-         KV = (size_t)c->n_kv_heads * c->head_dim;
-  T = ls_round_rows(T);
-#define TAKE(ptr, n)                           \
-  do {                                         \
-    (ptr) = p;                                 \
-    p += (((size_t)T * (n)) + 15) / 16 * 16;   \
-  } while (0)
-  TAKE(s->xn, H);
-  TAKE(s->q, Q);
-  TAKE(s->k, KV);
-  TAKE(s->v, KV);
-  TAKE(s->att, Q);
-  TAKE(s->attn_out, H);
-  TAKE(s->gate, I);
-  TAKE(s->up, I);
-  TAKE(s->mlp_out, H);
-#undef TAKE
+  size_t w[N_SCRATCH];
+  widths(c, w);
+  float **dst[N_SCRATCH] = {&s->xn, &s->q, &s->k, &s->v, &s->att, &s->attn_out, &s->gate, &s->up,
+                            &s->mlp_out};
+  for (int i = 0; i < N_SCRATCH; i++) *dst[i] = ls_scratch_take(&p, T, w[i]);
 }
 
 /* ---- forward ---------------------------------------------------------------------------------------- */
@@ -180,7 +155,7 @@ static void forward(const ls_block_t *blk, float *x) {
   f->rope(be, s.q, b->pos, blk->cos_tab, blk->sin_tab, T, c->n_heads, hd);
   f->rope(be, s.k, b->pos, blk->cos_tab, blk->sin_tab, T, c->n_kv_heads, hd);
   f->attention(be, s.att, s.q, s.k, s.v, b->seq_start, b->seq_len, b->n_seq, b->max_len,
-               c->n_heads, c->n_kv_heads, hd, c->sliding_window);
+               c->n_heads, c->n_kv_heads, hd, ls_config_window(c, blk->layer));
   f->matmul(be, s.attn_out, s.att, w[W_O], w[W_BO], T, Q, H);
   if (blk->hook) blk->hook(blk->hook_ctx, LS_HOOK_ATTN_OUT, s.attn_out, H);
   f->add(be, x, s.attn_out, (size_t)T * H);
@@ -195,8 +170,8 @@ static void forward(const ls_block_t *blk, float *x) {
   f->add(be, x, s.mlp_out, (size_t)T * H);
 }
 
-static void final_norm(ls_backend_t *be, const ls_config_t *c, float *out, const float *x,
-                       const float *w, int T) {
+void ls_llama_final_norm(ls_backend_t *be, const ls_config_t *c, float *out, const float *x,
+                         const float *w, int T) {
   be->iface->rmsnorm(be, out, x, w, T, c->hidden, (float)c->rms_eps);
 }
 
@@ -211,8 +186,8 @@ const ls_family_t ls_family_llama = {
     .parse_config = parse_config,
     .n_slots = W_COUNT,
     .layer_tensors = layer_tensors,
-    .global_tensors = global_tensors,
+    .global_tensors = ls_llama_global_tensors,
     .scratch_floats = scratch_floats,
     .forward = forward,
-    .final_norm = final_norm,
+    .final_norm = ls_llama_final_norm,
 };

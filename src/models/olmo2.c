@@ -1,0 +1,125 @@
+/* olmo2.c: the OLMo-2 family (Olmo2ForCausalLM): no pre-norms; RMSNorm after each
+ * sub-layer, before its residual add; q and k RMSNormed over the whole projection
+ * (n_heads * head_dim, resp. n_kv_heads * head_dim) before RoPE:
+ *   x = x + post_attn_norm(o_proj(attn(rope(qn(q(x))), rope(kn(k(x))), v(x))))  hook attn_out
+ *   x = x + post_ff_norm(down(silu(gate(x)) * up(x)))                           hook mlp_out
+ * attn_out / mlp_out are what is added to the residual stream: after the post norms.
+ * Semantics: transformers' models/olmo2/modeling_olmo2.py. */
+#include <string.h>
+
+#include "family.h"
+#include "ls_common.h"
+
+/* ---- config.json --------------------------------------------------------------------------- */
+static int parse_config(const cJSON *root, const char *path, ls_config_t *cfg) {
+  static const char *const act[] = {"silu", NULL};
+  LS_CHECK(ls_cfg_sizes(root, path, 0, cfg));
+  if (!ls_cfg_get(root, "rms_norm_eps")) cfg->rms_eps = 1e-5; /* Olmo2Config's default */
+  LS_CHECK(ls_cfg_activation(root, path, act, cfg));
+  LS_CHECK(ls_cfg_rope(root, path, cfg));
+  int bias = 0;
+  LS_CHECK(ls_cfg_bool(root, "attention_bias", 0, path, &bias));
+  cfg->qkv_bias = cfg->o_bias = bias;
+  return ls_cfg_bool(root, "tie_word_embeddings", 0, path, &cfg->tie_embeddings);
+}
+
+/* ---- weight table ------------------------------------------------------------------------------ */
+enum {
+  W_Q, W_K, W_V, W_O, W_BQ, W_BK, W_BV, W_BO, W_QNORM, W_KNORM, W_ATTN_POST,
+  W_GATE, W_UP, W_DOWN, W_MLP_POST,
+  W_COUNT
+};
+
+static void layer_tensors(const ls_config_t *c, int L, ls_wspec_t *w) {
+  const int64_t H = c->hidden, I = c->intermediate, Q = (int64_t)c->n_heads * c->head_dim,
+                KV = (int64_t)c->n_kv_heads * c->head_dim;
+  ls_wspec_layer(&w[W_Q], L, "self_attn.q_proj.weight", LS_WK_MATRIX, 1, Q, H);
+  ls_wspec_layer(&w[W_K], L, "self_attn.k_proj.weight", LS_WK_MATRIX, 1, KV, H);
+  ls_wspec_layer(&w[W_V], L, "self_attn.v_proj.weight", LS_WK_MATRIX, 1, KV, H);
+  ls_wspec_layer(&w[W_O], L, "self_attn.o_proj.weight", LS_WK_MATRIX, 1, H, Q);
+  ls_wspec_layer(&w[W_BQ], L, "self_attn.q_proj.bias", LS_WK_BIAS, c->qkv_bias, Q, 0);
+  ls_wspec_layer(&w[W_BK], L, "self_attn.k_proj.bias", LS_WK_BIAS, c->qkv_bias, KV, 0);
+  ls_wspec_layer(&w[W_BV], L, "self_attn.v_proj.bias", LS_WK_BIAS, c->qkv_bias, KV, 0);
+  ls_wspec_layer(&w[W_BO], L, "self_attn.o_proj.bias", LS_WK_BIAS, c->o_bias, H, 0);
+  ls_wspec_layer(&w[W_QNORM], L, "self_attn.q_norm.weight", LS_WK_NORM, 1, Q, 0);
+  ls_wspec_layer(&w[W_KNORM], L, "self_attn.k_norm.weight", LS_WK_NORM, 1, KV, 0);
+  ls_wspec_layer(&w[W_ATTN_POST], L, "post_attention_layernorm.weight", LS_WK_NORM, 1, H, 0);
+  ls_wspec_layer(&w[W_GATE], L, "mlp.gate_proj.weight", LS_WK_MATRIX, 1, I, H);
+  ls_wspec_layer(&w[W_UP], L, "mlp.up_proj.weight", LS_WK_MATRIX, 1, I, H);
+  ls_wspec_layer(&w[W_DOWN], L, "mlp.down_proj.weight", LS_WK_MATRIX, 1, H, I);
+  ls_wspec_layer(&w[W_MLP_POST], L, "post_feedforward_layernorm.weight", LS_WK_NORM, 1, H, 0);
+}
+
+/* ---- scratch ------------------------------------------------------------------------------------- */
+/* S_TMP first: the engine's final norm writes there; it holds each sub-layer's output
+ * before its post norm */
+enum { S_TMP, S_QRAW, S_KRAW, S_Q, S_K, S_V, S_ATT, S_ATTN_OUT, S_GATE, S_UP, S_MLP_OUT, S_COUNT };
+
+static void widths(const ls_config_t *c, size_t *w) {
+  const size_t H = c->hidden, I = c->intermediate, Q = (size_t)c->n_heads * c->head_dim,
+               KV = (size_t)c->n_kv_heads * c->head_dim;
+  const size_t v[S_COUNT] = {H, Q, KV, Q, KV, KV, Q, H, I, I, H};
+  memcpy(w, v, sizeof v);
+}
+
+static size_t scratch_floats(const ls_config_t *c, int T) {
+  size_t w[S_COUNT];
+  widths(c, w);
+  return ls_scratch_floats(T, w, S_COUNT);
+}
+
+/* ---- forward ---------------------------------------------------------------------------------------- */
+static void forward(const ls_block_t *blk, float *x) {
+  ls_backend_t *be = blk->be;
+  const ls_backend_iface_t *f = be->iface;
+  const ls_config_t *c = blk->cfg;
+  const ls_batch_t *b = blk->b;
+  void *const *w = blk->w;
+  size_t wd[S_COUNT];
+  widths(c, wd);
+  float *s[S_COUNT], *p = blk->scratch;
+  for (int i = 0; i < S_COUNT; i++) s[i] = ls_scratch_take(&p, blk->T_max, wd[i]);
+  const int T = b->T, H = c->hidden, I = c->intermediate, hd = c->head_dim;
+  const int Q = c->n_heads * hd, KV = c->n_kv_heads * hd;
+  const float eps = (float)c->rms_eps;
+
+  /* attention on the residual stream itself; q, k normed over the whole projection */
+  f->matmul(be, s[S_QRAW], x, w[W_Q], w[W_BQ], T, H, Q);
+  f->matmul(be, s[S_KRAW], x, w[W_K], w[W_BK], T, H, KV);
+  f->matmul(be, s[S_V], x, w[W_V], w[W_BV], T, H, KV);
+  f->rmsnorm(be, s[S_Q], s[S_QRAW], w[W_QNORM], T, Q, eps);
+  f->rmsnorm(be, s[S_K], s[S_KRAW], w[W_KNORM], T, KV, eps);
+  f->rope(be, s[S_Q], b->pos, blk->cos_tab, blk->sin_tab, T, c->n_heads, hd);
+  f->rope(be, s[S_K], b->pos, blk->cos_tab, blk->sin_tab, T, c->n_kv_heads, hd);
+  f->attention(be, s[S_ATT], s[S_Q], s[S_K], s[S_V], b->seq_start, b->seq_len, b->n_seq,
+               b->max_len, c->n_heads, c->n_kv_heads, hd, ls_config_window(c, blk->layer));
+  f->matmul(be, s[S_TMP], s[S_ATT], w[W_O], w[W_BO], T, Q, H);
+  f->rmsnorm(be, s[S_ATTN_OUT], s[S_TMP], w[W_ATTN_POST], T, H, eps);
+  if (blk->hook) blk->hook(blk->hook_ctx, LS_HOOK_ATTN_OUT, s[S_ATTN_OUT], H);
+  f->add(be, x, s[S_ATTN_OUT], (size_t)T * H);
+
+  /* MLP on the residual stream, normed after */
+  f->matmul(be, s[S_GATE], x, w[W_GATE], NULL, T, H, I);
+  f->matmul(be, s[S_UP], x, w[W_UP], NULL, T, H, I);
+  f->swiglu(be, s[S_GATE], s[S_UP], (size_t)T * I);
+  f->matmul(be, s[S_TMP], s[S_GATE], w[W_DOWN], NULL, T, I, H);
+  f->rmsnorm(be, s[S_MLP_OUT], s[S_TMP], w[W_MLP_POST], T, H, eps);
+  if (blk->hook) blk->hook(blk->hook_ctx, LS_HOOK_MLP_OUT, s[S_MLP_OUT], H);
+  f->add(be, x, s[S_MLP_OUT], (size_t)T * H);
+}
+
+static const char *const archs[] = {"Olmo2ForCausalLM", NULL};
+static const char *const types[] = {"olmo2", NULL};
+
+const ls_family_t ls_family_olmo2 = {
+    .name = "olmo2",
+    .archs = archs,
+    .model_types = types,
+    .parse_config = parse_config,
+    .n_slots = W_COUNT,
+    .layer_tensors = layer_tensors,
+    .global_tensors = ls_llama_global_tensors,
+    .scratch_floats = scratch_floats,
+    .forward = forward,
+    .final_norm = ls_llama_final_norm,
+};

@@ -1,0 +1,132 @@
+/* qwen3.c: the Qwen3 family (Qwen3ForCausalLM): the Llama block with a per-head RMSNorm of
+ * q and k (over head_dim, one weight shared by the heads) between the projections and
+ * RoPE, explicit head_dim (128 when absent, as Qwen3Config), optional attention biases,
+ * and sliding-window layers chosen by layer_types (or from max_window_layers on):
+ *   x = x + o_proj(attn(rope(qn(q(norm1(x)))), rope(kn(k(..))), v(..)))   hook attn_out
+ *   x = x + down(silu(gate(norm2(x))) * up(norm2(x)))                     hook mlp_out
+ * Semantics: transformers' models/qwen3/modeling_qwen3.py. */
+#include <limits.h>
+#include <string.h>
+
+#include "family.h"
+#include "ls_common.h"
+
+/* ---- config.json --------------------------------------------------------------------------- */
+static int parse_config(const cJSON *root, const char *path, ls_config_t *cfg) {
+  static const char *const act[] = {"silu", NULL};
+  LS_CHECK(ls_cfg_sizes(root, path, 128, cfg));
+  LS_CHECK(ls_cfg_activation(root, path, act, cfg));
+  LS_CHECK(ls_cfg_rope(root, path, cfg));
+  /* sliding_window counts only with use_sliding_window; an explicit null is "none" */
+  int use = 0, first_sliding = 28;
+  LS_CHECK(ls_cfg_bool(root, "use_sliding_window", 0, path, &use));
+  LS_CHECK(ls_cfg_int(root, "max_window_layers", 0, 28, 0, INT_MAX, path, &first_sliding));
+  const cJSON *sw = cJSON_GetObjectItemCaseSensitive(root, "sliding_window");
+  cfg->sliding_window = 0;
+  if (use && !cJSON_IsNull(sw))
+    LS_CHECK(ls_cfg_int(root, "sliding_window", 0, 4096, 0, INT_MAX, path, &cfg->sliding_window));
+  LS_CHECK(ls_cfg_layer_types(root, path, first_sliding, cfg));
+  int bias = 0;
+  LS_CHECK(ls_cfg_bool(root, "attention_bias", 0, path, &bias));
+  cfg->qkv_bias = cfg->o_bias = bias;
+  return ls_cfg_bool(root, "tie_word_embeddings", 0, path, &cfg->tie_embeddings);
+}
+
+/* ---- weight table ------------------------------------------------------------------------------ */
+enum {
+  W_ATTN_NORM, W_Q, W_K, W_V, W_O, W_BQ, W_BK, W_BV, W_BO, W_QNORM, W_KNORM,
+  W_MLP_NORM, W_GATE, W_UP, W_DOWN,
+  W_COUNT
+};
+
+static void layer_tensors(const ls_config_t *c, int L, ls_wspec_t *w) {
+  const int64_t H = c->hidden, I = c->intermediate, D = c->head_dim, Q = (int64_t)c->n_heads * D,
+                KV = (int64_t)c->n_kv_heads * D;
+  ls_wspec_layer(&w[W_ATTN_NORM], L, "input_layernorm.weight", LS_WK_NORM, 1, H, 0);
+  ls_wspec_layer(&w[W_Q], L, "self_attn.q_proj.weight", LS_WK_MATRIX, 1, Q, H);
+  ls_wspec_layer(&w[W_K], L, "self_attn.k_proj.weight", LS_WK_MATRIX, 1, KV, H);
+  ls_wspec_layer(&w[W_V], L, "self_attn.v_proj.weight", LS_WK_MATRIX, 1, KV, H);
+  ls_wspec_layer(&w[W_O], L, "self_attn.o_proj.weight", LS_WK_MATRIX, 1, H, Q);
+  ls_wspec_layer(&w[W_BQ], L, "self_attn.q_proj.bias", LS_WK_BIAS, c->qkv_bias, Q, 0);
+  ls_wspec_layer(&w[W_BK], L, "self_attn.k_proj.bias", LS_WK_BIAS, c->qkv_bias, KV, 0);
+  ls_wspec_layer(&w[W_BV], L, "self_attn.v_proj.bias", LS_WK_BIAS, c->qkv_bias, KV, 0);
+  ls_wspec_layer(&w[W_BO], L, "self_attn.o_proj.bias", LS_WK_BIAS, c->o_bias, H, 0);
+  ls_wspec_layer(&w[W_QNORM], L, "self_attn.q_norm.weight", LS_WK_NORM, 1, D, 0);
+  ls_wspec_layer(&w[W_KNORM], L, "self_attn.k_norm.weight", LS_WK_NORM, 1, D, 0);
+  ls_wspec_layer(&w[W_MLP_NORM], L, "post_attention_layernorm.weight", LS_WK_NORM, 1, H, 0);
+  ls_wspec_layer(&w[W_GATE], L, "mlp.gate_proj.weight", LS_WK_MATRIX, 1, I, H);
+  ls_wspec_layer(&w[W_UP], L, "mlp.up_proj.weight", LS_WK_MATRIX, 1, I, H);
+  ls_wspec_layer(&w[W_DOWN], L, "mlp.down_proj.weight", LS_WK_MATRIX, 1, H, I);
+}
+
+/* ---- scratch ------------------------------------------------------------------------------------- */
+enum { S_XN, S_QRAW, S_KRAW, S_Q, S_K, S_V, S_ATT, S_ATTN_OUT, S_GATE, S_UP, S_MLP_OUT, S_COUNT };
+
+static void widths(const ls_config_t *c, size_t *w) {
+  const size_t H = c->hidden, I = c->intermediate, Q = (size_t)c->n_heads * c->head_dim,
+               KV = (size_t)c->n_kv_heads * c->head_dim;
+  const size_t v[S_COUNT] = {H, Q, KV, Q, KV, KV, Q, H, I, I, H};
+  memcpy(w, v, sizeof v);
+}
+
+static size_t scratch_floats(const ls_config_t *c, int T) {
+  size_t w[S_COUNT];
+  widths(c, w);
+  return ls_scratch_floats(T, w, S_COUNT);
+}
+
+/* ---- forward ---------------------------------------------------------------------------------------- */
+static void forward(const ls_block_t *blk, float *x) {
+  ls_backend_t *be = blk->be;
+  const ls_backend_iface_t *f = be->iface;
+  const ls_config_t *c = blk->cfg;
+  const ls_batch_t *b = blk->b;
+  void *const *w = blk->w;
+  size_t wd[S_COUNT];
+  widths(c, wd);
+  float *s[S_COUNT], *p = blk->scratch; /* s[S_XN] first: the engine's final norm writes there */
+  for (int i = 0; i < S_COUNT; i++) s[i] = ls_scratch_take(&p, blk->T_max, wd[i]);
+  const int T = b->T, H = c->hidden, I = c->intermediate, hd = c->head_dim;
+  const int Q = c->n_heads * hd, KV = c->n_kv_heads * hd;
+  const float eps = (float)c->rms_eps;
+
+  /* attention: q and k normed per head (rows of head_dim) before RoPE */
+  f->rmsnorm(be, s[S_XN], x, w[W_ATTN_NORM], T, H, eps);
+  f->matmul(be, s[S_QRAW], s[S_XN], w[W_Q], w[W_BQ], T, H, Q);
+  f->matmul(be, s[S_KRAW], s[S_XN], w[W_K], w[W_BK], T, H, KV);
+  f->matmul(be, s[S_V], s[S_XN], w[W_V], w[W_BV], T, H, KV);
+  f->rmsnorm(be, s[S_Q], s[S_QRAW], w[W_QNORM], T * c->n_heads, hd, eps);
+  f->rmsnorm(be, s[S_K], s[S_KRAW], w[W_KNORM], T * c->n_kv_heads, hd, eps);
+  f->rope(be, s[S_Q], b->pos, blk->cos_tab, blk->sin_tab, T, c->n_heads, hd);
+  f->rope(be, s[S_K], b->pos, blk->cos_tab, blk->sin_tab, T, c->n_kv_heads, hd);
+  f->attention(be, s[S_ATT], s[S_Q], s[S_K], s[S_V], b->seq_start, b->seq_len, b->n_seq,
+               b->max_len, c->n_heads, c->n_kv_heads, hd, ls_config_window(c, blk->layer));
+  f->matmul(be, s[S_ATTN_OUT], s[S_ATT], w[W_O], w[W_BO], T, Q, H);
+  if (blk->hook) blk->hook(blk->hook_ctx, LS_HOOK_ATTN_OUT, s[S_ATTN_OUT], H);
+  f->add(be, x, s[S_ATTN_OUT], (size_t)T * H);
+
+  /* MLP */
+  f->rmsnorm(be, s[S_XN], x, w[W_MLP_NORM], T, H, eps);
+  f->matmul(be, s[S_GATE], s[S_XN], w[W_GATE], NULL, T, H, I);
+  f->matmul(be, s[S_UP], s[S_XN], w[W_UP], NULL, T, H, I);
+  f->swiglu(be, s[S_GATE], s[S_UP], (size_t)T * I);
+  f->matmul(be, s[S_MLP_OUT], s[S_GATE], w[W_DOWN], NULL, T, I, H);
+  if (blk->hook) blk->hook(blk->hook_ctx, LS_HOOK_MLP_OUT, s[S_MLP_OUT], H);
+  f->add(be, x, s[S_MLP_OUT], (size_t)T * H);
+}
+
+static const char *const archs[] = {"Qwen3ForCausalLM", NULL};
+static const char *const types[] = {"qwen3", NULL};
+
+const ls_family_t ls_family_qwen3 = {
+    .name = "qwen3",
+    .archs = archs,
+    .model_types = types,
+    .parse_config = parse_config,
+    .n_slots = W_COUNT,
+    .layer_tensors = layer_tensors,
+    .global_tensors = ls_llama_global_tensors,
+    .scratch_floats = scratch_floats,
+    .forward = forward,
+    .final_norm = ls_llama_final_norm,
+};
