@@ -81,6 +81,8 @@ static void expect_bad(const char *json, const char *want) { expect_bad2(json, w
 #define A_LLAMA "\"architectures\": [\"LlamaForCausalLM\"], "
 #define A_MISTRAL "\"architectures\": [\"MistralForCausalLM\"], "
 #define A_QWEN2 "\"architectures\": [\"Qwen2ForCausalLM\"], "
+#define A_QWEN3 "\"architectures\": [\"Qwen3ForCausalLM\"], "
+#define A_OLMO2 "\"architectures\": [\"Olmo2ForCausalLM\"], "
 
 /* ---- families ------------------------------------------------------------------------ */
 
@@ -493,6 +495,57 @@ static void test_gemm_flops(void **state) {
   assert_true(ls_family_gemm_flops_per_token(&c) == 436207616.0);
 }
 
+/* ---- Qwen3 and OLMo-2: their own defaults, per-layer windows ---------------------------------- */
+static void test_qwen3(void **state) {
+  ls_config_t c;
+  /* Qwen3Config defaults: head_dim 128 (not hidden / heads), no biases, no window */
+  parse_ok("{" A_QWEN3 SIZES "}", &c);
+  assert_string_equal(c.model_type, "qwen3");
+  assert_int_equal(c.head_dim, 128);
+  assert_int_equal(c.qkv_bias, 0);
+  assert_int_equal(c.sliding_window, 0);
+  for (int L = 0; L < 3; L++) assert_int_equal(ls_config_window(&c, L), 0);
+  parse_ok("{" A_QWEN3 SIZES ", \"head_dim\": 24, \"attention_bias\": true}", &c);
+  assert_int_equal(c.head_dim, 24);
+  assert_int_equal(c.qkv_bias, 1);
+  assert_int_equal(c.o_bias, 1);
+  /* sliding_window counts only with use_sliding_window */
+  parse_ok("{" A_QWEN3 SIZES ", \"sliding_window\": 8}", &c);
+  assert_int_equal(ls_config_window(&c, 2), 0);
+  /* max_window_layers: layers from it on slide (when layer_types is absent) */
+  parse_ok("{" A_QWEN3 SIZES ", \"use_sliding_window\": true, \"sliding_window\": 8, "
+           "\"max_window_layers\": 1}", &c);
+  assert_int_equal(ls_config_window(&c, 0), 0);
+  assert_int_equal(ls_config_window(&c, 1), 8);
+  assert_int_equal(ls_config_window(&c, 2), 8);
+  /* layer_types wins over max_window_layers */
+  parse_ok("{" A_QWEN3 SIZES ", \"use_sliding_window\": true, \"sliding_window\": 8, "
+           "\"max_window_layers\": 0, \"layer_types\": [\"sliding_attention\", "
+           "\"full_attention\", \"sliding_attention\"]}", &c);
+  assert_int_equal(ls_config_window(&c, 0), 8);
+  assert_int_equal(ls_config_window(&c, 1), 0);
+  assert_int_equal(ls_config_window(&c, 2), 8);
+  /* sliding layers without a window in effect: transformers raises, so do we */
+  expect_bad("{" A_QWEN3 SIZES ", \"layer_types\": [\"sliding_attention\", "
+             "\"full_attention\", \"full_attention\"]}", "no sliding_window");
+  expect_bad("{" A_QWEN3 SIZES ", \"layer_types\": [\"full_attention\"]}", "3 entries");
+  expect_bad("{" A_QWEN3 SIZES ", \"use_sliding_window\": true, \"layer_types\": "
+             "[\"full_attention\", \"chunked\", \"full_attention\"]}", "layer_types[1]");
+  expect_bad("{" A_QWEN3 SIZES ", \"hidden_act\": \"gelu\"}", "hidden_act");
+}
+
+static void test_olmo2(void **state) {
+  ls_config_t c;
+  parse_ok("{" A_OLMO2 SIZES "}", &c);
+  assert_string_equal(c.arch_name, "Olmo2ForCausalLM");
+  assert_int_equal(c.head_dim, 16);
+  assert_true(c.rms_eps == 1e-5); /* Olmo2Config's default, not 1e-6 */
+  parse_ok("{\"model_type\": \"olmo2\", " SIZES ", \"rms_norm_eps\": 1e-6}", &c);
+  assert_true(c.rms_eps == 1e-6);
+  expect_bad("{" A_OLMO2 SIZES ", \"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 2}}",
+             "yarn");
+}
+
 /* ---- the fixture configs (written by transformers 5.17) ------------------------------- */
 
 static void test_fixture_configs(void **state) {
@@ -530,6 +583,14 @@ static void test_fixture_configs(void **state) {
   assert_int_equal(c.sliding_window, 0);
   assert_int_equal(c.qkv_bias, 1);
   assert_true(c.rope_theta == 1e6);
+  snprintf(p, sizeof p, "%s/qwen3_qknorm_window", dir);
+  assert_int_equal(ls_config_load(p, &c), 0);
+  assert_int_equal(c.head_dim, 24);
+  assert_int_equal(ls_config_window(&c, 0), 0);
+  assert_int_equal(ls_config_window(&c, 1), 8);
+  snprintf(p, sizeof p, "%s/olmo2_postnorm", dir);
+  assert_int_equal(ls_config_load(p, &c), 0);
+  assert_string_equal(c.arch_name, "Olmo2ForCausalLM");
   /* a missing directory: one line naming it and what --model must be */
   snprintf(p, sizeof p, "%s/no_such_model", dir);
   capture_t cap;
@@ -566,6 +627,8 @@ int main(void) {
       cmocka_unit_test(test_bad_json),
       cmocka_unit_test(test_rope_inv_freq),
       cmocka_unit_test(test_gemm_flops),
+      cmocka_unit_test(test_qwen3),
+      cmocka_unit_test(test_olmo2),
       cmocka_unit_test(test_fixture_configs),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
