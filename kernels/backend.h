@@ -91,6 +91,11 @@ typedef struct {
                     int window);
   /* gate (n) <- silu(gate) * up */
   void (*swiglu)(ls_backend_t *be, float *gate, const float *up, size_t n);
+  /* gate (n) <- gelu_tanh(gate) * up, gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x +
+   * 0.044715 x^3))) (PyTorch's gelu(approximate="tanh"): GeGLU of Gemma) */
+  void (*geglu)(ls_backend_t *be, float *gate, const float *up, size_t n);
+  /* x (n) += b: a constant added to every element (Gemma's 1 + w norm weights) */
+  void (*shift)(ls_backend_t *be, float *x, float b, size_t n);
   /* y (n) += x (n) */
   void (*add)(ls_backend_t *be, float *y, const float *x, size_t n);
   /* Sequence s occupies rows seq_start[s] .. seq_start[s] + seq_len[s] of x (T, H)

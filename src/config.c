@@ -182,9 +182,8 @@ int ls_cfg_layer_types(const cJSON *root, const char *path, int first_sliding, l
   return LS_OK;
 }
 
-int ls_cfg_activation(const cJSON *root, const char *path, const char *const *allowed,
-                      const ls_config_t *cfg) {
-  const char *key = ls_cfg_get(root, "hidden_act") ? "hidden_act" : "hidden_activation";
+int ls_cfg_activation(const cJSON *root, const char *path, const char *key,
+                      const char *const *allowed, const ls_config_t *cfg) {
   const cJSON *act = ls_cfg_get(root, key);
   if (!act) return LS_OK; /* the family's default */
   for (int i = 0; cJSON_IsString(act) && allowed[i]; i++)

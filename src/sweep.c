@@ -108,6 +108,7 @@ static int convert_layer(sweep_t *s, int layer, const void *raw, int raw_on_devi
                                   (size_t)ws->numel, ws->spec.kind == LS_WK_MATRIX,
                                   raw_on_device))
       return LS_ERR;
+    if (ws->spec.kind == LS_WK_NORM_P1) s->be->iface->shift(s->be, w[i], 1.0f, (size_t)ws->numel);
   }
   return LS_OK;
 }
@@ -218,6 +219,9 @@ static int embed(sweep_t *s) {
   xh = ls_malloc(sizeof(float) * H * (size_t)chunk_rows, "embedding staging");
   rc = table && xh ? LS_OK : LS_ERR;
   if (rc == LS_OK) ls_convert_to_f32(table, myrows, s->model.embed.dtype, H * (size_t)n_mine);
+  const float scale = s->fam->embed_scale ? s->fam->embed_scale(s->cfg) : 1.0f;
+  if (rc == LS_OK && scale != 1.0f)
+    for (size_t i = 0; i < H * (size_t)n_mine; i++) table[i] *= scale;
   int64_t staged0 = 0, staged = 0; /* rows [staged0, staged0 + staged) are in xh */
   for (int64_t i = 0; i < sh->n_prompts && rc == LS_OK; i++) {
     const int64_t len = ls_dataset_len(d, sh->p0 + i);
@@ -252,6 +256,8 @@ static int load_final_norm(sweep_t *s) {
     ls_bcast_bytes(raw, bytes, 0, s->comm);
     rc = s->be->iface->load_weight(s->be, s->buf.final_norm_w, raw, s->model.final_norm.dtype,
                                    H, 0, 0);
+    if (rc == LS_OK && s->model.final_norm.spec.kind == LS_WK_NORM_P1)
+      s->be->iface->shift(s->be, s->buf.final_norm_w, 1.0f, H);
     if (rc == LS_OK && s->be->iface->sync) rc = s->be->iface->sync(s->be);
   } else {
     rc = LS_ERR;

@@ -255,6 +255,18 @@ static void test_elementwise(void **state) {
     snprintf(what, sizeof what, "swiglu n=%zu", n);
     check_rows(what, got, g, 1, n, 1e-6);
     free(got);
+    cpu->iface->geglu(cpu, g, u, n);
+    gpu32->iface->geglu(gpu32, dg, du, n);
+    got = to_host(gpu32, dg, n);
+    snprintf(what, sizeof what, "geglu n=%zu", n);
+    check_rows(what, got, g, 1, n, 1e-6);
+    free(got);
+    cpu->iface->shift(cpu, g, 1.0f, n);
+    gpu32->iface->shift(gpu32, dg, 1.0f, n);
+    got = to_host(gpu32, dg, n);
+    snprintf(what, sizeof what, "shift n=%zu", n);
+    check_rows(what, got, g, 1, n, 0.0);
+    free(got);
     cpu->iface->add(cpu, g, u, n);
     gpu32->iface->add(gpu32, dg, du, n);
     got = to_host(gpu32, dg, n);

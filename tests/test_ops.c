@@ -241,6 +241,10 @@ static void ref_attention(double *out, double *mag, const double *q, const doubl
 }
 
 static double silu(double g) { return g / (1.0 + exp(-g)); }
+/* PyTorch's gelu(approximate="tanh") */
+static double gelu_tanh(double g) {
+  return 0.5 * g * (1.0 + tanh(0.79788456080286535588 * (g + 0.044715 * g * g * g)));
+}
 
 /* ---- rope tables, as sweep.c builds them ----------------------------------------------- */
 
@@ -627,6 +631,55 @@ static void test_swiglu(void **state) {
   }
   omp_set_num_threads(1);
   report("swiglu");
+}
+
+static void test_geglu(void **state) {
+  const size_t ns[] = {1, 7, 64, 1001, 40000};
+  const float extremes[] = {-1000, -100, -10, -3, -1e-30f, 0, 1e-30f, 3, 10, 100, 1000};
+  for (int ti = 0; ti < 2; ti++) {
+    omp_set_num_threads(k_threads[ti]);
+    for (size_t a = 0; a < sizeof ns / sizeof ns[0]; a++) {
+      const size_t n = ns[a];
+      float *g = palloc(n), *u = palloc(n);
+      fill_rand(g, n, -8, 8);
+      fill_rand(u, n, -3, 3);
+      for (size_t i = 0; i < sizeof extremes / sizeof extremes[0] && i < n; i++)
+        g[(i * 7919) % n] = extremes[i];
+      double *ref = dalloc(n), *mag = dalloc(n);
+      for (size_t i = 0; i < n; i++) {
+        ref[i] = gelu_tanh(g[i]) * u[i];
+        /* the rounding of g^3 and of tanh's argument, carried by g */
+        mag[i] = fabs((double)g[i] * u[i]) < fabs(ref[i]) ? fabs(ref[i]) : fabs((double)g[i] * u[i]);
+      }
+      float *u0 = palloc(n);
+      memcpy(u0, u, sizeof(float) * n);
+      ls_cpu_geglu(g, u, n);
+      char ctx[96];
+      snprintf(ctx, sizeof ctx, "geglu n=%zu threads=%d", n, k_threads[ti]);
+      check_close(ctx, g, ref, mag, n, n, RTOL, ATOL);
+      check_canary(ctx, g, n);
+      assert_memory_equal(u, u0, sizeof(float) * (n + CANARY)); /* up untouched */
+      free(g); free(u); free(u0); free(ref); free(mag);
+    }
+  }
+  omp_set_num_threads(1);
+  report("geglu");
+}
+
+static void test_shift(void **state) {
+  const size_t ns[] = {1, 5, 1000, 40001};
+  for (size_t a = 0; a < sizeof ns / sizeof ns[0]; a++) {
+    const size_t n = ns[a];
+    float *x = palloc(n), *want = palloc(n);
+    fill_rand(x, n, -2, 2);
+    for (size_t i = 0; i < n; i++) want[i] = x[i] + 1.0f; /* correctly rounded: exact */
+    ls_cpu_shift(x, 1.0f, n);
+    char ctx[64];
+    snprintf(ctx, sizeof ctx, "shift n=%zu", n);
+    check_rows_identical(ctx, x, want, 1, (int)n);
+    check_canary(ctx, x, n);
+    free(x); free(want);
+  }
 }
 
 static void test_add(void **state) {
@@ -1032,6 +1085,8 @@ int main(void) {
       cmocka_unit_test(test_attention),
       cmocka_unit_test(test_attention_isolation),
       cmocka_unit_test(test_swiglu),
+      cmocka_unit_test(test_geglu),
+      cmocka_unit_test(test_shift),
       cmocka_unit_test(test_add),
       cmocka_unit_test(test_pool),
       cmocka_unit_test(test_block_reference),

@@ -82,6 +82,20 @@ void ls_cpu_swiglu(float *gate, const float *up, size_t n) {
   }
 }
 
+void ls_cpu_geglu(float *gate, const float *up, size_t n) {
+  const float beta = 0.7978845608028654f, kappa = 0.044715f; /* sqrt(2 / pi) */
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; i++) {
+    const float g = gate[i];
+    gate[i] = 0.5f * g * (1.0f + tanhf(beta * (g + kappa * g * g * g))) * up[i];
+  }
+}
+
+void ls_cpu_shift(float *x, float b, size_t n) {
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; i++) x[i] += b;
+}
+
 void ls_cpu_add(float *y, const float *x, size_t n) {
 #pragma omp parallel for schedule(static)
   for (size_t i = 0; i < n; i++) y[i] += x[i];
@@ -251,6 +265,10 @@ static void cpu_attention(ls_backend_t *be, float *out, const float *q, const fl
 static void cpu_swiglu(ls_backend_t *be, float *gate, const float *up, size_t n) {
   ls_cpu_swiglu(gate, up, n);
 }
+static void cpu_geglu(ls_backend_t *be, float *gate, const float *up, size_t n) {
+  ls_cpu_geglu(gate, up, n);
+}
+static void cpu_shift(ls_backend_t *be, float *x, float b, size_t n) { ls_cpu_shift(x, b, n); }
 static void cpu_add(ls_backend_t *be, float *y, const float *x, size_t n) { ls_cpu_add(y, x, n); }
 static void cpu_pool(ls_backend_t *be, float *pooled, const float *x, const int32_t *seq_start,
                      const int32_t *seq_len, int n_seq, int H, ls_pool_t mode) {
@@ -277,6 +295,8 @@ static const ls_backend_iface_t cpu_iface = {
     .rope = cpu_rope,
     .attention = cpu_attention,
     .swiglu = cpu_swiglu,
+    .geglu = cpu_geglu,
+    .shift = cpu_shift,
     .add = cpu_add,
     .pool = cpu_pool,
     .sync = NULL,

@@ -24,6 +24,8 @@ void ls_cpu_attention(float *out, const float *q, const float *k, const float *v
                       int n_heads, int n_kv_heads, int head_dim, int window, float *scratch,
                       int max_seq);
 void ls_cpu_swiglu(float *gate, const float *up, size_t n);
+void ls_cpu_geglu(float *gate, const float *up, size_t n);
+void ls_cpu_shift(float *x, float b, size_t n);
 void ls_cpu_add(float *y, const float *x, size_t n);
 void ls_cpu_pool(float *pooled, const float *x, const int32_t *seq_start,
                  const int32_t *seq_len, int n_seq, int H, ls_pool_t mode);

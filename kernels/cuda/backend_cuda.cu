@@ -281,6 +281,18 @@ static void cu_swiglu(ls_backend_t *be, float *gate, const float *up, size_t n) 
   if (!c->err) CU(c, ls_cu_swiglu(c->stream, gate, up, n));
 }
 
+static void cu_geglu(ls_backend_t *be, float *gate, const float *up, size_t n) {
+  cu_ctx_t *c = ctx_of(be);
+  forget_xin(c);
+  if (!c->err) CU(c, ls_cu_geglu(c->stream, gate, up, n));
+}
+
+static void cu_shift(ls_backend_t *be, float *x, float b, size_t n) {
+  cu_ctx_t *c = ctx_of(be);
+  forget_xin(c);
+  if (!c->err) CU(c, ls_cu_shift(c->stream, x, b, n));
+}
+
 static void cu_add(ls_backend_t *be, float *y, const float *x, size_t n) {
   cu_ctx_t *c = ctx_of(be);
   forget_xin(c);
@@ -381,6 +393,8 @@ static const ls_backend_iface_t cuda_iface = {
     /* .rope = */ cu_rope,
     /* .attention = */ cu_attention,
     /* .swiglu = */ cu_swiglu,
+    /* .geglu = */ cu_geglu,
+    /* .shift = */ cu_shift,
     /* .add = */ cu_add,
     /* .pool = */ cu_pool,
     /* .sync = */ cu_sync,

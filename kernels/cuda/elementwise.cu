@@ -1,6 +1,7 @@
-/* elementwise.cu: swiglu (gate <- silu(gate) * up), add (y += x), add_bias (y (T, n) +=
- * b (n) on every row), with the CPU ops' arithmetic (ls_cpu_swiglu, ls_cpu_add, the
- * bias add of ls_cpu_matmul). Grid-stride loops over size_t indices (T * H can pass
+/* elementwise.cu: swiglu (gate <- silu(gate) * up), geglu (gate <- gelu_tanh(gate) * up),
+ * add (y += x), shift (x += b), add_bias (y (T, n) += b (n) on every row), with the CPU
+ * ops' arithmetic (ls_cpu_swiglu, ls_cpu_geglu, ls_cpu_add, ls_cpu_shift, the bias add of
+ * ls_cpu_matmul). Grid-stride loops over size_t indices (T * H can pass
  * 2^31), float4 when the pointers are 16-byte aligned, the last n % 4 elements scalar. */
 #include "ops_cuda.cuh"
 
@@ -9,14 +10,22 @@
 static constexpr int EW_THREADS = 256;
 static constexpr size_t EW_MAX_BLOCKS = 4096; /* the grid-stride loops do the rest */
 
-static __device__ __forceinline__ float ew_swiglu1(float g, float u) {
-  return (g / (1.0f + expf(-g))) * u;
-}
+struct ew_silu {
+  static __device__ __forceinline__ float gated(float g, float u) {
+    return (g / (1.0f + expf(-g))) * u;
+  }
+};
+struct ew_gelu_tanh {
+  static __device__ __forceinline__ float gated(float g, float u) {
+    const float beta = 0.7978845608028654f, kappa = 0.044715f; /* sqrt(2 / pi) */
+    return 0.5f * g * (1.0f + tanhf(beta * (g + kappa * g * g * g))) * u;
+  }
+};
 
-/* VEC: gate, up 16-byte aligned */
-template <bool VEC>
+/* gate <- ACT(gate) * up. VEC: gate, up 16-byte aligned */
+template <bool VEC, class ACT>
 static __global__ void __launch_bounds__(EW_THREADS)
-    swiglu_kernel(float *__restrict__ gate, const float *__restrict__ up, size_t n) {
+    gated_kernel(float *__restrict__ gate, const float *__restrict__ up, size_t n) {
   const size_t stride = (size_t)gridDim.x * blockDim.x;
   const size_t i0 = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   size_t done = 0;
@@ -25,12 +34,29 @@ static __global__ void __launch_bounds__(EW_THREADS)
     const float4 *u4 = (const float4 *)up;
     for (size_t i = i0; i < n / 4; i += stride) {
       const float4 g = g4[i], u = u4[i];
-      g4[i] = make_float4(ew_swiglu1(g.x, u.x), ew_swiglu1(g.y, u.y), ew_swiglu1(g.z, u.z),
-                          ew_swiglu1(g.w, u.w));
+      g4[i] = make_float4(ACT::gated(g.x, u.x), ACT::gated(g.y, u.y), ACT::gated(g.z, u.z),
+                          ACT::gated(g.w, u.w));
     }
     done = n / 4 * 4;
   }
-  for (size_t i = done + i0; i < n; i += stride) gate[i] = ew_swiglu1(gate[i], up[i]);
+  for (size_t i = done + i0; i < n; i += stride) gate[i] = ACT::gated(gate[i], up[i]);
+}
+
+/* VEC: x 16-byte aligned */
+template <bool VEC>
+static __global__ void __launch_bounds__(EW_THREADS) shift_kernel(float *x, float b, size_t n) {
+  const size_t stride = (size_t)gridDim.x * blockDim.x;
+  const size_t i0 = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  size_t done = 0;
+  if constexpr (VEC) {
+    float4 *x4 = (float4 *)x;
+    for (size_t i = i0; i < n / 4; i += stride) {
+      const float4 a = x4[i];
+      x4[i] = make_float4(a.x + b, a.y + b, a.z + b, a.w + b);
+    }
+    done = n / 4 * 4;
+  }
+  for (size_t i = done + i0; i < n; i += stride) x[i] += b;
 }
 
 /* VEC: y, x 16-byte aligned */
@@ -80,12 +106,33 @@ static dim3 ew_grid(size_t items) {
   return dim3((unsigned)(b < EW_MAX_BLOCKS ? b : EW_MAX_BLOCKS));
 }
 
-cudaError_t ls_cu_swiglu(cudaStream_t st, float *gate, const float *up, size_t n) {
+template <class ACT>
+static cudaError_t gated(cudaStream_t st, float *gate, const float *up, size_t n) {
   if (n == 0) return cudaSuccess;
+  /* through pointers: the template arguments' comma would split LS_LAUNCH's arguments */
+  void (*const vec)(float *, const float *, size_t) = gated_kernel<true, ACT>;
+  void (*const one)(float *, const float *, size_t) = gated_kernel<false, ACT>;
   if (((uintptr_t)gate | (uintptr_t)up) % 16 == 0)
-    LS_LAUNCH(swiglu_kernel<true>, ew_grid((n + 3) / 4), dim3(EW_THREADS), 0, st, gate, up, n);
+    LS_LAUNCH(vec, ew_grid((n + 3) / 4), dim3(EW_THREADS), 0, st, gate, up, n);
   else
-    LS_LAUNCH(swiglu_kernel<false>, ew_grid(n), dim3(EW_THREADS), 0, st, gate, up, n);
+    LS_LAUNCH(one, ew_grid(n), dim3(EW_THREADS), 0, st, gate, up, n);
+  return LS_CU_LAST_ERROR();
+}
+
+cudaError_t ls_cu_swiglu(cudaStream_t st, float *gate, const float *up, size_t n) {
+  return gated<ew_silu>(st, gate, up, n);
+}
+
+cudaError_t ls_cu_geglu(cudaStream_t st, float *gate, const float *up, size_t n) {
+  return gated<ew_gelu_tanh>(st, gate, up, n);
+}
+
+cudaError_t ls_cu_shift(cudaStream_t st, float *x, float b, size_t n) {
+  if (n == 0) return cudaSuccess;
+  if ((uintptr_t)x % 16 == 0)
+    LS_LAUNCH(shift_kernel<true>, ew_grid((n + 3) / 4), dim3(EW_THREADS), 0, st, x, b, n);
+  else
+    LS_LAUNCH(shift_kernel<false>, ew_grid(n), dim3(EW_THREADS), 0, st, x, b, n);
   return LS_CU_LAST_ERROR();
 }
 

@@ -29,6 +29,8 @@ cudaError_t ls_cu_attention(cudaStream_t st, float *out, const float *q, const f
                             int window);
 /* gate (n) <- silu(gate) * up */
 cudaError_t ls_cu_swiglu(cudaStream_t st, float *gate, const float *up, size_t n);
+cudaError_t ls_cu_geglu(cudaStream_t st, float *gate, const float *up, size_t n);
+cudaError_t ls_cu_shift(cudaStream_t st, float *x, float b, size_t n);
 /* y (n) += x (n) */
 cudaError_t ls_cu_add(cudaStream_t st, float *y, const float *x, size_t n);
 /* y (T, n) += b (n) on every row */

@@ -5,12 +5,13 @@
 
 #include "family.h"
 
-extern const ls_family_t ls_family_llama, ls_family_qwen3, ls_family_olmo2;
+extern const ls_family_t ls_family_llama, ls_family_qwen3, ls_family_olmo2, ls_family_gemma;
 
 static const ls_family_t *const families[] = {
     &ls_family_llama,
     &ls_family_qwen3,
     &ls_family_olmo2,
+    &ls_family_gemma,
 };
 #define N_FAMILIES ((int)(sizeof families / sizeof families[0]))
 

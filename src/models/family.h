@@ -27,7 +27,8 @@ typedef enum {
   LS_WK_MATRIX = 0, /* GEMM weight (n_out, n_in): stored in the backend's weight format */
   LS_WK_NORM = 1,   /* norm weight (float32 in backend memory) */
   LS_WK_BIAS = 2,   /* bias (float32) */
-  LS_WK_EMBED = 3   /* embedding table (vocab, H): read by rows, never converted whole */
+  LS_WK_EMBED = 3,  /* embedding table (vocab, H): read by rows, never converted whole */
+  LS_WK_NORM_P1 = 4 /* norm weight stored as w, used as 1 + w (Gemma): float32, +1 at load */
 } ls_wkind_t;
 
 typedef struct {
@@ -87,6 +88,9 @@ typedef struct {
   /* out (T, H) <- the model's final norm of x with weight w (hook final_norm) */
   void (*final_norm)(ls_backend_t *be, const ls_config_t *cfg, float *out, const float *x,
                      const float *w, int T);
+  /* optional (NULL: 1): the factor the embedding rows are multiplied by (Gemma: sqrt(H)
+   * rounded to float32, as transformers' scaled embedding) */
+  float (*embed_scale)(const ls_config_t *cfg);
 } ls_family_t;
 
 /* The family of index i (cfg->family), NULL past the end. */
@@ -142,8 +146,9 @@ int ls_cfg_layer_types(const cJSON *root, const char *path, int first_sliding, l
 /* rope_theta + rope_scaling (classic) or rope_parameters (transformers 5): default,
  * linear and llama3 */
 int ls_cfg_rope(const cJSON *root, const char *path, ls_config_t *cfg);
-/* hidden_act (or hidden_activation) must be one of the NULL-ended names */
-int ls_cfg_activation(const cJSON *root, const char *path, const char *const *allowed,
-                      const ls_config_t *cfg);
+/* config key `key` (e.g. hidden_act) must be one of the NULL-ended names, or absent (the
+ * family's default, allowed[0]) */
+int ls_cfg_activation(const cJSON *root, const char *path, const char *key,
+                      const char *const *allowed, const ls_config_t *cfg);
 
 #endif

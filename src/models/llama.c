@@ -49,7 +49,7 @@ static int parse_window(const cJSON *root, const char *path, ls_config_t *cfg) {
 static int parse_config(const cJSON *root, const char *path, ls_config_t *cfg) {
   static const char *const act[] = {"silu", NULL};
   LS_CHECK(ls_cfg_common_sizes(root, path, cfg));
-  LS_CHECK(ls_cfg_activation(root, path, act, cfg));
+  LS_CHECK(ls_cfg_activation(root, path, "hidden_act", act, cfg));
   LS_CHECK(ls_cfg_rope(root, path, cfg));
   LS_CHECK(parse_window(root, path, cfg));
   if (strcmp(cfg->model_type, "qwen2") == 0) {

@@ -15,7 +15,7 @@ static int parse_config(const cJSON *root, const char *path, ls_config_t *cfg) {
   static const char *const act[] = {"silu", NULL};
   LS_CHECK(ls_cfg_sizes(root, path, 0, cfg));
   if (!ls_cfg_get(root, "rms_norm_eps")) cfg->rms_eps = 1e-5; /* Olmo2Config's default */
-  LS_CHECK(ls_cfg_activation(root, path, act, cfg));
+  LS_CHECK(ls_cfg_activation(root, path, "hidden_act", act, cfg));
   LS_CHECK(ls_cfg_rope(root, path, cfg));
   int bias = 0;
   LS_CHECK(ls_cfg_bool(root, "attention_bias", 0, path, &bias));

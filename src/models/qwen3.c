@@ -15,7 +15,7 @@
 static int parse_config(const cJSON *root, const char *path, ls_config_t *cfg) {
   static const char *const act[] = {"silu", NULL};
   LS_CHECK(ls_cfg_sizes(root, path, 128, cfg));
-  LS_CHECK(ls_cfg_activation(root, path, act, cfg));
+  LS_CHECK(ls_cfg_activation(root, path, "hidden_act", act, cfg));
   LS_CHECK(ls_cfg_rope(root, path, cfg));
   /* sliding_window counts only with use_sliding_window; an explicit null is "none" */
   int use = 0, first_sliding = 28;

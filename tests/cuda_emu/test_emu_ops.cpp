@@ -225,6 +225,40 @@ static void test_swiglu(void **state) {
   report("swiglu");
 }
 
+static void test_geglu(void **state) {
+  for (size_t n : k_ew_sizes)
+    for (int off = 0; off < 2; off++) {
+      char ctx[96];
+      snprintf(ctx, sizeof ctx, "geglu n=%zu off=%d", n, off);
+      fbuf gate(n, off), up(n, off), got(n, off), ref(n, off);
+      gate.fill(-12.0f, 8.0f);
+      up.fill(-2.0f, 2.0f);
+      got.copy_from(gate);
+      ref.copy_from(gate);
+      CHECK_CU(ls_cu_geglu(g_st, got.p, up.p, n));
+      g_be->iface->geglu(g_be, ref.p, up.p, n);
+      check_close(ctx, got.p, ref.p, n, n, RTOL, ATOL);
+      check_canary(ctx, got);
+    }
+  report("geglu");
+}
+
+static void test_shift(void **state) {
+  for (size_t n : k_ew_sizes)
+    for (int off = 0; off < 2; off++) {
+      char ctx[96];
+      snprintf(ctx, sizeof ctx, "shift n=%zu off=%d", n, off);
+      fbuf got(n, off), ref(n, off);
+      got.fill(-3.0f, 3.0f);
+      ref.copy_from(got);
+      CHECK_CU(ls_cu_shift(g_st, got.p, 1.0f, n));
+      g_be->iface->shift(g_be, ref.p, 1.0f, n);
+      check_close(ctx, got.p, ref.p, n, n, 0.0, 0.0);
+      check_canary(ctx, got);
+    }
+  report("shift");
+}
+
 static void test_add(void **state) {
   /* the last size needs more than the launchers' 4096 blocks of 256 threads, with float4
    * and without: the grid-stride loops go round more than once */
@@ -587,6 +621,7 @@ int main(void) {
       cmocka_unit_test(test_emu_reduce),  cmocka_unit_test(test_emu_smem_poison),
       cmocka_unit_test(test_emu_errors),  cmocka_unit_test(test_rmsnorm),
       cmocka_unit_test(test_rope),        cmocka_unit_test(test_swiglu),
+      cmocka_unit_test(test_geglu),       cmocka_unit_test(test_shift),
       cmocka_unit_test(test_add),         cmocka_unit_test(test_add_bias),
       cmocka_unit_test(test_pool),        cmocka_unit_test(test_convert),
       cmocka_unit_test(test_empty),

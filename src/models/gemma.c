@@ -1,0 +1,134 @@
+/* gemma.c: the Gemma family (GemmaForCausalLM): the Llama block with RMSNorms that scale by
+ * (1 + w) (the weights are stored as w; +1 is added once at load, in float32, as
+ * transformers' 1.0 + weight.float()), a GeGLU MLP with the tanh GELU, explicit head_dim
+ * (256 when absent, as GemmaConfig), and embeddings multiplied by sqrt(hidden_size)
+ * rounded to float32 (transformers' scaled embedding):
+ *   x = embed * sqrt(H)
+ *   x = x + o_proj(attn(rope(q(norm1(x))), rope(k(..)), v(..)))        hook attn_out
+ *   x = x + down(gelu_tanh(gate(norm2(x))) * up(norm2(x)))              hook mlp_out
+ * Semantics: transformers' models/gemma/modeling_gemma.py. */
+#include <math.h>
+#include <string.h>
+
+#include "family.h"
+#include "ls_common.h"
+
+/* ---- config.json --------------------------------------------------------------------------- */
+static int parse_config(const cJSON *root, const char *path, ls_config_t *cfg) {
+  /* GemmaMLP applies ACT2FN[config.hidden_act]; only the tanh GELU is implemented */
+  static const char *const act[] = {"gelu_pytorch_tanh", NULL};
+  LS_CHECK(ls_cfg_sizes(root, path, 256, cfg));
+  LS_CHECK(ls_cfg_activation(root, path, "hidden_act", act, cfg));
+  LS_CHECK(ls_cfg_rope(root, path, cfg));
+  int bias = 0, bidir = 0;
+  LS_CHECK(ls_cfg_bool(root, "attention_bias", 0, path, &bias));
+  LS_CHECK(ls_cfg_bool(root, "use_bidirectional_attention", 0, path, &bidir));
+  if (bidir) {
+    ls_error("%s: use_bidirectional_attention is not supported (layersweep runs causal "
+             "decoders)", path);
+    return LS_ERR;
+  }
+  cfg->qkv_bias = cfg->o_bias = bias;
+  return ls_cfg_bool(root, "tie_word_embeddings", 1, path, &cfg->tie_embeddings);
+}
+
+/* ---- weight table ------------------------------------------------------------------------------ */
+enum {
+  W_ATTN_NORM, W_Q, W_K, W_V, W_O, W_BQ, W_BK, W_BV, W_BO,
+  W_MLP_NORM, W_GATE, W_UP, W_DOWN,
+  W_COUNT
+};
+
+static void layer_tensors(const ls_config_t *c, int L, ls_wspec_t *w) {
+  const int64_t H = c->hidden, I = c->intermediate, Q = (int64_t)c->n_heads * c->head_dim,
+                KV = (int64_t)c->n_kv_heads * c->head_dim;
+  ls_wspec_layer(&w[W_ATTN_NORM], L, "input_layernorm.weight", LS_WK_NORM_P1, 1, H, 0);
+  ls_wspec_layer(&w[W_Q], L, "self_attn.q_proj.weight", LS_WK_MATRIX, 1, Q, H);
+  ls_wspec_layer(&w[W_K], L, "self_attn.k_proj.weight", LS_WK_MATRIX, 1, KV, H);
+  ls_wspec_layer(&w[W_V], L, "self_attn.v_proj.weight", LS_WK_MATRIX, 1, KV, H);
+  ls_wspec_layer(&w[W_O], L, "self_attn.o_proj.weight", LS_WK_MATRIX, 1, H, Q);
+  ls_wspec_layer(&w[W_BQ], L, "self_attn.q_proj.bias", LS_WK_BIAS, c->qkv_bias, Q, 0);
+  ls_wspec_layer(&w[W_BK], L, "self_attn.k_proj.bias", LS_WK_BIAS, c->qkv_bias, KV, 0);
+  ls_wspec_layer(&w[W_BV], L, "self_attn.v_proj.bias", LS_WK_BIAS, c->qkv_bias, KV, 0);
+  ls_wspec_layer(&w[W_BO], L, "self_attn.o_proj.bias", LS_WK_BIAS, c->o_bias, H, 0);
+  ls_wspec_layer(&w[W_MLP_NORM], L, "post_attention_layernorm.weight", LS_WK_NORM_P1, 1, H, 0);
+  ls_wspec_layer(&w[W_GATE], L, "mlp.gate_proj.weight", LS_WK_MATRIX, 1, I, H);
+  ls_wspec_layer(&w[W_UP], L, "mlp.up_proj.weight", LS_WK_MATRIX, 1, I, H);
+  ls_wspec_layer(&w[W_DOWN], L, "mlp.down_proj.weight", LS_WK_MATRIX, 1, H, I);
+}
+
+static void global_tensors(const ls_config_t *c, ls_wspec_t *embed, ls_wspec_t *norm) {
+  ls_llama_global_tensors(c, embed, norm);
+  norm->kind = LS_WK_NORM_P1;
+}
+
+static float embed_scale(const ls_config_t *c) { return (float)sqrt((double)c->hidden); }
+
+/* ---- scratch ------------------------------------------------------------------------------------- */
+enum { S_XN, S_Q, S_K, S_V, S_ATT, S_ATTN_OUT, S_GATE, S_UP, S_MLP_OUT, S_COUNT };
+
+static void widths(const ls_config_t *c, size_t *w) {
+  const size_t H = c->hidden, I = c->intermediate, Q = (size_t)c->n_heads * c->head_dim,
+               KV = (size_t)c->n_kv_heads * c->head_dim;
+  const size_t v[S_COUNT] = {H, Q, KV, KV, Q, H, I, I, H};
+  memcpy(w, v, sizeof v);
+}
+
+static size_t scratch_floats(const ls_config_t *c, int T) {
+  size_t w[S_COUNT];
+  widths(c, w);
+  return ls_scratch_floats(T, w, S_COUNT);
+}
+
+/* ---- forward ---------------------------------------------------------------------------------------- */
+static void forward(const ls_block_t *blk, float *x) {
+  ls_backend_t *be = blk->be;
+  const ls_backend_iface_t *f = be->iface;
+  const ls_config_t *c = blk->cfg;
+  const ls_batch_t *b = blk->b;
+  void *const *w = blk->w; /* the norm weights already hold 1 + w */
+  size_t wd[S_COUNT];
+  widths(c, wd);
+  float *s[S_COUNT], *p = blk->scratch; /* s[S_XN] first: the engine's final norm writes there */
+  for (int i = 0; i < S_COUNT; i++) s[i] = ls_scratch_take(&p, blk->T_max, wd[i]);
+  const int T = b->T, H = c->hidden, I = c->intermediate, hd = c->head_dim;
+  const int Q = c->n_heads * hd, KV = c->n_kv_heads * hd;
+  const float eps = (float)c->rms_eps;
+
+  f->rmsnorm(be, s[S_XN], x, w[W_ATTN_NORM], T, H, eps);
+  f->matmul(be, s[S_Q], s[S_XN], w[W_Q], w[W_BQ], T, H, Q);
+  f->matmul(be, s[S_K], s[S_XN], w[W_K], w[W_BK], T, H, KV);
+  f->matmul(be, s[S_V], s[S_XN], w[W_V], w[W_BV], T, H, KV);
+  f->rope(be, s[S_Q], b->pos, blk->cos_tab, blk->sin_tab, T, c->n_heads, hd);
+  f->rope(be, s[S_K], b->pos, blk->cos_tab, blk->sin_tab, T, c->n_kv_heads, hd);
+  f->attention(be, s[S_ATT], s[S_Q], s[S_K], s[S_V], b->seq_start, b->seq_len, b->n_seq,
+               b->max_len, c->n_heads, c->n_kv_heads, hd, ls_config_window(c, blk->layer));
+  f->matmul(be, s[S_ATTN_OUT], s[S_ATT], w[W_O], w[W_BO], T, Q, H);
+  if (blk->hook) blk->hook(blk->hook_ctx, LS_HOOK_ATTN_OUT, s[S_ATTN_OUT], H);
+  f->add(be, x, s[S_ATTN_OUT], (size_t)T * H);
+
+  f->rmsnorm(be, s[S_XN], x, w[W_MLP_NORM], T, H, eps);
+  f->matmul(be, s[S_GATE], s[S_XN], w[W_GATE], NULL, T, H, I);
+  f->matmul(be, s[S_UP], s[S_XN], w[W_UP], NULL, T, H, I);
+  f->geglu(be, s[S_GATE], s[S_UP], (size_t)T * I);
+  f->matmul(be, s[S_MLP_OUT], s[S_GATE], w[W_DOWN], NULL, T, I, H);
+  if (blk->hook) blk->hook(blk->hook_ctx, LS_HOOK_MLP_OUT, s[S_MLP_OUT], H);
+  f->add(be, x, s[S_MLP_OUT], (size_t)T * H);
+}
+
+static const char *const archs[] = {"GemmaForCausalLM", NULL};
+static const char *const types[] = {"gemma", NULL};
+
+const ls_family_t ls_family_gemma = {
+    .name = "gemma",
+    .archs = archs,
+    .model_types = types,
+    .parse_config = parse_config,
+    .n_slots = W_COUNT,
+    .layer_tensors = layer_tensors,
+    .global_tensors = global_tensors,
+    .scratch_floats = scratch_floats,
+    .forward = forward,
+    .final_norm = ls_llama_final_norm, /* its weight holds 1 + w */
+    .embed_scale = embed_scale,
+};
