@@ -82,13 +82,15 @@ typedef struct {
   /* causal attention inside each sequence: q (T, n_heads*hd), k, v (T, n_kv*hd);
    * sequence s has seq_len[s] real rows from seq_start[s] (seq_len NULL: all rows up
    * to seq_start[s + 1]); max_len >= every seq_start[s + 1] - seq_start[s]; window > 0
-   * limits keys to the last `window` positions (query included). out (T, n_heads*hd);
-   * padding rows get 0. A real row's result depends only on its own sequence's real
-   * rows. */
+   * limits keys to the last `window` positions (query included). Scores are
+   * (q . k) * scale (scale <= 0: 1 / sqrt(head_dim)), then, when softcap > 0,
+   * softcap * tanh(score / softcap) (Gemma 2's logit soft-capping), then softmax. out
+   * (T, n_heads*hd); padding rows get 0. A real row's result depends only on its own
+   * sequence's real rows. */
   void (*attention)(ls_backend_t *be, float *out, const float *q, const float *k,
                     const float *v, const int32_t *seq_start, const int32_t *seq_len,
                     int n_seq, int max_len, int n_heads, int n_kv_heads, int head_dim,
-                    int window);
+                    int window, float scale, float softcap);
   /* gate (n) <- silu(gate) * up */
   void (*swiglu)(ls_backend_t *be, float *gate, const float *up, size_t n);
   /* gate (n) <- gelu_tanh(gate) * up, gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x +

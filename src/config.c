@@ -146,7 +146,8 @@ int ls_cfg_sizes(const cJSON *root, const char *path, int default_head_dim, ls_c
   return LS_OK;
 }
 
-int ls_cfg_layer_types(const cJSON *root, const char *path, int first_sliding, ls_config_t *cfg) {
+int ls_cfg_layer_types(const cJSON *root, const char *path, int first_sliding, int period,
+                       ls_config_t *cfg) {
   const cJSON *types = ls_cfg_get(root, "layer_types");
   cfg->window_per_layer = 1;
   memset(cfg->layer_sliding, 0, sizeof cfg->layer_sliding);
@@ -161,7 +162,10 @@ int ls_cfg_layer_types(const cJSON *root, const char *path, int first_sliding, l
     return LS_ERR;
   }
   for (int L = 0; L < cfg->n_layers && L < LS_MAX_TYPED_LAYERS; L++) {
-    int sliding = cfg->sliding_window > 0 && L >= first_sliding;
+    /* Qwen's rule asks for a window; Gemma's pattern stands without one (and transformers
+     * then refuses the config, as below) */
+    int sliding = L >= first_sliding &&
+                  (period > 0 ? (L + 1) % period != 0 : cfg->sliding_window > 0);
     if (types) {
       const cJSON *e = cJSON_GetArrayItem(types, L);
       if (cJSON_IsString(e) && strcmp(e->valuestring, "sliding_attention") == 0) sliding = 1;

@@ -37,6 +37,9 @@ typedef struct {
   int o_bias;             /* o_proj has a bias (Llama attention_bias) */
   int mlp_bias;           /* gate/up/down have biases (Llama mlp_bias) */
   int tie_embeddings;     /* tie_word_embeddings (no effect on activations) */
+  double attn_scale;      /* attention score scale (0: 1 / sqrt(head_dim)); Gemma 2:
+                           * query_pre_attn_scalar ** -0.5 */
+  double attn_softcap;    /* attention logit soft-capping (0: none; Gemma 2) */
 } ls_config_t;
 
 /* Parse config.json text; `path` is used in messages. Returns 0 or -1 after one

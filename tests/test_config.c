@@ -83,6 +83,8 @@ static void expect_bad(const char *json, const char *want) { expect_bad2(json, w
 #define A_QWEN2 "\"architectures\": [\"Qwen2ForCausalLM\"], "
 #define A_QWEN3 "\"architectures\": [\"Qwen3ForCausalLM\"], "
 #define A_OLMO2 "\"architectures\": [\"Olmo2ForCausalLM\"], "
+#define A_GEMMA "\"architectures\": [\"GemmaForCausalLM\"], "
+#define A_GEMMA2 "\"architectures\": [\"Gemma2ForCausalLM\"], "
 
 /* ---- families ------------------------------------------------------------------------ */
 
@@ -295,10 +297,11 @@ static void test_rope_parameters(void **state) {
 /* ---- bad configs: one line naming the file ------------------------------------------- */
 
 static void test_bad_arch(void **state) {
-  const char *families = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM";
+  const char *families = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, "
+                         "Qwen3ForCausalLM, Olmo2ForCausalLM, GemmaForCausalLM, Gemma2ForCausalLM";
   expect_bad2("{\"architectures\": [\"GPT2LMHeadModel\"], \"model_type\": \"gpt2\", " SIZES "}",
               "\"GPT2LMHeadModel\"", families);
-  expect_bad2("{\"model_type\": \"gemma\", " SIZES "}", "\"gemma\"", families);
+  expect_bad2("{\"model_type\": \"gemma3_text\", " SIZES "}", "\"gemma3_text\"", families);
   expect_bad2("{" SIZES "}", "unsupported model architecture", families);
   expect_bad2("{\"architectures\": [], " SIZES "}", "unsupported model architecture", families);
   /* case matters: these are class names */
@@ -546,6 +549,47 @@ static void test_olmo2(void **state) {
              "yarn");
 }
 
+/* ---- Gemma and Gemma 2 ------------------------------------------------------------------------ */
+static void test_gemma(void **state) {
+  ls_config_t c;
+  /* GemmaConfig defaults: head_dim 256, gelu_pytorch_tanh, tied */
+  parse_ok("{" A_GEMMA SIZES "}", &c);
+  assert_int_equal(c.head_dim, 256);
+  assert_int_equal(c.tie_embeddings, 1);
+  assert_true(c.attn_scale == 0 && c.attn_softcap == 0);
+  const ls_family_t *fam = ls_family_get(c.family);
+  assert_non_null(fam->embed_scale);
+  assert_true(fam->embed_scale(&c) == (float)8.0); /* sqrt(64) */
+  parse_ok("{" A_GEMMA SIZES ", \"hidden_act\": \"gelu_pytorch_tanh\", \"head_dim\": 16}", &c);
+  assert_int_equal(c.head_dim, 16);
+  /* exact GELU and bidirectional attention are refused by name */
+  expect_bad("{" A_GEMMA SIZES ", \"hidden_act\": \"gelu\"}", "hidden_act");
+  expect_bad("{" A_GEMMA SIZES ", \"use_bidirectional_attention\": true}",
+             "use_bidirectional_attention");
+}
+
+static void test_gemma2(void **state) {
+  ls_config_t c;
+  /* Gemma2Config defaults: query_pre_attn_scalar 256, soft-capping 50, window 4096 on
+   * every other layer from layer 0 */
+  parse_ok("{" A_GEMMA2 SIZES "}", &c);
+  assert_true(c.attn_scale == 1.0 / 16.0);
+  assert_true(c.attn_softcap == 50.0);
+  assert_int_equal(ls_config_window(&c, 0), 4096);
+  assert_int_equal(ls_config_window(&c, 1), 0);
+  assert_int_equal(ls_config_window(&c, 2), 4096);
+  parse_ok("{" A_GEMMA2 SIZES ", \"attn_logit_softcapping\": null, \"sliding_window\": null, "
+           "\"query_pre_attn_scalar\": 64, \"layer_types\": [\"full_attention\", "
+           "\"full_attention\", \"full_attention\"]}", &c);
+  assert_true(c.attn_softcap == 0);
+  assert_true(c.attn_scale == 0.125);
+  for (int L = 0; L < 3; L++) assert_int_equal(ls_config_window(&c, L), 0);
+  /* Gemma 2 reads hidden_activation, not hidden_act */
+  parse_ok("{" A_GEMMA2 SIZES ", \"hidden_act\": \"silu\"}", &c);
+  expect_bad("{" A_GEMMA2 SIZES ", \"hidden_activation\": \"silu\"}", "hidden_activation");
+  expect_bad("{" A_GEMMA2 SIZES ", \"sliding_window\": null}", "no sliding_window");
+}
+
 /* ---- the fixture configs (written by transformers 5.17) ------------------------------- */
 
 static void test_fixture_configs(void **state) {
@@ -629,6 +673,8 @@ int main(void) {
       cmocka_unit_test(test_gemm_flops),
       cmocka_unit_test(test_qwen3),
       cmocka_unit_test(test_olmo2),
+      cmocka_unit_test(test_gemma),
+      cmocka_unit_test(test_gemma2),
       cmocka_unit_test(test_fixture_configs),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

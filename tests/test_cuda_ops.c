@@ -196,14 +196,20 @@ static void test_rope(void **state) {
   }
 }
 
-typedef struct { int n_seq, nh, nkv, hd, window, padded; const int *lens; } att_case_t;
+typedef struct {
+  int n_seq, nh, nkv, hd, window, padded;
+  const int *lens;
+  float scale, softcap; /* 0: 1 / sqrt(hd), none */
+} att_case_t;
 
 static void test_attention(void **state) {
   static const int l1[] = {1}, l2[] = {200}, l3[] = {17, 1, 64, 130, 5, 33}, l4[] = {300, 2, 77},
                    l5[] = {9, 128, 40};
   const att_case_t cases[] = {
-      {1, 4, 4, 64, 0, 0, l1},   {1, 8, 2, 128, 0, 0, l2}, {6, 4, 1, 80, 0, 0, l3},
-      {6, 8, 4, 128, 32, 0, l3}, {3, 4, 2, 16, 5, 1, l4},  {3, 2, 2, 256, 0, 1, l5},
+      {1, 4, 4, 64, 0, 0, l1, 0, 0},   {1, 8, 2, 128, 0, 0, l2, 0, 0}, {6, 4, 1, 80, 0, 0, l3, 0, 0},
+      {6, 8, 4, 128, 32, 0, l3, 0, 0}, {3, 4, 2, 16, 5, 1, l4, 0, 0},  {3, 2, 2, 256, 0, 1, l5, 0, 0},
+      /* Gemma 2: query_pre_attn_scalar 256 with head_dim 128, soft-capping at 50 and 5 */
+      {3, 8, 4, 128, 32, 1, l4, 0.0625f, 50.0f}, {6, 4, 2, 64, 0, 0, l3, 0.5f, 5.0f},
   };
   for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
     const att_case_t *c = &cases[ci];
@@ -223,18 +229,19 @@ static void test_attention(void **state) {
     for (size_t i = 0; i < qn; i++) ref[i] = NAN;
     ls_backend_t *cpu_a = ls_backend_cpu_new(1, max_len + LS_ROW_PAD);
     cpu_a->iface->attention(cpu_a, ref, q, k, v, start, c->padded ? len : NULL, c->n_seq, max_len,
-                            c->nh, c->nkv, c->hd, c->window);
+                            c->nh, c->nkv, c->hd, c->window, c->scale, c->softcap);
     ls_backend_free(cpu_a);
     float *dq = dev_from(gpu32, q, sizeof(float) * qn), *dk = dev_from(gpu32, k, sizeof(float) * kn),
           *dv = dev_from(gpu32, v, sizeof(float) * kn), *dout = dev_poisoned(gpu32, qn);
     int32_t *dstart = dev_from(gpu32, start, sizeof(int32_t) * (size_t)(c->n_seq + 1));
     int32_t *dlen = dev_from(gpu32, len, sizeof(int32_t) * (size_t)c->n_seq);
     gpu32->iface->attention(gpu32, dout, dq, dk, dv, dstart, c->padded ? dlen : NULL, c->n_seq,
-                            max_len, c->nh, c->nkv, c->hd, c->window);
+                            max_len, c->nh, c->nkv, c->hd, c->window, c->scale, c->softcap);
     float *got = to_host(gpu32, dout, qn);
     char what[160];
-    snprintf(what, sizeof what, "attention seqs=%d T=%d heads=%d/%d hd=%d window=%d%s", c->n_seq,
-             T, c->nh, c->nkv, c->hd, c->window, c->padded ? " padded" : "");
+    snprintf(what, sizeof what, "attention seqs=%d T=%d heads=%d/%d hd=%d window=%d scale=%g "
+             "softcap=%g%s", c->n_seq, T, c->nh, c->nkv, c->hd, c->window, c->scale, c->softcap,
+             c->padded ? " padded" : "");
     check_rows(what, got, ref, (size_t)T, (size_t)c->nh * c->hd, 1e-5);
     gpu32->iface->free(gpu32, dq); gpu32->iface->free(gpu32, dk); gpu32->iface->free(gpu32, dv);
     gpu32->iface->free(gpu32, dout); gpu32->iface->free(gpu32, dstart); gpu32->iface->free(gpu32, dlen);

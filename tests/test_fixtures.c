@@ -64,7 +64,7 @@ static char fixtures[2048], tmp[2048];
 static const char *models[] = {"llama_gqa_f32",       "llama_mqa_bf16",  "qwen2_bias_sharded",
                                "llama3_rope_f16",     "mistral_window",  "llama_linear_rope",
                                "qwen3_qknorm_window", "qwen3_bias_bf16", "olmo2_postnorm",
-                               "gemma_geglu"};
+                               "gemma_geglu",         "gemma2_softcap_window"};
 #define N_MODELS (sizeof models / sizeof models[0])
 
 /* The hooks a sweep writes, in the file's order (src/hooks.h), each a dataset /<name>

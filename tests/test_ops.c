@@ -204,10 +204,13 @@ static void ref_rope(double *x, double *mag, const int32_t *pos, const float *co
     }
 }
 
-/* causal (optionally windowed) attention inside each sequence; mag = sum p |v| */
-static void ref_attention(double *out, double *mag, const double *q, const double *k,
-                          const double *v, const int32_t *seq_start, int n_seq, int n_heads,
-                          int n_kv, int hd, int window) {
+/* causal (optionally windowed) attention inside each sequence; mag = sum p |v|. Scores
+ * (q . k) * scale (0: 1 / sqrt(hd)), soft-capped to softcap * tanh(s / softcap) when
+ * softcap > 0 (Gemma 2). */
+static void ref_attention_opts(double *out, double *mag, const double *q, const double *k,
+                               const double *v, const int32_t *seq_start, int n_seq, int n_heads,
+                               int n_kv, int hd, int window, double scale, double softcap) {
+  if (!(scale > 0)) scale = 1.0 / sqrt((double)hd);
   const int group = n_heads / n_kv;
   const size_t qs = (size_t)n_heads * hd, ks = (size_t)n_kv * hd;
   const int T = seq_start[n_seq];
@@ -222,7 +225,8 @@ static void ref_attention(double *out, double *mag, const double *q, const doubl
         for (int j = j0; j <= i; j++) {
           double sc = 0;
           for (int d = 0; d < hd; d++) sc += q[i * qs + h * hd + d] * k[j * ks + kh * hd + d];
-          p[j - j0] = sc / sqrt((double)hd);
+          p[j - j0] = sc * scale;
+          if (softcap > 0) p[j - j0] = softcap * tanh(p[j - j0] / softcap);
           if (p[j - j0] > mx) mx = p[j - j0];
         }
         for (int j = j0; j <= i; j++) sum += (p[j - j0] = exp(p[j - j0] - mx));
@@ -238,6 +242,12 @@ static void ref_attention(double *out, double *mag, const double *q, const doubl
       }
     }
   free(p);
+}
+
+static void ref_attention(double *out, double *mag, const double *q, const double *k,
+                          const double *v, const int32_t *seq_start, int n_seq, int n_heads,
+                          int n_kv, int hd, int window) {
+  ref_attention_opts(out, mag, q, k, v, seq_start, n_seq, n_heads, n_kv, hd, window, 0, 0);
 }
 
 static double silu(double g) { return g / (1.0 + exp(-g)); }
@@ -443,19 +453,24 @@ static void test_rope(void **state) {
 
 typedef struct {
   int n_seq, lens[6], n_heads, n_kv, hd, window;
+  float scale, softcap; /* 0: 1 / sqrt(hd), none */
 } att_case_t;
 
 static const att_case_t k_att_cases[] = {
-    {1, {1}, 4, 4, 8, 0},                 /* T = 1 */
-    {1, {5}, 4, 2, 32, 0},                /* group 2 */
-    {4, {3, 7, 1, 12}, 8, 2, 64, 0},      /* group 4, a 1-token prompt in the middle */
-    {4, {3, 7, 1, 12}, 8, 2, 64, 4},      /* window shorter than the prompts */
-    {2, {50, 13}, 4, 1, 32, 0},           /* MQA */
-    {3, {20, 1, 33}, 2, 1, 8, 5},
-    {1, {100}, 4, 2, 16, 7},
-    {2, {9, 9}, 6, 3, 32, 1},             /* window 1: each row sees only itself */
-    {2, {10, 6}, 3, 3, 8, 100},           /* window longer than the prompts */
-    {5, {49, 2, 17, 48, 3}, 4, 4, 64, 0}, /* group 1 */
+    {1, {1}, 4, 4, 8, 0, 0, 0},                 /* T = 1 */
+    {1, {5}, 4, 2, 32, 0, 0, 0},                /* group 2 */
+    {4, {3, 7, 1, 12}, 8, 2, 64, 0, 0, 0},      /* group 4, a 1-token prompt in the middle */
+    {4, {3, 7, 1, 12}, 8, 2, 64, 4, 0, 0},      /* window shorter than the prompts */
+    {2, {50, 13}, 4, 1, 32, 0, 0, 0},           /* MQA */
+    {3, {20, 1, 33}, 2, 1, 8, 5, 0, 0},
+    {1, {100}, 4, 2, 16, 7, 0, 0},
+    {2, {9, 9}, 6, 3, 32, 1, 0, 0},             /* window 1: each row sees only itself */
+    {2, {10, 6}, 3, 3, 8, 100, 0, 0},           /* window longer than the prompts */
+    {5, {49, 2, 17, 48, 3}, 4, 4, 64, 0, 0, 0}, /* group 1 */
+    /* Gemma 2: query_pre_attn_scalar (scale 1/sqrt(256) at head_dim 64), soft-capping at
+     * 50 and at 2 (where it bites: scores of +-8 fold to +-2), with a window */
+    {3, {20, 1, 33}, 4, 2, 64, 0, 0.0625f, 50.0f},
+    {3, {20, 1, 33}, 4, 2, 16, 6, 1.5f, 2.0f},
 };
 
 typedef struct {
@@ -490,7 +505,7 @@ static float *run_attention(const att_case_t *c, const float *q, const float *k,
   float *out = palloc((size_t)T * c->n_heads * c->hd);
   float *scratch = palloc((size_t)omp_get_max_threads() * LS_ATTN_QBLOCK * max_seq);
   ls_cpu_attention(out, q, k, v, seq_start, NULL, n_seq, c->n_heads, c->n_kv, c->hd, c->window,
-                   scratch, max_seq);
+                   c->scale, c->softcap, scratch, max_seq);
   free(scratch);
   return out;
 }
@@ -513,8 +528,8 @@ static void test_attention(void **state) {
     to_double(qd, d.q, nq);
     to_double(kd, d.k, nk);
     to_double(vd, d.v, nk);
-    ref_attention(ref, mag, qd, kd, vd, d.seq_start, c->n_seq, c->n_heads, c->n_kv, c->hd,
-                  c->window);
+    ref_attention_opts(ref, mag, qd, kd, vd, d.seq_start, c->n_seq, c->n_heads, c->n_kv, c->hd,
+                       c->window, c->scale, c->softcap);
     float *first = NULL;
     for (int ti = 0; ti < 2; ti++) {
       omp_set_num_threads(k_threads[ti]);

@@ -111,11 +111,10 @@ void ls_cpu_add(float *y, const float *x, size_t n) {
  * LS_ATTN_QBLOCK x (sequence length) floats. */
 static void attend_one(float *out, const float *q, const float *k, const float *v, int s0,
                        int s1, int s_end, int h, int kh, int n_heads, int n_kv, int hd,
-                       int window, float *S) {
+                       int window, float scale, float softcap, float *S) {
   const int qs = n_heads * hd, ks = n_kv * hd;
   for (int i = s1; i < s_end; i++) /* padding rows */
     memset(out + (size_t)i * qs + (size_t)h * hd, 0, sizeof(float) * (size_t)hd);
-  const float scale = 1.0f / sqrtf((float)hd);
   for (int i0 = s0; i0 < s1; i0 += LS_ATTN_QBLOCK) {
     const int i1 = i0 + LS_ATTN_QBLOCK < s1 ? i0 + LS_ATTN_QBLOCK : s1;
     const int j_lo = window > 0 && i0 - window + 1 > s0 ? i0 - window + 1 : s0;
@@ -127,6 +126,8 @@ static void attend_one(float *out, const float *q, const float *k, const float *
       float *row = S + (size_t)(i - i0) * nj;
       const int a = (window > 0 && i - window + 1 > j_lo ? i - window + 1 : j_lo) - j_lo;
       const int b = i - j_lo; /* inclusive */
+      if (softcap > 0) /* as transformers: (s / cap), tanh, * cap */
+        for (int j = a; j <= b; j++) row[j] = tanhf(row[j] / softcap) * softcap;
       float m = -INFINITY;
       for (int j = a; j <= b; j++) m = row[j] > m ? row[j] : m;
       float sum = 0.0f;
@@ -147,9 +148,10 @@ static void attend_one(float *out, const float *q, const float *k, const float *
 
 void ls_cpu_attention(float *out, const float *q, const float *k, const float *v,
                       const int32_t *seq_start, const int32_t *seq_len, int n_seq,
-                      int n_heads, int n_kv_heads, int head_dim, int window, float *scratch,
-                      int max_seq) {
+                      int n_heads, int n_kv_heads, int head_dim, int window, float scale,
+                      float softcap, float *scratch, int max_seq) {
   const int group = n_heads / n_kv_heads;
+  if (!(scale > 0)) scale = 1.0f / sqrtf((float)head_dim);
   const long n_tasks = (long)n_seq * n_heads;
 #pragma omp parallel for schedule(dynamic, 1)
   for (long task = 0; task < n_tasks; task++) {
@@ -157,7 +159,7 @@ void ls_cpu_attention(float *out, const float *q, const float *k, const float *v
     float *S = scratch + (size_t)omp_get_thread_num() * LS_ATTN_QBLOCK * (size_t)max_seq;
     const int s0 = seq_start[s], s1 = seq_len ? s0 + seq_len[s] : seq_start[s + 1];
     attend_one(out, q, k, v, s0, s1, seq_start[s + 1], h, h / group, n_heads, n_kv_heads,
-               head_dim, window, S);
+               head_dim, window, scale, softcap, S);
   }
 }
 
@@ -257,10 +259,10 @@ static void cpu_rope(ls_backend_t *be, float *x, const int32_t *pos, const float
 static void cpu_attention(ls_backend_t *be, float *out, const float *q, const float *k,
                           const float *v, const int32_t *seq_start, const int32_t *seq_len,
                           int n_seq, int max_len, int n_heads, int n_kv, int hd,
-                          int window) {
+                          int window, float scale, float softcap) {
   cpu_ctx_t *c = be->ctx;
-  ls_cpu_attention(out, q, k, v, seq_start, seq_len, n_seq, n_heads, n_kv, hd, window,
-                   c->scratch, c->max_seq);
+  ls_cpu_attention(out, q, k, v, seq_start, seq_len, n_seq, n_heads, n_kv, hd, window, scale,
+                   softcap, c->scratch, c->max_seq);
 }
 static void cpu_swiglu(ls_backend_t *be, float *gate, const float *up, size_t n) {
   ls_cpu_swiglu(gate, up, n);

@@ -21,7 +21,8 @@ void ls_cpu_rope(float *x, const int32_t *pos, const float *cos_tab, const float
  * (padded) */
 void ls_cpu_attention(float *out, const float *q, const float *k, const float *v,
                       const int32_t *seq_start, const int32_t *seq_len, int n_seq,
-                      int n_heads, int n_kv_heads, int head_dim, int window, float *scratch,
+                      int n_heads, int n_kv_heads, int head_dim, int window, float scale,
+                      float softcap, float *scratch,
                       int max_seq);
 void ls_cpu_swiglu(float *gate, const float *up, size_t n);
 void ls_cpu_geglu(float *gate, const float *up, size_t n);

@@ -121,7 +121,7 @@ static __global__ void __launch_bounds__(ATTN_THREADS) attention_kernel(float *_
                                         const int32_t *__restrict__ seq_start,
                                         const int32_t *__restrict__ seq_len, int n_tiles,
                                         int n_heads, int n_kv_heads, int hd, int window,
-                                        float scale, int vec) {
+                                        float scale, float softcap, int vec) {
   const int s = blockIdx.x / n_tiles, tile = blockIdx.x - s * n_tiles;
   const int h = blockIdx.y, kh = h / (n_heads / n_kv_heads);
   const int s0 = seq_start[s], s_end = seq_start[s + 1];
@@ -193,7 +193,8 @@ static __global__ void __launch_bounds__(ATTN_THREADS) attention_kernel(float *_
       for (int r = 0; r < ATTN_ROWS; r++) {
         const int qi = w0 + r;
         const bool ok = qi <= w_last && kj <= qi && (window <= 0 || kj > qi - window);
-        const float x = ok ? sc[r] * scale : -INFINITY;
+        float x = ok ? sc[r] * scale : -INFINITY;
+        if (softcap > 0 && ok) x = tanhf(x / softcap) * softcap; /* as transformers */
         const float m_new = fmaxf(m[r], attn_warp_max(x));
         /* m_new == -inf: no key seen yet by this row (also m[r] == -inf) */
         const float alpha = m_new == -INFINITY ? 1.0f : expf(m[r] - m_new);
@@ -260,23 +261,24 @@ template <int DPL>
 static cudaError_t attention_launch(cudaStream_t st, float *out, const float *q, const float *k,
                                     const float *v, const int32_t *seq_start,
                                     const int32_t *seq_len, int n_seq, int n_tiles,
-                                    int n_heads, int n_kv_heads, int hd, int window, int vec) {
+                                    int n_heads, int n_kv_heads, int hd, int window,
+                                    float scale, float softcap, int vec) {
   const size_t smem = attn_smem_bytes(hd);
   if (smem > 48 * 1024) {
     cudaError_t e = LS_SET_MAX_DYN_SMEM(attention_kernel<DPL>, smem);
     if (e != cudaSuccess) return e;
   }
   const dim3 grid((unsigned)(n_seq * n_tiles), (unsigned)n_heads);
-  const float scale = 1.0f / sqrtf((float)hd);
+  if (!(scale > 0)) scale = 1.0f / sqrtf((float)hd);
   LS_LAUNCH(attention_kernel<DPL>, grid, ATTN_THREADS, smem, st, out, q, k, v, seq_start,
-            seq_len, n_tiles, n_heads, n_kv_heads, hd, window, scale, vec);
+            seq_len, n_tiles, n_heads, n_kv_heads, hd, window, scale, softcap, vec);
   return LS_CU_LAST_ERROR();
 }
 
 cudaError_t ls_cu_attention(cudaStream_t st, float *out, const float *q, const float *k,
                             const float *v, const int32_t *seq_start, const int32_t *seq_len,
                             int n_seq, int max_len, int n_heads, int n_kv_heads, int head_dim,
-                            int window) {
+                            int window, float scale, float softcap) {
   if (n_seq <= 0 || max_len <= 0 || n_heads <= 0) return cudaSuccess;
   if (head_dim <= 0 || head_dim > ATTN_MAX_HD || n_kv_heads <= 0 ||
       n_heads % n_kv_heads != 0 || n_heads > 65535)
@@ -287,7 +289,7 @@ cudaError_t ls_cu_attention(cudaStream_t st, float *out, const float *q, const f
   const int dpl = (head_dim + 31) / 32;
 #define ATTN_CASE(D)                                                                     \
   return attention_launch<D>(st, out, q, k, v, seq_start, seq_len, n_seq, n_tiles, n_heads, \
-                             n_kv_heads, head_dim, window, vec)
+                             n_kv_heads, head_dim, window, scale, softcap, vec)
   if (dpl <= 1) ATTN_CASE(1);
   if (dpl <= 2) ATTN_CASE(2);
   if (dpl <= 3) ATTN_CASE(3);

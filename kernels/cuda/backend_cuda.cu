@@ -267,12 +267,13 @@ static void cu_rope(ls_backend_t *be, float *x, const int32_t *pos, const float 
 
 static void cu_attention(ls_backend_t *be, float *out, const float *q, const float *k,
                          const float *v, const int32_t *seq_start, const int32_t *seq_len,
-                         int n_seq, int max_len, int n_heads, int n_kv, int hd, int window) {
+                         int n_seq, int max_len, int n_heads, int n_kv, int hd, int window,
+                         float scale, float softcap) {
   cu_ctx_t *c = ctx_of(be);
   forget_xin(c);
   if (!c->err)
     CU(c, ls_cu_attention(c->stream, out, q, k, v, seq_start, seq_len, n_seq, max_len, n_heads,
-                          n_kv, hd, window));
+                          n_kv, hd, window, scale, softcap));
 }
 
 static void cu_swiglu(ls_backend_t *be, float *gate, const float *up, size_t n) {

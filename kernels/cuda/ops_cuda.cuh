@@ -18,7 +18,9 @@ cudaError_t ls_cu_rmsnorm(cudaStream_t st, float *out, const float *x, const flo
  * (max_pos, head_dim / 2), pos (T) the position of each row inside its prompt */
 cudaError_t ls_cu_rope(cudaStream_t st, float *x, const int32_t *pos, const float *cos_tab,
                        const float *sin_tab, int T, int n_heads, int head_dim);
-/* causal attention inside each packed sequence (GQA, sliding window if window > 0):
+/* causal attention inside each packed sequence (GQA, sliding window if window > 0;
+ * scores (q . k) * scale, scale <= 0: 1 / sqrt(head_dim); softcap > 0: softcap *
+ * tanh(score / softcap) before the softmax):
  * sequence s has seq_len[s] real rows from seq_start[s] (seq_len NULL: up to
  * seq_start[s + 1]); rows from seq_start[s] + seq_len[s] to seq_start[s + 1] get 0.
  * max_len >= the longest seq_start[s + 1] - seq_start[s] of the call. Flash-style:
@@ -26,7 +28,7 @@ cudaError_t ls_cu_rope(cudaStream_t st, float *x, const int32_t *pos, const floa
 cudaError_t ls_cu_attention(cudaStream_t st, float *out, const float *q, const float *k,
                             const float *v, const int32_t *seq_start, const int32_t *seq_len,
                             int n_seq, int max_len, int n_heads, int n_kv_heads, int head_dim,
-                            int window);
+                            int window, float scale, float softcap);
 /* gate (n) <- silu(gate) * up */
 cudaError_t ls_cu_swiglu(cudaStream_t st, float *gate, const float *up, size_t n);
 cudaError_t ls_cu_geglu(cudaStream_t st, float *gate, const float *up, size_t n);

@@ -5,13 +5,15 @@
 
 #include "family.h"
 
-extern const ls_family_t ls_family_llama, ls_family_qwen3, ls_family_olmo2, ls_family_gemma;
+extern const ls_family_t ls_family_llama, ls_family_qwen3, ls_family_olmo2, ls_family_gemma,
+    ls_family_gemma2;
 
 static const ls_family_t *const families[] = {
     &ls_family_llama,
     &ls_family_qwen3,
     &ls_family_olmo2,
     &ls_family_gemma,
+    &ls_family_gemma2,
 };
 #define N_FAMILIES ((int)(sizeof families / sizeof families[0]))
 

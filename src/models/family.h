@@ -116,6 +116,10 @@ void ls_wspec_global(ls_wspec_t *w, const char *name, ls_wkind_t kind, int64_t d
 void ls_llama_global_tensors(const ls_config_t *c, ls_wspec_t *embed, ls_wspec_t *norm);
 void ls_llama_final_norm(ls_backend_t *be, const ls_config_t *c, float *out, const float *x,
                          const float *w, int T);
+/* the Gemma families' embedding table and (1 + w) final norm, and their embedding scale
+ * sqrt(hidden_size) rounded to float32 (src/models/gemma.c) */
+void ls_gemma_global_tensors(const ls_config_t *c, ls_wspec_t *embed, ls_wspec_t *norm);
+float ls_gemma_embed_scale(const ls_config_t *c);
 /* Scratch carving: the next (ls_round_rows(T), width) block at *p, 16-float aligned. */
 float *ls_scratch_take(float **p, int T, size_t width);
 /* Floats ls_scratch_take needs for `n` blocks of the given widths at T rows. */
@@ -139,10 +143,13 @@ int ls_cfg_common_sizes(const cJSON *root, const char *path, ls_config_t *cfg);
  * num_attention_heads, as most families) */
 int ls_cfg_sizes(const cJSON *root, const char *path, int default_head_dim, ls_config_t *cfg);
 /* Per-layer attention kinds: "layer_types" (a list of "full_attention" /
- * "sliding_attention", one per layer) when given, else every layer from first_sliding on
- * is sliding when cfg->sliding_window > 0 (Qwen2/Qwen3's max_window_layers rule); sets
- * window_per_layer and layer_sliding. */
-int ls_cfg_layer_types(const cJSON *root, const char *path, int first_sliding, ls_config_t *cfg);
+ * "sliding_attention", one per layer) when given, else the family's default rule: layer L
+ * >= first_sliding slides when (period > 0) (L + 1) % period != 0 (Gemma 2: period 2,
+ * every other layer from 0), or (period 0) cfg->sliding_window > 0 (Qwen2/3:
+ * first_sliding = max_window_layers). Sliding layers without a window are refused (as
+ * transformers does). Sets window_per_layer and layer_sliding. */
+int ls_cfg_layer_types(const cJSON *root, const char *path, int first_sliding, int period,
+                       ls_config_t *cfg);
 /* rope_theta + rope_scaling (classic) or rope_parameters (transformers 5): default,
  * linear and llama3 */
 int ls_cfg_rope(const cJSON *root, const char *path, ls_config_t *cfg);

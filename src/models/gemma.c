@@ -57,12 +57,14 @@ static void layer_tensors(const ls_config_t *c, int L, ls_wspec_t *w) {
   ls_wspec_layer(&w[W_DOWN], L, "mlp.down_proj.weight", LS_WK_MATRIX, 1, H, I);
 }
 
-static void global_tensors(const ls_config_t *c, ls_wspec_t *embed, ls_wspec_t *norm) {
+/* the Gemma families' embedding and (1 + w) final norm */
+void ls_gemma_global_tensors(const ls_config_t *c, ls_wspec_t *embed, ls_wspec_t *norm) {
   ls_llama_global_tensors(c, embed, norm);
   norm->kind = LS_WK_NORM_P1;
 }
 
-static float embed_scale(const ls_config_t *c) { return (float)sqrt((double)c->hidden); }
+/* sqrt(hidden_size) rounded to float32: transformers' torch.tensor(hidden ** 0.5) */
+float ls_gemma_embed_scale(const ls_config_t *c) { return (float)sqrt((double)c->hidden); }
 
 /* ---- scratch ------------------------------------------------------------------------------------- */
 enum { S_XN, S_Q, S_K, S_V, S_ATT, S_ATTN_OUT, S_GATE, S_UP, S_MLP_OUT, S_COUNT };
@@ -102,7 +104,7 @@ static void forward(const ls_block_t *blk, float *x) {
   f->rope(be, s[S_Q], b->pos, blk->cos_tab, blk->sin_tab, T, c->n_heads, hd);
   f->rope(be, s[S_K], b->pos, blk->cos_tab, blk->sin_tab, T, c->n_kv_heads, hd);
   f->attention(be, s[S_ATT], s[S_Q], s[S_K], s[S_V], b->seq_start, b->seq_len, b->n_seq,
-               b->max_len, c->n_heads, c->n_kv_heads, hd, ls_config_window(c, blk->layer));
+               b->max_len, c->n_heads, c->n_kv_heads, hd, ls_config_window(c, blk->layer), 0.0f, 0.0f);
   f->matmul(be, s[S_ATTN_OUT], s[S_ATT], w[W_O], w[W_BO], T, Q, H);
   if (blk->hook) blk->hook(blk->hook_ctx, LS_HOOK_ATTN_OUT, s[S_ATTN_OUT], H);
   f->add(be, x, s[S_ATTN_OUT], (size_t)T * H);
@@ -126,9 +128,9 @@ const ls_family_t ls_family_gemma = {
     .parse_config = parse_config,
     .n_slots = W_COUNT,
     .layer_tensors = layer_tensors,
-    .global_tensors = global_tensors,
+    .global_tensors = ls_gemma_global_tensors,
     .scratch_floats = scratch_floats,
     .forward = forward,
     .final_norm = ls_llama_final_norm, /* its weight holds 1 + w */
-    .embed_scale = embed_scale,
+    .embed_scale = ls_gemma_embed_scale,
 };

@@ -155,7 +155,7 @@ static void forward(const ls_block_t *blk, float *x) {
   f->rope(be, s.q, b->pos, blk->cos_tab, blk->sin_tab, T, c->n_heads, hd);
   f->rope(be, s.k, b->pos, blk->cos_tab, blk->sin_tab, T, c->n_kv_heads, hd);
   f->attention(be, s.att, s.q, s.k, s.v, b->seq_start, b->seq_len, b->n_seq, b->max_len,
-               c->n_heads, c->n_kv_heads, hd, ls_config_window(c, blk->layer));
+               c->n_heads, c->n_kv_heads, hd, ls_config_window(c, blk->layer), 0.0f, 0.0f);
   f->matmul(be, s.attn_out, s.att, w[W_O], w[W_BO], T, Q, H);
   if (blk->hook) blk->hook(blk->hook_ctx, LS_HOOK_ATTN_OUT, s.attn_out, H);
   f->add(be, x, s.attn_out, (size_t)T * H);

@@ -92,7 +92,7 @@ static void forward(const ls_block_t *blk, float *x) {
   f->rope(be, s[S_Q], b->pos, blk->cos_tab, blk->sin_tab, T, c->n_heads, hd);
   f->rope(be, s[S_K], b->pos, blk->cos_tab, blk->sin_tab, T, c->n_kv_heads, hd);
   f->attention(be, s[S_ATT], s[S_Q], s[S_K], s[S_V], b->seq_start, b->seq_len, b->n_seq,
-               b->max_len, c->n_heads, c->n_kv_heads, hd, ls_config_window(c, blk->layer));
+               b->max_len, c->n_heads, c->n_kv_heads, hd, ls_config_window(c, blk->layer), 0.0f, 0.0f);
   f->matmul(be, s[S_TMP], s[S_ATT], w[W_O], w[W_BO], T, Q, H);
   f->rmsnorm(be, s[S_ATTN_OUT], s[S_TMP], w[W_ATTN_POST], T, H, eps);
   if (blk->hook) blk->hook(blk->hook_ctx, LS_HOOK_ATTN_OUT, s[S_ATTN_OUT], H);

@@ -25,7 +25,7 @@ static int parse_config(const cJSON *root, const char *path, ls_config_t *cfg) {
   cfg->sliding_window = 0;
   if (use && !cJSON_IsNull(sw))
     LS_CHECK(ls_cfg_int(root, "sliding_window", 0, 4096, 0, INT_MAX, path, &cfg->sliding_window));
-  LS_CHECK(ls_cfg_layer_types(root, path, first_sliding, cfg));
+  LS_CHECK(ls_cfg_layer_types(root, path, first_sliding, 0, cfg));
   int bias = 0;
   LS_CHECK(ls_cfg_bool(root, "attention_bias", 0, path, &bias));
   cfg->qkv_bias = cfg->o_bias = bias;
@@ -100,7 +100,7 @@ static void forward(const ls_block_t *blk, float *x) {
   f->rope(be, s[S_Q], b->pos, blk->cos_tab, blk->sin_tab, T, c->n_heads, hd);
   f->rope(be, s[S_K], b->pos, blk->cos_tab, blk->sin_tab, T, c->n_kv_heads, hd);
   f->attention(be, s[S_ATT], s[S_Q], s[S_K], s[S_V], b->seq_start, b->seq_len, b->n_seq,
-               b->max_len, c->n_heads, c->n_kv_heads, hd, ls_config_window(c, blk->layer));
+               b->max_len, c->n_heads, c->n_kv_heads, hd, ls_config_window(c, blk->layer), 0.0f, 0.0f);
   f->matmul(be, s[S_ATTN_OUT], s[S_ATT], w[W_O], w[W_BO], T, Q, H);
   if (blk->hook) blk->hook(blk->hook_ctx, LS_HOOK_ATTN_OUT, s[S_ATTN_OUT], H);
   f->add(be, x, s[S_ATTN_OUT], (size_t)T * H);

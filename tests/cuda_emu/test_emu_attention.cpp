@@ -71,30 +71,33 @@ struct attn_case_t {
   int align;         /* 0: seq_len NULL, no padding; else starts at multiples of align */
   int n_heads, n_kv, hd, window;
   int misalign; /* q, k, v one float past a 16-byte boundary: scalar loads */
+  float scale, softcap; /* 0: 1 / sqrt(hd), none (Gemma 2 sets both) */
 };
 
 static const attn_case_t k_cases[] = {
-    {"single_1", 1, {1}, 0, 4, 1, 16, 0, 0},
-    {"single_7", 1, {7}, 0, 2, 1, 8, 0, 0},
-    {"single_70", 1, {70}, 0, 4, 2, 80, 0, 0},
-    {"single_200_hd128", 1, {200}, 0, 2, 2, 128, 0, 0},
-    {"single_200_w32", 1, {200}, 0, 4, 1, 16, 32, 0},
-    {"single_70_w5", 1, {70}, 0, 2, 1, 128, 5, 0},
-    {"single_20_w1", 1, {20}, 0, 2, 1, 16, 1, 0},
-    {"single_9_w50", 1, {9}, 0, 2, 1, 16, 50, 0},
-    {"packed_nopad", 5, {1, 150, 17, 64, 33}, 0, 4, 1, 16, 0, 0},
-    {"packed_seqlen_align1", 3, {31, 33, 16}, 1, 2, 1, 16, 0, 0},
-    {"packed_pad8", 6, {5, 150, 1, 96, 40, 23}, 8, 2, 1, 80, 0, 0},
-    {"packed_pad48_w32", 4, {3, 100, 49, 1}, 48, 4, 4, 8, 32, 0},
-    {"packed_pad16_w5", 3, {150, 12, 77}, 16, 4, 2, 128, 5, 0},
-    {"packed_pad16_w32", 4, {64, 1, 90, 30}, 16, 2, 1, 80, 32, 0},
-    {"hd256", 2, {40, 7}, 8, 2, 1, 256, 0, 0},
-    {"hd96_misaligned", 2, {45, 20}, 16, 2, 1, 96, 0, 1},
-    {"hd18_scalar_w5", 2, {30, 9}, 0, 2, 1, 18, 5, 0},
-    {"hd40", 1, {33}, 0, 2, 2, 40, 0, 0},
-    {"gqa4_hd128", 2, {150, 37}, 16, 8, 2, 128, 0, 0},
-    {"short_seqs_w7", 8, {1, 2, 3, 5, 8, 13, 21, 34}, 8, 4, 1, 16, 7, 0},
-    {"packed_w3", 3, {60, 4, 25}, 0, 2, 2, 80, 3, 0},
+    {"single_1", 1, {1}, 0, 4, 1, 16, 0, 0, 0, 0},
+    {"single_7", 1, {7}, 0, 2, 1, 8, 0, 0, 0, 0},
+    {"single_70", 1, {70}, 0, 4, 2, 80, 0, 0, 0, 0},
+    {"single_200_hd128", 1, {200}, 0, 2, 2, 128, 0, 0, 0, 0},
+    {"single_200_w32", 1, {200}, 0, 4, 1, 16, 32, 0, 0, 0},
+    {"single_70_w5", 1, {70}, 0, 2, 1, 128, 5, 0, 0, 0},
+    {"single_20_w1", 1, {20}, 0, 2, 1, 16, 1, 0, 0, 0},
+    {"single_9_w50", 1, {9}, 0, 2, 1, 16, 50, 0, 0, 0},
+    {"packed_nopad", 5, {1, 150, 17, 64, 33}, 0, 4, 1, 16, 0, 0, 0, 0},
+    {"packed_seqlen_align1", 3, {31, 33, 16}, 1, 2, 1, 16, 0, 0, 0, 0},
+    {"packed_pad8", 6, {5, 150, 1, 96, 40, 23}, 8, 2, 1, 80, 0, 0, 0, 0},
+    {"packed_pad48_w32", 4, {3, 100, 49, 1}, 48, 4, 4, 8, 32, 0, 0, 0},
+    {"packed_pad16_w5", 3, {150, 12, 77}, 16, 4, 2, 128, 5, 0, 0, 0},
+    {"packed_pad16_w32", 4, {64, 1, 90, 30}, 16, 2, 1, 80, 32, 0, 0, 0},
+    {"hd256", 2, {40, 7}, 8, 2, 1, 256, 0, 0, 0, 0},
+    {"hd96_misaligned", 2, {45, 20}, 16, 2, 1, 96, 0, 1, 0, 0},
+    {"hd18_scalar_w5", 2, {30, 9}, 0, 2, 1, 18, 5, 0, 0, 0},
+    {"hd40", 1, {33}, 0, 2, 2, 40, 0, 0, 0, 0},
+    {"gqa4_hd128", 2, {150, 37}, 16, 8, 2, 128, 0, 0, 0, 0},
+    {"short_seqs_w7", 8, {1, 2, 3, 5, 8, 13, 21, 34}, 8, 4, 1, 16, 7, 0, 0, 0},
+    {"packed_w3", 3, {60, 4, 25}, 0, 2, 2, 80, 3, 0, 0, 0},
+    {"gemma2_scale_softcap50", 3, {60, 4, 25}, 8, 4, 2, 64, 16, 0, 0.0625f, 50.0f},
+    {"gemma2_softcap2_biting", 2, {45, 20}, 0, 2, 1, 32, 0, 0, 1.5f, 2.0f},
 };
 
 static void print_case(const attn_case_t *c) {
@@ -134,13 +137,13 @@ static int run_case(const attn_case_t *c) {
   ls_backend_t *cpu = ls_backend_cpu_new(1, max_len);
   assert_non_null(cpu);
   cpu->iface->attention(cpu, ref.data(), q, k, v, seq_start.data(), lens, c->n_seq, max_len,
-                        c->n_heads, c->n_kv, c->hd, c->window);
+                        c->n_heads, c->n_kv, c->hd, c->window, c->scale, c->softcap);
   ls_backend_free(cpu);
 
   const auto t0 = std::chrono::steady_clock::now();
   const cudaError_t e = ls_cu_attention((cudaStream_t)0, got.data(), q, k, v, seq_start.data(),
                                         lens, c->n_seq, max_len, c->n_heads, c->n_kv, c->hd,
-                                        c->window);
+                                        c->window, c->scale, c->softcap);
   const double secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (e != cudaSuccess) {
@@ -196,16 +199,16 @@ static void test_attention_args(void **state) {
   float buf[64] = {0};
   const int32_t start[2] = {0, 1};
   assert_int_equal(ls_cu_attention((cudaStream_t)0, buf, buf, buf, buf, start, NULL, 0, 1, 1, 1,
-                                   16, 0),
+                                   16, 0, 0.0f, 0.0f),
                    cudaSuccess);
   assert_int_equal(ls_cu_attention((cudaStream_t)0, buf, buf, buf, buf, start, NULL, 1, 0, 1, 1,
-                                   16, 0),
+                                   16, 0, 0.0f, 0.0f),
                    cudaSuccess);
   assert_int_equal(ls_cu_attention((cudaStream_t)0, buf, buf, buf, buf, start, NULL, 1, 1, 1, 1,
-                                   300, 0),
+                                   300, 0, 0.0f, 0.0f),
                    cudaErrorInvalidValue);
   assert_int_equal(ls_cu_attention((cudaStream_t)0, buf, buf, buf, buf, start, NULL, 1, 1, 3, 2,
-                                   16, 0),
+                                   16, 0, 0.0f, 0.0f),
                    cudaErrorInvalidValue);
 }
 

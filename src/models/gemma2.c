@@ -1,0 +1,146 @@
+/* gemma2.c: the Gemma 2 family (Gemma2ForCausalLM): Gemma's (1 + w) RMSNorms, GeGLU
+ * (hidden_activation) and sqrt(hidden)-scaled embeddings, plus a norm before and after
+ * each sub-layer, attention scores scaled by query_pre_attn_scalar ** -0.5 and
+ * soft-capped (attn_logit_softcapping * tanh(s / cap)), and sliding-window layers from
+ * layer_types (default: every other layer from layer 0, as Gemma2Config):
+ *   x = x + post_attn_norm(o_proj(attn(rope(q(pre_norm(x))), ..)))     hook attn_out
+ *   x = x + post_ff_norm(down(gelu_tanh(gate(pre_ff_norm(x))) * up(..))) hook mlp_out
+ * attn_out / mlp_out are what is added to the residual stream: after the post norms. The
+ * final logit soft-capping acts on logits only (no hook sees it).
+ * Semantics: transformers' models/gemma2/modeling_gemma2.py. */
+#include <limits.h>
+#include <math.h>
+#include <string.h>
+
+#include "family.h"
+#include "ls_common.h"
+
+/* ---- config.json --------------------------------------------------------------------------- */
+static int parse_config(const cJSON *root, const char *path, ls_config_t *cfg) {
+  static const char *const act[] = {"gelu_pytorch_tanh", NULL}; /* Gemma2MLP's key */
+  LS_CHECK(ls_cfg_sizes(root, path, 256, cfg));
+  LS_CHECK(ls_cfg_activation(root, path, "hidden_activation", act, cfg));
+  LS_CHECK(ls_cfg_rope(root, path, cfg));
+  int bias = 0, bidir = 0, qpas = 256;
+  LS_CHECK(ls_cfg_bool(root, "attention_bias", 0, path, &bias));
+  LS_CHECK(ls_cfg_bool(root, "use_bidirectional_attention", 0, path, &bidir));
+  if (bidir) {
+    ls_error("%s: use_bidirectional_attention is not supported (layersweep runs causal "
+             "decoders)", path);
+    return LS_ERR;
+  }
+  cfg->qkv_bias = cfg->o_bias = bias;
+  LS_CHECK(ls_cfg_int(root, "query_pre_attn_scalar", 0, 256, 1, INT_MAX, path, &qpas));
+  cfg->attn_scale = pow((double)qpas, -0.5);
+  /* soft-capping: default 50; an explicit null turns it off */
+  const cJSON *cap = cJSON_GetObjectItemCaseSensitive(root, "attn_logit_softcapping");
+  cfg->attn_softcap = 0;
+  if (!cJSON_IsNull(cap))
+    LS_CHECK(ls_cfg_num(root, "attn_logit_softcapping", 50.0, 1e-6, 1e9, path, &cfg->attn_softcap));
+  const cJSON *sw = cJSON_GetObjectItemCaseSensitive(root, "sliding_window");
+  cfg->sliding_window = 0;
+  if (!cJSON_IsNull(sw))
+    LS_CHECK(ls_cfg_int(root, "sliding_window", 0, 4096, 0, INT_MAX, path, &cfg->sliding_window));
+  LS_CHECK(ls_cfg_layer_types(root, path, 0, 2, cfg));
+  return ls_cfg_bool(root, "tie_word_embeddings", 1, path, &cfg->tie_embeddings);
+}
+
+/* ---- weight table ------------------------------------------------------------------------------ */
+enum {
+  W_PRE_ATTN, W_Q, W_K, W_V, W_O, W_BQ, W_BK, W_BV, W_BO, W_POST_ATTN,
+  W_PRE_FF, W_GATE, W_UP, W_DOWN, W_POST_FF,
+  W_COUNT
+};
+
+static void layer_tensors(const ls_config_t *c, int L, ls_wspec_t *w) {
+  const int64_t H = c->hidden, I = c->intermediate, Q = (int64_t)c->n_heads * c->head_dim,
+                KV = (int64_t)c->n_kv_heads * c->head_dim;
+  ls_wspec_layer(&w[W_PRE_ATTN], L, "input_layernorm.weight", LS_WK_NORM_P1, 1, H, 0);
+  ls_wspec_layer(&w[W_Q], L, "self_attn.q_proj.weight", LS_WK_MATRIX, 1, Q, H);
+  ls_wspec_layer(&w[W_K], L, "self_attn.k_proj.weight", LS_WK_MATRIX, 1, KV, H);
+  ls_wspec_layer(&w[W_V], L, "self_attn.v_proj.weight", LS_WK_MATRIX, 1, KV, H);
+  ls_wspec_layer(&w[W_O], L, "self_attn.o_proj.weight", LS_WK_MATRIX, 1, H, Q);
+  ls_wspec_layer(&w[W_BQ], L, "self_attn.q_proj.bias", LS_WK_BIAS, c->qkv_bias, Q, 0);
+  ls_wspec_layer(&w[W_BK], L, "self_attn.k_proj.bias", LS_WK_BIAS, c->qkv_bias, KV, 0);
+  ls_wspec_layer(&w[W_BV], L, "self_attn.v_proj.bias", LS_WK_BIAS, c->qkv_bias, KV, 0);
+  ls_wspec_layer(&w[W_BO], L, "self_attn.o_proj.bias", LS_WK_BIAS, c->o_bias, H, 0);
+  ls_wspec_layer(&w[W_POST_ATTN], L, "post_attention_layernorm.weight", LS_WK_NORM_P1, 1, H, 0);
+  ls_wspec_layer(&w[W_PRE_FF], L, "pre_feedforward_layernorm.weight", LS_WK_NORM_P1, 1, H, 0);
+  ls_wspec_layer(&w[W_GATE], L, "mlp.gate_proj.weight", LS_WK_MATRIX, 1, I, H);
+  ls_wspec_layer(&w[W_UP], L, "mlp.up_proj.weight", LS_WK_MATRIX, 1, I, H);
+  ls_wspec_layer(&w[W_DOWN], L, "mlp.down_proj.weight", LS_WK_MATRIX, 1, H, I);
+  ls_wspec_layer(&w[W_POST_FF], L, "post_feedforward_layernorm.weight", LS_WK_NORM_P1, 1, H, 0);
+}
+
+/* ---- scratch ------------------------------------------------------------------------------------- */
+/* S_XN first: the engine's final norm writes there */
+enum { S_XN, S_Q, S_K, S_V, S_ATT, S_TMP, S_ATTN_OUT, S_GATE, S_UP, S_MLP_OUT, S_COUNT };
+
+static void widths(const ls_config_t *c, size_t *w) {
+  const size_t H = c->hidden, I = c->intermediate, Q = (size_t)c->n_heads * c->head_dim,
+               KV = (size_t)c->n_kv_heads * c->head_dim;
+  const size_t v[S_COUNT] = {H, Q, KV, KV, Q, H, H, I, I, H};
+  memcpy(w, v, sizeof v);
+}
+
+static size_t scratch_floats(const ls_config_t *c, int T) {
+  size_t w[S_COUNT];
+  widths(c, w);
+  return ls_scratch_floats(T, w, S_COUNT);
+}
+
+/* ---- forward ---------------------------------------------------------------------------------------- */
+static void forward(const ls_block_t *blk, float *x) {
+  ls_backend_t *be = blk->be;
+  const ls_backend_iface_t *f = be->iface;
+  const ls_config_t *c = blk->cfg;
+  const ls_batch_t *b = blk->b;
+  void *const *w = blk->w; /* the norm weights already hold 1 + w */
+  size_t wd[S_COUNT];
+  widths(c, wd);
+  float *s[S_COUNT], *p = blk->scratch;
+  for (int i = 0; i < S_COUNT; i++) s[i] = ls_scratch_take(&p, blk->T_max, wd[i]);
+  const int T = b->T, H = c->hidden, I = c->intermediate, hd = c->head_dim;
+  const int Q = c->n_heads * hd, KV = c->n_kv_heads * hd;
+  const float eps = (float)c->rms_eps;
+
+  f->rmsnorm(be, s[S_XN], x, w[W_PRE_ATTN], T, H, eps);
+  f->matmul(be, s[S_Q], s[S_XN], w[W_Q], w[W_BQ], T, H, Q);
+  f->matmul(be, s[S_K], s[S_XN], w[W_K], w[W_BK], T, H, KV);
+  f->matmul(be, s[S_V], s[S_XN], w[W_V], w[W_BV], T, H, KV);
+  f->rope(be, s[S_Q], b->pos, blk->cos_tab, blk->sin_tab, T, c->n_heads, hd);
+  f->rope(be, s[S_K], b->pos, blk->cos_tab, blk->sin_tab, T, c->n_kv_heads, hd);
+  f->attention(be, s[S_ATT], s[S_Q], s[S_K], s[S_V], b->seq_start, b->seq_len, b->n_seq,
+               b->max_len, c->n_heads, c->n_kv_heads, hd, ls_config_window(c, blk->layer),
+               (float)c->attn_scale, (float)c->attn_softcap);
+  f->matmul(be, s[S_TMP], s[S_ATT], w[W_O], w[W_BO], T, Q, H);
+  f->rmsnorm(be, s[S_ATTN_OUT], s[S_TMP], w[W_POST_ATTN], T, H, eps);
+  if (blk->hook) blk->hook(blk->hook_ctx, LS_HOOK_ATTN_OUT, s[S_ATTN_OUT], H);
+  f->add(be, x, s[S_ATTN_OUT], (size_t)T * H);
+
+  f->rmsnorm(be, s[S_XN], x, w[W_PRE_FF], T, H, eps);
+  f->matmul(be, s[S_GATE], s[S_XN], w[W_GATE], NULL, T, H, I);
+  f->matmul(be, s[S_UP], s[S_XN], w[W_UP], NULL, T, H, I);
+  f->geglu(be, s[S_GATE], s[S_UP], (size_t)T * I);
+  f->matmul(be, s[S_TMP], s[S_GATE], w[W_DOWN], NULL, T, I, H);
+  f->rmsnorm(be, s[S_MLP_OUT], s[S_TMP], w[W_POST_FF], T, H, eps);
+  if (blk->hook) blk->hook(blk->hook_ctx, LS_HOOK_MLP_OUT, s[S_MLP_OUT], H);
+  f->add(be, x, s[S_MLP_OUT], (size_t)T * H);
+}
+
+static const char *const archs[] = {"Gemma2ForCausalLM", NULL};
+static const char *const types[] = {"gemma2", NULL};
+
+const ls_family_t ls_family_gemma2 = {
+    .name = "gemma2",
+    .archs = archs,
+    .model_types = types,
+    .parse_config = parse_config,
+    .n_slots = W_COUNT,
+    .layer_tensors = layer_tensors,
+    .global_tensors = ls_gemma_global_tensors,
+    .scratch_floats = scratch_floats,
+    .forward = forward,
+    .final_norm = ls_llama_final_norm, /* its weight holds 1 + w */
+    .embed_scale = ls_gemma_embed_scale,
+};
