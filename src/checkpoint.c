@@ -100,6 +100,9 @@ static int write_atomic(const char *path, const void *a, size_t na, const void *
   return rc;
 }
 
+/* marks a checkpoint directory layersweep made (or took while it was empty) */
+#define CKPT_MARKER ".layersweep-checkpoints"
+
 static void rank_path(char *buf, size_t cap, const char *dir, int rank, int layer) {
   snprintf(buf, cap, "%s/rank%d.L%d.bin", dir, rank, layer);
 }
@@ -132,6 +135,12 @@ int ls_ckpt_save(const char *dir, MPI_Comm comm, const ls_ckpt_meta_t *meta, con
   if (rank == 0 && mkdir(dir, 0755) != 0 && errno != EEXIST) {
     ls_error("%s: cannot create the checkpoint directory: %s", dir, strerror(errno));
     rc = LS_ERR;
+  }
+  if (rank == 0 && rc == LS_OK) { /* the directory is ours: ls_ckpt_dir_is_ours */
+    char mark[4200];
+    snprintf(mark, sizeof mark, "%s/" CKPT_MARKER, dir);
+    int fd = open(mark, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd >= 0) close(fd);
   }
   if (ls_agree(rc, comm)) return LS_ERR;
   /* 1. every rank's rows under their final names (not yet referenced by meta.json) */
@@ -307,5 +316,23 @@ void ls_ckpt_remove(const char *dir, MPI_Comm comm) {
     closedir(d);
   }
   MPI_Barrier(comm);
-  if (rank == 0) rmdir(dir);
+  if (rank == 0) {
+    snprintf(path, sizeof path, "%s/" CKPT_MARKER, dir);
+    unlink(path);
+    rmdir(dir); /* only if nothing else is left in it */
+  }
+}
+
+int ls_ckpt_dir_is_ours(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return 1; /* not there (yet): it will be ours */
+  struct dirent *e;
+  int empty = 1, ours = 0;
+  while ((e = readdir(d)) != NULL) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    empty = 0;
+    if (strcmp(e->d_name, CKPT_MARKER) == 0 || strcmp(e->d_name, "meta.json") == 0) ours = 1;
+  }
+  closedir(d);
+  return empty || ours;
 }

@@ -44,7 +44,12 @@ int ls_ckpt_check(const ls_ckpt_meta_t *saved, const ls_ckpt_meta_t *now, const 
 /* Collective: read this rank's rows of the checkpoint at layer_next into x. */
 int ls_ckpt_load_rows(const char *dir, MPI_Comm comm, int layer_next, uint64_t fp, float *x,
                       size_t n_floats);
-/* Remove a finished sweep's checkpoint directory (rank 0 after a barrier). */
+/* 1 if dir does not exist, is empty, or is a checkpoint directory of layersweep's (its
+ * marker or a meta.json in it); 0 for a directory with other files, which the
+ * checkpoints must not share (they are removed at the end). */
+int ls_ckpt_dir_is_ours(const char *dir);
+/* Remove a finished sweep's checkpoint directory (rank 0 after a barrier): only the files
+ * layersweep wrote, then the directory if it is empty. */
 void ls_ckpt_remove(const char *dir, MPI_Comm comm);
 
 #endif

@@ -73,7 +73,7 @@ static int write_summary_json(const sweep_t *s, const double *mn, const double *
   return rc;
 }
 
-void ls_sw_print_summary(sweep_t *s, const ls_wpipe_t *wp) {
+int ls_sw_print_summary(sweep_t *s, const ls_wpipe_t *wp) {
   const int n = s->sel.n_run;
   double sums[8] = {0}, mx[8], mn[8];
   for (int L = 0; L < n; L++) {
@@ -88,7 +88,7 @@ void ls_sw_print_summary(sweep_t *s, const ls_wpipe_t *wp) {
   sums[7] = s->prof.t_embed;
   MPI_Reduce(sums, mx, 8, MPI_DOUBLE, MPI_MAX, 0, s->comm);
   MPI_Reduce(sums, mn, 8, MPI_DOUBLE, MPI_MIN, 0, s->comm);
-  if (s->rank != 0) return;
+  if (s->rank != 0) return ls_agree(LS_OK, s->comm);
   /* model GEMM flops on real tokens (alignment padding not counted) */
   double flops = ls_family_gemm_flops_per_token(s->cfg) * (double)s->data.n_tokens * n;
   fprintf(stderr, "profile (seconds summed over %d layers; min..max across %d rank%s):\n", n,
@@ -105,5 +105,6 @@ void ls_sw_print_summary(sweep_t *s, const ls_wpipe_t *wp) {
           "GEMM %.1f GFLOP/s overall, %.1f GFLOP/s in forward\n", (long long)s->data.n,
           (long long)s->data.n_tokens, n, s->prof.t_total, (double)s->data.n_tokens / s->prof.t_total,
           flops / s->prof.t_total / 1e9, flops / (mx[4] > 0 ? mx[4] : 1e-9) / 1e9);
-  if (s->o->summary_json) write_summary_json(s, mn, mx, flops);
+  int rc = s->o->summary_json ? write_summary_json(s, mn, mx, flops) : LS_OK;
+  return ls_agree(rc, s->comm);
 }

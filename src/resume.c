@@ -81,12 +81,17 @@ int ls_sw_maybe_checkpoint(sweep_t *s, int next, double layer_s) {
 }
 
 /* ---- resume ------------------------------------------------------------------------------------------ */
-void ls_sw_fingerprints(sweep_t *s) {
-  const ls_dataset_t *d = &s->data;
+/* --checkpoint-dir, or OUT.ckpt beside the output */
+void ls_sw_checkpoint_dir(sweep_t *s) {
   if (s->o->checkpoint_dir && s->o->checkpoint_dir[0])
     snprintf(s->ck.dir, sizeof s->ck.dir, "%s", s->o->checkpoint_dir);
   else
     snprintf(s->ck.dir, sizeof s->ck.dir, "%s.ckpt", s->o->out_path);
+}
+
+void ls_sw_fingerprints(sweep_t *s) {
+  const ls_dataset_t *d = &s->data;
+  ls_sw_checkpoint_dir(s);
   ls_ckpt_meta_t *m = &s->ck.meta;
   m->ranks = s->size;
   m->row_align = s->sh.align;

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "guard.h"
 #include "registry.h"
 #include "sweep_internal.h"
 
@@ -558,6 +559,53 @@ static int make_backend(sweep_t *s, int threads, int max_seq) {
   return LS_OK;
 }
 
+/* Rank 0, before anything is opened for writing: no path the sweep writes may be one of
+ * its inputs (guard.h); --summary-json, like --out, is not overwritten without --force,
+ * and its directory must be writable now rather than after hours of work. */
+static int guard_outputs(sweep_t *s) {
+  const ls_run_opts_t *o = s->o;
+  ls_guard_t g = {0};
+  char path[4400];
+  int rc = LS_OK;
+  snprintf(path, sizeof path, "%s/config.json", o->model_dir);
+  rc |= ls_guard_add(&g, path);
+  snprintf(path, sizeof path, "%s/model.safetensors.index.json", o->model_dir);
+  rc |= ls_guard_add(&g, path);
+  for (int i = 0; i < s->model.st.n_files; i++) rc |= ls_guard_add(&g, s->model.st.files[i].path);
+  rc |= ls_guard_add(&g, o->data_path);
+  if (rc == LS_OK) rc = ls_guard_check_file(&g, o->out_path, "--out");
+  if (rc == LS_OK) rc = ls_guard_check_file(&g, o->summary_json, "--summary-json");
+  if (rc == LS_OK && o->checkpoint_every >= 0 && o->out_path) {
+    ls_sw_checkpoint_dir(s);
+    rc = ls_guard_check_dir(&g, s->ck.dir, "--checkpoint-dir");
+    if (rc == LS_OK && !ls_ckpt_dir_is_ours(s->ck.dir)) {
+      ls_error("--checkpoint-dir %s is a non-empty directory layersweep did not make; give "
+               "an empty or new directory (checkpoints are removed when the sweep completes)",
+               s->ck.dir);
+      rc = LS_ERR;
+    }
+  }
+  ls_guard_free(&g);
+  if (rc == LS_OK && o->summary_json && !o->plan_only) {
+    if (!o->force && access(o->summary_json, F_OK) == 0) {
+      ls_error("--summary-json %s exists; pass --force to overwrite it, or choose another path",
+               o->summary_json);
+      rc = LS_ERR;
+    } else {
+      char dir[4096];
+      snprintf(dir, sizeof dir, "%s", o->summary_json);
+      char *slash = strrchr(dir, '/');
+      if (slash) *slash = '\0'; else snprintf(dir, sizeof dir, ".");
+      if (access(dir[0] ? dir : "/", W_OK) != 0) {
+        ls_error("--summary-json %s: its directory %s is not writable (or does not exist)",
+                 o->summary_json, dir[0] ? dir : "/");
+        rc = LS_ERR;
+      }
+    }
+  }
+  return rc;
+}
+
 /* The options every rank checks identically (rank 0 reports). */
 static int check_options(sweep_t *s) {
   const ls_run_opts_t *o = s->o;
@@ -636,6 +684,7 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   pf->t_write = ls_calloc((size_t)c->n_layers, sizeof(double), "profile");
   if (!pf->t_load || !pf->t_forward || !pf->t_hooks || !pf->t_write) goto out;
   if (ls_sw_load_dataset(s)) goto out;
+  if (ls_agree(s->rank == 0 ? guard_outputs(s) : LS_OK, comm)) goto out;
   int64_t longest = 1;
   for (int64_t i = 0; i < s->data.n; i++) longest = max64(longest, ls_dataset_len(&s->data, i));
   s->threads = o->threads > 0 ? o->threads : default_threads(comm);
@@ -680,8 +729,9 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   s->out.open = 0;
   if (rc == LS_OK) {
     if (o->checkpoint_every >= 0) ls_ckpt_remove(s->ck.dir, comm);
-    ls_sw_print_summary(s, &wp);
     ls_info("wrote %s (complete)", o->out_path);
+    /* a summary that could not be written fails the run (the file is complete) */
+    rc = ls_sw_print_summary(s, &wp);
   }
 out:
   if (wp_live) ls_wpipe_free(&wp);

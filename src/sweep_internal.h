@@ -156,10 +156,12 @@ int ls_sw_write_profile(sweep_t *s, const ls_wpipe_t *wp);
 int ls_sw_check_output(sweep_t *s);
 /* report.c */
 void ls_sw_progress(sweep_t *s, int layer, double elapsed);
-void ls_sw_print_summary(sweep_t *s, const ls_wpipe_t *wp);
+/* LS_ERR (said) when the --summary-json file could not be written */
+int ls_sw_print_summary(sweep_t *s, const ls_wpipe_t *wp);
 /* resume.c */
 void ls_sw_install_signals(void);
 int ls_sw_maybe_checkpoint(sweep_t *s, int next, double layer_s);
+void ls_sw_checkpoint_dir(sweep_t *s);
 void ls_sw_fingerprints(sweep_t *s);
 int ls_sw_try_resume(sweep_t *s);
 

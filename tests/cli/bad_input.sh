@@ -582,6 +582,57 @@ else
   fail mpi "mpirun not found"
 fi
 
+# ---- never write to an input (src/guard.c) ------------------------------------------------------------------
+# every path a run writes is checked against every input by device + inode before
+# anything is opened for writing; each case also checks that the inputs are unchanged
+G=$T/guard
+mkdir -p "$G"
+cp -r "$BASE" "$G/m"
+cp "$DATA" "$G/d.jsonl"
+guard_sums() { sha256sum "$G/m/config.json" "$G/m/model.safetensors" "$G/d.jsonl"; }
+SUMS=$(guard_sums)
+GR=("$LS_BIN" run --model "$G/m" --data "$G/d.jsonl")
+guard_case() { # name out want... -- args...
+  local name=$1 out=$2; shift 2
+  WANT=()
+  while [ "$1" != -- ]; do WANT+=("$1"); shift; done
+  shift
+  run "$name" 1 "${GR[@]}" "$@"
+  check_bad "$out" "${GR[@]}" "$@"
+  [ "$(guard_sums)" = "$SUMS" ] || REASONS+=("an input was modified")
+  finish "$name"
+}
+guard_case guard.summary_json_is_weights "$G/o1.h5" --summary-json "$G/m/model.safetensors" "same file" \
+  -- --out "$G/o1.h5" --summary-json "$G/m/model.safetensors" --force
+guard_case guard.out_is_data "" --out "$G/d.jsonl" "same file" -- --out "$G/d.jsonl" --force
+ln -s m/config.json "$G/symlink.h5"
+guard_case guard.out_symlink_to_config "" --out "$G/m/config.json" "through a link" \
+  -- --out "$G/symlink.h5" --force
+ln "$G/m/model.safetensors" "$G/hardlink.h5"
+guard_case guard.out_hardlink_to_shard "" --out "$G/m/model.safetensors" "through a link" \
+  -- --out "$G/hardlink.h5" --force
+guard_case guard.ckpt_dir_holds_data "$G/o2.h5" --checkpoint-dir "$G/d.jsonl" \
+  -- --out "$G/o2.h5" --checkpoint-dir "$G"
+mkdir -p "$G/notes" && echo keep >"$G/notes/mine.txt"
+guard_case guard.ckpt_dir_not_ours "$G/o3.h5" --checkpoint-dir "non-empty" \
+  -- --out "$G/o3.h5" --checkpoint-dir "$G/notes" --checkpoint-every 1
+[ -f "$G/notes/mine.txt" ] || fail guard.ckpt_dir_not_ours "a file of the user's directory was removed"
+echo old >"$G/summary.json"
+guard_case guard.summary_json_exists "$G/o4.h5" --summary-json "$G/summary.json" --force \
+  -- --out "$G/o4.h5" --summary-json "$G/summary.json"
+[ "$(cat "$G/summary.json")" = old ] || fail guard.summary_json_exists "the summary file was overwritten"
+guard_case guard.summary_json_dir_missing "$G/o5.h5" --summary-json "$G/nowhere" "not writable" \
+  -- --out "$G/o5.h5" --summary-json "$G/nowhere/s.json"
+# the controls: with --force the summary is replaced; an empty or new checkpoint
+# directory is taken, used and removed again
+run guard.control 1 "${GR[@]}" --out "$G/ok.h5" --summary-json "$G/summary.json" --force \
+  --checkpoint-dir "$G/fresh" --checkpoint-every 1
+[ "$LAST_RC" = 0 ] || REASONS+=("exit $LAST_RC")
+grep -q '"tokens_per_s"' "$G/summary.json" || REASONS+=("the summary was not written")
+[ ! -e "$G/fresh" ] || REASONS+=("the checkpoint directory was left behind")
+[ "$(guard_sums)" = "$SUMS" ] || REASONS+=("an input was modified")
+finish guard.control
+
 # ---- summary -------------------------------------------------------------------------------------------------
 echo "summary: $N_PASS passed, $N_FAIL failed"
 if [ "$N_FAIL" -gt 0 ]; then
