@@ -12,6 +12,7 @@
 
 typedef struct {
   int64_t n, cap_n, n_tok, cap_tok, cap_label, cap_id; /* capacities grow geometrically */
+  int64_t mask_dropped, mask_prompts; /* padding tokens dropped by attention_mask, prompts */
   int64_t first_line; /* line of the first prompt (label / id presence is taken from it) */
 } grow_t;
 
@@ -50,12 +51,62 @@ static int parse_line(const char *path, int64_t lineno, const char *line, int vo
     ls_error("%s:%lld: missing \"input_ids\" array of token ids", path, (long long)lineno);
     goto done;
   }
-  int64_t len = cJSON_GetArraySize(ids);
-  if (len == 0) {
+  /* fields that would change what the tokens mean are refused, not ignored */
+  static const char *const refused[] = {"token_type_ids", "position_ids", "inputs_embeds"};
+  for (size_t r = 0; r < sizeof refused / sizeof refused[0]; r++)
+    if (cJSON_GetObjectItemCaseSensitive(o, refused[r])) {
+      ls_error("%s:%lld: \"%s\" is not supported (each prompt gets positions 0..n-1 and no "
+               "token types); remove the field", path, (long long)lineno, refused[r]);
+      goto done;
+    }
+  int64_t n_ids = cJSON_GetArraySize(ids);
+  if (n_ids == 0) {
     ls_error("%s:%lld: empty prompt (input_ids is []); remove the line or give it tokens", path,
              (long long)lineno);
     goto done;
   }
+  /* attention_mask: leading or trailing zeros are padding, dropped; a hole is refused */
+  int64_t first = 0, last = n_ids; /* the real tokens: input_ids[first, last) */
+  const cJSON *mask = cJSON_GetObjectItemCaseSensitive(o, "attention_mask");
+  if (mask && !cJSON_IsNull(mask)) {
+    if (!cJSON_IsArray(mask) || cJSON_GetArraySize(mask) != n_ids) {
+      ls_error("%s:%lld: \"attention_mask\" must be a list of %lld 0/1 values, one per input_id",
+               path, (long long)lineno, (long long)n_ids);
+      goto done;
+    }
+    int64_t k = 0, lo = -1, hi = -1, holes = -1;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, mask) {
+      if (!cJSON_IsNumber(e) || (e->valuedouble != 0.0 && e->valuedouble != 1.0)) {
+        ls_error("%s:%lld: attention_mask[%lld] must be 0 or 1", path, (long long)lineno,
+                 (long long)k);
+        goto done;
+      }
+      if (e->valuedouble == 1.0) {
+        if (lo < 0) lo = k;
+        else if (hi < k - 1 && holes < 0) holes = hi + 1;
+        hi = k;
+      }
+      k++;
+    }
+    if (lo < 0) {
+      ls_error("%s:%lld: attention_mask is all zeros: the prompt has no real token; remove the "
+               "line", path, (long long)lineno);
+      goto done;
+    }
+    if (holes >= 0) {
+      ls_error("%s:%lld: attention_mask[%lld] is 0 between real tokens; only leading or "
+               "trailing padding can be dropped", path, (long long)lineno, (long long)holes);
+      goto done;
+    }
+    first = lo;
+    last = hi + 1;
+    if (last - first < n_ids) {
+      g->mask_dropped += n_ids - (last - first);
+      g->mask_prompts++;
+    }
+  }
+  const int64_t len = last - first;
   if (max_len > 0 && len > max_len) {
     ls_error("%s:%lld: prompt has %lld tokens, more than the model's max_position_embeddings "
              "%lld; shorten it or pass --allow-long-prompts", path, (long long)lineno,
@@ -63,21 +114,22 @@ static int parse_line(const char *path, int64_t lineno, const char *line, int vo
     goto done;
   }
   if (grow((void **)&d->tokens, &g->cap_tok, g->n_tok + len, sizeof(int32_t), "tokens")) goto done;
-  int64_t j = 0;
+  int64_t j = 0, at = 0;
   const cJSON *e;
   cJSON_ArrayForEach(e, ids) {
     double v = cJSON_IsNumber(e) ? e->valuedouble : NAN;
     if (!cJSON_IsNumber(e) || v != floor(v) || v < 0) {
       ls_error("%s:%lld: input_ids[%lld] is not a non-negative integer", path,
-               (long long)lineno, (long long)j);
+               (long long)lineno, (long long)at);
       goto done;
     }
     if (v >= vocab) {
       ls_error("%s:%lld: input_ids[%lld] = %.0f is >= the model's vocab_size %d; was the data "
-               "tokenized for another model?", path, (long long)lineno, (long long)j, v, vocab);
+               "tokenized for another model?", path, (long long)lineno, (long long)at, v, vocab);
       goto done;
     }
-    d->tokens[g->n_tok + j++] = (int32_t)v;
+    if (at >= first && at < last) d->tokens[g->n_tok + j++] = (int32_t)v; /* padding: not kept */
+    at++;
   }
   const cJSON *label = cJSON_GetObjectItemCaseSensitive(o, "label");
   const cJSON *id = cJSON_GetObjectItemCaseSensitive(o, "id");
@@ -165,6 +217,9 @@ int ls_dataset_load(const char *path, int vocab, int64_t max_len, ls_dataset_t *
   }
   free(line);
   fclose(f);
+  if (rc == LS_OK && g.mask_dropped)
+    ls_info("%s: attention_mask: dropped %lld padding tokens of %lld prompts", path,
+            (long long)g.mask_dropped, (long long)g.mask_prompts);
   if (rc == LS_OK && d->n == 0) {
     ls_error("%s: dataset is empty; expected one {\"input_ids\": [...]} object per line", path);
     rc = LS_ERR;

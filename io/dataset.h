@@ -1,5 +1,10 @@
 /* dataset.h: JSONL prompt reader. One JSON object per line:
- *   {"input_ids": [int, ...], "label": int (optional), "id": "string" (optional)}
+ *   {"input_ids": [int, ...], "label": int (optional), "id": "string" (optional),
+ *    "attention_mask": [0/1, ...] (optional)}
+ * An attention_mask's leading and trailing zeros are padding: those tokens are dropped
+ * (said once, with the count); a mask with a hole, of another length or with values
+ * other than 0/1 is refused, and so are token_type_ids / position_ids / inputs_embeds,
+ * which would change the tokens' meaning. Other fields are metadata, ignored.
  * Every error names the file and line and says what to fix. Prompts are stored
  * concatenated (packed) with offsets. */
 #ifndef LS_DATASET_H

@@ -391,6 +391,53 @@ static void test_bad_too_long(void **state) {
   ls_dataset_free(&d);
 }
 
+/* ---- attention_mask and fields that change meaning ----------------------------------- */
+static void test_attention_mask(void **state) {
+  /* right padding, left padding, no padding, a null mask; the padding ids are valid ids */
+  write_text("{\"input_ids\": [5, 6, 7, 0, 0], \"attention_mask\": [1, 1, 1, 0, 0]}\n"
+             "{\"input_ids\": [0, 0, 9, 8], \"attention_mask\": [0, 0, 1, 1]}\n"
+             "{\"input_ids\": [3, 4], \"attention_mask\": [1, 1]}\n"
+             "{\"input_ids\": [0, 2, 0], \"attention_mask\": [0, 1, 0]}\n"
+             "{\"input_ids\": [11], \"attention_mask\": null, \"meta\": {\"source\": \"x\"}}\n");
+  ls_dataset_t d;
+  capture_t c;
+  capture_begin(&c);
+  int rc = ls_dataset_load(g_path, VOCAB, 3, &d); /* max_len 3: real tokens count, not padding */
+  size_t len;
+  char *msg = capture_end(&c, &len);
+  assert_int_equal(rc, 0);
+  /* said once, with the count */
+  char want[4400];
+  snprintf(want, sizeof want, "%s: attention_mask: dropped 6 padding tokens of 3 prompts\n", g_path);
+  assert_string_equal(msg, want);
+  free(msg);
+  assert_int_equal(d.n, 5);
+  const int32_t tok[] = {5, 6, 7, 9, 8, 3, 4, 2, 11};
+  const int64_t off[] = {0, 3, 5, 7, 8, 9};
+  assert_int_equal(d.n_tokens, 9);
+  assert_memory_equal(d.tokens, tok, sizeof tok);
+  assert_memory_equal(d.offsets, off, sizeof off);
+  ls_dataset_free(&d);
+  /* refused, naming the line */
+  write_text("{\"input_ids\": [1, 2]}\n{\"input_ids\": [5, 6, 7], \"attention_mask\": [1, 0, 1]}\n");
+  expect_bad_vocab(VOCAB, 0, 2, "attention_mask[1] is 0 between real tokens");
+  write_text("{\"input_ids\": [5, 6, 7], \"attention_mask\": [1, 1]}\n");
+  expect_bad_vocab(VOCAB, 0, 1, "list of 3 0/1 values");
+  write_text("{\"input_ids\": [5, 6], \"attention_mask\": [1, 2]}\n");
+  expect_bad_vocab(VOCAB, 0, 1, "attention_mask[1] must be 0 or 1");
+  write_text("{\"input_ids\": [5, 6], \"attention_mask\": [0, 0]}\n");
+  expect_bad_vocab(VOCAB, 0, 1, "all zeros");
+  write_text("{\"input_ids\": [5, 6], \"attention_mask\": \"11\"}\n");
+  expect_bad_vocab(VOCAB, 0, 1, "attention_mask");
+  write_text("{\"input_ids\": [5, 6], \"token_type_ids\": [0, 0]}\n");
+  expect_bad_vocab(VOCAB, 0, 1, "\"token_type_ids\" is not supported");
+  write_text("{\"input_ids\": [5, 6], \"position_ids\": [3, 4]}\n");
+  expect_bad_vocab(VOCAB, 0, 1, "\"position_ids\" is not supported");
+  /* the real tokens must fit max_len; padding beyond it is not counted */
+  write_text("{\"input_ids\": [5, 6, 7, 8], \"attention_mask\": [1, 1, 1, 1]}\n");
+  expect_bad_vocab(VOCAB, 3, 1, "more than the model's max_position_embeddings");
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup_dir, teardown_dir)
 
 int main(void) {
@@ -415,6 +462,7 @@ int main(void) {
       T(test_bad_missing_file),
       T(test_bad_nul_byte),
       T(test_bad_too_long),
+      T(test_attention_mask),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

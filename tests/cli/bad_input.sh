@@ -510,6 +510,33 @@ good data.long_prompt_allowed "$(o long_ok)" "$LS_BIN" run --model "$MP16" --dat
 f16=$(mkdata exactly16 '{"input_ids": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]}')
 good data.prompt_of_max_pos "$(o exactly16)" "$LS_BIN" run --model "$MP16" --data "$f16" --out "$(o exactly16)" --progress off
 
+# ---- attention_mask: padding dropped, the activations those of the unpadded prompts ----------------
+P=$T/padded.jsonl
+python3 - "$DATA" "$P" <<'PY'
+import json, sys
+src, dst = sys.argv[1], sys.argv[2]
+with open(src) as f, open(dst, "w") as g:
+    for i, line in enumerate(f):
+        o = json.loads(line)
+        ids = o["input_ids"]
+        pad = i % 3 + 1  # 1..3 pad tokens, on the right for even lines, on the left for odd
+        o["input_ids"] = ids + [0] * pad if i % 2 == 0 else [0] * pad + ids
+        o["attention_mask"] = [1] * len(ids) + [0] * pad if i % 2 == 0 else [0] * pad + [1] * len(ids)
+        g.write(json.dumps(o) + "\n")
+PY
+for pool in last_token mean; do
+  good "data.attention_mask_$pool" "$T/out/pad_$pool.h5" "$LS_BIN" run --model "$BASE" --data "$P" \
+    --out "$T/out/pad_$pool.h5" --hooks residual_post,final_norm --pool $pool
+  "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$T/out/nopad_$pool.h5" \
+    --hooks residual_post,final_norm --pool $pool >/dev/null 2>&1
+  for dset in residual_post final_norm samples/length; do
+    h5diff -q "$T/out/pad_$pool.h5" "$T/out/nopad_$pool.h5" /$dset /$dset >/dev/null 2>&1 ||
+      fail "data.attention_mask_$pool" "/$dset differs from the run on the unpadded prompts"
+  done
+  grep -q "attention_mask: dropped" "$LOGS/data.attention_mask_$pool.err" ||
+    fail "data.attention_mask_$pool" "no log line saying how many padding tokens were dropped"
+done
+
 # ---- options ---------------------------------------------------------------------------------------------
 R=("$LS_BIN" run --model "$BASE" --data "$DATA")
 WANT=(--bogus); bad opt.unknown_option "$(o unknown_opt)" "${R[@]}" --out "$(o unknown_opt)" --bogus
