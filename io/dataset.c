@@ -3,10 +3,13 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "ls_common.h"
 
@@ -28,6 +31,62 @@ static int grow(void **p, int64_t *cap, int64_t need, size_t elem, const char *w
   *p = q;
   *cap = c;
   return LS_OK;
+}
+
+/* ---- bounded line reading -------------------------------------------------------------- */
+/* Lines are read through a block buffer and never grow past LS_DATASET_MAX_LINE + 1 bytes:
+ * a stream without newlines (/dev/zero, a binary file) is refused at the cap, not after
+ * it has been read whole. */
+typedef struct {
+  int fd;
+  char *blk;          /* (BLK) read buffer */
+  size_t blk_len, blk_pos;
+  int eof;
+} reader_t;
+#define BLK ((size_t)1 << 20)
+
+/* The next line (without its '\n') in *line (NUL-terminated; *n bytes, which may hold NUL
+ * bytes). Returns 1 for a line, 0 at the end, -1 on a read error (errno), -2 when the line
+ * is longer than LS_DATASET_MAX_LINE. */
+static int read_line(reader_t *r, char **line, size_t *cap, size_t *n) {
+  size_t len = 0;
+  int got = 0;
+  for (;;) {
+    if (r->blk_pos == r->blk_len) {
+      if (r->eof) break;
+      ssize_t k = read(r->fd, r->blk, BLK);
+      if (k < 0 && errno == EINTR) continue;
+      if (k < 0) return -1;
+      if (k == 0) { r->eof = 1; break; }
+      r->blk_len = (size_t)k;
+      r->blk_pos = 0;
+    }
+    got = 1;
+    const char *start = r->blk + r->blk_pos;
+    const size_t avail = r->blk_len - r->blk_pos;
+    const char *nl = memchr(start, '\n', avail);
+    const size_t take = nl ? (size_t)(nl - start) : avail;
+    if (len + take > LS_DATASET_MAX_LINE) {
+      *n = len + take;
+      return -2;
+    }
+    if (len + take + 1 > *cap) {
+      size_t c = *cap ? *cap : 4096;
+      while (c < len + take + 1) c *= 2;
+      char *q = realloc(*line, c);
+      if (!q) { errno = ENOMEM; return -1; }
+      *line = q;
+      *cap = c;
+    }
+    memcpy(*line + len, start, take);
+    len += take;
+    r->blk_pos += take + (nl ? 1 : 0);
+    if (nl) break;
+  }
+  if (!got) return 0;
+  (*line)[len] = '\0';
+  *n = len;
+  return 1;
 }
 
 static int blank(const char *s) {
@@ -179,27 +238,42 @@ done:
 
 int ls_dataset_load(const char *path, int vocab, int64_t max_len, ls_dataset_t *d) {
   memset(d, 0, sizeof *d);
-  FILE *f = fopen(path, "rb");
-  if (!f) {
+  /* O_NONBLOCK: a FIFO with no writer yet must not block the open forever; a pipe (e.g.
+   * --data <(zcat data.gz)) is then read normally, one without a writer is empty */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  struct stat st;
+  if (fd < 0 || fstat(fd, &st) != 0) {
     ls_error("%s: cannot open dataset: %s; check --data", path, strerror(errno));
+    if (fd >= 0) close(fd);
+    return LS_ERR;
+  }
+  if (S_ISDIR(st.st_mode)) {
+    ls_error("%s: is a directory; --data must be a JSONL file", path);
+    close(fd);
+    return LS_ERR;
+  }
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  reader_t rd = {fd, ls_malloc(BLK, "dataset read buffer"), 0, 0, 0};
+  if (!rd.blk) {
+    close(fd);
     return LS_ERR;
   }
   grow_t g = {0};
   char *line = NULL;
-  size_t cap = 0;
-  ssize_t n;
+  size_t cap = 0, n = 0;
   int64_t lineno = 0;
-  int rc = LS_OK;
-  while ((n = getline(&line, &cap, f)) >= 0) {
+  int rc = LS_OK, r;
+  while ((r = read_line(&rd, &line, &cap, &n)) != 0) {
     lineno++;
-    if ((size_t)n > LS_DATASET_MAX_LINE) {
-      ls_error("%s:%lld: line is %.1f MiB, longer than the %zu MiB accepted for one prompt; "
-               "is this a JSONL file of tokenized prompts?", path, (long long)lineno,
-               (double)n / 1048576.0, LS_DATASET_MAX_LINE >> 20);
+    if (r == -1) break;
+    if (r == -2) {
+      ls_error("%s:%lld: line is longer than the %zu MiB accepted for one prompt; is this a "
+               "JSONL file of tokenized prompts?", path, (long long)lineno,
+               LS_DATASET_MAX_LINE >> 20);
       rc = LS_ERR;
       break;
     }
-    if ((size_t)n != strlen(line)) {
+    if (n != strlen(line)) {
       ls_error("%s:%lld: line contains a NUL byte; is this a JSONL text file?", path,
                (long long)lineno);
       rc = LS_ERR;
@@ -211,12 +285,13 @@ int ls_dataset_load(const char *path, int vocab, int64_t max_len, ls_dataset_t *
       break;
     }
   }
-  if (rc == LS_OK && ferror(f)) {
+  if (rc == LS_OK && r == -1) {
     ls_error("%s: read error: %s", path, strerror(errno));
     rc = LS_ERR;
   }
   free(line);
-  fclose(f);
+  free(rd.blk);
+  close(fd);
   if (rc == LS_OK && g.mask_dropped)
     ls_info("%s: attention_mask: dropped %lld padding tokens of %lld prompts", path,
             (long long)g.mask_dropped, (long long)g.mask_prompts);

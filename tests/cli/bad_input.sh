@@ -510,6 +510,16 @@ good data.long_prompt_allowed "$(o long_ok)" "$LS_BIN" run --model "$MP16" --dat
 f16=$(mkdata exactly16 '{"input_ids": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]}')
 good data.prompt_of_max_pos "$(o exactly16)" "$LS_BIN" run --model "$MP16" --data "$f16" --out "$(o exactly16)" --progress off
 
+# ---- bounded reading: a stream without newlines is refused at the line cap; a FIFO is read
+# (process substitution) or, with no writer, found empty; never a hang --------------------
+WANT=(/dev/zero "longer than the 32 MiB"); bad data.dev_zero "$(o dev_zero)" "$LS_BIN" run --model "$BASE" \
+  --data /dev/zero --out "$(o dev_zero)"
+mkfifo "$T/nowriter.fifo"
+WANT=("$T/nowriter.fifo" empty); bad data.fifo_no_writer "$(o fifo_data)" "$LS_BIN" run --model "$BASE" \
+  --data "$T/nowriter.fifo" --out "$(o fifo_data)"
+good data.process_substitution "$T/out/procsub.h5" "$LS_BIN" run --model "$BASE" --data <(cat "$DATA") \
+  --out "$T/out/procsub.h5"
+
 # ---- attention_mask: padding dropped, the activations those of the unpadded prompts ----------------
 P=$T/padded.jsonl
 python3 - "$DATA" "$P" <<'PY'
