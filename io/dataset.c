@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "ls_common.h"
+#include "ls_json.h"
 
 typedef struct {
   int64_t n, cap_n, n_tok, cap_tok, cap_label, cap_id; /* capacities grow geometrically */
@@ -103,6 +104,16 @@ static int parse_line(const char *path, int64_t lineno, const char *line, int vo
   if (!o || !cJSON_IsObject(o)) {
     ls_error("%s:%lld: not a JSON object; each line must be {\"input_ids\": [...]}", path,
              (long long)lineno);
+    goto done;
+  }
+  const char *dup = ls_json_duplicate_key(o);
+  if (dup) {
+    char shown[80];
+    snprintf(shown, sizeof shown, "%s", dup);
+    for (char *c = shown; *c; c++)
+      if (*c < 0x20 || *c >= 0x7f) *c = '?';
+    ls_error("%s:%lld: key \"%s\" is given twice; Python's json would take the last value, "
+             "layersweep refuses to guess: keep one", path, (long long)lineno, shown);
     goto done;
   }
   const cJSON *ids = cJSON_GetObjectItemCaseSensitive(o, "input_ids");

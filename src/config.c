@@ -12,6 +12,7 @@
 
 #include "family.h"
 #include "ls_common.h"
+#include "ls_json.h"
 
 /* ---- small typed getters ----------------------------------------------------- */
 const cJSON *ls_cfg_get(const cJSON *o, const char *key) {
@@ -221,6 +222,22 @@ static int find_family(const cJSON *root, const char *path, ls_config_t *cfg) {
   }
   const ls_family_t *fam = ls_family_get(f);
   cfg->family = f;
+  /* transformers' AutoModel builds the class of model_type, not of architectures: a
+   * config whose two disagree is read differently by different tools */
+  if (name && model_type) {
+    int t = ls_family_find(NULL, model_type), ok = 1;
+    for (int i = 0; fam->archs[i]; i++)
+      if (strcmp(name, fam->archs[i]) == 0) ok = strcmp(model_type, fam->model_types[i]) == 0;
+    if (t >= 0 && !ok) {
+      char shown[80];
+      snprintf(shown, sizeof shown, "%s", model_type);
+      for (char *c = shown; *c; c++)
+        if (*c < 0x20 || *c >= 0x7f) *c = '?';
+      ls_error("%s: architectures says %s but model_type is \"%s\"; transformers builds the "
+               "model_type's class: make the two agree", path, name, shown);
+      return LS_ERR;
+    }
+  }
   /* the canonical names of the family's entry that matched */
   for (int i = 0; fam->archs[i]; i++)
     if (name ? strcmp(name, fam->archs[i]) == 0 : strcmp(model_type, fam->model_types[i]) == 0) {
@@ -235,6 +252,17 @@ int ls_config_parse(const char *json, const char *path, ls_config_t *cfg) {
   cJSON *root = cJSON_ParseWithOpts(json, NULL, 1); /* no trailing garbage */
   if (!root || !cJSON_IsObject(root)) {
     ls_error("%s: not a valid JSON object; expected a Hugging Face config.json", path);
+    cJSON_Delete(root);
+    return LS_ERR;
+  }
+  const char *dup = ls_json_duplicate_key(root);
+  if (dup) {
+    char shown[80];
+    snprintf(shown, sizeof shown, "%s", dup);
+    for (char *c = shown; *c; c++)
+      if (*c < 0x20 || *c >= 0x7f) *c = '?';
+    ls_error("%s: key \"%s\" is given twice in one object; transformers would take the last "
+             "value, layersweep refuses to guess: keep one", path, shown);
     cJSON_Delete(root);
     return LS_ERR;
   }

@@ -86,6 +86,18 @@ static int validate_root(ls_model_t *m, const char *dir) {
       build_table(m) || ls_st_open_dir(dir, &m->st))
     return LS_ERR;
   if (validate_slot(m, &m->embed) || validate_slot(m, &m->final_norm)) return LS_ERR;
+  /* quiet but wrong: a checkpoint with more layers than config.json says */
+  ls_wspec_t *extra = ls_calloc((size_t)m->n_slots, sizeof *extra, "weight table");
+  if (!extra) return LS_ERR;
+  m->fam->layer_tensors(&m->cfg, m->cfg.n_layers, extra);
+  for (int i = 0; i < m->n_slots; i++)
+    if (extra[i].present && ls_st_find(&m->st, extra[i].name)) {
+      ls_warn("%s: the checkpoint holds %s, but config.json says num_hidden_layers = %d; only "
+              "the first %d layers are swept (is config.json the right one?)", dir,
+              extra[i].name, m->cfg.n_layers, m->cfg.n_layers);
+      break;
+    }
+  free(extra);
   m->total_tensor_bytes = (uint64_t)m->final_norm.numel * ls_dtype_size(m->final_norm.dtype);
   for (int L = 0; L < m->cfg.n_layers; L++) {
     uint64_t off = 0;

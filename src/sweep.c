@@ -575,6 +575,9 @@ static int guard_outputs(sweep_t *s) {
   rc |= ls_guard_add(&g, o->data_path);
   if (rc == LS_OK) rc = ls_guard_check_file(&g, o->out_path, "--out");
   if (rc == LS_OK) rc = ls_guard_check_file(&g, o->summary_json, "--summary-json");
+  char lock[4200];
+  snprintf(lock, sizeof lock, "%s.lock", o->out_path ? o->out_path : "");
+  if (rc == LS_OK && o->out_path) rc = ls_guard_check_file(&g, lock, "--out's lock file");
   if (rc == LS_OK && o->checkpoint_every >= 0 && o->out_path) {
     ls_sw_checkpoint_dir(s);
     rc = ls_guard_check_dir(&g, s->ck.dir, "--checkpoint-dir");
@@ -657,6 +660,7 @@ static int select_layers(sweep_t *s) {
 int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   sweep_t S, *s = &S;
   memset(s, 0, sizeof S);
+  s->out.lock.fd = -1; /* not held */
   s->o = o;
   s->comm = comm;
   MPI_Comm_rank(comm, &s->rank);
@@ -685,9 +689,18 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   if (!pf->t_load || !pf->t_forward || !pf->t_hooks || !pf->t_write) goto out;
   if (ls_sw_load_dataset(s)) goto out;
   if (ls_agree(s->rank == 0 ? guard_outputs(s) : LS_OK, comm)) goto out;
+  /* one writer per output, from before the file is created or reopened to the end */
+  if (!o->plan_only && ls_agree(s->rank == 0 ? ls_lock_take(&s->out.lock, o->out_path) : LS_OK, comm))
+    goto out;
   int64_t longest = 1;
   for (int64_t i = 0; i < s->data.n; i++) longest = max64(longest, ls_dataset_len(&s->data, i));
   s->threads = o->threads > 0 ? o->threads : default_threads(comm);
+  {
+    cpu_set_t set;
+    if (o->threads > 0 && sched_getaffinity(0, sizeof set, &set) == 0 && o->threads > CPU_COUNT(&set))
+      ls_warn("--threads %d is more than the %d CPUs this rank may run on; threads will share "
+              "cores and run slower", o->threads, CPU_COUNT(&set));
+  }
   if (make_backend(s, s->threads, (int)longest + LS_ROW_PAD)) goto out;
   int align = 1;
   MPI_Allreduce(&s->be->row_align, &align, 1, MPI_INT, MPI_MAX, comm);
@@ -739,6 +752,7 @@ out:
     ls_h5out_close(&s->out.h5);
     if (s->rank == 0) ls_info("%s left with status \"partial\"", o->out_path);
   }
+  ls_lock_release(&s->out.lock);
   sweep_free(s);
   return rc;
 }

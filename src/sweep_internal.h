@@ -20,6 +20,7 @@
 #include "family.h"
 #include "h5out.h"
 #include "hooks.h"
+#include "lock.h"
 #include "ls_common.h"
 #include "model.h"
 #include "sweep.h"
@@ -87,6 +88,7 @@ typedef struct {
 typedef struct {
   ls_h5out_t h5;
   int open;
+  ls_lock_t lock;         /* rank 0: the output's lock, held for the whole run */
   int64_t *done_marks;    /* (n_sel) layer index once its rows are written, else -1 */
   int fault_layer;        /* test switch LS_FAULT_WRITE_LAYER: fail this layer's write */
 } ls_output_t;

@@ -203,10 +203,19 @@ static void test_model_type_only(void **state) {
     assert_ptr_equal(ls_family_get(c.family), ls_family_get(ls_family_find(k[i].arch, NULL)));
     assert_int_equal(c.qkv_bias, k[i].qkv_bias);
   }
-  /* architectures wins over model_type */
+  /* architectures and model_type must agree (transformers builds model_type's class) */
   ls_config_t c;
-  parse_ok("{" A_MISTRAL "\"model_type\": \"llama\", " SIZES "}", &c);
+  expect_bad("{" A_MISTRAL "\"model_type\": \"llama\", " SIZES "}", "model_type is \"llama\"");
+  parse_ok("{" A_MISTRAL "\"model_type\": \"mistral\", " SIZES "}", &c);
   assert_string_equal(c.arch_name, "MistralForCausalLM");
+  /* an unknown model_type beside a known class is left to the class */
+  parse_ok("{" A_MISTRAL "\"model_type\": \"my_mistral\", " SIZES "}", &c);
+  assert_string_equal(c.arch_name, "MistralForCausalLM");
+  /* a key given twice: Python keeps the last value, cJSON the first: refused */
+  expect_bad("{" A_LLAMA SIZES ", \"rope_theta\": 10000, \"rope_theta\": 500000}",
+             "\"rope_theta\" is given twice");
+  expect_bad("{" A_LLAMA SIZES ", \"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": 2, "
+             "\"factor\": 4}}", "\"factor\" is given twice");
 }
 
 static void test_head_dim(void **state) {

@@ -433,6 +433,11 @@ static void test_attention_mask(void **state) {
   expect_bad_vocab(VOCAB, 0, 1, "\"token_type_ids\" is not supported");
   write_text("{\"input_ids\": [5, 6], \"position_ids\": [3, 4]}\n");
   expect_bad_vocab(VOCAB, 0, 1, "\"position_ids\" is not supported");
+  /* a key given twice (Python keeps the last, cJSON the first) is refused */
+  write_text("{\"input_ids\": [5, 6], \"input_ids\": [7]}\n");
+  expect_bad_vocab(VOCAB, 0, 1, "\"input_ids\" is given twice");
+  write_text("{\"input_ids\": [5], \"label\": 1}\n{\"input_ids\": [5], \"label\": 0, \"label\": 1}\n");
+  expect_bad_vocab(VOCAB, 0, 2, "\"label\" is given twice");
   /* the real tokens must fit max_len; padding beyond it is not counted */
   write_text("{\"input_ids\": [5, 6, 7, 8], \"attention_mask\": [1, 1, 1, 1]}\n");
   expect_bad_vocab(VOCAB, 3, 1, "more than the model's max_position_embeddings");
