@@ -22,6 +22,12 @@ static void builtins(void) {
   table[n_table++] = &ls_backend_cuda_plugin;
 }
 
+void ls_backends_preinit(char **argv) {
+  builtins();
+  for (int i = 0; i < n_table; i++)
+    if (table[i]->preinit) table[i]->preinit(argv);
+}
+
 int ls_backend_register(const ls_backend_entry_t *e) {
   builtins();
   if (ls_backend_lookup(e->name) || n_table == MAX_BACKENDS) return LS_ERR;

@@ -28,6 +28,9 @@ typedef struct {
   int (*probe)(int asked, char *why, size_t cap);
   /* Collective over p->comm; NULL after one message (on the rank that failed). */
   ls_backend_t *(*create)(const ls_backend_params_t *p);
+  /* optional: called once at the start of main, before MPI and any thread, with main's
+   * argv; may restart the process (execv) with a better environment for its libraries */
+  void (*preinit)(char **argv);
 } ls_backend_entry_t;
 
 /* The entry called name, NULL if none. */
@@ -36,6 +39,8 @@ int ls_backend_count(void);
 const ls_backend_entry_t *ls_backend_at(int i);
 /* "cpu, cuda" for messages */
 const char *ls_backend_names(void);
+/* Every registered backend's preinit (see ls_backend_entry_t). */
+void ls_backends_preinit(char **argv);
 /* Add an entry (a plugin's, or a test's); LS_ERR if the name is taken or the table full. */
 int ls_backend_register(const ls_backend_entry_t *e);
 

@@ -362,6 +362,8 @@ int main(int argc, char **argv) {
     return 0;
   }
   const char *cmd = argv[1];
+  /* a backend may restart the process with a better environment (OpenBLAS's kernels) */
+  if (strcmp(cmd, "run") == 0 || strcmp(cmd, "plan") == 0) ls_backends_preinit(argv);
   if (strcmp(cmd, "make-model") == 0) return cmd_make_model(argc - 1, argv + 1);
   if (strcmp(cmd, "make-data") == 0) return cmd_make_data(argc - 1, argv + 1);
   if (strcmp(cmd, "backends") == 0) return cmd_backends();

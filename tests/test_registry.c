@@ -67,7 +67,8 @@ static ls_backend_t *own_create(const ls_backend_params_t *p) {
   be->iface = &own_iface;
   return be;
 }
-static const ls_backend_entry_t own_entry = {"own", LS_BE_HOST_MEMORY, -1, own_probe, own_create};
+static const ls_backend_entry_t own_entry = {"own", LS_BE_HOST_MEMORY, -1, own_probe, own_create,
+                                             NULL};
 
 static void test_register(void **state) {
   assert_int_equal(ls_backend_register(&own_entry), LS_OK);

@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <unistd.h>
 
 #include "ls_common.h"
 #include "registry.h"
@@ -323,9 +325,52 @@ ls_backend_t *ls_backend_cpu_new(int threads, int max_seq) {
   be->compute_dtype = "float32";
   be->caps = LS_BE_DETERMINISTIC | LS_BE_HOST_MEMORY;
   be->host_visible = 1;
-  snprintf(be->desc, sizeof be->desc, "cpu (float32, %d thread%s per rank)", c->threads,
-           c->threads > 1 ? "s" : "");
+  const char *chose = getenv("LS_BLAS_CHOSE"), *core = openblas_get_corename();
+  char blas[160];
+  if (chose && *chose)
+    snprintf(blas, sizeof blas, "OpenBLAS %s kernels (it chose %s for this CPU; set "
+             "LS_BLAS_CORE=keep to keep its choice)", core, chose);
+  else
+    snprintf(blas, sizeof blas, "OpenBLAS %s kernels", core);
+  snprintf(be->desc, sizeof be->desc, "cpu (float32, %d thread%s per rank, %s)", c->threads,
+           c->threads > 1 ? "s" : "", blas);
   return be;
+}
+
+/* ---- OpenBLAS's kernels ------------------------------------------------------------------------ */
+/* OpenBLAS (0.3.21 in Debian 12) picks its kernels from the CPU model when it is loaded.
+ * A CPU it does not know (a VM often reports a generic "Intel Xeon Processor") gets its
+ * oldest x86-64 kernels: on a 2-core Sapphire Rapids VM its sgemm ran at 63 GFLOP/s with
+ * the Prescott kernels it chose and at 304 GFLOP/s with its SkylakeX (AVX-512) ones
+ * (tests/bench/RESULTS.md). The choice is made before main runs and read from
+ * OPENBLAS_CORETYPE only then, so when OpenBLAS chose pre-AVX2 kernels on a CPU with
+ * AVX2 (or AVX-512), layersweep restarts itself once, at the start of main, with
+ * OPENBLAS_CORETYPE=Haswell (SkylakeX). OPENBLAS_CORETYPE set by the user, or
+ * LS_BLAS_CORE=keep, leave OpenBLAS's choice alone. */
+static void cpu_preinit(char **argv) {
+  const char *keep = getenv("LS_BLAS_CORE");
+  if (getenv("OPENBLAS_CORETYPE") || getenv("LS_BLAS_CHOSE") || (keep && strcmp(keep, "keep") == 0))
+    return;
+  static const char *const pre_avx2[] = {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem",
+                                         "Atom", "Sandybridge", "Katmai", "Coppermine",
+                                         "Northwood", "Banias", "Opteron", "Barcelona", NULL};
+  const char *core = openblas_get_corename();
+  int old = 0;
+  for (int i = 0; core && pre_avx2[i]; i++) old |= strcasecmp(core, pre_avx2[i]) == 0;
+  if (!old) return;
+  __builtin_cpu_init();
+  const char *want = NULL;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+    want = "SkylakeX";
+  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    want = "Haswell";
+  if (!want) return;
+  setenv("OPENBLAS_CORETYPE", want, 1);
+  setenv("LS_BLAS_CHOSE", core, 1); /* what OpenBLAS chose itself (also: restart once) */
+  execv("/proc/self/exe", argv);
+  /* could not restart: go on with OpenBLAS's own kernels */
+  unsetenv("OPENBLAS_CORETYPE");
 }
 
 /* ---- the registry entry ------------------------------------------------------------------ */
@@ -341,4 +386,5 @@ const ls_backend_entry_t ls_backend_cpu_entry = {
     .auto_priority = 0,
     .probe = cpu_probe,
     .create = cpu_create,
+    .preinit = cpu_preinit,
 };

@@ -570,6 +570,7 @@ static const ls_backend_entry_t cuda_entry = {
     /* .auto_priority = */ 10,
     /* .probe = */ cuda_probe,
     /* .create = */ cuda_create,
+    /* .preinit = */ NULL,
 };
 
 extern "C" __attribute__((visibility("default"))) const ls_backend_entry_t *ls_plugin_entry(int abi) {

@@ -29,7 +29,11 @@ $ls make-data --out "$work/data.jsonl" --n "$n" --min-len "$len" --max-len "$len
 
 echo "# layersweep CPU benchmark  $(date -u +%Y-%m-%dT%H:%MZ)  $(nproc) cores: $(lscpu | sed -n 's/^Model name: *//p')"
 echo "# model: llama hidden 1024, intermediate 2816, 8 layers, 16 heads / 8 kv, bf16; data: $n x $len tokens"
-peak_json=$($build/tests/bench_sgemm 4096 1024 2816 512 "$threads")
+# the sgemm peak with the OpenBLAS kernels layersweep runs with (it restarts with better
+# ones when OpenBLAS does not recognise the CPU: kernels/cpu/ops_cpu.c)
+core=$($ls plan --model "$work/model" --data "$work/data.jsonl" 2>&1 | sed -n 's/.*OpenBLAS \([A-Za-z0-9]*\) kernels.*/\1/p' | head -n 1)
+echo "# OpenBLAS kernels: ${core:-unknown} (layersweep's backend line)"
+peak_json=$(OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-$core} $build/tests/bench_sgemm 4096 1024 2816 512 "$threads")
 peak=$(echo "$peak_json" | sed -n 's/.*"openblas_sgemm_gflops": *\([0-9.]*\).*/\1/p')
 echo "sgemm_peak_gflops        $peak   (OpenBLAS, $threads threads, layer GEMM shapes, 4096 rows)"
 

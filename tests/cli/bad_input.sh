@@ -670,6 +670,25 @@ grep -q '"tokens_per_s"' "$G/summary.json" || REASONS+=("the summary was not wri
 [ "$(guard_sums)" = "$SUMS" ] || REASONS+=("an input was modified")
 finish guard.control
 
+# ---- one writer per output: OUT.lock ------------------------------------------------------------------------
+LOCKED=$T/out/locked.h5
+python3 - "$LOCKED.lock" "$T/lock.ready" <<'PY' &
+import fcntl, sys, time
+f = open(sys.argv[1], "w")
+fcntl.lockf(f, fcntl.LOCK_EX)
+f.write("host otherhost pid 4242\n")
+f.flush()
+open(sys.argv[2], "w").close()
+time.sleep(60)
+PY
+holder=$!
+for _ in $(seq 100); do [ -e "$T/lock.ready" ] && break; sleep 0.1; done
+WANT=("$LOCKED" "otherhost pid 4242"); bad lock.held_by_another_run "$LOCKED" "${R[@]}" --out "$LOCKED" --force
+kill "$holder" 2>/dev/null; wait "$holder" 2>/dev/null
+# a lock file left by a killed run holds no lock: taken over, and removed at the end
+good lock.stale_taken_over "$LOCKED" "${R[@]}" --out "$LOCKED" --force
+[ ! -e "$LOCKED.lock" ] || fail lock.stale_taken_over "the lock file was left behind"
+
 # ---- summary -------------------------------------------------------------------------------------------------
 echo "summary: $N_PASS passed, $N_FAIL failed"
 if [ "$N_FAIL" -gt 0 ]; then

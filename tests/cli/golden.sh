@@ -87,6 +87,10 @@ esac
 # The golden hashes were recorded with one thread per rank (as the CTest environment
 # runs every test): force it, whatever the caller's environment says.
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+# OpenBLAS's own kernel choice, as the golden binary used it: layersweep restarts with
+# better kernels when OpenBLAS falls back to pre-AVX2 ones (kernels/cpu/ops_cpu.c), and
+# other kernels give other last bits
+export LS_BLAS_CORE=keep
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_btl_vader_single_copy_mechanism=${OMPI_MCA_btl_vader_single_copy_mechanism:-none}
 export OMPI_MCA_rmaps_base_oversubscribe=1
@@ -316,7 +320,7 @@ run_case() { # name np model data [run options...]
   local cmd=("$LS_BIN" run --model "$FIX/$model" --data "$data" --out "$out" --backend cpu
              --progress lines "$@")
   if [ "$np" -gt 1 ]; then
-    cmd=(mpirun --oversubscribe --allow-run-as-root -np "$np" -x OMP_NUM_THREADS
+    cmd=(mpirun --oversubscribe --allow-run-as-root -np "$np" -x OMP_NUM_THREADS -x LS_BLAS_CORE
          -x OPENBLAS_NUM_THREADS "${cmd[@]}")
   fi
   printf '%s\n' "${cmd[*]}" >"$dir/cmd"
