@@ -109,9 +109,7 @@ static int parse_line(const char *path, int64_t lineno, const char *line, int vo
   const char *dup = ls_json_duplicate_key(o);
   if (dup) {
     char shown[80];
-    snprintf(shown, sizeof shown, "%s", dup);
-    for (char *c = shown; *c; c++)
-      if (*c < 0x20 || *c >= 0x7f) *c = '?';
+    ls_printable(shown, sizeof shown, dup);
     ls_error("%s:%lld: key \"%s\" is given twice; Python's json would take the last value, "
              "layersweep refuses to guess: keep one", path, (long long)lineno, shown);
     goto done;

@@ -213,9 +213,7 @@ static int find_family(const cJSON *root, const char *path, ls_config_t *cfg) {
   int f = ls_family_find(name, model_type);
   if (f < 0) {
     char shown[80];
-    snprintf(shown, sizeof shown, "%s", name ? name : (model_type ? model_type : "none given"));
-    for (char *c = shown; *c; c++)
-      if (*c < 0x20 || *c >= 0x7f) *c = '?';
+    ls_printable(shown, sizeof shown, name ? name : (model_type ? model_type : "none given"));
     ls_error("%s: unsupported model architecture \"%s\" (supported: %s)", path, shown,
              ls_family_supported());
     return LS_ERR;
@@ -230,9 +228,7 @@ static int find_family(const cJSON *root, const char *path, ls_config_t *cfg) {
       if (strcmp(name, fam->archs[i]) == 0) ok = strcmp(model_type, fam->model_types[i]) == 0;
     if (t >= 0 && !ok) {
       char shown[80];
-      snprintf(shown, sizeof shown, "%s", model_type);
-      for (char *c = shown; *c; c++)
-        if (*c < 0x20 || *c >= 0x7f) *c = '?';
+      ls_printable(shown, sizeof shown, model_type);
       ls_error("%s: architectures says %s but model_type is \"%s\"; transformers builds the "
                "model_type's class: make the two agree", path, name, shown);
       return LS_ERR;
@@ -258,9 +254,7 @@ int ls_config_parse(const char *json, const char *path, ls_config_t *cfg) {
   const char *dup = ls_json_duplicate_key(root);
   if (dup) {
     char shown[80];
-    snprintf(shown, sizeof shown, "%s", dup);
-    for (char *c = shown; *c; c++)
-      if (*c < 0x20 || *c >= 0x7f) *c = '?';
+    ls_printable(shown, sizeof shown, dup);
     ls_error("%s: key \"%s\" is given twice in one object; transformers would take the last "
              "value, layersweep refuses to guess: keep one", path, shown);
     cJSON_Delete(root);

@@ -50,10 +50,10 @@ int ls_lock_take(ls_lock_t *l, const char *out) {
     ssize_t n = pread(fd, holder, sizeof holder - 1, 0);
     holder[n > 0 ? n : 0] = '\0';
     holder[strcspn(holder, "\n")] = '\0';
-    for (char *c = holder; *c; c++)
-      if (*c < 0x20 || *c >= 0x7f) *c = '?';
+    char shown[256];
+    ls_printable(shown, sizeof shown, holder);
     ls_error("%s is being written by another layersweep (%s, lock %s); wait for it to finish "
-             "or write elsewhere", out, holder[0] ? holder : "holder unknown", l->path);
+             "or write elsewhere", out, shown[0] ? shown : "holder unknown", l->path);
     close(fd);
     return LS_ERR;
   }

@@ -83,6 +83,14 @@ void ls_info(const char *fmt, ...) {
   fflush(stderr);
 }
 
+char *ls_printable(char *dst, size_t cap, const char *src) {
+  if (!cap) return dst;
+  snprintf(dst, cap, "%s", src ? src : "(null)");
+  for (char *c = dst; *c; c++)
+    if (*c < 0x20 || *c >= 0x7f) *c = '?';
+  return dst;
+}
+
 void *ls_malloc(size_t bytes, const char *what) {
   void *p = malloc(bytes ? bytes : 1);
   if (!p) ls_error("out of memory allocating %zu bytes for %s", bytes, what);

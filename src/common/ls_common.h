@@ -34,6 +34,11 @@ void ls_error_release(int print);
  * hands its messages to the thread that reports them. */
 int ls_error_take(char *buf, size_t cap);
 
+/* dst (cap bytes) <- src for a message: printable ASCII only ('?' for the rest), cut at
+ * cap - 1 bytes, so that an untrusted string cannot break the one-line error format.
+ * Returns dst. */
+char *ls_printable(char *dst, size_t cap, const char *src);
+
 /* Allocation that reports what it was for; returns NULL (after ls_error) on failure. */
 void *ls_malloc(size_t bytes, const char *what);
 void *ls_calloc(size_t n, size_t size, const char *what);

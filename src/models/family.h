@@ -125,6 +125,40 @@ float *ls_scratch_take(float **p, int T, size_t width);
 /* Floats ls_scratch_take needs for `n` blocks of the given widths at T rows. */
 size_t ls_scratch_floats(int T, const size_t *widths, int n);
 
+/* ---- the sub-layers the decoder families share (src/models/recipe.c) ------------------------ */
+typedef enum {
+  LS_QK_NONE = 0,     /* q, k straight from their projections */
+  LS_QK_PER_HEAD = 1, /* RMSNorm of each head's q / k (weights (head_dim): Qwen3) */
+  LS_QK_WHOLE = 2     /* RMSNorm of the whole projection (weights (n_heads * head_dim): OLMo-2) */
+} ls_qknorm_t;
+
+typedef struct {
+  void *q, *k, *v, *o;     /* GEMM weights */
+  void *bq, *bk, *bv, *bo; /* biases, NULL when absent */
+  void *q_norm, *k_norm;   /* with qk_norm != LS_QK_NONE */
+  ls_qknorm_t qk_norm;
+} ls_attn_weights_t;
+
+typedef struct {
+  float *q, *k, *v, *att;  /* (T, Q), (T, KV), (T, KV), (T, Q); Q = n_heads * head_dim */
+  float *q_raw, *k_raw;    /* (T, Q), (T, KV): projections before a q/k norm (else unused) */
+} ls_attn_scratch_t;
+
+/* out (T, H) <- o_proj(attention(rope(q(xin)), rope(k(xin)), v(xin))), with the layer's
+ * window and cfg's attention scale and soft-capping; biases when present; q/k normed
+ * before RoPE when w->qk_norm says so. */
+void ls_recipe_attention(const ls_block_t *blk, const ls_attn_weights_t *w,
+                         const ls_attn_scratch_t *s, const float *xin, float *out);
+/* out (T, H) <- down(act(gate(xin)) * up(xin)) (+ biases); gate, up: (T, I) scratch;
+ * act: SiLU (SwiGLU), or the tanh GELU (GeGLU) when gelu */
+void ls_recipe_glu_mlp(const ls_block_t *blk, void *w_gate, void *w_up, void *w_down,
+                       void *b_gate, void *b_up, void *b_down, float *gate, float *up,
+                       const float *xin, float *out, int gelu);
+/* What every sub-layer ends with: hook point h on rows (T, H), then x += rows. */
+void ls_recipe_add(const ls_block_t *blk, ls_hook_t h, float *x, float *rows);
+/* out (T, H) <- RMSNorm(x) with weight w and cfg->rms_eps */
+void ls_recipe_rmsnorm(const ls_block_t *blk, float *out, const float *x, const void *w);
+
 /* ---- config.json helpers for parse_config (src/config.c) ------------------------------------ */
 /* the value of key, NULL when absent or null */
 const cJSON *ls_cfg_get(const cJSON *o, const char *key);

@@ -91,41 +91,24 @@ static size_t scratch_floats(const ls_config_t *c, int T) {
 
 /* ---- forward ---------------------------------------------------------------------------------------- */
 static void forward(const ls_block_t *blk, float *x) {
-  ls_backend_t *be = blk->be;
-  const ls_backend_iface_t *f = be->iface;
-  const ls_config_t *c = blk->cfg;
-  const ls_batch_t *b = blk->b;
   void *const *w = blk->w; /* the norm weights already hold 1 + w */
   size_t wd[S_COUNT];
-  widths(c, wd);
+  widths(blk->cfg, wd);
   float *s[S_COUNT], *p = blk->scratch;
   for (int i = 0; i < S_COUNT; i++) s[i] = ls_scratch_take(&p, blk->T_max, wd[i]);
-  const int T = b->T, H = c->hidden, I = c->intermediate, hd = c->head_dim;
-  const int Q = c->n_heads * hd, KV = c->n_kv_heads * hd;
-  const float eps = (float)c->rms_eps;
-
-  f->rmsnorm(be, s[S_XN], x, w[W_PRE_ATTN], T, H, eps);
-  f->matmul(be, s[S_Q], s[S_XN], w[W_Q], w[W_BQ], T, H, Q);
-  f->matmul(be, s[S_K], s[S_XN], w[W_K], w[W_BK], T, H, KV);
-  f->matmul(be, s[S_V], s[S_XN], w[W_V], w[W_BV], T, H, KV);
-  f->rope(be, s[S_Q], b->pos, blk->cos_tab, blk->sin_tab, T, c->n_heads, hd);
-  f->rope(be, s[S_K], b->pos, blk->cos_tab, blk->sin_tab, T, c->n_kv_heads, hd);
-  f->attention(be, s[S_ATT], s[S_Q], s[S_K], s[S_V], b->seq_start, b->seq_len, b->n_seq,
-               b->max_len, c->n_heads, c->n_kv_heads, hd, ls_config_window(c, blk->layer),
-               (float)c->attn_scale, (float)c->attn_softcap);
-  f->matmul(be, s[S_TMP], s[S_ATT], w[W_O], w[W_BO], T, Q, H);
-  f->rmsnorm(be, s[S_ATTN_OUT], s[S_TMP], w[W_POST_ATTN], T, H, eps);
-  if (blk->hook) blk->hook(blk->hook_ctx, LS_HOOK_ATTN_OUT, s[S_ATTN_OUT], H);
-  f->add(be, x, s[S_ATTN_OUT], (size_t)T * H);
-
-  f->rmsnorm(be, s[S_XN], x, w[W_PRE_FF], T, H, eps);
-  f->matmul(be, s[S_GATE], s[S_XN], w[W_GATE], NULL, T, H, I);
-  f->matmul(be, s[S_UP], s[S_XN], w[W_UP], NULL, T, H, I);
-  f->geglu(be, s[S_GATE], s[S_UP], (size_t)T * I);
-  f->matmul(be, s[S_TMP], s[S_GATE], w[W_DOWN], NULL, T, I, H);
-  f->rmsnorm(be, s[S_MLP_OUT], s[S_TMP], w[W_POST_FF], T, H, eps);
-  if (blk->hook) blk->hook(blk->hook_ctx, LS_HOOK_MLP_OUT, s[S_MLP_OUT], H);
-  f->add(be, x, s[S_MLP_OUT], (size_t)T * H);
+  /* a norm before and after each sub-layer; scaled, soft-capped scores (cfg) */
+  const ls_attn_weights_t aw = {w[W_Q], w[W_K], w[W_V], w[W_O], w[W_BQ], w[W_BK], w[W_BV],
+                                w[W_BO], NULL, NULL, LS_QK_NONE};
+  const ls_attn_scratch_t as = {s[S_Q], s[S_K], s[S_V], s[S_ATT], NULL, NULL};
+  ls_recipe_rmsnorm(blk, s[S_XN], x, w[W_PRE_ATTN]);
+  ls_recipe_attention(blk, &aw, &as, s[S_XN], s[S_TMP]);
+  ls_recipe_rmsnorm(blk, s[S_ATTN_OUT], s[S_TMP], w[W_POST_ATTN]);
+  ls_recipe_add(blk, LS_HOOK_ATTN_OUT, x, s[S_ATTN_OUT]);
+  ls_recipe_rmsnorm(blk, s[S_XN], x, w[W_PRE_FF]);
+  ls_recipe_glu_mlp(blk, w[W_GATE], w[W_UP], w[W_DOWN], NULL, NULL, NULL, s[S_GATE], s[S_UP],
+                    s[S_XN], s[S_TMP], 1);
+  ls_recipe_rmsnorm(blk, s[S_MLP_OUT], s[S_TMP], w[W_POST_FF]);
+  ls_recipe_add(blk, LS_HOOK_MLP_OUT, x, s[S_MLP_OUT]);
 }
 
 static const char *const archs[] = {"Gemma2ForCausalLM", NULL};

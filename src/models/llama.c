@@ -136,38 +136,19 @@ static void carve(const ls_config_t *c, int T, float *p, scratch_t *s) {
 
 /* ---- forward ---------------------------------------------------------------------------------------- */
 static void forward(const ls_block_t *blk, float *x) {
-  ls_backend_t *be = blk->be;
-  const ls_backend_iface_t *f = be->iface;
-  const ls_config_t *c = blk->cfg;
-  const ls_batch_t *b = blk->b;
   void *const *w = blk->w;
   scratch_t s;
-  carve(c, blk->T_max, blk->scratch, &s);
-  const int T = b->T, H = c->hidden, I = c->intermediate, hd = c->head_dim;
-  const int Q = c->n_heads * hd, KV = c->n_kv_heads * hd;
-  const float eps = (float)c->rms_eps;
-
-  /* attention */
-  f->rmsnorm(be, s.xn, x, w[W_ATTN_NORM], T, H, eps);
-  f->matmul(be, s.q, s.xn, w[W_Q], w[W_BQ], T, H, Q);
-  f->matmul(be, s.k, s.xn, w[W_K], w[W_BK], T, H, KV);
-  f->matmul(be, s.v, s.xn, w[W_V], w[W_BV], T, H, KV);
-  f->rope(be, s.q, b->pos, blk->cos_tab, blk->sin_tab, T, c->n_heads, hd);
-  f->rope(be, s.k, b->pos, blk->cos_tab, blk->sin_tab, T, c->n_kv_heads, hd);
-  f->attention(be, s.att, s.q, s.k, s.v, b->seq_start, b->seq_len, b->n_seq, b->max_len,
-               c->n_heads, c->n_kv_heads, hd, ls_config_window(c, blk->layer), 0.0f, 0.0f);
-  f->matmul(be, s.attn_out, s.att, w[W_O], w[W_BO], T, Q, H);
-  if (blk->hook) blk->hook(blk->hook_ctx, LS_HOOK_ATTN_OUT, s.attn_out, H);
-  f->add(be, x, s.attn_out, (size_t)T * H);
-
-  /* MLP */
-  f->rmsnorm(be, s.xn, x, w[W_MLP_NORM], T, H, eps);
-  f->matmul(be, s.gate, s.xn, w[W_GATE], w[W_BGATE], T, H, I);
-  f->matmul(be, s.up, s.xn, w[W_UP], w[W_BUP], T, H, I);
-  f->swiglu(be, s.gate, s.up, (size_t)T * I);
-  f->matmul(be, s.mlp_out, s.gate, w[W_DOWN], w[W_BDOWN], T, I, H);
-  if (blk->hook) blk->hook(blk->hook_ctx, LS_HOOK_MLP_OUT, s.mlp_out, H);
-  f->add(be, x, s.mlp_out, (size_t)T * H);
+  carve(blk->cfg, blk->T_max, blk->scratch, &s);
+  const ls_attn_weights_t aw = {w[W_Q], w[W_K], w[W_V], w[W_O], w[W_BQ], w[W_BK],
+                                w[W_BV], w[W_BO], NULL, NULL, LS_QK_NONE};
+  const ls_attn_scratch_t as = {s.q, s.k, s.v, s.att, NULL, NULL};
+  ls_recipe_rmsnorm(blk, s.xn, x, w[W_ATTN_NORM]);
+  ls_recipe_attention(blk, &aw, &as, s.xn, s.attn_out);
+  ls_recipe_add(blk, LS_HOOK_ATTN_OUT, x, s.attn_out);
+  ls_recipe_rmsnorm(blk, s.xn, x, w[W_MLP_NORM]);
+  ls_recipe_glu_mlp(blk, w[W_GATE], w[W_UP], w[W_DOWN], w[W_BGATE], w[W_BUP], w[W_BDOWN],
+                    s.gate, s.up, s.xn, s.mlp_out, 0);
+  ls_recipe_add(blk, LS_HOOK_MLP_OUT, x, s.mlp_out);
 }
 
 void ls_llama_final_norm(ls_backend_t *be, const ls_config_t *c, float *out, const float *x,

@@ -70,42 +70,23 @@ static size_t scratch_floats(const ls_config_t *c, int T) {
 
 /* ---- forward ---------------------------------------------------------------------------------------- */
 static void forward(const ls_block_t *blk, float *x) {
-  ls_backend_t *be = blk->be;
-  const ls_backend_iface_t *f = be->iface;
-  const ls_config_t *c = blk->cfg;
-  const ls_batch_t *b = blk->b;
   void *const *w = blk->w;
   size_t wd[S_COUNT];
-  widths(c, wd);
+  widths(blk->cfg, wd);
   float *s[S_COUNT], *p = blk->scratch;
   for (int i = 0; i < S_COUNT; i++) s[i] = ls_scratch_take(&p, blk->T_max, wd[i]);
-  const int T = b->T, H = c->hidden, I = c->intermediate, hd = c->head_dim;
-  const int Q = c->n_heads * hd, KV = c->n_kv_heads * hd;
-  const float eps = (float)c->rms_eps;
-
-  /* attention on the residual stream itself; q, k normed over the whole projection */
-  f->matmul(be, s[S_QRAW], x, w[W_Q], w[W_BQ], T, H, Q);
-  f->matmul(be, s[S_KRAW], x, w[W_K], w[W_BK], T, H, KV);
-  f->matmul(be, s[S_V], x, w[W_V], w[W_BV], T, H, KV);
-  f->rmsnorm(be, s[S_Q], s[S_QRAW], w[W_QNORM], T, Q, eps);
-  f->rmsnorm(be, s[S_K], s[S_KRAW], w[W_KNORM], T, KV, eps);
-  f->rope(be, s[S_Q], b->pos, blk->cos_tab, blk->sin_tab, T, c->n_heads, hd);
-  f->rope(be, s[S_K], b->pos, blk->cos_tab, blk->sin_tab, T, c->n_kv_heads, hd);
-  f->attention(be, s[S_ATT], s[S_Q], s[S_K], s[S_V], b->seq_start, b->seq_len, b->n_seq,
-               b->max_len, c->n_heads, c->n_kv_heads, hd, ls_config_window(c, blk->layer), 0.0f, 0.0f);
-  f->matmul(be, s[S_TMP], s[S_ATT], w[W_O], w[W_BO], T, Q, H);
-  f->rmsnorm(be, s[S_ATTN_OUT], s[S_TMP], w[W_ATTN_POST], T, H, eps);
-  if (blk->hook) blk->hook(blk->hook_ctx, LS_HOOK_ATTN_OUT, s[S_ATTN_OUT], H);
-  f->add(be, x, s[S_ATTN_OUT], (size_t)T * H);
-
-  /* MLP on the residual stream, normed after */
-  f->matmul(be, s[S_GATE], x, w[W_GATE], NULL, T, H, I);
-  f->matmul(be, s[S_UP], x, w[W_UP], NULL, T, H, I);
-  f->swiglu(be, s[S_GATE], s[S_UP], (size_t)T * I);
-  f->matmul(be, s[S_TMP], s[S_GATE], w[W_DOWN], NULL, T, I, H);
-  f->rmsnorm(be, s[S_MLP_OUT], s[S_TMP], w[W_MLP_POST], T, H, eps);
-  if (blk->hook) blk->hook(blk->hook_ctx, LS_HOOK_MLP_OUT, s[S_MLP_OUT], H);
-  f->add(be, x, s[S_MLP_OUT], (size_t)T * H);
+  /* attention on the residual stream itself, q and k normed over the whole projection;
+   * its output normed before the residual add (and the MLP's the same way) */
+  const ls_attn_weights_t aw = {w[W_Q], w[W_K], w[W_V], w[W_O], w[W_BQ], w[W_BK], w[W_BV],
+                                w[W_BO], w[W_QNORM], w[W_KNORM], LS_QK_WHOLE};
+  const ls_attn_scratch_t as = {s[S_Q], s[S_K], s[S_V], s[S_ATT], s[S_QRAW], s[S_KRAW]};
+  ls_recipe_attention(blk, &aw, &as, x, s[S_TMP]);
+  ls_recipe_rmsnorm(blk, s[S_ATTN_OUT], s[S_TMP], w[W_ATTN_POST]);
+  ls_recipe_add(blk, LS_HOOK_ATTN_OUT, x, s[S_ATTN_OUT]);
+  ls_recipe_glu_mlp(blk, w[W_GATE], w[W_UP], w[W_DOWN], NULL, NULL, NULL, s[S_GATE], s[S_UP], x,
+                    s[S_TMP], 0);
+  ls_recipe_rmsnorm(blk, s[S_MLP_OUT], s[S_TMP], w[W_MLP_POST]);
+  ls_recipe_add(blk, LS_HOOK_MLP_OUT, x, s[S_MLP_OUT]);
 }
 
 static const char *const archs[] = {"Olmo2ForCausalLM", NULL};
