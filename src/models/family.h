@@ -108,6 +108,12 @@ double ls_family_gemm_flops_per_token(const ls_config_t *cfg);
 /* w <- tensor "model.layers.<layer>.<name>" of the given kind and shape (d1 = 0: 1-D) */
 void ls_wspec_layer(ls_wspec_t *w, int layer, const char *name, ls_wkind_t kind, int present,
                     int64_t d0, int64_t d1);
+/* w[0..8) <- the attention projections of the Llama-shaped families, in the order q, k,
+ * v, o weights, then q, k, v, o biases (present per cfg->qkv_bias / o_bias):
+ * self_attn.{q,k,v,o}_proj.{weight,bias} */
+void ls_wspec_attention(ls_wspec_t *w, int layer, const ls_config_t *c);
+/* w[0..3) <- mlp.{gate,up,down}_proj.weight */
+void ls_wspec_mlp(ls_wspec_t *w, int layer, const ls_config_t *c);
 /* w <- the model-level tensor `name` (d1 = 0: 1-D) */
 void ls_wspec_global(ls_wspec_t *w, const char *name, ls_wkind_t kind, int64_t d0, int64_t d1);
 /* the embedding table and final RMSNorm of the Llama-shaped families (model.embed_tokens,

@@ -40,23 +40,13 @@ enum {
 };
 
 static void layer_tensors(const ls_config_t *c, int L, ls_wspec_t *w) {
-  const int64_t H = c->hidden, I = c->intermediate, D = c->head_dim, Q = (int64_t)c->n_heads * D,
-                KV = (int64_t)c->n_kv_heads * D;
+  const int64_t H = c->hidden, D = c->head_dim;
   ls_wspec_layer(&w[W_ATTN_NORM], L, "input_layernorm.weight", LS_WK_NORM, 1, H, 0);
-  ls_wspec_layer(&w[W_Q], L, "self_attn.q_proj.weight", LS_WK_MATRIX, 1, Q, H);
-  ls_wspec_layer(&w[W_K], L, "self_attn.k_proj.weight", LS_WK_MATRIX, 1, KV, H);
-  ls_wspec_layer(&w[W_V], L, "self_attn.v_proj.weight", LS_WK_MATRIX, 1, KV, H);
-  ls_wspec_layer(&w[W_O], L, "self_attn.o_proj.weight", LS_WK_MATRIX, 1, H, Q);
-  ls_wspec_layer(&w[W_BQ], L, "self_attn.q_proj.bias", LS_WK_BIAS, c->qkv_bias, Q, 0);
-  ls_wspec_layer(&w[W_BK], L, "self_attn.k_proj.bias", LS_WK_BIAS, c->qkv_bias, KV, 0);
-  ls_wspec_layer(&w[W_BV], L, "self_attn.v_proj.bias", LS_WK_BIAS, c->qkv_bias, KV, 0);
-  ls_wspec_layer(&w[W_BO], L, "self_attn.o_proj.bias", LS_WK_BIAS, c->o_bias, H, 0);
+  ls_wspec_attention(&w[W_Q], L, c); /* W_Q .. W_BO */
   ls_wspec_layer(&w[W_QNORM], L, "self_attn.q_norm.weight", LS_WK_NORM, 1, D, 0);
   ls_wspec_layer(&w[W_KNORM], L, "self_attn.k_norm.weight", LS_WK_NORM, 1, D, 0);
   ls_wspec_layer(&w[W_MLP_NORM], L, "post_attention_layernorm.weight", LS_WK_NORM, 1, H, 0);
-  ls_wspec_layer(&w[W_GATE], L, "mlp.gate_proj.weight", LS_WK_MATRIX, 1, I, H);
-  ls_wspec_layer(&w[W_UP], L, "mlp.up_proj.weight", LS_WK_MATRIX, 1, I, H);
-  ls_wspec_layer(&w[W_DOWN], L, "mlp.down_proj.weight", LS_WK_MATRIX, 1, H, I);
+  ls_wspec_mlp(&w[W_GATE], L, c); /* W_GATE, W_UP, W_DOWN */
 }
 
 /* ---- scratch ------------------------------------------------------------------------------------- */

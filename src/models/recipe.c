@@ -3,6 +3,28 @@
  * inside each is the one the families had written out. */
 #include "family.h"
 
+/* ---- weight tables -------------------------------------------------------------------------- */
+void ls_wspec_attention(ls_wspec_t *w, int L, const ls_config_t *c) {
+  const int64_t H = c->hidden, Q = (int64_t)c->n_heads * c->head_dim,
+                KV = (int64_t)c->n_kv_heads * c->head_dim;
+  ls_wspec_layer(&w[0], L, "self_attn.q_proj.weight", LS_WK_MATRIX, 1, Q, H);
+  ls_wspec_layer(&w[1], L, "self_attn.k_proj.weight", LS_WK_MATRIX, 1, KV, H);
+  ls_wspec_layer(&w[2], L, "self_attn.v_proj.weight", LS_WK_MATRIX, 1, KV, H);
+  ls_wspec_layer(&w[3], L, "self_attn.o_proj.weight", LS_WK_MATRIX, 1, H, Q);
+  ls_wspec_layer(&w[4], L, "self_attn.q_proj.bias", LS_WK_BIAS, c->qkv_bias, Q, 0);
+  ls_wspec_layer(&w[5], L, "self_attn.k_proj.bias", LS_WK_BIAS, c->qkv_bias, KV, 0);
+  ls_wspec_layer(&w[6], L, "self_attn.v_proj.bias", LS_WK_BIAS, c->qkv_bias, KV, 0);
+  ls_wspec_layer(&w[7], L, "self_attn.o_proj.bias", LS_WK_BIAS, c->o_bias, H, 0);
+}
+
+void ls_wspec_mlp(ls_wspec_t *w, int L, const ls_config_t *c) {
+  const int64_t H = c->hidden, I = c->intermediate;
+  ls_wspec_layer(&w[0], L, "mlp.gate_proj.weight", LS_WK_MATRIX, 1, I, H);
+  ls_wspec_layer(&w[1], L, "mlp.up_proj.weight", LS_WK_MATRIX, 1, I, H);
+  ls_wspec_layer(&w[2], L, "mlp.down_proj.weight", LS_WK_MATRIX, 1, H, I);
+}
+
+/* ---- sub-layers ---------------------------------------------------------------------------------- */
 void ls_recipe_rmsnorm(const ls_block_t *blk, float *out, const float *x, const void *w) {
   blk->be->iface->rmsnorm(blk->be, out, x, w, blk->b->T, blk->cfg->hidden,
                           (float)blk->cfg->rms_eps);
