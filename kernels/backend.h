@@ -71,14 +71,20 @@ typedef struct {
   /* out (T, H) = w (H) * x * rsqrt(mean(x^2) + eps), row by row */
   void (*rmsnorm)(ls_backend_t *be, float *out, const float *x, const float *w, int T, int H,
                   float eps);
+  /* out (T, H) = (x - mean(x)) / sqrt(var(x) + eps) * w + b (b may be NULL), row by row,
+   * var the biased variance (torch.nn.LayerNorm) */
+  void (*layernorm)(ls_backend_t *be, float *out, const float *x, const float *w,
+                    const float *b, int T, int H, float eps);
   /* y (T, n_out) = x (T, n_in) @ W (n_out, n_in, be->wtype)^T + b (n_out, float32, may
    * be NULL); x and y have room for ls_round_rows(T) rows */
   void (*matmul)(ls_backend_t *be, float *y, const float *x, const void *W, const float *b,
                  int T, int n_in, int n_out);
-  /* in place on x (T, n_heads * head_dim); cos/sin tables (max_pos, head_dim / 2),
-   * pos (T) the position of each row inside its prompt (rotate_half convention) */
+  /* in place on x (T, n_heads * head_dim): the first rot_dim (even, <= head_dim) dims of
+   * each head are rotated (rotate_half convention over those dims; the rest pass
+   * through: partial rotary); cos/sin tables (max_pos, rot_dim / 2), pos (T) the
+   * position of each row inside its prompt */
   void (*rope)(ls_backend_t *be, float *x, const int32_t *pos, const float *cos_tab,
-               const float *sin_tab, int T, int n_heads, int head_dim);
+               const float *sin_tab, int T, int n_heads, int head_dim, int rot_dim);
   /* causal attention inside each sequence: q (T, n_heads*hd), k, v (T, n_kv*hd);
    * sequence s has seq_len[s] real rows from seq_start[s] (seq_len NULL: all rows up
    * to seq_start[s + 1]); max_len >= every seq_start[s + 1] - seq_start[s]; window > 0
@@ -96,6 +102,9 @@ typedef struct {
   /* gate (n) <- gelu_tanh(gate) * up, gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x +
    * 0.044715 x^3))) (PyTorch's gelu(approximate="tanh"): GeGLU of Gemma) */
   void (*geglu)(ls_backend_t *be, float *gate, const float *up, size_t n);
+  /* x (n) <- gelu(x): approximate = 1 the tanh form above (GPT-2's gelu_new), 0 the exact
+   * x / 2 (1 + erf(x / sqrt 2)) (GPT-NeoX's gelu) */
+  void (*gelu)(ls_backend_t *be, float *x, size_t n, int approximate);
   /* x (n) += b: a constant added to every element (Gemma's 1 + w norm weights) */
   void (*shift)(ls_backend_t *be, float *x, float b, size_t n);
   /* y (n) += x (n) */

@@ -66,50 +66,79 @@ int ls_cfg_bool(const cJSON *o, const char *key, int def, const char *path, int 
 }
 
 /* ---- rope: classic (rope_theta + rope_scaling) or transformers-5 rope_parameters -- */
-int ls_cfg_rope(const cJSON *root, const char *path, ls_config_t *cfg) {
-  const cJSON *params = ls_cfg_get(root, "rope_parameters");
-  const cJSON *scaling = params ? params : ls_cfg_get(root, "rope_scaling");
-  if (scaling && !cJSON_IsObject(scaling)) {
-    ls_error("%s: \"%s\" must be an object or null", path,
-             params ? "rope_parameters" : "rope_scaling");
+int ls_cfg_rope_params(const cJSON *scaling, double theta, const char *path, const char *what,
+                       ls_rope_params_t *r) {
+  memset(r, 0, sizeof *r);
+  r->theta = theta;
+  r->type = LS_ROPE_DEFAULT;
+  r->factor = 1.0;
+  if (!scaling) return LS_OK;
+  if (!cJSON_IsObject(scaling)) {
+    ls_error("%s: \"%s\" must be an object or null", path, what);
     return LS_ERR;
   }
-  double theta_top;
-  LS_CHECK(ls_cfg_num(root, "rope_theta", 10000.0, 1e-6, 1e30, path, &theta_top));
-  cfg->rope_theta = theta_top;
-  if (params) LS_CHECK(ls_cfg_num(params, "rope_theta", theta_top, 1e-6, 1e30, path, &cfg->rope_theta));
-  cfg->rope_type = LS_ROPE_DEFAULT;
-  cfg->rope_factor = 1.0;
-  if (!scaling) return LS_OK;
+  LS_CHECK(ls_cfg_num(scaling, "rope_theta", theta, 1e-6, 1e30, path, &r->theta));
   const cJSON *t = ls_cfg_get(scaling, "rope_type");
   if (!t) t = ls_cfg_get(scaling, "type");
   if (t && !cJSON_IsString(t)) {
-    ls_error("%s: rope scaling \"rope_type\" must be a string", path);
+    ls_error("%s: %s \"rope_type\" must be a string", path, what);
     return LS_ERR;
   }
   const char *type = t ? t->valuestring : "default";
   if (strcmp(type, "default") == 0) return LS_OK;
-  LS_CHECK(ls_cfg_num(scaling, "factor", 1.0, 1e-6, 1e6, path, &cfg->rope_factor));
+  LS_CHECK(ls_cfg_num(scaling, "factor", 1.0, 1e-6, 1e6, path, &r->factor));
   if (strcmp(type, "linear") == 0) {
-    cfg->rope_type = LS_ROPE_LINEAR;
+    r->type = LS_ROPE_LINEAR;
     return LS_OK;
   }
   if (strcmp(type, "llama3") == 0) {
-    cfg->rope_type = LS_ROPE_LLAMA3;
-    LS_CHECK(ls_cfg_num(scaling, "low_freq_factor", 1.0, 1e-6, 1e6, path, &cfg->rope_low_freq_factor));
-    LS_CHECK(ls_cfg_num(scaling, "high_freq_factor", 4.0, 1e-6, 1e6, path, &cfg->rope_high_freq_factor));
+    r->type = LS_ROPE_LLAMA3;
+    LS_CHECK(ls_cfg_num(scaling, "low_freq_factor", 1.0, 1e-6, 1e6, path, &r->low_freq_factor));
+    LS_CHECK(ls_cfg_num(scaling, "high_freq_factor", 4.0, 1e-6, 1e6, path, &r->high_freq_factor));
     LS_CHECK(ls_cfg_int(scaling, "original_max_position_embeddings", 1, 0, 1, INT_MAX, path,
-                     &cfg->rope_orig_max_pos));
+                     &r->orig_max_pos));
     /* compared as the float32 values the frequencies are computed with */
-    if ((float)cfg->rope_high_freq_factor <= (float)cfg->rope_low_freq_factor) {
+    if ((float)r->high_freq_factor <= (float)r->low_freq_factor) {
       ls_error("%s: llama3 rope scaling needs high_freq_factor > low_freq_factor", path);
       return LS_ERR;
     }
     return LS_OK;
   }
-  ls_error("%s: rope scaling type \"%s\" is not supported (supported: default, linear, llama3)",
-           path, type);
+  char shown[64];
+  ls_printable(shown, sizeof shown, type);
+  ls_error("%s: %s type \"%s\" is not supported (supported: default, linear, llama3)", path,
+           what, shown);
   return LS_ERR;
+}
+
+int ls_cfg_rope_dim(const cJSON *root, const char *path, double def_factor, int allow_partial,
+                    ls_config_t *cfg) {
+  const cJSON *params = ls_cfg_get(root, "rope_parameters");
+  const cJSON *holder = params && ls_cfg_get(params, "partial_rotary_factor") ? params : root;
+  double f = def_factor;
+  LS_CHECK(ls_cfg_num(holder, "partial_rotary_factor", def_factor, 1e-9, 1.0, path, &f));
+  cfg->rope_dim = (int)(cfg->head_dim * f); /* int(), as transformers */
+  if (cfg->rope_dim != cfg->head_dim && !allow_partial) {
+    ls_error("%s: partial_rotary_factor %g is not used by %s in transformers (its attention "
+             "rotates whole heads); remove it", path, f, cfg->arch_name);
+    return LS_ERR;
+  }
+  if (cfg->rope_dim < 2 || cfg->rope_dim % 2 != 0) {
+    ls_error("%s: partial_rotary_factor %g gives %d rotary dims of head_dim %d; it must give an "
+             "even number >= 2", path, f, cfg->rope_dim, cfg->head_dim);
+    return LS_ERR;
+  }
+  return LS_OK;
+}
+
+int ls_cfg_rope(const cJSON *root, const char *path, ls_config_t *cfg) {
+  const cJSON *params = ls_cfg_get(root, "rope_parameters");
+  double theta;
+  LS_CHECK(ls_cfg_num(root, "rope_theta", 10000.0, 1e-6, 1e30, path, &theta));
+  cfg->local_rope = 0;
+  LS_CHECK(ls_cfg_rope_params(params ? params : ls_cfg_get(root, "rope_scaling"), theta, path,
+                              params ? "rope_parameters" : "rope_scaling", &cfg->rope));
+  return ls_cfg_rope_dim(root, path, 1.0, 0, cfg);
 }
 
 /* ---- sizes every decoder has ---------------------------------------------- */
@@ -283,21 +312,21 @@ int ls_config_load(const char *dir, ls_config_t *cfg) {
 }
 
 /* ---- rope frequencies: float32 arithmetic in transformers' order ---------------- */
-void ls_config_rope_inv_freq(const ls_config_t *cfg, float *inv_freq) {
-  const int half = cfg->head_dim / 2;
-  const float base = (float)cfg->rope_theta;
+void ls_config_rope_inv_freq(const ls_rope_params_t *r, int rope_dim, float *inv_freq) {
+  const int half = rope_dim / 2;
+  const float base = (float)r->theta;
   for (int i = 0; i < half; i++) {
-    float e = (float)(2 * i) / (float)cfg->head_dim;
+    float e = (float)(2 * i) / (float)rope_dim;
     inv_freq[i] = 1.0f / powf(base, e);
   }
-  if (cfg->rope_type == LS_ROPE_LINEAR) {
-    for (int i = 0; i < half; i++) inv_freq[i] = inv_freq[i] / (float)cfg->rope_factor;
-  } else if (cfg->rope_type == LS_ROPE_LLAMA3) {
-    const float factor = (float)cfg->rope_factor, lo = (float)cfg->rope_low_freq_factor,
-                hi = (float)cfg->rope_high_freq_factor;
-    const double old_ctx = (double)cfg->rope_orig_max_pos;
-    const double low_wavelen = old_ctx / cfg->rope_low_freq_factor;
-    const double high_wavelen = old_ctx / cfg->rope_high_freq_factor;
+  if (r->type == LS_ROPE_LINEAR) {
+    for (int i = 0; i < half; i++) inv_freq[i] = inv_freq[i] / (float)r->factor;
+  } else if (r->type == LS_ROPE_LLAMA3) {
+    const float factor = (float)r->factor, lo = (float)r->low_freq_factor,
+                hi = (float)r->high_freq_factor;
+    const double old_ctx = (double)r->orig_max_pos;
+    const double low_wavelen = old_ctx / r->low_freq_factor;
+    const double high_wavelen = old_ctx / r->high_freq_factor;
     for (int i = 0; i < half; i++) {
       float f = inv_freq[i];
       float wavelen = (float)(2.0 * M_PI) / f;
@@ -309,4 +338,3 @@ void ls_config_rope_inv_freq(const ls_config_t *cfg, float *inv_freq) {
     }
   }
 }
-

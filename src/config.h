@@ -8,6 +8,15 @@
 
 typedef enum { LS_ROPE_DEFAULT = 0, LS_ROPE_LINEAR = 1, LS_ROPE_LLAMA3 = 2 } ls_rope_t;
 
+/* One set of RoPE frequencies (transformers' rope_parameters of one layer kind). */
+typedef struct {
+  double theta;           /* rope_theta (base) */
+  ls_rope_t type;
+  double factor;          /* linear / llama3 */
+  double low_freq_factor, high_freq_factor; /* llama3 */
+  int orig_max_pos;       /* llama3 original_max_position_embeddings */
+} ls_rope_params_t;
+
 /* Most layers of a model whose layers differ in kind (sliding / full attention). */
 #define LS_MAX_TYPED_LAYERS 1024
 
@@ -23,12 +32,13 @@ typedef struct {
   int head_dim;           /* explicit head_dim or hidden / n_heads */
   int vocab;              /* vocab_size */
   int max_pos;            /* max_position_embeddings (0 = unknown) */
-  double rms_eps;         /* rms_norm_eps */
-  double rope_theta;
-  ls_rope_t rope_type;
-  double rope_factor;     /* linear / llama3 */
-  double rope_low_freq_factor, rope_high_freq_factor; /* llama3 */
-  int rope_orig_max_pos;  /* llama3 original_max_position_embeddings */
+  double rms_eps;         /* the norms' epsilon: rms_norm_eps, or layer_norm_eps /
+                           * layer_norm_epsilon of the LayerNorm families */
+  ls_rope_params_t rope;  /* RoPE of every layer (Gemma 3: of the full-attention layers) */
+  int local_rope;         /* 1: sliding layers use rope_local (Gemma 3) */
+  ls_rope_params_t rope_local;
+  int rope_dim;           /* dims of each head that RoPE rotates (even; partial rotary:
+                           * < head_dim); 0: no RoPE (GPT-2's learned positions) */
   int sliding_window;     /* 0 = full causal attention */
   int window_per_layer;   /* 1: sliding_window applies only to the layers marked in
                            * layer_sliding (config "layer_types"); 0: to every layer */
@@ -40,6 +50,8 @@ typedef struct {
   double attn_scale;      /* attention score scale (0: 1 / sqrt(head_dim)); Gemma 2:
                            * query_pre_attn_scalar ** -0.5 */
   double attn_softcap;    /* attention logit soft-capping (0: none; Gemma 2) */
+  int attn_scale_by_layer;/* 1: layer L's scale is further divided by L + 1 (GPT-2's
+                           * scale_attn_by_inverse_layer_idx) */
 } ls_config_t;
 
 /* Parse config.json text; `path` is used in messages. Returns 0 or -1 after one
@@ -55,8 +67,13 @@ static inline int ls_config_window(const ls_config_t *c, int layer) {
   return layer >= 0 && layer < LS_MAX_TYPED_LAYERS && c->layer_sliding[layer] ? c->sliding_window : 0;
 }
 
-/* RoPE inverse frequencies (head_dim / 2 floats), computed in float32 the way
- * transformers does (including linear and llama3 scaling). */
-void ls_config_rope_inv_freq(const ls_config_t *cfg, float *inv_freq);
+/* RoPE inverse frequencies (rope_dim / 2 floats) of one parameter set, computed in
+ * float32 the way transformers does (including linear and llama3 scaling). */
+void ls_config_rope_inv_freq(const ls_rope_params_t *r, int rope_dim, float *inv_freq);
+/* The RoPE parameters layer L uses. */
+static inline const ls_rope_params_t *ls_config_rope(const ls_config_t *c, int layer) {
+  const int sliding = layer >= 0 && layer < LS_MAX_TYPED_LAYERS && c->layer_sliding[layer];
+  return c->local_rope && sliding ? &c->rope_local : &c->rope;
+}
 
 #endif

@@ -111,26 +111,26 @@ typedef struct {
  * tensors, final norm), plus lm_head unless tied. */
 static int list_tensors(const ls_config_t *c, int tie, mm_tensor_t **out, int *n) {
   const ls_family_t *fam = ls_family_get(c->family);
-  int cap = 4 + c->n_layers * fam->n_slots;
+  int cap = 1 + LS_G_COUNT + c->n_layers * fam->n_slots;
   mm_tensor_t *t = ls_calloc((size_t)cap, sizeof *t, "tensor list");
   ls_wspec_t *w = ls_calloc((size_t)fam->n_slots, sizeof *w, "tensor list");
-  ls_wspec_t embed, norm;
+  ls_wspec_t g[LS_G_COUNT];
   if (!t || !w) { free(t); free(w); return LS_ERR; }
-  fam->global_tensors(c, &embed, &norm);
+  memset(g, 0, sizeof g);
+  fam->global_tensors(c, g);
   int k = 0;
-  const ls_wspec_t *one[1];
   for (int L = -1; L <= c->n_layers; L++) {
     const ls_wspec_t *specs = w;
     int count = fam->n_slots;
-    if (L < 0 || L == c->n_layers) {
-      one[0] = L < 0 ? &embed : &norm;
-      specs = one[0];
-      count = 1;
+    if (L < 0 || L == c->n_layers) { /* embeddings first, final norm last */
+      specs = L < 0 ? &g[LS_G_EMBED] : &g[LS_G_FINAL_NORM]; /* and the one after each */
+      count = 2;
     } else {
       fam->layer_tensors(c, L, w);
     }
     for (int i = 0; i < count; i++) {
-      if (!specs[i].present) continue;
+      /* the slots of one fused tensor are consecutive: it is written once */
+      if (!specs[i].present || (k > 0 && strcmp(t[k - 1].name, specs[i].name) == 0)) continue;
       snprintf(t[k].name, sizeof t[k].name, "%s", specs[i].name);
       t[k].ndim = specs[i].ndim;
       t[k].shape[0] = specs[i].shape[0];

@@ -58,17 +58,46 @@ static int build_table(ls_model_t *m) {
     m->fam->layer_tensors(c, L, specs);
     for (int i = 0; i < m->n_slots; i++) m->slots[(size_t)L * m->n_slots + i].spec = specs[i];
   }
-  if (rc == LS_OK) m->fam->global_tensors(c, &m->embed.spec, &m->final_norm.spec);
+  if (rc == LS_OK) {
+    ls_wspec_t g[LS_G_COUNT];
+    memset(g, 0, sizeof g);
+    m->fam->global_tensors(c, g);
+    for (int i = 0; i < LS_G_COUNT; i++) m->glob[i].spec = g[i];
+  }
   free(specs);
   return rc;
+}
+
+/* Checkpoints saved from the bare model (GPT2Model) lack the family's optional name
+ * prefix: when the embedding is found only without it, drop it from every name. */
+static void drop_optional_prefix(ls_model_t *m) {
+  const char *pre = m->fam->optional_prefix;
+  const size_t n = pre ? strlen(pre) : 0;
+  const char *embed = m->glob[LS_G_EMBED].spec.name;
+  if (!n || ls_st_find(&m->st, embed) || strncmp(embed, pre, n) != 0 ||
+      !ls_st_find(&m->st, embed + n))
+    return;
+  const size_t total = (size_t)m->cfg.n_layers * (size_t)m->n_slots;
+  for (size_t i = 0; i < total + LS_G_COUNT; i++) {
+    ls_wspec_t *w = i < total ? &m->slots[i].spec : &m->glob[i - total].spec;
+    if (strncmp(w->name, pre, n) == 0) memmove(w->name, w->name + n, strlen(w->name + n) + 1);
+  }
 }
 
 static int validate_slot(ls_model_t *m, ls_wslot_t *s) {
   if (!s->spec.present) return LS_OK;
   const ls_st_tensor_t *t = expect_tensor(m, s->spec.name, s->spec.shape, s->spec.ndim);
   if (!t) return LS_ERR;
+  const ls_wspec_t *w = &s->spec;
+  const int64_t rows = w->ndim == 2 && w->transpose ? w->shape[1] : w->shape[0];
+  if (w->view_count > 0 && (w->view_row0 < 0 || w->view_block <= 0 ||
+                            w->view_row0 + (w->view_count - 1) * w->view_stride + w->view_block > rows)) {
+    ls_error("%s: the part of tensor %s this family takes lies outside its %lld rows (a "
+             "layersweep bug: report it)", m->st.dir, w->name, (long long)rows);
+    return LS_ERR;
+  }
   s->dtype = t->dtype;
-  s->numel = t->numel;
+  s->numel = ls_wspec_numel(w);
   return LS_OK;
 }
 
@@ -85,7 +114,9 @@ static int validate_root(ls_model_t *m, const char *dir) {
   if (!m->config_json || ls_config_parse(m->config_json, path, &m->cfg) ||
       build_table(m) || ls_st_open_dir(dir, &m->st))
     return LS_ERR;
-  if (validate_slot(m, &m->embed) || validate_slot(m, &m->final_norm)) return LS_ERR;
+  drop_optional_prefix(m);
+  for (int g = 0; g < LS_G_COUNT; g++)
+    if (validate_slot(m, &m->glob[g])) return LS_ERR;
   /* quiet but wrong: a checkpoint with more layers than config.json says */
   ls_wspec_t *extra = ls_calloc((size_t)m->n_slots, sizeof *extra, "weight table");
   if (!extra) return LS_ERR;
@@ -98,7 +129,9 @@ static int validate_root(ls_model_t *m, const char *dir) {
       break;
     }
   free(extra);
-  m->total_tensor_bytes = (uint64_t)m->final_norm.numel * ls_dtype_size(m->final_norm.dtype);
+  m->total_tensor_bytes = 0; /* the layers, the final norm and its bias */
+  for (int g = LS_G_FINAL_NORM; g <= LS_G_FINAL_BIAS; g++)
+    m->total_tensor_bytes += (uint64_t)m->glob[g].numel * ls_dtype_size(m->glob[g].dtype);
   for (int L = 0; L < m->cfg.n_layers; L++) {
     uint64_t off = 0;
     for (int i = 0; i < m->n_slots; i++) {
@@ -146,8 +179,7 @@ int ls_model_open(ls_model_t *m, const char *dir, MPI_Comm comm) {
   const int nl = m->cfg.n_layers;
   ls_bcast_bytes(m->config_json, scalars[2] + 1, 0, comm);
   ls_bcast_bytes(m->slots, sizeof *m->slots * (size_t)nl * (size_t)m->n_slots, 0, comm);
-  MPI_Bcast(&m->embed, sizeof m->embed, MPI_BYTE, 0, comm);
-  MPI_Bcast(&m->final_norm, sizeof m->final_norm, MPI_BYTE, 0, comm);
+  MPI_Bcast(m->glob, sizeof m->glob, MPI_BYTE, 0, comm);
   MPI_Bcast(m->layer_bytes, nl, MPI_UINT64_T, 0, comm);
   return LS_OK;
 }
@@ -185,19 +217,59 @@ static int check_finite(const ls_model_t *m, const ls_st_tensor_t *t, const void
   return LS_ERR;
 }
 
+/* dst <- the slot's part of the stored tensor raw (es-byte elements): transposed when
+ * the spec says so, then the view's rows in order. */
+static void take_view(const ls_wspec_t *w, const char *raw, size_t es, char *dst) {
+  const int64_t cols = ls_wspec_cols(w);
+  const int64_t count = w->view_count > 0 ? w->view_count : 1;
+  const int64_t block = w->view_count > 0 ? w->view_block : ls_wspec_rows(w);
+  int64_t k = 0;
+  for (int64_t j = 0; j < count; j++)
+    for (int64_t i = 0; i < block; i++, k++) {
+      const int64_t r = (w->view_count > 0 ? w->view_row0 + j * w->view_stride : 0) + i;
+      char *out = dst + (size_t)(k * cols) * es;
+      if (w->transpose) /* logical (r, c) is stored (c, r) of a (cols, rows) tensor */
+        for (int64_t c = 0; c < cols; c++)
+          memcpy(out + (size_t)c * es, raw + (size_t)(c * w->shape[1] + r) * es, es);
+      else
+        memcpy(out, raw + (size_t)(r * cols) * es, (size_t)cols * es);
+    }
+}
+
 int ls_model_read_layer(ls_model_t *m, int layer, void *dst) {
-  for (int i = 0; i < m->n_slots; i++) {
+  char *fused = NULL;       /* the last stored tensor read whole for views */
+  const ls_st_tensor_t *held = NULL;
+  int rc = LS_OK;
+  for (int i = 0; i < m->n_slots && rc == LS_OK; i++) {
     const ls_wslot_t *s = ls_model_slot(m, layer, i);
     if (!s->spec.present) continue;
     const ls_st_tensor_t *t = ls_st_find(&m->st, s->spec.name);
-    if (!t || ls_st_read(&m->st, t, (char *)dst + s->offset)) return LS_ERR;
-    if (check_finite(m, t, (char *)dst + s->offset, (uint64_t)t->numel, 0)) return LS_ERR;
+    if (!t) return LS_ERR;
+    char *out = (char *)dst + s->offset;
+    if (!s->spec.transpose && s->spec.view_count == 0) {
+      rc = ls_st_read(&m->st, t, out) || check_finite(m, t, out, (uint64_t)t->numel, 0)
+               ? LS_ERR : LS_OK;
+      continue;
+    }
+    if (t != held) { /* the slots of one fused tensor are consecutive: read it once */
+      free(fused);
+      held = NULL;
+      fused = ls_malloc((size_t)t->numel * ls_dtype_size(t->dtype), "fused tensor");
+      if (!fused || ls_st_read(&m->st, t, fused) ||
+          check_finite(m, t, fused, (uint64_t)t->numel, 0)) {
+        rc = LS_ERR;
+        break;
+      }
+      held = t;
+    }
+    take_view(&s->spec, fused, ls_dtype_size(t->dtype), out);
   }
-  return LS_OK;
+  free(fused);
+  return rc;
 }
 
-int ls_model_read_embed_rows(ls_model_t *m, const int32_t *ids, int64_t n, void *dst) {
-  const ls_st_tensor_t *t = ls_st_find(&m->st, m->embed.spec.name);
+int ls_model_read_rows(ls_model_t *m, int g, const int32_t *ids, int64_t n, void *dst) {
+  const ls_st_tensor_t *t = ls_st_find(&m->st, m->glob[g].spec.name);
   const uint64_t row = (uint64_t)m->cfg.hidden * ls_dtype_size(t->dtype);
   /* coalesce runs of consecutive ids into one pread */
   for (int64_t i = 0; i < n;) {
@@ -213,8 +285,8 @@ int ls_model_read_embed_rows(ls_model_t *m, const int32_t *ids, int64_t n, void 
   return LS_OK;
 }
 
-int ls_model_read_final_norm(ls_model_t *m, void *dst) {
-  const ls_st_tensor_t *t = ls_st_find(&m->st, m->final_norm.spec.name);
+int ls_model_read_global(ls_model_t *m, int g, void *dst) {
+  const ls_st_tensor_t *t = ls_st_find(&m->st, m->glob[g].spec.name);
   if (ls_st_read(&m->st, t, dst)) return LS_ERR;
   return check_finite(m, t, dst, (uint64_t)t->numel, 0);
 }

@@ -16,7 +16,7 @@
 typedef struct {
   ls_wspec_t spec;  /* from the family's table */
   int32_t dtype;    /* ls_dtype_t of the checkpoint tensor (present tensors) */
-  int64_t numel;
+  int64_t numel;    /* the slot's elements (a view's, not the whole fused tensor's) */
   uint64_t offset;  /* byte offset inside the packed layer */
 } ls_wslot_t;
 
@@ -27,7 +27,7 @@ typedef struct {
   ls_st_model_t st;          /* rank 0 only */
   int n_slots;               /* tensors per layer (fam->n_slots) */
   ls_wslot_t *slots;         /* (n_layers, n_slots) */
-  ls_wslot_t embed, final_norm;
+  ls_wslot_t glob[LS_G_COUNT]; /* the model-level tensors (LS_G_*) */
   uint64_t *layer_bytes;     /* (n_layers) packed raw bytes per layer */
   uint64_t max_layer_bytes;
   uint64_t total_tensor_bytes; /* bytes of every tensor a full sweep reads */
@@ -51,9 +51,10 @@ uint64_t ls_model_fingerprint(ls_model_t *m, MPI_Comm comm);
 
 /* Rank 0: read layer L's tensors (raw checkpoint bytes) into dst (layer_bytes[L]). */
 int ls_model_read_layer(ls_model_t *m, int layer, void *dst);
-/* Rank 0: read embedding rows ids[0..n) (sorted, distinct) raw into dst (n, H). */
-int ls_model_read_embed_rows(ls_model_t *m, const int32_t *ids, int64_t n, void *dst);
-/* Rank 0: read the final norm weight raw into dst (H). */
-int ls_model_read_final_norm(ls_model_t *m, void *dst);
+/* Rank 0: read rows ids[0..n) (sorted, distinct) of the embedding-kind global tensor g
+ * (LS_G_EMBED, LS_G_POS_EMBED) raw into dst (n, H). */
+int ls_model_read_rows(ls_model_t *m, int g, const int32_t *ids, int64_t n, void *dst);
+/* Rank 0: read the whole global tensor g (present) raw into dst. */
+int ls_model_read_global(ls_model_t *m, int g, void *dst);
 
 #endif

@@ -215,7 +215,7 @@ int ls_sw_plan(sweep_t *s) {
      * pooled outputs, index arrays, rope tables and GEMM-input scratch on the device;
      * the residual stream too if it fits, else on the host, staged per microbatch */
     const int max_dim = ls_sw_max_gemm_in(&s->model);
-    double idx = (double)(sh->n_rows + 4 * np + 8) * 4 + 2.0 * max_len * (c->head_dim / 2) * 4;
+    double idx = (double)(sh->n_rows + 4 * np + 8) * 4 + 4.0 * max_len * (c->rope_dim / 2) * 4;
     double gemm_in = be->wtype == LS_DT_F32 ? 0 : (double)ls_round_rows(sh->T_max) * max_dim * 2;
     double fixed = staging + wconv + scratch + outbuf + idx + gemm_in + (double)(256 << 20);
     bf->x_on_host = fixed + resid > 0.92 * be->mem_bytes;
@@ -303,19 +303,27 @@ int ls_sw_plan(sweep_t *s) {
     }
   }
   if (ls_agree(rc, s->comm)) return LS_ERR;
-  /* rope tables for every position a prompt can have */
-  const int half = c->head_dim / 2;
-  bf->cos_tab = ls_malloc(sizeof(float) * (size_t)max_len * half, "rope table");
-  bf->sin_tab = ls_malloc(sizeof(float) * (size_t)max_len * half, "rope table");
-  float *inv = ls_malloc(sizeof(float) * (size_t)half, "rope table");
-  if (!bf->cos_tab || !bf->sin_tab || !inv) return LS_ERR;
-  ls_config_rope_inv_freq(c, inv);
-  for (int64_t pp = 0; pp < max_len; pp++)
-    for (int i = 0; i < half; i++) {
-      float a = (float)pp * inv[i];
-      bf->cos_tab[pp * half + i] = (float)cos((double)a);
-      bf->sin_tab[pp * half + i] = (float)sin((double)a);
+  /* rope tables for every position a prompt can have (none without RoPE) */
+  const int half = c->rope_dim / 2;
+  const size_t n_tab = (size_t)max_len * (size_t)(half > 0 ? half : 1);
+  float *inv = ls_malloc(sizeof(float) * (size_t)(half > 0 ? half : 1), "rope table");
+  if (!inv) return LS_ERR;
+  for (int k = 0; k < 2; k++) {
+    bf->cos_tab[k] = ls_calloc(n_tab, sizeof(float), "rope table");
+    bf->sin_tab[k] = ls_calloc(n_tab, sizeof(float), "rope table");
+    if (!bf->cos_tab[k] || !bf->sin_tab[k]) {
+      free(inv);
+      return LS_ERR;
     }
+    if (half == 0 || (k == 1 && !c->local_rope)) continue;
+    ls_config_rope_inv_freq(k ? &c->rope_local : &c->rope, c->rope_dim, inv);
+    for (int64_t pp = 0; pp < max_len; pp++)
+      for (int i = 0; i < half; i++) {
+        float a = (float)pp * inv[i];
+        bf->cos_tab[k][pp * half + i] = (float)cos((double)a);
+        bf->sin_tab[k][pp * half + i] = (float)sin((double)a);
+      }
+  }
   free(inv);
   return LS_OK;
 }

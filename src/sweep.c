@@ -71,8 +71,10 @@ static int alloc_buffers(sweep_t *s) {
     bf->lw_all = ls_calloc((size_t)c->n_layers * (size_t)s->model.n_slots, sizeof(void *),
                            "layer table");
   bf->final_norm_w = f->alloc(be, sizeof(float) * H, "final norm");
+  const int has_bias = s->model.glob[LS_G_FINAL_BIAS].spec.present;
+  if (has_bias) bf->final_bias_w = f->alloc(be, sizeof(float) * H, "final norm bias");
   if (!bf->x || !bf->scratch || !bf->wbuf || !bf->lw || (preload && !bf->lw_all) ||
-      !bf->final_norm_w)
+      !bf->final_norm_w || (has_bias && !bf->final_bias_w))
     rc = LS_ERR;
   for (int h = 0; h < LS_HOOK_COUNT && rc == LS_OK; h++) {
     if (!((s->sel.hooks >> h) & 1)) continue;
@@ -82,14 +84,17 @@ static int alloc_buffers(sweep_t *s) {
     if (!bf->out[h] || !bf->out_host[h]) rc = LS_ERR;
   }
   if (rc == LS_OK) {
-    const size_t rope = sizeof(float) * (size_t)sh->max_len * (size_t)(c->head_dim / 2);
+    const size_t rope = sizeof(float) * (size_t)sh->max_len * (size_t)(c->rope_dim > 0 ? c->rope_dim / 2 : 1);
     const size_t nseq = sizeof(int32_t) * (size_t)(2 * sh->n_prompts + 2);
     bf->seq_start_d = index_copy(s, sh->seq_start, nseq, "microbatches");
     bf->seq_len_d = index_copy(s, sh->seq_len, nseq, "microbatches");
     bf->pos_d = index_copy(s, sh->pos, sizeof(int32_t) * (size_t)max64(sh->n_rows, 1), "positions");
-    bf->cos_d = index_copy(s, bf->cos_tab, rope, "rope table");
-    bf->sin_d = index_copy(s, bf->sin_tab, rope, "rope table");
-    if (!bf->seq_start_d || !bf->seq_len_d || !bf->pos_d || !bf->cos_d || !bf->sin_d) rc = LS_ERR;
+    for (int k = 0; k < 2 && rc == LS_OK; k++) {
+      bf->cos_d[k] = index_copy(s, bf->cos_tab[k], rope, "rope table");
+      bf->sin_d[k] = index_copy(s, bf->sin_tab[k], rope, "rope table");
+      if (!bf->cos_d[k] || !bf->sin_d[k]) rc = LS_ERR;
+    }
+    if (!bf->seq_start_d || !bf->seq_len_d || !bf->pos_d) rc = LS_ERR;
   }
   if (rc == LS_OK && f->reserve) rc = f->reserve(be, sh->T_max, ls_sw_max_gemm_in(&s->model));
   return rc;
@@ -166,6 +171,37 @@ static int64_t rank_rows(const sweep_t *s, int r, const int32_t *uni, int64_t n_
   return k;
 }
 
+/* Learned position embeddings (GPT-2): rows 0 .. (longest prompt) - 1, float32, on every
+ * rank (rank 0 reads, everyone receives); NULL after an error, on every rank. */
+static float *position_rows(sweep_t *s) {
+  const ls_dataset_t *d = &s->data;
+  const ls_wslot_t *g = &s->model.glob[LS_G_POS_EMBED];
+  const size_t H = (size_t)s->cfg->hidden, row = H * ls_dtype_size(g->dtype);
+  int64_t n = 1;
+  for (int64_t i = 0; i < d->n; i++) n = max64(n, ls_dataset_len(d, i));
+  int32_t *ids = ls_malloc(sizeof(int32_t) * (size_t)n, "position ids");
+  char *raw = ls_malloc(row * (size_t)n, "position embeddings");
+  float *tab = ls_malloc(sizeof(float) * H * (size_t)n, "position embeddings");
+  int rc = ids && raw && tab ? LS_OK : LS_ERR;
+  if (rc == LS_OK && n > g->spec.shape[0]) { /* the dataset reader caps prompts at max_pos */
+    ls_error("a prompt has %lld tokens but the model has %lld learned positions",
+             (long long)n, (long long)g->spec.shape[0]);
+    rc = LS_ERR;
+  }
+  for (int64_t i = 0; i < n && rc == LS_OK; i++) ids[i] = (int32_t)i;
+  if (rc == LS_OK && s->rank == 0) rc = ls_model_read_rows(&s->model, LS_G_POS_EMBED, ids, n, raw);
+  if (ls_agree(rc, s->comm) == LS_OK) {
+    ls_bcast_bytes(raw, row * (size_t)n, 0, s->comm);
+    ls_convert_to_f32(tab, raw, g->dtype, H * (size_t)n);
+  } else {
+    free(tab);
+    tab = NULL;
+  }
+  free(ids);
+  free(raw);
+  return tab;
+}
+
 /* The residual stream <- the embedding rows of this rank's tokens. Every rank holds the
  * whole dataset, so rank 0 knows which distinct ids each rank needs: it reads the
  * world's distinct rows once and sends each rank its rows (a scatter done as one
@@ -175,14 +211,15 @@ static int embed(sweep_t *s) {
   double t0 = ls_now();
   const ls_shard_t *sh = &s->sh;
   const ls_dataset_t *d = &s->data;
-  const size_t H = (size_t)s->cfg->hidden, row = H * ls_dtype_size(s->model.embed.dtype);
+  const size_t H = (size_t)s->cfg->hidden,
+               row = H * ls_dtype_size(s->model.glob[LS_G_EMBED].dtype);
   int64_t n_mine = 0, n_uni = 0;
   int32_t *mine = distinct_ids(d->tokens + sh->t0, sh->n_tokens, &n_mine);
   char *myrows = ls_malloc(row * (size_t)max64(n_mine, 1), "embedding rows");
   int32_t *uni = NULL;
   char *rows = NULL, *pack = NULL;
   unsigned char *mark = NULL;
-  float *table = NULL, *xh = NULL;
+  float *table = NULL, *xh = NULL, *pos_tab = NULL;
   int rc = mine && myrows ? LS_OK : LS_ERR;
   MPI_Datatype row_t;
   MPI_Type_contiguous((int)row, MPI_BYTE, &row_t);
@@ -195,7 +232,7 @@ static int embed(sweep_t *s) {
     rc = uni && rows && mark ? LS_OK : LS_ERR;
     if (rc == LS_OK) {
       uint64_t before = s->model.st.bytes_read;
-      rc = ls_model_read_embed_rows(&s->model, uni, n_uni, rows);
+      rc = ls_model_read_rows(&s->model, LS_G_EMBED, uni, n_uni, rows);
       s->prof.embed_bytes = s->model.st.bytes_read - before;
     }
     for (int r = 1; r < s->size && rc == LS_OK; r++)
@@ -219,10 +256,16 @@ static int embed(sweep_t *s) {
   table = ls_malloc(sizeof(float) * H * (size_t)max64(n_mine, 1), "embedding");
   xh = ls_malloc(sizeof(float) * H * (size_t)chunk_rows, "embedding staging");
   rc = table && xh ? LS_OK : LS_ERR;
-  if (rc == LS_OK) ls_convert_to_f32(table, myrows, s->model.embed.dtype, H * (size_t)n_mine);
+  if (rc == LS_OK)
+    ls_convert_to_f32(table, myrows, s->model.glob[LS_G_EMBED].dtype, H * (size_t)n_mine);
   const float scale = s->fam->embed_scale ? s->fam->embed_scale(s->cfg) : 1.0f;
   if (rc == LS_OK && scale != 1.0f)
     for (size_t i = 0; i < H * (size_t)n_mine; i++) table[i] *= scale;
+  if (ls_agree(rc, s->comm) || (s->model.glob[LS_G_POS_EMBED].spec.present &&
+                                !(pos_tab = position_rows(s)))) {
+    rc = LS_ERR;
+    goto done;
+  }
   int64_t staged0 = 0, staged = 0; /* rows [staged0, staged0 + staged) are in xh */
   for (int64_t i = 0; i < sh->n_prompts && rc == LS_OK; i++) {
     const int64_t len = ls_dataset_len(d, sh->p0 + i);
@@ -231,7 +274,10 @@ static int embed(sweep_t *s) {
     for (int64_t r = sh->poff[i]; r < sh->poff[i + 1] && rc == LS_OK; r++) {
       int64_t t = r - sh->poff[i] < len ? r - sh->poff[i] : len - 1;
       int32_t *hit = bsearch(&tok[t], mine, (size_t)n_mine, sizeof(int32_t), cmp_i32);
-      memcpy(xh + (size_t)staged * H, table + (size_t)(hit - mine) * H, sizeof(float) * H);
+      float *xr = xh + (size_t)staged * H;
+      memcpy(xr, table + (size_t)(hit - mine) * H, sizeof(float) * H);
+      if (pos_tab) /* token + position, as transformers adds them (float32) */
+        for (size_t j = 0; j < H; j++) xr[j] += pos_tab[(size_t)t * H + j];
       if (++staged == chunk_rows || r + 1 == sh->n_rows) {
         rc = put_rows(s, staged0, xh, staged);
         staged0 += staged;
@@ -243,28 +289,33 @@ static int embed(sweep_t *s) {
 done:
   MPI_Type_free(&row_t);
   free(mine); free(myrows); free(uni); free(rows); free(pack); free(mark); free(table); free(xh);
+  free(pos_tab);
   s->prof.t_embed = ls_now() - t0;
   return rc;
 }
 
-/* final norm weight: rank 0 reads, everyone receives */
-static int load_final_norm(sweep_t *s) {
-  const size_t H = (size_t)s->cfg->hidden, bytes = H * ls_dtype_size(s->model.final_norm.dtype);
+/* The final norm's weight (and bias): rank 0 reads, everyone receives. */
+static int load_global_vector(sweep_t *s, int g, float *dst) {
+  const ls_wslot_t *w = &s->model.glob[g];
+  const size_t H = (size_t)s->cfg->hidden, bytes = H * ls_dtype_size(w->dtype);
   char *raw = ls_malloc(bytes, "final norm");
   int rc = raw ? LS_OK : LS_ERR;
-  if (rc == LS_OK && s->rank == 0) rc = ls_model_read_final_norm(&s->model, raw);
+  if (rc == LS_OK && s->rank == 0) rc = ls_model_read_global(&s->model, g, raw);
   if (ls_agree(rc, s->comm) == LS_OK) {
     ls_bcast_bytes(raw, bytes, 0, s->comm);
-    rc = s->be->iface->load_weight(s->be, s->buf.final_norm_w, raw, s->model.final_norm.dtype,
-                                   H, 0, 0);
-    if (rc == LS_OK && s->model.final_norm.spec.kind == LS_WK_NORM_P1)
-      s->be->iface->shift(s->be, s->buf.final_norm_w, 1.0f, H);
+    rc = s->be->iface->load_weight(s->be, dst, raw, w->dtype, H, 0, 0);
+    if (rc == LS_OK && w->spec.kind == LS_WK_NORM_P1) s->be->iface->shift(s->be, dst, 1.0f, H);
     if (rc == LS_OK && s->be->iface->sync) rc = s->be->iface->sync(s->be);
   } else {
     rc = LS_ERR;
   }
   free(raw);
   return ls_agree(rc, s->comm); /* the backend's part is local */
+}
+
+static int load_final_norm(sweep_t *s) {
+  if (load_global_vector(s, LS_G_FINAL_NORM, s->buf.final_norm_w)) return LS_ERR;
+  return s->buf.final_bias_w ? load_global_vector(s, LS_G_FINAL_BIAS, s->buf.final_bias_w) : LS_OK;
 }
 
 /* ---- the layer loop ---------------------------------------------------------------------------------- */
@@ -386,7 +437,8 @@ static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
       float *x = stage_in(s, row0, b.T);
       hook_ctx_t hk = {s, mb, &b, 0};
       if (sel >= 0) on_hook(&hk, LS_HOOK_RESIDUAL_PRE, x, s->cfg->hidden);
-      const ls_block_t blk = {s->be, s->cfg, L, lw, s->buf.cos_d, s->buf.sin_d, &b,
+      const int lr = s->cfg->local_rope && ls_config_rope(s->cfg, L) == &s->cfg->rope_local;
+      const ls_block_t blk = {s->be, s->cfg, L, lw, s->buf.cos_d[lr], s->buf.sin_d[lr], &b,
                               s->buf.scratch, s->sh.T_max, sel >= 0 ? on_hook : NULL, &hk};
       s->fam->forward(&blk, x);
       if (sel >= 0) on_hook(&hk, LS_HOOK_RESIDUAL_POST, x, s->cfg->hidden);
@@ -425,7 +477,7 @@ static int run_final_norm(sweep_t *s) {
     ls_batch_t b;
     int64_t row0 = batch_of(s, mb, &b);
     s->fam->final_norm(s->be, s->cfg, s->buf.scratch, stage_in(s, row0, b.T),
-                       s->buf.final_norm_w, b.T);
+                       s->buf.final_norm_w, s->buf.final_bias_w, b.T);
     capture(s, LS_HOOK_FINAL_NORM, s->buf.scratch, mb, &b);
   }
   if (finish_layer(s, 1u << LS_HOOK_FINAL_NORM)) return LS_ERR;
@@ -445,17 +497,19 @@ static void sweep_free(sweep_t *s) {
     f->free(be, bf->scratch);
     f->free(be, bf->wbuf);
     f->free(be, bf->final_norm_w);
+    if (bf->final_bias_w) f->free(be, bf->final_bias_w);
     for (int h = 0; h < LS_HOOK_COUNT; h++) {
       f->free(be, bf->out[h]);
       if (!be->host_visible) f->host_free(be, bf->out_host[h]);
     }
     if (!be->host_visible) {
       f->free(be, bf->seq_start_d); f->free(be, bf->seq_len_d); f->free(be, bf->pos_d);
-      f->free(be, bf->cos_d); f->free(be, bf->sin_d);
+      for (int k = 0; k < 2; k++) { f->free(be, bf->cos_d[k]); f->free(be, bf->sin_d[k]); }
     }
     ls_backend_free(be);
   }
-  free(bf->cos_tab); free(bf->sin_tab); free(bf->lw); free(bf->lw_all);
+  for (int k = 0; k < 2; k++) { free(bf->cos_tab[k]); free(bf->sin_tab[k]); }
+  free(bf->lw); free(bf->lw_all);
   ls_shard_free(&s->sh);
   free(s->sel.layers); free(s->sel.sel_index);
   free(s->out.done_marks);

@@ -78,8 +78,10 @@ typedef struct {
   void **lw;          /* (n_slots) the current layer's tensors in wbuf */
   void **lw_all;      /* (n_layers, n_slots) --preload-weights only */
   float *final_norm_w;/* (H) */
-  float *cos_tab, *sin_tab; /* (max_len, head_dim / 2), host */
-  float *cos_d, *sin_d;
+  float *final_bias_w;/* (H) LayerNorm families, else NULL */
+  float *cos_tab[2], *sin_tab[2]; /* (max_len, rope_dim / 2), host: [0] cfg->rope, [1]
+                                   * cfg->rope_local (when cfg->local_rope) */
+  float *cos_d[2], *sin_d[2];
   int32_t *seq_start_d, *seq_len_d, *pos_d; /* backend copies of the shard's arrays */
   float *out[LS_HOOK_COUNT];      /* (out_rows, H) per requested hook, backend memory */
   float *out_host[LS_HOOK_COUNT]; /* the same rows on the host, as written to the file */

@@ -107,9 +107,9 @@ static void test_llama_full(void **state) {
   assert_int_equal(c.vocab, 256);
   assert_int_equal(c.max_pos, 128);
   assert_true(c.rms_eps == 1e-5);
-  assert_true(c.rope_theta == 500000.0);
-  assert_int_equal(c.rope_type, LS_ROPE_DEFAULT);
-  assert_true(c.rope_factor == 1.0);
+  assert_true(c.rope.theta == 500000.0);
+  assert_int_equal(c.rope.type, LS_ROPE_DEFAULT);
+  assert_true(c.rope.factor == 1.0);
   assert_int_equal(c.sliding_window, 0); /* Llama never uses a window */
   assert_int_equal(c.qkv_bias, 0);
   assert_int_equal(c.o_bias, 0);
@@ -125,15 +125,15 @@ static void test_defaults(void **state) {
   assert_int_equal(c.head_dim, 16);
   assert_int_equal(c.max_pos, 0);
   assert_true(c.rms_eps == 1e-6);
-  assert_true(c.rope_theta == 10000.0);
-  assert_int_equal(c.rope_type, LS_ROPE_DEFAULT);
+  assert_true(c.rope.theta == 10000.0);
+  assert_int_equal(c.rope.type, LS_ROPE_DEFAULT);
   assert_int_equal(c.tie_embeddings, 0);
   /* null counts as absent */
   parse_ok("{" A_LLAMA SIZES ", \"num_key_value_heads\": null, \"head_dim\": null, "
            "\"rope_scaling\": null}", &c);
   assert_int_equal(c.n_kv_heads, 4);
   assert_int_equal(c.head_dim, 16);
-  assert_int_equal(c.rope_type, LS_ROPE_DEFAULT);
+  assert_int_equal(c.rope.type, LS_ROPE_DEFAULT);
 }
 
 static void test_mistral(void **state) {
@@ -165,7 +165,7 @@ static void test_qwen2(void **state) {
   assert_int_equal(c.qkv_bias, 1);
   assert_int_equal(c.o_bias, 0);
   assert_int_equal(c.mlp_bias, 0);
-  assert_true(c.rope_theta == 1e6);
+  assert_true(c.rope.theta == 1e6);
   /* use_sliding_window absent: defaults to false */
   parse_ok("{" A_QWEN2 SIZES ", \"sliding_window\": 32768}", &c);
   assert_int_equal(c.sliding_window, 0);
@@ -177,7 +177,7 @@ static void test_qwen2(void **state) {
            "\"full_attention\"], \"sliding_window\": null, \"use_sliding_window\": false, "
            "\"rope_parameters\": {\"rope_theta\": 1000000.0, \"rope_type\": \"default\"}}", &c);
   assert_int_equal(c.sliding_window, 0);
-  assert_true(c.rope_theta == 1e6);
+  assert_true(c.rope.theta == 1e6);
   /* Qwen2 biases are fixed by the family, attention_bias is not read */
   parse_ok("{" A_QWEN2 SIZES ", \"attention_bias\": false}", &c);
   assert_int_equal(c.qkv_bias, 1);
@@ -253,23 +253,23 @@ static void test_rope_classic(void **state) {
   ls_config_t c;
   parse_ok("{" A_LLAMA SIZES ", \"rope_theta\": 250000.0, \"rope_scaling\": {\"type\": "
            "\"linear\", \"factor\": 2.0}}", &c);
-  assert_true(c.rope_theta == 250000.0);
-  assert_int_equal(c.rope_type, LS_ROPE_LINEAR);
-  assert_true(c.rope_factor == 2.0);
+  assert_true(c.rope.theta == 250000.0);
+  assert_int_equal(c.rope.type, LS_ROPE_LINEAR);
+  assert_true(c.rope.factor == 2.0);
   /* the fixture llama3 form (rope_type key inside rope_scaling) */
   parse_ok("{" A_LLAMA SIZES ", \"rope_theta\": 500000.0, \"rope_scaling\": {\"factor\": 8.0, "
            "\"high_freq_factor\": 4.0, \"low_freq_factor\": 1.0, "
            "\"original_max_position_embeddings\": 8192, \"rope_type\": \"llama3\"}}", &c);
-  assert_int_equal(c.rope_type, LS_ROPE_LLAMA3);
-  assert_true(c.rope_theta == 500000.0);
-  assert_true(c.rope_factor == 8.0);
-  assert_true(c.rope_low_freq_factor == 1.0);
-  assert_true(c.rope_high_freq_factor == 4.0);
-  assert_int_equal(c.rope_orig_max_pos, 8192);
+  assert_int_equal(c.rope.type, LS_ROPE_LLAMA3);
+  assert_true(c.rope.theta == 500000.0);
+  assert_true(c.rope.factor == 8.0);
+  assert_true(c.rope.low_freq_factor == 1.0);
+  assert_true(c.rope.high_freq_factor == 4.0);
+  assert_int_equal(c.rope.orig_max_pos, 8192);
   /* explicit default */
   parse_ok("{" A_LLAMA SIZES ", \"rope_scaling\": {\"rope_type\": \"default\"}}", &c);
-  assert_int_equal(c.rope_type, LS_ROPE_DEFAULT);
-  assert_true(c.rope_factor == 1.0);
+  assert_int_equal(c.rope.type, LS_ROPE_DEFAULT);
+  assert_true(c.rope.factor == 1.0);
 }
 
 static void test_rope_parameters(void **state) {
@@ -277,30 +277,30 @@ static void test_rope_parameters(void **state) {
   /* transformers 5: theta lives inside rope_parameters, no top-level rope_theta */
   parse_ok("{" A_LLAMA SIZES ", \"rope_parameters\": {\"rope_theta\": 1000000.0, "
            "\"rope_type\": \"default\"}}", &c);
-  assert_true(c.rope_theta == 1e6);
-  assert_int_equal(c.rope_type, LS_ROPE_DEFAULT);
+  assert_true(c.rope.theta == 1e6);
+  assert_int_equal(c.rope.type, LS_ROPE_DEFAULT);
   parse_ok("{" A_LLAMA SIZES ", \"rope_parameters\": {\"rope_theta\": 10000.0, "
            "\"rope_type\": \"linear\", \"factor\": 4.0}}", &c);
-  assert_true(c.rope_theta == 10000.0);
-  assert_int_equal(c.rope_type, LS_ROPE_LINEAR);
-  assert_true(c.rope_factor == 4.0);
+  assert_true(c.rope.theta == 10000.0);
+  assert_int_equal(c.rope.type, LS_ROPE_LINEAR);
+  assert_true(c.rope.factor == 4.0);
   parse_ok("{" A_LLAMA SIZES ", \"rope_parameters\": {\"rope_theta\": 500000.0, "
            "\"rope_type\": \"llama3\", \"factor\": 32.0, \"low_freq_factor\": 2.0, "
            "\"high_freq_factor\": 8.0, \"original_max_position_embeddings\": 4096}}", &c);
-  assert_true(c.rope_theta == 500000.0);
-  assert_int_equal(c.rope_type, LS_ROPE_LLAMA3);
-  assert_true(c.rope_factor == 32.0);
-  assert_true(c.rope_low_freq_factor == 2.0);
-  assert_true(c.rope_high_freq_factor == 8.0);
-  assert_int_equal(c.rope_orig_max_pos, 4096);
+  assert_true(c.rope.theta == 500000.0);
+  assert_int_equal(c.rope.type, LS_ROPE_LLAMA3);
+  assert_true(c.rope.factor == 32.0);
+  assert_true(c.rope.low_freq_factor == 2.0);
+  assert_true(c.rope.high_freq_factor == 8.0);
+  assert_int_equal(c.rope.orig_max_pos, 4096);
   /* rope_theta inside rope_parameters wins over a stale top-level one */
   parse_ok("{" A_LLAMA SIZES ", \"rope_theta\": 10000.0, \"rope_parameters\": "
            "{\"rope_theta\": 300000.0, \"rope_type\": \"default\"}}", &c);
-  assert_true(c.rope_theta == 300000.0);
+  assert_true(c.rope.theta == 300000.0);
   /* and the top-level one is the fallback */
   parse_ok("{" A_LLAMA SIZES ", \"rope_theta\": 20000.0, \"rope_parameters\": "
            "{\"rope_type\": \"default\"}}", &c);
-  assert_true(c.rope_theta == 20000.0);
+  assert_true(c.rope.theta == 20000.0);
 }
 
 /* ---- bad configs: one line naming the file ------------------------------------------- */
@@ -409,14 +409,14 @@ static void test_bad_json(void **state) {
  * _linear_scaling / _llama3_parameters. Returns a bitmask of the llama3 bands seen
  * (1 high frequency kept, 2 low frequency divided, 4 smoothed). */
 static int ref_inv_freq(const ls_config_t *c, double *out) {
-  const int dim = c->head_dim, half = dim / 2;
+  const int dim = c->rope_dim, half = dim / 2;
   int bands = 0;
   for (int i = 0; i < half; i++) {
-    double f = 1.0 / pow(c->rope_theta, (double)(2 * i) / dim);
-    if (c->rope_type == LS_ROPE_LINEAR) f /= c->rope_factor;
-    if (c->rope_type == LS_ROPE_LLAMA3) {
-      double factor = c->rope_factor, lo = c->rope_low_freq_factor,
-             hi = c->rope_high_freq_factor, old = c->rope_orig_max_pos;
+    double f = 1.0 / pow(c->rope.theta, (double)(2 * i) / dim);
+    if (c->rope.type == LS_ROPE_LINEAR) f /= c->rope.factor;
+    if (c->rope.type == LS_ROPE_LLAMA3) {
+      double factor = c->rope.factor, lo = c->rope.low_freq_factor,
+             hi = c->rope.high_freq_factor, old = c->rope.orig_max_pos;
       double low_wavelen = old / lo, high_wavelen = old / hi;
       double wavelen = 2 * M_PI / f;
       double llama = wavelen > low_wavelen ? f / factor : f;
@@ -434,19 +434,19 @@ static int ref_inv_freq(const ls_config_t *c, double *out) {
 static void check_inv_freq(const char *json, int want_bands) {
   ls_config_t c;
   parse_ok(json, &c);
-  const int half = c.head_dim / 2;
+  const int half = c.rope_dim / 2;
   float *got = malloc(sizeof(float) * (half + 4));
   double *want = malloc(sizeof(double) * half);
   assert_true(got && want);
   for (int i = 0; i < half + 4; i++) got[i] = NAN;
   int bands = ref_inv_freq(&c, want);
-  ls_config_rope_inv_freq(&c, got);
+  ls_config_rope_inv_freq(&c.rope, c.rope_dim, got);
   double worst = 0;
   for (int i = 0; i < half; i++) {
     double err = fabs((double)got[i] - want[i]) / fabs(want[i]);
     if (!isfinite(got[i]) || !(err <= 1e-6)) {
       fprintf(stderr, "rope inv_freq (head_dim %d, theta %g, type %d) [%d]: got %.9g want %.9g "
-              "(rel err %.3g)\n", c.head_dim, c.rope_theta, (int)c.rope_type, i, got[i], want[i],
+              "(rel err %.3g)\n", c.head_dim, c.rope.theta, (int)c.rope.type, i, got[i], want[i],
               err);
       fail();
     }
@@ -455,7 +455,7 @@ static void check_inv_freq(const char *json, int want_bands) {
   for (int i = half; i < half + 4; i++) assert_true(isnan(got[i])); /* nothing past half */
   if (getenv("LS_TEST_VERBOSE"))
     fprintf(stderr, "  inv_freq head_dim %d type %d: max rel err %.3g\n", c.head_dim,
-            (int)c.rope_type, worst);
+            (int)c.rope.type, worst);
   if (want_bands) assert_int_equal(bands, want_bands);
   free(got);
   free(want);
@@ -608,8 +608,8 @@ static void test_fixture_configs(void **state) {
   ls_config_t c;
   snprintf(p, sizeof p, "%s/llama3_rope_f16", dir);
   assert_int_equal(ls_config_load(p, &c), 0);
-  assert_int_equal(c.rope_type, LS_ROPE_LLAMA3);
-  assert_int_equal(c.rope_orig_max_pos, 32);
+  assert_int_equal(c.rope.type, LS_ROPE_LLAMA3);
+  assert_int_equal(c.rope.orig_max_pos, 32);
   assert_int_equal(c.head_dim, 32);
   assert_int_equal(c.tie_embeddings, 1);
   snprintf(p, sizeof p, "%s/llama_gqa_f32", dir);
@@ -617,11 +617,11 @@ static void test_fixture_configs(void **state) {
   assert_int_equal(c.n_kv_heads, 2);
   assert_int_equal(c.head_dim, 16);
   assert_int_equal(c.intermediate, 160);
-  assert_int_equal(c.rope_type, LS_ROPE_DEFAULT);
+  assert_int_equal(c.rope.type, LS_ROPE_DEFAULT);
   snprintf(p, sizeof p, "%s/llama_linear_rope", dir);
   assert_int_equal(ls_config_load(p, &c), 0);
-  assert_int_equal(c.rope_type, LS_ROPE_LINEAR);
-  assert_true(c.rope_factor == 2.0);
+  assert_int_equal(c.rope.type, LS_ROPE_LINEAR);
+  assert_true(c.rope.factor == 2.0);
   assert_true(c.rms_eps == 1e-6);
   snprintf(p, sizeof p, "%s/llama_mqa_bf16", dir);
   assert_int_equal(ls_config_load(p, &c), 0);
@@ -635,7 +635,7 @@ static void test_fixture_configs(void **state) {
   assert_string_equal(c.arch_name, "Qwen2ForCausalLM");
   assert_int_equal(c.sliding_window, 0);
   assert_int_equal(c.qkv_bias, 1);
-  assert_true(c.rope_theta == 1e6);
+  assert_true(c.rope.theta == 1e6);
   snprintf(p, sizeof p, "%s/qwen3_qknorm_window", dir);
   assert_int_equal(ls_config_load(p, &c), 0);
   assert_int_equal(c.head_dim, 24);

@@ -125,6 +125,32 @@ static void test_rmsnorm(void **state) {
   }
 }
 
+/* LayerNorm with and without bias; rows offset by a large mean (the two-pass variance) */
+static void test_layernorm(void **state) {
+  const int shapes[][2] = {{1, 64}, {7, 100}, {130, 1024}, {3, 4097}};
+  for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++)
+    for (int bias = 0; bias < 2; bias++) {
+      const int T = shapes[c][0], H = shapes[c][1];
+      float *x = rand_buf((size_t)T * H, 3.0f), *w = rand_buf((size_t)H, 1.0f);
+      float *b = rand_buf((size_t)H, 0.5f);
+      for (size_t i = 0; i < (size_t)T * H; i++) x[i] += 40.0f;
+      float *ref = malloc(sizeof(float) * (size_t)T * H);
+      cpu->iface->layernorm(cpu, ref, x, w, bias ? b : NULL, T, H, 1e-5f);
+      float *dx = dev_from(gpu32, x, sizeof(float) * (size_t)T * H),
+            *dw = dev_from(gpu32, w, sizeof(float) * (size_t)H),
+            *db = dev_from(gpu32, b, sizeof(float) * (size_t)H),
+            *dout = dev_poisoned(gpu32, (size_t)T * H);
+      gpu32->iface->layernorm(gpu32, dout, dx, dw, bias ? db : NULL, T, H, 1e-5f);
+      float *got = to_host(gpu32, dout, (size_t)T * H);
+      char what[128];
+      snprintf(what, sizeof what, "layernorm T=%d H=%d%s", T, H, bias ? " +bias" : "");
+      check_rows(what, got, ref, (size_t)T, (size_t)H, 1e-5);
+      gpu32->iface->free(gpu32, dx); gpu32->iface->free(gpu32, dw);
+      gpu32->iface->free(gpu32, db); gpu32->iface->free(gpu32, dout);
+      free(x); free(w); free(b); free(ref); free(got);
+    }
+}
+
 /* One GEMM case on backend be (dtype wt of its weights) against the CPU. */
 static void matmul_case(ls_backend_t *be, int T, int n_in, int n_out, int bias) {
   const int bf16 = be->wtype == LS_DT_BF16;
@@ -173,9 +199,12 @@ static void test_matmul(void **state) {
 }
 
 static void test_rope(void **state) {
-  const int cases[][3] = {{5, 4, 8}, {70, 8, 64}, {33, 2, 128}}; /* T, heads, head_dim */
+  /* T, heads, head_dim, rotated dims (partial rotary: Phi, Pythia) */
+  const int cases[][4] = {{5, 4, 8, 8}, {70, 8, 64, 64}, {33, 2, 128, 128}, {9, 4, 64, 16},
+                          {17, 3, 80, 20}, {6, 2, 96, 48}};
   for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-    const int T = cases[c][0], nh = cases[c][1], hd = cases[c][2], half = hd / 2, maxp = 200;
+    const int T = cases[c][0], nh = cases[c][1], hd = cases[c][2], rot = cases[c][3],
+              half = rot / 2, maxp = 200;
     float *x = rand_buf((size_t)T * nh * hd, 2.0f), *ct = rand_buf((size_t)maxp * half, 1.0f),
           *st = rand_buf((size_t)maxp * half, 1.0f);
     int32_t *pos = malloc(sizeof(int32_t) * (size_t)T);
@@ -184,11 +213,11 @@ static void test_rope(void **state) {
     float *dct = dev_from(gpu32, ct, sizeof(float) * (size_t)maxp * half),
           *dst = dev_from(gpu32, st, sizeof(float) * (size_t)maxp * half);
     int32_t *dpos = dev_from(gpu32, pos, sizeof(int32_t) * (size_t)T);
-    cpu->iface->rope(cpu, x, pos, ct, st, T, nh, hd);
-    gpu32->iface->rope(gpu32, dx, dpos, dct, dst, T, nh, hd);
+    cpu->iface->rope(cpu, x, pos, ct, st, T, nh, hd, rot);
+    gpu32->iface->rope(gpu32, dx, dpos, dct, dst, T, nh, hd, rot);
     float *got = to_host(gpu32, dx, (size_t)T * nh * hd);
     char what[128];
-    snprintf(what, sizeof what, "rope T=%d heads=%d hd=%d", T, nh, hd);
+    snprintf(what, sizeof what, "rope T=%d heads=%d hd=%d rot=%d", T, nh, hd, rot);
     check_rows(what, got, x, (size_t)T, (size_t)nh * hd, 1e-6);
     gpu32->iface->free(gpu32, dx); gpu32->iface->free(gpu32, dct); gpu32->iface->free(gpu32, dst);
     gpu32->iface->free(gpu32, dpos);
@@ -268,6 +297,14 @@ static void test_elementwise(void **state) {
     snprintf(what, sizeof what, "geglu n=%zu", n);
     check_rows(what, got, g, 1, n, 1e-6);
     free(got);
+    for (int approx = 0; approx < 2; approx++) {
+      cpu->iface->gelu(cpu, g, n, approx);
+      gpu32->iface->gelu(gpu32, dg, n, approx);
+      got = to_host(gpu32, dg, n);
+      snprintf(what, sizeof what, "gelu (%s) n=%zu", approx ? "tanh" : "erf", n);
+      check_rows(what, got, g, 1, n, 1e-6);
+      free(got);
+    }
     cpu->iface->shift(cpu, g, 1.0f, n);
     gpu32->iface->shift(gpu32, dg, 1.0f, n);
     got = to_host(gpu32, dg, n);
@@ -489,7 +526,7 @@ int main(int argc, char **argv) {
   printf("test_cuda_ops on %s\n", gpu32->desc);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_rmsnorm),     cmocka_unit_test(test_matmul),
-      cmocka_unit_test(test_rope),        cmocka_unit_test(test_attention),
+      cmocka_unit_test(test_layernorm),   cmocka_unit_test(test_rope),        cmocka_unit_test(test_attention),
       cmocka_unit_test(test_elementwise), cmocka_unit_test(test_pool),
       cmocka_unit_test(test_load_weight), cmocka_unit_test(test_bcast),
       cmocka_unit_test(test_block),

@@ -167,6 +167,25 @@ static void ref_rmsnorm(double *out, double *mag, const double *x, const float *
   }
 }
 
+/* LayerNorm in double; mag = |w| |x - mean| r + |b| (with the mean's scale: the float32
+ * subtraction x - mean carries |x| ulp) */
+static void ref_layernorm(double *out, double *mag, const double *x, const float *w,
+                          const float *b, int T, int H, double eps) {
+  for (int t = 0; t < T; t++) {
+    const double *xr = x + (size_t)t * H;
+    double s = 0, ss = 0;
+    for (int i = 0; i < H; i++) s += xr[i];
+    const double mean = s / H;
+    for (int i = 0; i < H; i++) ss += (xr[i] - mean) * (xr[i] - mean);
+    const double r = 1.0 / sqrt(ss / H + eps);
+    for (int i = 0; i < H; i++) {
+      size_t e = (size_t)t * H + i;
+      out[e] = w[i] * (xr[i] - mean) * r + (b ? b[i] : 0.0);
+      mag[e] = fabs(w[i]) * (fabs(xr[i] - mean) + fabs(xr[i])) * r + (b ? fabs(b[i]) : 0.0);
+    }
+  }
+}
+
 /* y (T, n_out) = x (T, n_in) @ W (n_out, n_in)^T + b; mag = sum |x W| + |b| */
 static void ref_matmul(double *y, double *mag, const double *x, const float *W, const float *b,
                        int T, int n_in, int n_out) {
@@ -183,14 +202,16 @@ static void ref_matmul(double *y, double *mag, const double *x, const float *W, 
     }
 }
 
-/* rotate_half convention with the op's tables; mag = |x1 c| + |x2 s| */
+/* rotate_half convention over the first rot dims of each head with the op's tables (the
+ * rest pass through); mag = |x1 c| + |x2 s| (|x| where passed through) */
 static void ref_rope(double *x, double *mag, const int32_t *pos, const float *cos_tab,
-                     const float *sin_tab, int T, int n_heads, int hd) {
-  const int half = hd / 2;
+                     const float *sin_tab, int T, int n_heads, int hd, int rot) {
+  const int half = rot / 2;
   for (int t = 0; t < T; t++)
     for (int h = 0; h < n_heads; h++) {
       double *v = x + ((size_t)t * n_heads + h) * hd;
       double *m = mag ? mag + ((size_t)t * n_heads + h) * hd : NULL;
+      for (int i = rot; m && i < hd; i++) m[i] = fabs(v[i]);
       for (int i = 0; i < half; i++) {
         double c = cos_tab[(size_t)pos[t] * half + i], s = sin_tab[(size_t)pos[t] * half + i];
         double x1 = v[i], x2 = v[i + half];
@@ -263,15 +284,15 @@ static void make_rope_tables(int head_dim, double theta, int max_pos, float **co
   ls_config_t c;
   memset(&c, 0, sizeof c);
   c.head_dim = head_dim;
-  c.rope_theta = theta;
-  c.rope_type = LS_ROPE_DEFAULT;
-  c.rope_factor = 1.0;
+  c.rope.theta = theta;
+  c.rope.type = LS_ROPE_DEFAULT;
+  c.rope.factor = 1.0;
   const int half = head_dim / 2;
   float *inv = malloc(sizeof(float) * (size_t)half);
   *cos_tab = malloc(sizeof(float) * (size_t)max_pos * half);
   *sin_tab = malloc(sizeof(float) * (size_t)max_pos * half);
   assert_true(inv && *cos_tab && *sin_tab);
-  ls_config_rope_inv_freq(&c, inv);
+  ls_config_rope_inv_freq(&c.rope, head_dim, inv);
   for (int p = 0; p < max_pos; p++)
     for (int i = 0; i < half; i++) {
       float a = (float)p * inv[i];
@@ -316,6 +337,36 @@ static void test_rmsnorm(void **state) {
 /* ---- matmul ------------------------------------------------------------------------------- */
 
 typedef struct { int T, n_in, n_out; } mm_shape_t;
+
+static void test_layernorm(void **state) {
+  const int Ts[] = {1, 3, 49}, Hs[] = {8, 13, 64, 257, 1000};
+  const float offsets[] = {0.0f, 30.0f, -1e3f}; /* rows far from zero mean */
+  for (int ti = 0; ti < 2; ti++) {
+    omp_set_num_threads(k_threads[ti]);
+    for (size_t a = 0; a < sizeof Ts / sizeof Ts[0]; a++)
+      for (size_t bh = 0; bh < sizeof Hs / sizeof Hs[0]; bh++)
+        for (size_t c = 0; c < sizeof offsets / sizeof offsets[0]; c++) {
+          const int T = Ts[a], H = Hs[bh], bias = c != 1;
+          const size_t n = (size_t)T * H;
+          float *x = palloc(n), *w = palloc((size_t)H), *b = palloc((size_t)H), *out = palloc(n);
+          fill_rand(x, n, offsets[c] - 2.0f, offsets[c] + 2.0f);
+          fill_rand(w, (size_t)H, -1.5f, 1.5f);
+          fill_rand(b, (size_t)H, -0.5f, 0.5f);
+          double *xd = dalloc(n), *ref = dalloc(n), *mag = dalloc(n);
+          to_double(xd, x, n);
+          ref_layernorm(ref, mag, xd, w, bias ? b : NULL, T, H, 1e-5);
+          ls_cpu_layernorm(out, x, w, bias ? b : NULL, T, H, 1e-5f);
+          char ctx[160];
+          snprintf(ctx, sizeof ctx, "layernorm T=%d H=%d offset=%g bias=%d threads=%d", T, H,
+                   (double)offsets[c], bias, k_threads[ti]);
+          check_close(ctx, out, ref, mag, n, (size_t)H, RTOL, ATOL);
+          check_canary(ctx, out, n);
+          free(x); free(w); free(b); free(out); free(xd); free(ref); free(mag);
+        }
+  }
+  omp_set_num_threads(1);
+  report("layernorm");
+}
 
 static void test_matmul(void **state) {
   const mm_shape_t shapes[] = {{1, 8, 8},    {1, 64, 5},    {3, 17, 33},  {47, 64, 96},
@@ -408,14 +459,15 @@ static void test_matmul_row_invariance(void **state) {
 /* ---- rope --------------------------------------------------------------------------------- */
 
 static void test_rope(void **state) {
-  const int Ts[] = {1, 5, 53}, heads[] = {1, 3, 4}, hds[] = {8, 32, 64};
+  const int Ts[] = {1, 5, 53}, heads[] = {1, 3, 4}, hds[] = {8, 32, 64, 80, 64};
+  const int rots[] = {8, 32, 64, 20, 16}; /* the last two: partial rotary (Phi, Pythia) */
   const int max_pos = 64;
   for (int ti = 0; ti < 2; ti++) {
     omp_set_num_threads(k_threads[ti]);
     for (size_t hi = 0; hi < sizeof hds / sizeof hds[0]; hi++) {
-      const int hd = hds[hi];
+      const int hd = hds[hi], rot = rots[hi];
       float *ct, *st;
-      make_rope_tables(hd, hi == 2 ? 500000.0 : 10000.0, max_pos, &ct, &st);
+      make_rope_tables(rot, hi == 2 ? 500000.0 : 10000.0, max_pos, &ct, &st);
       for (size_t a = 0; a < sizeof Ts / sizeof Ts[0]; a++)
         for (size_t b = 0; b < sizeof heads / sizeof heads[0]; b++) {
           const int T = Ts[a], nh = heads[b];
@@ -432,11 +484,11 @@ static void test_rope(void **state) {
           fill_rand(x, n, -2, 2);
           double *ref = dalloc(n), *mag = dalloc(n);
           to_double(ref, x, n);
-          ref_rope(ref, mag, pos, ct, st, T, nh, hd);
-          ls_cpu_rope(x, pos, ct, st, T, nh, hd);
+          ref_rope(ref, mag, pos, ct, st, T, nh, hd, rot);
+          ls_cpu_rope(x, pos, ct, st, T, nh, hd, rot);
           char ctx[160];
-          snprintf(ctx, sizeof ctx, "rope T=%d n_heads=%d head_dim=%d threads=%d", T, nh, hd,
-                   k_threads[ti]);
+          snprintf(ctx, sizeof ctx, "rope T=%d n_heads=%d head_dim=%d rot_dim=%d threads=%d", T,
+                   nh, hd, rot, k_threads[ti]);
           check_close(ctx, x, ref, mag, n, (size_t)hd, RTOL, ATOL);
           check_canary(ctx, x, n);
           free(pos); free(x); free(ref); free(mag);
@@ -681,6 +733,37 @@ static void test_geglu(void **state) {
   report("geglu");
 }
 
+static void test_gelu(void **state) {
+  const size_t ns[] = {1, 7, 64, 1001, 40000};
+  const float extremes[] = {-1000, -100, -10, -3, -1e-30f, 0, 1e-30f, 3, 10, 100, 1000};
+  for (int ti = 0; ti < 2; ti++) {
+    omp_set_num_threads(k_threads[ti]);
+    for (size_t a = 0; a < sizeof ns / sizeof ns[0]; a++)
+      for (int approx = 0; approx < 2; approx++) {
+        const size_t n = ns[a];
+        float *g = palloc(n);
+        fill_rand(g, n, -8, 8);
+        for (size_t i = 0; i < sizeof extremes / sizeof extremes[0] && i < n; i++)
+          g[(i * 7919) % n] = extremes[i];
+        double *ref = dalloc(n), *mag = dalloc(n);
+        for (size_t i = 0; i < n; i++) {
+          const double x = g[i];
+          ref[i] = approx ? gelu_tanh(x) : 0.5 * x * (1.0 + erf(x / sqrt(2.0)));
+          mag[i] = fabs(x) < fabs(ref[i]) ? fabs(ref[i]) : fabs(x); /* carried by x */
+        }
+        ls_cpu_gelu(g, n, approx);
+        char ctx[96];
+        snprintf(ctx, sizeof ctx, "gelu %s n=%zu threads=%d", approx ? "tanh" : "erf", n,
+                 k_threads[ti]);
+        check_close(ctx, g, ref, mag, n, n, RTOL, ATOL);
+        check_canary(ctx, g, n);
+        free(g); free(ref); free(mag);
+      }
+  }
+  omp_set_num_threads(1);
+  report("gelu");
+}
+
 static void test_shift(void **state) {
   const size_t ns[] = {1, 5, 1000, 40001};
   for (size_t a = 0; a < sizeof ns / sizeof ns[0]; a++) {
@@ -832,12 +915,13 @@ static void block_model_make(ls_backend_t *be, int n_heads, int n_kv, int hd, in
   c->n_heads = n_heads;
   c->n_kv_heads = n_kv;
   c->head_dim = hd;
+  c->rope_dim = hd;
   c->vocab = 32;
   c->max_pos = max_pos;
   c->rms_eps = 1e-5;
-  c->rope_theta = 10000.0;
-  c->rope_type = LS_ROPE_DEFAULT;
-  c->rope_factor = 1.0;
+  c->rope.theta = 10000.0;
+  c->rope.type = LS_ROPE_DEFAULT;
+  c->rope.factor = 1.0;
   c->sliding_window = window;
   c->qkv_bias = c->o_bias = c->mlp_bias = biases;
   ls_wspec_t *specs = m->spec;
@@ -861,7 +945,7 @@ static void block_model_make(ls_backend_t *be, int n_heads, int n_kv, int hd, in
     free(host);
   }
   m->max_pos = max_pos;
-  make_rope_tables(hd, c->rope_theta, max_pos, &m->cos_tab, &m->sin_tab);
+  make_rope_tables(hd, c->rope.theta, max_pos, &m->cos_tab, &m->sin_tab);
 }
 
 static void block_model_free(ls_backend_t *be, block_model_t *m) {
@@ -958,8 +1042,8 @@ static void ref_block(const block_model_t *m, double *x, const int32_t *seq_star
   ref_matmul(q, NULL, xn, tensor(m, "self_attn.q_proj.weight"), tensor(m, "self_attn.q_proj.bias"), T, H, Q);
   ref_matmul(k, NULL, xn, tensor(m, "self_attn.k_proj.weight"), tensor(m, "self_attn.k_proj.bias"), T, H, KV);
   ref_matmul(v, NULL, xn, tensor(m, "self_attn.v_proj.weight"), tensor(m, "self_attn.v_proj.bias"), T, H, KV);
-  ref_rope(q, NULL, pos, m->cos_tab, m->sin_tab, T, c->n_heads, hd);
-  ref_rope(k, NULL, pos, m->cos_tab, m->sin_tab, T, c->n_kv_heads, hd);
+  ref_rope(q, NULL, pos, m->cos_tab, m->sin_tab, T, c->n_heads, hd, hd);
+  ref_rope(k, NULL, pos, m->cos_tab, m->sin_tab, T, c->n_kv_heads, hd, hd);
   ref_attention(att, NULL, q, k, v, seq_start, n_seq, c->n_heads, c->n_kv_heads, hd,
                 c->sliding_window);
   ref_matmul(attn_out, NULL, att, tensor(m, "self_attn.o_proj.weight"), tensor(m, "self_attn.o_proj.bias"), T, Q, H);
@@ -1094,6 +1178,7 @@ int main(void) {
   openblas_set_num_threads(1); /* threads come from OpenMP, as in the CPU backend */
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_rmsnorm),
+      cmocka_unit_test(test_layernorm),
       cmocka_unit_test(test_matmul),
       cmocka_unit_test(test_matmul_row_invariance),
       cmocka_unit_test(test_rope),
@@ -1101,6 +1186,7 @@ int main(void) {
       cmocka_unit_test(test_attention_isolation),
       cmocka_unit_test(test_swiglu),
       cmocka_unit_test(test_geglu),
+      cmocka_unit_test(test_gelu),
       cmocka_unit_test(test_shift),
       cmocka_unit_test(test_add),
       cmocka_unit_test(test_pool),

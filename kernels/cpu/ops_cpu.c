@@ -29,6 +29,22 @@ void ls_cpu_rmsnorm(float *out, const float *x, const float *w, int T, int H, fl
   }
 }
 
+/* mean and variance in double, two passes (as the float64 reference does) */
+void ls_cpu_layernorm(float *out, const float *x, const float *w, const float *b, int T,
+                      int H, float eps) {
+#pragma omp parallel for schedule(static)
+  for (int t = 0; t < T; t++) {
+    const float *xr = x + (size_t)t * H;
+    float *o = out + (size_t)t * H;
+    double s = 0.0, ss = 0.0;
+    for (int i = 0; i < H; i++) s += xr[i];
+    const double mean = s / H;
+    for (int i = 0; i < H; i++) ss += ((double)xr[i] - mean) * ((double)xr[i] - mean);
+    const float m = (float)mean, r = (float)(1.0 / sqrt(ss / H + (double)eps));
+    for (int i = 0; i < H; i++) o[i] = w[i] * ((xr[i] - m) * r) + (b ? b[i] : 0.0f);
+  }
+}
+
 /* Row-parallel GEMM with a fixed row blocking. OpenBLAS's result for a row depends on
  * how its kernel tiles the row dimension (remainder tiles accumulate in another order)
  * and on how its own threads split the work. So rows are padded to LS_ROW_PAD (a
@@ -59,8 +75,8 @@ void ls_cpu_matmul(float *y, const float *x, const float *W, const float *b, int
 }
 
 void ls_cpu_rope(float *x, const int32_t *pos, const float *cos_tab, const float *sin_tab,
-                 int T, int n_heads, int head_dim) {
-  const int half = head_dim / 2;
+                 int T, int n_heads, int head_dim, int rot_dim) {
+  const int half = rot_dim / 2;
 #pragma omp parallel for schedule(static)
   for (int t = 0; t < T; t++) {
     const float *c = cos_tab + (size_t)pos[t] * half;
@@ -90,6 +106,20 @@ void ls_cpu_geglu(float *gate, const float *up, size_t n) {
   for (size_t i = 0; i < n; i++) {
     const float g = gate[i];
     gate[i] = 0.5f * g * (1.0f + tanhf(beta * (g + kappa * g * g * g))) * up[i];
+  }
+}
+
+void ls_cpu_gelu(float *x, size_t n, int approximate) {
+  const float beta = 0.7978845608028654f, kappa = 0.044715f;
+  if (approximate) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+      const float g = x[i];
+      x[i] = 0.5f * g * (1.0f + tanhf(beta * (g + kappa * g * g * g)));
+    }
+  } else {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.7071067811865476f));
   }
 }
 
@@ -250,13 +280,17 @@ static void cpu_rmsnorm(ls_backend_t *be, float *out, const float *x, const floa
                         int H, float eps) {
   ls_cpu_rmsnorm(out, x, w, T, H, eps);
 }
+static void cpu_layernorm(ls_backend_t *be, float *out, const float *x, const float *w,
+                          const float *b, int T, int H, float eps) {
+  ls_cpu_layernorm(out, x, w, b, T, H, eps);
+}
 static void cpu_matmul(ls_backend_t *be, float *y, const float *x, const void *W,
                        const float *b, int T, int n_in, int n_out) {
   ls_cpu_matmul(y, x, W, b, T, n_in, n_out);
 }
 static void cpu_rope(ls_backend_t *be, float *x, const int32_t *pos, const float *c,
-                     const float *s, int T, int n_heads, int head_dim) {
-  ls_cpu_rope(x, pos, c, s, T, n_heads, head_dim);
+                     const float *s, int T, int n_heads, int head_dim, int rot_dim) {
+  ls_cpu_rope(x, pos, c, s, T, n_heads, head_dim, rot_dim);
 }
 static void cpu_attention(ls_backend_t *be, float *out, const float *q, const float *k,
                           const float *v, const int32_t *seq_start, const int32_t *seq_len,
@@ -271,6 +305,9 @@ static void cpu_swiglu(ls_backend_t *be, float *gate, const float *up, size_t n)
 }
 static void cpu_geglu(ls_backend_t *be, float *gate, const float *up, size_t n) {
   ls_cpu_geglu(gate, up, n);
+}
+static void cpu_gelu(ls_backend_t *be, float *x, size_t n, int approximate) {
+  ls_cpu_gelu(x, n, approximate);
 }
 static void cpu_shift(ls_backend_t *be, float *x, float b, size_t n) { ls_cpu_shift(x, b, n); }
 static void cpu_add(ls_backend_t *be, float *y, const float *x, size_t n) { ls_cpu_add(y, x, n); }
@@ -295,11 +332,13 @@ static const ls_backend_iface_t cpu_iface = {
     .host_free = cpu_free,
     .load_weight = cpu_load_weight,
     .rmsnorm = cpu_rmsnorm,
+    .layernorm = cpu_layernorm,
     .matmul = cpu_matmul,
     .rope = cpu_rope,
     .attention = cpu_attention,
     .swiglu = cpu_swiglu,
     .geglu = cpu_geglu,
+    .gelu = cpu_gelu,
     .shift = cpu_shift,
     .add = cpu_add,
     .pool = cpu_pool,

@@ -13,8 +13,10 @@ void ls_cpu_rmsnorm(float *out, const float *x, const float *w, int T, int H, fl
  * padding rows are computed and ignored (see ops_cpu.c). */
 void ls_cpu_matmul(float *y, const float *x, const float *W, const float *b, int T, int n_in,
                    int n_out);
+void ls_cpu_layernorm(float *out, const float *x, const float *w, const float *b, int T,
+                      int H, float eps);
 void ls_cpu_rope(float *x, const int32_t *pos, const float *cos_tab, const float *sin_tab,
-                 int T, int n_heads, int head_dim);
+                 int T, int n_heads, int head_dim, int rot_dim);
 /* Query rows per attention block (scores are computed LS_ATTN_QBLOCK rows at a time). */
 #define LS_ATTN_QBLOCK 128
 /* scratch: (threads, LS_ATTN_QBLOCK, max_seq) floats; max_seq >= the longest sequence
@@ -26,6 +28,7 @@ void ls_cpu_attention(float *out, const float *q, const float *k, const float *v
                       int max_seq);
 void ls_cpu_swiglu(float *gate, const float *up, size_t n);
 void ls_cpu_geglu(float *gate, const float *up, size_t n);
+void ls_cpu_gelu(float *x, size_t n, int approximate);
 void ls_cpu_shift(float *x, float b, size_t n);
 void ls_cpu_add(float *y, const float *x, size_t n);
 void ls_cpu_pool(float *pooled, const float *x, const int32_t *seq_start,

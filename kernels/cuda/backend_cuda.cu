@@ -224,6 +224,13 @@ static void cu_rmsnorm(ls_backend_t *be, float *out, const float *x, const float
   if (!c->err) CU(c, ls_cu_rmsnorm(c->stream, out, x, w, T, H, eps));
 }
 
+static void cu_layernorm(ls_backend_t *be, float *out, const float *x, const float *w,
+                         const float *b, int T, int H, float eps) {
+  cu_ctx_t *c = ctx_of(be);
+  forget_xin(c);
+  if (!c->err) CU(c, ls_cu_layernorm(c->stream, out, x, w, b, T, H, eps));
+}
+
 static void cu_matmul(ls_backend_t *be, float *y, const float *x, const void *W, const float *b,
                       int T, int n_in, int n_out) {
   cu_ctx_t *c = ctx_of(be);
@@ -259,10 +266,11 @@ static void cu_matmul(ls_backend_t *be, float *y, const float *x, const void *W,
 }
 
 static void cu_rope(ls_backend_t *be, float *x, const int32_t *pos, const float *cos_tab,
-                    const float *sin_tab, int T, int n_heads, int head_dim) {
+                    const float *sin_tab, int T, int n_heads, int head_dim, int rot_dim) {
   cu_ctx_t *c = ctx_of(be);
   forget_xin(c);
-  if (!c->err) CU(c, ls_cu_rope(c->stream, x, pos, cos_tab, sin_tab, T, n_heads, head_dim));
+  if (!c->err)
+    CU(c, ls_cu_rope(c->stream, x, pos, cos_tab, sin_tab, T, n_heads, head_dim, rot_dim));
 }
 
 static void cu_attention(ls_backend_t *be, float *out, const float *q, const float *k,
@@ -286,6 +294,12 @@ static void cu_geglu(ls_backend_t *be, float *gate, const float *up, size_t n) {
   cu_ctx_t *c = ctx_of(be);
   forget_xin(c);
   if (!c->err) CU(c, ls_cu_geglu(c->stream, gate, up, n));
+}
+
+static void cu_gelu(ls_backend_t *be, float *x, size_t n, int approximate) {
+  cu_ctx_t *c = ctx_of(be);
+  forget_xin(c);
+  if (!c->err) CU(c, ls_cu_gelu(c->stream, x, n, approximate));
 }
 
 static void cu_shift(ls_backend_t *be, float *x, float b, size_t n) {
@@ -390,11 +404,13 @@ static const ls_backend_iface_t cuda_iface = {
     /* .load_weight = */ cu_load_weight,
     /* .reserve = */ cu_reserve,
     /* .rmsnorm = */ cu_rmsnorm,
+    /* .layernorm = */ cu_layernorm,
     /* .matmul = */ cu_matmul,
     /* .rope = */ cu_rope,
     /* .attention = */ cu_attention,
     /* .swiglu = */ cu_swiglu,
     /* .geglu = */ cu_geglu,
+    /* .gelu = */ cu_gelu,
     /* .shift = */ cu_shift,
     /* .add = */ cu_add,
     /* .pool = */ cu_pool,

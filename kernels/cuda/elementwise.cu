@@ -1,6 +1,6 @@
 /* elementwise.cu: swiglu (gate <- silu(gate) * up), geglu (gate <- gelu_tanh(gate) * up),
- * add (y += x), shift (x += b), add_bias (y (T, n) += b (n) on every row), with the CPU
- * ops' arithmetic (ls_cpu_swiglu, ls_cpu_geglu, ls_cpu_add, ls_cpu_shift, the bias add of
+ * gelu (x <- gelu(x), tanh or erf form), add (y += x), shift (x += b), add_bias (y (T, n) += b (n) on every row), with the CPU
+ * ops' arithmetic (ls_cpu_swiglu, ls_cpu_geglu, ls_cpu_gelu, ls_cpu_add, ls_cpu_shift, the bias add of
  * ls_cpu_matmul). Grid-stride loops over size_t indices (T * H can pass
  * 2^31), float4 when the pointers are 16-byte aligned, the last n % 4 elements scalar. */
 #include "ops_cuda.cuh"
@@ -21,6 +21,31 @@ struct ew_gelu_tanh {
     return 0.5f * g * (1.0f + tanhf(beta * (g + kappa * g * g * g))) * u;
   }
 };
+
+struct ew_gelu_erf {
+  static __device__ __forceinline__ float gated(float g, float u) {
+    return 0.5f * g * (1.0f + erff(g * 0.7071067811865476f)) * u;
+  }
+};
+
+/* x <- ACT(x) (ACT::gated(x, 1): the activation alone, exact since * 1.0f is). VEC: x
+ * 16-byte aligned */
+template <bool VEC, class ACT>
+static __global__ void __launch_bounds__(EW_THREADS) unary_kernel(float *__restrict__ x, size_t n) {
+  const size_t stride = (size_t)gridDim.x * blockDim.x;
+  const size_t i0 = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  size_t done = 0;
+  if constexpr (VEC) {
+    float4 *x4 = (float4 *)x;
+    for (size_t i = i0; i < n / 4; i += stride) {
+      const float4 g = x4[i];
+      x4[i] = make_float4(ACT::gated(g.x, 1.0f), ACT::gated(g.y, 1.0f), ACT::gated(g.z, 1.0f),
+                          ACT::gated(g.w, 1.0f));
+    }
+    done = n / 4 * 4;
+  }
+  for (size_t i = done + i0; i < n; i += stride) x[i] = ACT::gated(x[i], 1.0f);
+}
 
 /* gate <- ACT(gate) * up. VEC: gate, up 16-byte aligned */
 template <bool VEC, class ACT>
@@ -125,6 +150,22 @@ cudaError_t ls_cu_swiglu(cudaStream_t st, float *gate, const float *up, size_t n
 
 cudaError_t ls_cu_geglu(cudaStream_t st, float *gate, const float *up, size_t n) {
   return gated<ew_gelu_tanh>(st, gate, up, n);
+}
+
+template <class ACT>
+static cudaError_t unary(cudaStream_t st, float *x, size_t n) {
+  if (n == 0) return cudaSuccess;
+  void (*const vec)(float *, size_t) = unary_kernel<true, ACT>;
+  void (*const one)(float *, size_t) = unary_kernel<false, ACT>;
+  if ((uintptr_t)x % 16 == 0)
+    LS_LAUNCH(vec, ew_grid((n + 3) / 4), dim3(EW_THREADS), 0, st, x, n);
+  else
+    LS_LAUNCH(one, ew_grid(n), dim3(EW_THREADS), 0, st, x, n);
+  return LS_CU_LAST_ERROR();
+}
+
+cudaError_t ls_cu_gelu(cudaStream_t st, float *x, size_t n, int approximate) {
+  return approximate ? unary<ew_gelu_tanh>(st, x, n) : unary<ew_gelu_erf>(st, x, n);
 }
 
 cudaError_t ls_cu_shift(cudaStream_t st, float *x, float b, size_t n) {

@@ -14,10 +14,14 @@ enum { LS_CU_F32 = 0, LS_CU_F16 = 1, LS_CU_BF16 = 2 };
 /* out (T, H) = w (H) * x * rsqrt(mean(x^2) + eps), row by row (float32 sums) */
 cudaError_t ls_cu_rmsnorm(cudaStream_t st, float *out, const float *x, const float *w, int T,
                           int H, float eps);
-/* in place on x (T, n_heads * head_dim), rotate_half convention; cos/sin tables
- * (max_pos, head_dim / 2), pos (T) the position of each row inside its prompt */
+/* out (T, H) = (x - mean) * rsqrt(var + eps) * w + b (b may be NULL), row by row */
+cudaError_t ls_cu_layernorm(cudaStream_t st, float *out, const float *x, const float *w,
+                            const float *b, int T, int H, float eps);
+/* in place on x (T, n_heads * head_dim), rotate_half convention over the first rot_dim
+ * dims of each head (the rest pass through); cos/sin tables (max_pos, rot_dim / 2), pos
+ * (T) the position of each row inside its prompt */
 cudaError_t ls_cu_rope(cudaStream_t st, float *x, const int32_t *pos, const float *cos_tab,
-                       const float *sin_tab, int T, int n_heads, int head_dim);
+                       const float *sin_tab, int T, int n_heads, int head_dim, int rot_dim);
 /* causal attention inside each packed sequence (GQA, sliding window if window > 0;
  * scores (q . k) * scale, scale <= 0: 1 / sqrt(head_dim); softcap > 0: softcap *
  * tanh(score / softcap) before the softmax):
@@ -32,6 +36,8 @@ cudaError_t ls_cu_attention(cudaStream_t st, float *out, const float *q, const f
 /* gate (n) <- silu(gate) * up */
 cudaError_t ls_cu_swiglu(cudaStream_t st, float *gate, const float *up, size_t n);
 cudaError_t ls_cu_geglu(cudaStream_t st, float *gate, const float *up, size_t n);
+/* x (n) <- gelu(x): approximate 1 the tanh form, 0 the erf form (ls_cpu_gelu) */
+cudaError_t ls_cu_gelu(cudaStream_t st, float *x, size_t n, int approximate);
 cudaError_t ls_cu_shift(cudaStream_t st, float *x, float b, size_t n);
 /* y (n) += x (n) */
 cudaError_t ls_cu_add(cudaStream_t st, float *y, const float *x, size_t n);

@@ -1,7 +1,10 @@
-/* rmsnorm.cu: out (T, H) = w (H) * x * rsqrt(mean(x^2) + eps), as ls_cpu_rmsnorm.
- * One block per row: each thread sums the squares of a strided slice of the row
- * (float4 loads when the row allows), a warp-shuffle + shared-memory reduction gives
- * the row's sum (float32, in a fixed order), then the row is scaled and written. */
+/* rmsnorm.cu: the row norms. rmsnorm: out (T, H) = w (H) * x * rsqrt(mean(x^2) + eps),
+ * as ls_cpu_rmsnorm; layernorm: out = (x - mean) * rsqrt(var + eps) * w + b, as
+ * ls_cpu_layernorm (two passes: the mean, shifted by the row's first element, then the
+ * squared deviations).
+ * One block per row: each thread sums a strided slice of the row (float4 loads when
+ * the row allows), a warp-shuffle + shared-memory reduction gives the row's sum
+ * (float32, in a fixed order), then the row is scaled and written. */
 #include "ops_cuda.cuh"
 
 /* ---- kernel ------------------------------------------------------------------------ */
@@ -51,7 +54,30 @@ static __global__ void __launch_bounds__(256)
   }
 }
 
-/* ---- launcher ------------------------------------------------------------------------ */
+/* one block per row (scalar loads: the norm of LayerNorm families is not the hot path) */
+static __global__ void __launch_bounds__(256)
+    layernorm_kernel(float *__restrict__ out, const float *__restrict__ x,
+                     const float *__restrict__ w, const float *__restrict__ b, int H, float eps) {
+  __shared__ float red[32];
+  const size_t row = blockIdx.x;
+  const float *xr = x + row * (size_t)H; // (H)
+  float *o = out + row * (size_t)H;      // (H)
+  const int tid = (int)threadIdx.x, nt = (int)blockDim.x;
+  /* the sum of x - x[0] (exact for nearby values), so a row far from zero mean keeps
+   * its mean to float32 precision */
+  const float x0 = xr[0];
+  float s = 0.0f;
+  for (int i = tid; i < H; i += nt) s += xr[i] - x0;
+  const float mean = x0 + rmsnorm_block_sum(s, red) / (float)H;
+  __syncthreads(); /* red is reused */
+  float ss = 0.0f;
+  for (int i = tid; i < H; i += nt) ss += (xr[i] - mean) * (xr[i] - mean);
+  const float r = rsqrtf(rmsnorm_block_sum(ss, red) / (float)H + eps);
+  for (int i = tid; i < H; i += nt)
+    o[i] = __ldg(&w[i]) * ((xr[i] - mean) * r) + (b ? __ldg(&b[i]) : 0.0f);
+}
+
+/* ---- launchers ----------------------------------------------------------------------- */
 
 cudaError_t ls_cu_rmsnorm(cudaStream_t st, float *out, const float *x, const float *w, int T,
                           int H, float eps) {
@@ -65,5 +91,14 @@ cudaError_t ls_cu_rmsnorm(cudaStream_t st, float *out, const float *x, const flo
   else
     LS_LAUNCH(rmsnorm_kernel<false>, dim3((unsigned)T), dim3((unsigned)threads), 0, st, out, x,
               w, H, eps);
+  return LS_CU_LAST_ERROR();
+}
+
+cudaError_t ls_cu_layernorm(cudaStream_t st, float *out, const float *x, const float *w,
+                            const float *b, int T, int H, float eps) {
+  if (T <= 0 || H <= 0) return cudaSuccess;
+  const int threads = H >= 256 ? 256 : (H + 31) / 32 * 32;
+  LS_LAUNCH(layernorm_kernel, dim3((unsigned)T), dim3((unsigned)threads), 0, st, out, x, w, b,
+            H, eps);
   return LS_CU_LAST_ERROR();
 }

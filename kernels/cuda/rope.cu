@@ -1,9 +1,10 @@
 /* rope.cu: rotary position embedding in place on x (T, n_heads * head_dim), rotate_half
- * convention, as ls_cpu_rope: for i < m = head_dim / 2 (half_dim), with c, s the
- * tables' row pos[t] (max_pos, m):
- *   x[i] <- x[i] c[i] - x[i + m] s[i],   x[i + m] <- x[i + m] c[i] + x[i] s[i].
- * One block per row; the threads walk (head, i) pairs with i fastest (coalesced),
- * four i at a time (float4) when head_dim % 8 == 0 and the pointers are 16-byte aligned. */
+ * convention over the first rot_dim dims of each head, as ls_cpu_rope: for i < m =
+ * rot_dim / 2 (half_dim), with c, s the tables' row pos[t] (max_pos, m):
+ *   x[i] <- x[i] c[i] - x[i + m] s[i],   x[i + m] <- x[i + m] c[i] + x[i] s[i]
+ * (dims from rot_dim on are left as they are: partial rotary). One block per row; the
+ * threads walk (head, i) pairs with i fastest (coalesced), four i at a time (float4)
+ * when rot_dim % 8 == 0, head_dim % 4 == 0 and the pointers are 16-byte aligned. */
 #include "ops_cuda.cuh"
 
 /* ---- kernel ------------------------------------------------------------------------ */
@@ -22,8 +23,8 @@ template <bool VEC>
 static __global__ void __launch_bounds__(256)
     rope_kernel(float *__restrict__ x, const int32_t *__restrict__ pos,
                 const float *__restrict__ cos_tab, const float *__restrict__ sin_tab,
-                int n_heads, int head_dim) {
-  const int half_dim = head_dim / 2;
+                int n_heads, int head_dim, int rot_dim) {
+  const int half_dim = rot_dim / 2;
   const size_t t = blockIdx.x;
   const size_t p = (size_t)__ldg(&pos[t]);
   const float *c = cos_tab + p * (size_t)half_dim;          // (half_dim)
@@ -54,18 +55,19 @@ static __global__ void __launch_bounds__(256)
 /* ---- launcher ------------------------------------------------------------------------ */
 
 cudaError_t ls_cu_rope(cudaStream_t st, float *x, const int32_t *pos, const float *cos_tab,
-                       const float *sin_tab, int T, int n_heads, int head_dim) {
-  const int half_dim = head_dim / 2;
+                       const float *sin_tab, int T, int n_heads, int head_dim, int rot_dim) {
+  const int half_dim = rot_dim / 2;
   if (T <= 0 || n_heads <= 0 || half_dim <= 0) return cudaSuccess;
-  const bool vec = head_dim % 8 == 0 && /* each half of a head starts 16-byte aligned */
+  const bool vec = rot_dim % 8 == 0 && head_dim % 4 == 0 && /* each half of a head's
+                                                               * rotated part starts 16-byte aligned */
                    ((uintptr_t)x | (uintptr_t)cos_tab | (uintptr_t)sin_tab) % 16 == 0;
   const int items = n_heads * (vec ? half_dim / 4 : half_dim); /* rotations per row */
   const int threads = items >= 256 ? 256 : (items + 31) / 32 * 32;
   if (vec)
     LS_LAUNCH(rope_kernel<true>, dim3((unsigned)T), dim3((unsigned)threads), 0, st, x, pos,
-              cos_tab, sin_tab, n_heads, head_dim);
+              cos_tab, sin_tab, n_heads, head_dim, rot_dim);
   else
     LS_LAUNCH(rope_kernel<false>, dim3((unsigned)T), dim3((unsigned)threads), 0, st, x, pos,
-              cos_tab, sin_tab, n_heads, head_dim);
+              cos_tab, sin_tab, n_heads, head_dim, rot_dim);
   return LS_CU_LAST_ERROR();
 }

@@ -47,13 +47,33 @@ double ls_family_gemm_flops_per_token(const ls_config_t *c) {
   for (int L = 0; L < c->n_layers; L++) {
     fam->layer_tensors(c, L, w);
     for (int i = 0; i < fam->n_slots; i++)
-      if (w[i].present && w[i].kind == LS_WK_MATRIX) macs += (double)w[i].shape[0] * (double)w[i].shape[1];
+      if (w[i].present && w[i].kind == LS_WK_MATRIX) macs += (double)ls_wspec_numel(&w[i]);
   }
   return c->n_layers > 0 ? 2.0 * macs / c->n_layers : 0.0;
 }
 
 /* ---- helpers for recipes -------------------------------------------------------------------- */
+int64_t ls_wspec_rows(const ls_wspec_t *w) {
+  if (w->view_count > 0) return w->view_block * w->view_count;
+  return w->ndim == 2 && w->transpose ? w->shape[1] : w->shape[0];
+}
+
+int64_t ls_wspec_cols(const ls_wspec_t *w) {
+  if (w->ndim < 2) return 1;
+  return w->transpose ? w->shape[0] : w->shape[1];
+}
+
+void ls_wspec_view(ls_wspec_t *w, int64_t row0, int64_t block, int64_t stride, int64_t count) {
+  w->view_row0 = row0;
+  w->view_block = block;
+  w->view_stride = stride;
+  w->view_count = (int32_t)count;
+}
+
 static void wspec(ls_wspec_t *w, ls_wkind_t kind, int present, int64_t d0, int64_t d1) {
+  w->transpose = 0;
+  w->view_count = 0;
+  w->view_row0 = w->view_block = w->view_stride = 0;
   w->kind = kind;
   w->present = present;
   w->ndim = d1 ? 2 : 1;
@@ -64,6 +84,12 @@ static void wspec(ls_wspec_t *w, ls_wkind_t kind, int present, int64_t d0, int64
 void ls_wspec_layer(ls_wspec_t *w, int layer, const char *name, ls_wkind_t kind, int present,
                     int64_t d0, int64_t d1) {
   snprintf(w->name, sizeof w->name, "model.layers.%d.%s", layer, name);
+  wspec(w, kind, present, d0, d1);
+}
+
+void ls_wspec_layer_at(ls_wspec_t *w, const char *prefix, int layer, const char *name,
+                       ls_wkind_t kind, int present, int64_t d0, int64_t d1) {
+  snprintf(w->name, sizeof w->name, "%s%d.%s", prefix, layer, name);
   wspec(w, kind, present, d0, d1);
 }
 

@@ -31,13 +31,44 @@ typedef enum {
   LS_WK_NORM_P1 = 4 /* norm weight stored as w, used as 1 + w (Gemma): float32, +1 at load */
 } ls_wkind_t;
 
+/* A slot is a checkpoint tensor, or part of one: a fused tensor (GPT-2's c_attn, Phi-3's
+ * qkv_proj, GPT-NeoX's per-head interleaved query_key_value) is split at load into the
+ * slots the recipe uses, so recipes only ever see plain q / k / v weights. Rank 0 reads
+ * the stored tensor, transposes it if asked, and packs the selected rows into the slot. */
 typedef struct {
   char name[LS_WNAME_MAX]; /* Hugging Face tensor name */
   int32_t kind;            /* ls_wkind_t */
   int32_t present;         /* 0: this model has no such tensor (e.g. biases turned off) */
   int32_t ndim;
   int64_t shape[2];        /* as stored in the checkpoint */
+  int32_t transpose;       /* 1: stored (n_in, n_out) (GPT-2's Conv1D): the slot is the
+                            * transpose (2-D only) */
+  int32_t view_count;      /* 0: the whole tensor; else the slot is rows view_row0 + j *
+                            * view_stride + i (j < view_count, i < view_block) of the
+                            * (transposed) tensor, in that order (1-D: elements) */
+  int64_t view_row0, view_block, view_stride;
 } ls_wspec_t;
+
+/* The slot's own shape: rows (after transpose and view) and columns (1 for 1-D), and
+ * its element count. */
+int64_t ls_wspec_rows(const ls_wspec_t *w);
+int64_t ls_wspec_cols(const ls_wspec_t *w);
+static inline int64_t ls_wspec_numel(const ls_wspec_t *w) {
+  return ls_wspec_rows(w) * ls_wspec_cols(w);
+}
+/* w becomes rows [row0 + j * stride, + block) for j < count of its tensor */
+void ls_wspec_view(ls_wspec_t *w, int64_t row0, int64_t block, int64_t stride, int64_t count);
+
+/* The model-level tensors (global_tensors fills those the family has; absent ones
+ * keep present = 0). */
+enum {
+  LS_G_EMBED = 0,      /* token embedding (vocab, H), LS_WK_EMBED: always present */
+  LS_G_POS_EMBED = 1,  /* learned position embeddings (max_pos, H), LS_WK_EMBED: GPT-2,
+                        * added to the token embedding (part of residual_pre of layer 0) */
+  LS_G_FINAL_NORM = 2, /* the final norm's weight (H): always present */
+  LS_G_FINAL_BIAS = 3, /* the final norm's bias (H): LayerNorm families */
+  LS_G_COUNT
+};
 
 /* ---- the block forward -------------------------------------------------------------------- */
 /* A microbatch of packed prompts (all backend memory). */
@@ -62,7 +93,8 @@ typedef struct {
   int layer;                       /* the layer's index (per-layer windows, RoPE tables) */
   void *const *w;                  /* (n_slots) this layer's tensors, backend memory, in
                                     * layer_tensors order; NULL where absent */
-  const float *cos_tab, *sin_tab;  /* (max_len, head_dim / 2) RoPE tables, backend memory */
+  const float *cos_tab, *sin_tab;  /* (max_len, rope_dim / 2) RoPE tables of this layer's
+                                    * parameters (ls_config_rope), backend memory */
   const ls_batch_t *b;
   float *scratch;                  /* scratch_floats(cfg, T_max) floats, backend memory */
   int T_max;
@@ -80,14 +112,19 @@ typedef struct {
   int (*parse_config)(const cJSON *root, const char *path, ls_config_t *cfg);
   int n_slots;                    /* tensors per layer (present or not) */
   void (*layer_tensors)(const ls_config_t *cfg, int layer, ls_wspec_t *slots);
-  /* the embedding table and the final norm's weight */
-  void (*global_tensors)(const ls_config_t *cfg, ls_wspec_t *embed, ls_wspec_t *final_norm);
+  /* the model-level tensors g[LS_G_COUNT] (zeroed by the caller) */
+  void (*global_tensors)(const ls_config_t *cfg, ls_wspec_t *g);
+  /* optional: a leading part of every tensor name (e.g. "transformer.") that checkpoints
+   * saved from the bare model lack (GPT2Model vs GPT2LMHeadModel); when the embedding
+   * is found only without it, every name is used without it */
+  const char *optional_prefix;
   size_t (*scratch_floats)(const ls_config_t *cfg, int T_max);
   /* x (T, H): the residual stream in (residual_pre), residual_post out */
   void (*forward)(const ls_block_t *blk, float *x);
-  /* out (T, H) <- the model's final norm of x with weight w (hook final_norm) */
+  /* out (T, H) <- the model's final norm of x with weight w and bias b (NULL unless
+   * LS_G_FINAL_BIAS is present) (hook final_norm) */
   void (*final_norm)(ls_backend_t *be, const ls_config_t *cfg, float *out, const float *x,
-                     const float *w, int T);
+                     const float *w, const float *b, int T);
   /* optional (NULL: 1): the factor the embedding rows are multiplied by (Gemma: sqrt(H)
    * rounded to float32, as transformers' scaled embedding) */
   float (*embed_scale)(const ls_config_t *cfg);
@@ -108,6 +145,9 @@ double ls_family_gemm_flops_per_token(const ls_config_t *cfg);
 /* w <- tensor "model.layers.<layer>.<name>" of the given kind and shape (d1 = 0: 1-D) */
 void ls_wspec_layer(ls_wspec_t *w, int layer, const char *name, ls_wkind_t kind, int present,
                     int64_t d0, int64_t d1);
+/* w <- tensor "<prefix><layer>.<name>" (e.g. prefix "transformer.h.") */
+void ls_wspec_layer_at(ls_wspec_t *w, const char *prefix, int layer, const char *name,
+                       ls_wkind_t kind, int present, int64_t d0, int64_t d1);
 /* w[0..8) <- the attention projections of the Llama-shaped families, in the order q, k,
  * v, o weights, then q, k, v, o biases (present per cfg->qkv_bias / o_bias):
  * self_attn.{q,k,v,o}_proj.{weight,bias} */
@@ -119,12 +159,15 @@ void ls_wspec_global(ls_wspec_t *w, const char *name, ls_wkind_t kind, int64_t d
 /* the embedding table and final RMSNorm of the Llama-shaped families (model.embed_tokens,
  * model.norm: Llama, Mistral, Qwen2/3, OLMo-2), and that final norm (weight w,
  * cfg->rms_eps) */
-void ls_llama_global_tensors(const ls_config_t *c, ls_wspec_t *embed, ls_wspec_t *norm);
+void ls_llama_global_tensors(const ls_config_t *c, ls_wspec_t *g);
 void ls_llama_final_norm(ls_backend_t *be, const ls_config_t *c, float *out, const float *x,
-                         const float *w, int T);
+                         const float *w, const float *b, int T);
+/* the final LayerNorm (weight w, bias b, cfg->rms_eps) of GPT-2 and GPT-NeoX */
+void ls_layernorm_final_norm(ls_backend_t *be, const ls_config_t *c, float *out,
+                             const float *x, const float *w, const float *b, int T);
 /* the Gemma families' embedding table and (1 + w) final norm, and their embedding scale
  * sqrt(hidden_size) rounded to float32 (src/models/gemma.c) */
-void ls_gemma_global_tensors(const ls_config_t *c, ls_wspec_t *embed, ls_wspec_t *norm);
+void ls_gemma_global_tensors(const ls_config_t *c, ls_wspec_t *g);
 float ls_gemma_embed_scale(const ls_config_t *c);
 /* Scratch carving: the next (ls_round_rows(T), width) block at *p, 16-float aligned. */
 float *ls_scratch_take(float **p, int T, size_t width);
@@ -160,6 +203,13 @@ void ls_recipe_attention(const ls_block_t *blk, const ls_attn_weights_t *w,
 void ls_recipe_glu_mlp(const ls_block_t *blk, void *w_gate, void *w_up, void *w_down,
                        void *b_gate, void *b_up, void *b_down, float *gate, float *up,
                        const float *xin, float *out, int gelu);
+/* out (T, H) <- down(gelu(up(xin) + b_up)) + b_down, the two-matrix MLP of GPT-2 and
+ * GPT-NeoX (gelu_approx: the tanh form, else erf); mid: (T, I) scratch */
+void ls_recipe_mlp(const ls_block_t *blk, void *w_up, void *b_up, void *w_down, void *b_down,
+                   int gelu_approx, float *mid, const float *xin, float *out);
+/* out (T, H) <- LayerNorm(x) with weight w, bias b (may be NULL) and cfg->rms_eps */
+void ls_recipe_layernorm(const ls_block_t *blk, float *out, const float *x, const void *w,
+                         const void *b);
 /* What every sub-layer ends with: hook point h on rows (T, H), then x += rows. */
 void ls_recipe_add(const ls_block_t *blk, ls_hook_t h, float *x, float *rows);
 /* out (T, H) <- RMSNorm(x) with weight w and cfg->rms_eps */
@@ -190,9 +240,20 @@ int ls_cfg_sizes(const cJSON *root, const char *path, int default_head_dim, ls_c
  * transformers does). Sets window_per_layer and layer_sliding. */
 int ls_cfg_layer_types(const cJSON *root, const char *path, int first_sliding, int period,
                        ls_config_t *cfg);
-/* rope_theta + rope_scaling (classic) or rope_parameters (transformers 5): default,
- * linear and llama3 */
+/* cfg->rope <- rope_theta + rope_scaling (classic) or rope_parameters (transformers 5):
+ * default, linear and llama3; cfg->rope_dim <- head_dim (a partial_rotary_factor other
+ * than 1 is refused: the families using this rotate whole heads) */
 int ls_cfg_rope(const cJSON *root, const char *path, ls_config_t *cfg);
+/* r <- one rope parameter object (rope_parameters, rope_scaling, or one layer kind's
+ * entry; NULL: default RoPE) with base `theta` unless it names its own rope_theta;
+ * `what` names the object in messages */
+int ls_cfg_rope_params(const cJSON *obj, double theta, const char *path, const char *what,
+                       ls_rope_params_t *r);
+/* cfg->rope_dim <- int(head_dim * partial_rotary_factor), the factor read from
+ * rope_parameters or the top level (absent: def_factor); other than head_dim only when
+ * allow_partial */
+int ls_cfg_rope_dim(const cJSON *root, const char *path, double def_factor, int allow_partial,
+                    ls_config_t *cfg);
 /* config key `key` (e.g. hidden_act) must be one of the NULL-ended names, or absent (the
  * family's default, allowed[0]) */
 int ls_cfg_activation(const cJSON *root, const char *path, const char *key,

@@ -48,9 +48,9 @@ static void layer_tensors(const ls_config_t *c, int L, ls_wspec_t *w) {
 }
 
 /* the Gemma families' embedding and (1 + w) final norm */
-void ls_gemma_global_tensors(const ls_config_t *c, ls_wspec_t *embed, ls_wspec_t *norm) {
-  ls_llama_global_tensors(c, embed, norm);
-  norm->kind = LS_WK_NORM_P1;
+void ls_gemma_global_tensors(const ls_config_t *c, ls_wspec_t *g) {
+  ls_llama_global_tensors(c, g);
+  g[LS_G_FINAL_NORM].kind = LS_WK_NORM_P1;
 }
 
 /* sqrt(hidden_size) rounded to float32: transformers' torch.tensor(hidden ** 0.5) */

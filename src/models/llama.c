@@ -85,9 +85,9 @@ static void layer_tensors(const ls_config_t *c, int L, ls_wspec_t *w) {
 }
 
 /* the embedding table and the final RMSNorm (every family of this shape) */
-void ls_llama_global_tensors(const ls_config_t *c, ls_wspec_t *embed, ls_wspec_t *norm) {
-  ls_wspec_global(embed, "model.embed_tokens.weight", LS_WK_EMBED, c->vocab, c->hidden);
-  ls_wspec_global(norm, "model.norm.weight", LS_WK_NORM, c->hidden, 0);
+void ls_llama_global_tensors(const ls_config_t *c, ls_wspec_t *g) {
+  ls_wspec_global(&g[LS_G_EMBED], "model.embed_tokens.weight", LS_WK_EMBED, c->vocab, c->hidden);
+  ls_wspec_global(&g[LS_G_FINAL_NORM], "model.norm.weight", LS_WK_NORM, c->hidden, 0);
 }
 
 /* ---- scratch ------------------------------------------------------------------------------------- */
@@ -142,8 +142,14 @@ static void forward(const ls_block_t *blk, float *x) {
 }
 
 void ls_llama_final_norm(ls_backend_t *be, const ls_config_t *c, float *out, const float *x,
-                         const float *w, int T) {
+                         const float *w, const float *b, int T) {
+  (void)b;
   be->iface->rmsnorm(be, out, x, w, T, c->hidden, (float)c->rms_eps);
+}
+
+void ls_layernorm_final_norm(ls_backend_t *be, const ls_config_t *c, float *out,
+                             const float *x, const float *w, const float *b, int T) {
+  be->iface->layernorm(be, out, x, w, b, T, c->hidden, (float)c->rms_eps);
 }
 
 static const char *const archs[] = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",

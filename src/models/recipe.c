@@ -1,6 +1,8 @@
 /* recipe.c: the sub-layers the decoder families share, composed from backend ops (see
  * family.h). A family's forward strings these together with its own norms; the op order
  * inside each is the one the families had written out. */
+#include <math.h>
+
 #include "family.h"
 
 /* ---- weight tables -------------------------------------------------------------------------- */
@@ -51,11 +53,16 @@ void ls_recipe_attention(const ls_block_t *blk, const ls_attn_weights_t *w,
     f->rmsnorm(be, s->q, s->q_raw, w->q_norm, T, Q, eps);
     f->rmsnorm(be, s->k, s->k_raw, w->k_norm, T, KV, eps);
   }
-  f->rope(be, s->q, b->pos, blk->cos_tab, blk->sin_tab, T, c->n_heads, hd);
-  f->rope(be, s->k, b->pos, blk->cos_tab, blk->sin_tab, T, c->n_kv_heads, hd);
+  if (c->rope_dim > 0) {
+    f->rope(be, s->q, b->pos, blk->cos_tab, blk->sin_tab, T, c->n_heads, hd, c->rope_dim);
+    f->rope(be, s->k, b->pos, blk->cos_tab, blk->sin_tab, T, c->n_kv_heads, hd, c->rope_dim);
+  }
+  double scale = c->attn_scale; /* <= 0: the op's 1 / sqrt(head_dim) */
+  if (c->attn_scale_by_layer) /* as GPT-2: in float64 */
+    scale = (scale > 0 ? scale : 1.0 / sqrt((double)hd)) / (double)(blk->layer + 1);
   f->attention(be, s->att, s->q, s->k, s->v, b->seq_start, b->seq_len, b->n_seq, b->max_len,
-               c->n_heads, c->n_kv_heads, hd, ls_config_window(c, blk->layer),
-               (float)c->attn_scale, (float)c->attn_softcap);
+               c->n_heads, c->n_kv_heads, hd, ls_config_window(c, blk->layer), (float)scale,
+               (float)c->attn_softcap);
   f->matmul(be, out, s->att, w->o, w->bo, T, Q, H);
 }
 
@@ -70,6 +77,22 @@ void ls_recipe_glu_mlp(const ls_block_t *blk, void *w_gate, void *w_up, void *w_
   if (gelu) f->geglu(be, gate, up, (size_t)T * I);
   else f->swiglu(be, gate, up, (size_t)T * I);
   f->matmul(be, out, gate, w_down, b_down, T, I, H);
+}
+
+void ls_recipe_mlp(const ls_block_t *blk, void *w_up, void *b_up, void *w_down, void *b_down,
+                   int gelu_approx, float *mid, const float *xin, float *out) {
+  ls_backend_t *be = blk->be;
+  const ls_backend_iface_t *f = be->iface;
+  const int T = blk->b->T, H = blk->cfg->hidden, I = blk->cfg->intermediate;
+  f->matmul(be, mid, xin, w_up, b_up, T, H, I);
+  f->gelu(be, mid, (size_t)T * I, gelu_approx);
+  f->matmul(be, out, mid, w_down, b_down, T, I, H);
+}
+
+void ls_recipe_layernorm(const ls_block_t *blk, float *out, const float *x, const void *w,
+                         const void *b) {
+  blk->be->iface->layernorm(blk->be, out, x, w, b, blk->b->T, blk->cfg->hidden,
+                            (float)blk->cfg->rms_eps);
 }
 
 void ls_recipe_add(const ls_block_t *blk, ls_hook_t h, float *x, float *rows) {

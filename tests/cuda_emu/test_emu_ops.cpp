@@ -8,7 +8,7 @@
  * aligned pointers (the float4 paths) and with pointers one float off (the scalar
  * fallbacks). Outputs are poisoned with NaN before each run and followed by a NaN
  * canary, so unwritten or overrun elements fail. Checks:
- *   rmsnorm, rope, swiglu, pool mean: |got - ref| <= atol + rtol |ref|, rtol 1e-5;
+ *   rmsnorm, layernorm, rope (whole and partial rotary), swiglu, geglu, gelu, pool mean: |got - ref| <= atol + rtol |ref|, rtol 1e-5;
  *   add, add_bias, pool last / none: bit-identical (same float operations as the CPU);
  *   convert: to f32 bit-identical to ls_convert_to_f32; to bf16 bit-identical to
  *     round-to-nearest-even (ref_bf16 below); NaN stays NaN; every f16 and bf16 value
@@ -168,26 +168,56 @@ static void test_rmsnorm(void **state) {
   report("rmsnorm");
 }
 
+/* ---- layernorm --------------------------------------------------------------------- */
+
+static void test_layernorm(void **state) {
+  static const int shapes[][2] = {{1, 1}, {1, 32}, {3, 67}, {7, 33}, {5, 256}, {2, 1000},
+                                  {16, 768}, {2, 4100}};
+  for (const auto &sh : shapes)
+    for (int off = 0; off < 2; off++)
+      for (int bias = 0; bias < 2; bias++) {
+        const int T = sh[0], H = sh[1];
+        char ctx[128];
+        snprintf(ctx, sizeof ctx, "layernorm T=%d H=%d bias=%d off=%d", T, H, bias, off);
+        fbuf x((size_t)T * H, off), w((size_t)H, off), b((size_t)H, off),
+            got((size_t)T * H, off), ref((size_t)T * H, off);
+        x.fill(5.0f, 9.0f); /* a mean far from 0: the two-pass variance */
+        w.fill(-0.5f, 1.5f);
+        b.fill(-1.0f, 1.0f);
+        CHECK_CU(ls_cu_layernorm(g_st, got.p, x.p, w.p, bias ? b.p : nullptr, T, H, 1e-5f));
+        g_be->iface->layernorm(g_be, ref.p, x.p, w.p, bias ? b.p : nullptr, T, H, 1e-5f);
+        /* x - mean rounds at ulp(|x|) (~5e-7 here) in both: scaled by w r, that is the
+         * absolute error of outputs near 0 */
+        check_close(ctx, got.p, ref.p, got.n, (size_t)H, RTOL, 4e-6);
+        check_canary(ctx, got);
+      }
+  report("layernorm");
+}
+
 /* ---- rope ---------------------------------------------------------------------------- */
 
 static void test_rope(void **state) {
-  static const int shapes[][4] = {/* T, n_heads, head_dim, max_pos */
-                                  {1, 1, 2, 1},  {3, 2, 6, 5},   {7, 2, 8, 3},
-                                  {6, 3, 9, 7},  {4, 5, 10, 9},  {5, 3, 64, 17},
-                                  {2, 4, 128, 40}, {1, 32, 128, 4}};
+  static const int shapes[][5] = {/* T, n_heads, head_dim, max_pos, rotated dims */
+                                  {1, 1, 2, 1, 2},    {3, 2, 6, 5, 6},     {7, 2, 8, 3, 8},
+                                  {6, 3, 9, 7, 8},    {4, 5, 10, 9, 10},   {5, 3, 64, 17, 64},
+                                  {2, 4, 128, 40, 128}, {1, 32, 128, 4, 128},
+                                  /* partial rotary (Pythia 0.25, Phi-2 0.4) */
+                                  {5, 3, 64, 17, 16}, {4, 2, 80, 9, 32},  {3, 4, 32, 6, 8},
+                                  {2, 2, 10, 5, 4}};
   for (const auto &sh : shapes)
     for (int off = 0; off < 2; off++) {
-      const int T = sh[0], nh = sh[1], hd = sh[2], max_pos = sh[3], half_dim = hd / 2;
+      const int T = sh[0], nh = sh[1], hd = sh[2], max_pos = sh[3], rot = sh[4],
+                half_dim = rot / 2;
       char ctx[128];
-      snprintf(ctx, sizeof ctx, "rope T=%d n_heads=%d head_dim=%d max_pos=%d off=%d", T, nh, hd,
-               max_pos, off);
+      snprintf(ctx, sizeof ctx, "rope T=%d n_heads=%d head_dim=%d max_pos=%d rot=%d off=%d", T,
+               nh, hd, max_pos, rot, off);
       const size_t n = (size_t)T * nh * hd;
       fbuf x(n, off), got(n, off), ref(n, off), ct((size_t)max_pos * half_dim, off),
           stab((size_t)max_pos * half_dim, off);
       x.fill(-1.5f, 1.5f);
       for (int p = 0; p < max_pos; p++)
         for (int i = 0; i < half_dim; i++) {
-          const double ang = p * std::pow(10000.0, -2.0 * i / hd);
+          const double ang = p * std::pow(10000.0, -2.0 * i / rot);
           ct.p[(size_t)p * half_dim + i] = (float)std::cos(ang);
           stab.p[(size_t)p * half_dim + i] = (float)std::sin(ang);
         }
@@ -195,8 +225,8 @@ static void test_rope(void **state) {
       for (int t = 0; t < T; t++) pos[(size_t)t] = irand(0, max_pos - 1);
       got.copy_from(x);
       ref.copy_from(x);
-      CHECK_CU(ls_cu_rope(g_st, got.p, pos.data(), ct.p, stab.p, T, nh, hd));
-      g_be->iface->rope(g_be, ref.p, pos.data(), ct.p, stab.p, T, nh, hd);
+      CHECK_CU(ls_cu_rope(g_st, got.p, pos.data(), ct.p, stab.p, T, nh, hd, rot));
+      g_be->iface->rope(g_be, ref.p, pos.data(), ct.p, stab.p, T, nh, hd, rot);
       check_close(ctx, got.p, ref.p, n, (size_t)nh * hd, RTOL, ATOL);
       check_canary(ctx, got);
     }
@@ -241,6 +271,23 @@ static void test_geglu(void **state) {
       check_canary(ctx, got);
     }
   report("geglu");
+}
+
+static void test_gelu(void **state) {
+  for (size_t n : k_ew_sizes)
+    for (int off = 0; off < 2; off++)
+      for (int approx = 0; approx < 2; approx++) {
+        char ctx[96];
+        snprintf(ctx, sizeof ctx, "gelu %s n=%zu off=%d", approx ? "tanh" : "erf", n, off);
+        fbuf got(n, off), ref(n, off);
+        got.fill(-12.0f, 8.0f);
+        ref.copy_from(got);
+        CHECK_CU(ls_cu_gelu(g_st, got.p, n, approx));
+        g_be->iface->gelu(g_be, ref.p, n, approx);
+        check_close(ctx, got.p, ref.p, n, n, RTOL, ATOL);
+        check_canary(ctx, got);
+      }
+  report("gelu");
 }
 
 static void test_shift(void **state) {
@@ -461,7 +508,9 @@ static void test_empty(void **state) {
   float f = 0.0f;
   int32_t i0[2] = {0, 0};
   CHECK_CU(ls_cu_rmsnorm(g_st, &f, &f, &f, 0, 64, 1e-6f));
-  CHECK_CU(ls_cu_rope(g_st, &f, i0, &f, &f, 0, 4, 64));
+  CHECK_CU(ls_cu_rope(g_st, &f, i0, &f, &f, 0, 4, 64, 64));
+  CHECK_CU(ls_cu_layernorm(g_st, &f, &f, &f, &f, 0, 64, 1e-5f));
+  CHECK_CU(ls_cu_gelu(g_st, &f, 0, 1));
   CHECK_CU(ls_cu_swiglu(g_st, &f, &f, 0));
   CHECK_CU(ls_cu_add(g_st, &f, &f, 0));
   CHECK_CU(ls_cu_add_bias(g_st, &f, &f, 0, 64));
@@ -620,6 +669,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_emu_reduce),  cmocka_unit_test(test_emu_smem_poison),
       cmocka_unit_test(test_emu_errors),  cmocka_unit_test(test_rmsnorm),
+      cmocka_unit_test(test_layernorm),   cmocka_unit_test(test_gelu),
       cmocka_unit_test(test_rope),        cmocka_unit_test(test_swiglu),
       cmocka_unit_test(test_geglu),       cmocka_unit_test(test_shift),
       cmocka_unit_test(test_add),         cmocka_unit_test(test_add_bias),
