@@ -131,14 +131,24 @@ int ls_cfg_rope_dim(const cJSON *root, const char *path, double def_factor, int 
   return LS_OK;
 }
 
-int ls_cfg_rope(const cJSON *root, const char *path, ls_config_t *cfg) {
+static int rope_common(const cJSON *root, const char *path, double theta_def, int partial,
+                       double def_factor, ls_config_t *cfg) {
   const cJSON *params = ls_cfg_get(root, "rope_parameters");
   double theta;
-  LS_CHECK(ls_cfg_num(root, "rope_theta", 10000.0, 1e-6, 1e30, path, &theta));
+  LS_CHECK(ls_cfg_num(root, "rope_theta", theta_def, 1e-6, 1e30, path, &theta));
   cfg->local_rope = 0;
   LS_CHECK(ls_cfg_rope_params(params ? params : ls_cfg_get(root, "rope_scaling"), theta, path,
                               params ? "rope_parameters" : "rope_scaling", &cfg->rope));
-  return ls_cfg_rope_dim(root, path, 1.0, 0, cfg);
+  return ls_cfg_rope_dim(root, path, def_factor, partial, cfg);
+}
+
+int ls_cfg_rope(const cJSON *root, const char *path, ls_config_t *cfg) {
+  return rope_common(root, path, 10000.0, 0, 1.0, cfg);
+}
+
+int ls_cfg_rope_partial(const cJSON *root, const char *path, double theta, double def_factor,
+                        ls_config_t *cfg) {
+  return rope_common(root, path, theta, 1, def_factor, cfg);
 }
 
 /* ---- sizes every decoder has ---------------------------------------------- */
@@ -227,6 +237,23 @@ int ls_cfg_activation(const cJSON *root, const char *path, const char *key,
     snprintf(list + strlen(list), sizeof list - strlen(list), "%s\"%s\"", i ? " or " : "",
              allowed[i]);
   ls_error("%s: %s must be %s for the %s family", path, key, list, cfg->arch_name);
+  return LS_ERR;
+}
+
+int ls_cfg_gelu(const cJSON *root, const char *path, const char *key, const char *def,
+                ls_config_t *cfg) {
+  static const char *const names[] = {"gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", NULL};
+  const cJSON *a = ls_cfg_get(root, key);
+  const char *v = a && cJSON_IsString(a) ? a->valuestring : (a ? "" : def);
+  for (int i = 0; names[i]; i++)
+    if (strcmp(v, names[i]) == 0) {
+      cfg->gelu_tanh = i > 0;
+      return LS_OK;
+    }
+  char shown[40];
+  ls_printable(shown, sizeof shown, v);
+  ls_error("%s: %s \"%s\" is not supported by %s (supported: gelu, gelu_new, "
+           "gelu_pytorch_tanh, gelu_fast)", path, key, shown, cfg->arch_name);
   return LS_ERR;
 }
 

@@ -50,6 +50,8 @@ typedef struct {
   double attn_scale;      /* attention score scale (0: 1 / sqrt(head_dim)); Gemma 2:
                            * query_pre_attn_scalar ** -0.5 */
   double attn_softcap;    /* attention logit soft-capping (0: none; Gemma 2) */
+  int parallel_residual;  /* GPT-NeoX use_parallel_residual: x + attn(ln1(x)) + mlp(ln2(x)) */
+  int gelu_tanh;          /* GPT-2 / GPT-NeoX MLP activation: 1 the tanh GELU, 0 exact (erf) */
   int attn_scale_by_layer;/* 1: layer L's scale is further divided by L + 1 (GPT-2's
                            * scale_attn_by_inverse_layer_idx) */
 } ls_config_t;

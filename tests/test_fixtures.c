@@ -64,7 +64,9 @@ static char fixtures[2048], tmp[2048];
 static const char *models[] = {"llama_gqa_f32",       "llama_mqa_bf16",  "qwen2_bias_sharded",
                                "llama3_rope_f16",     "mistral_window",  "llama_linear_rope",
                                "qwen3_qknorm_window", "qwen3_bias_bf16", "olmo2_postnorm",
-                               "gemma_geglu",         "gemma2_softcap_window"};
+                               "gemma_geglu",         "gemma2_softcap_window", "gemma3_local_rope",
+                               "phi3_fused_partial",  "gpt2_conv1d",     "gpt2_bare_bf16",
+                               "neox_parallel",       "neox_sequential_f16"};
 #define N_MODELS (sizeof models / sizeof models[0])
 
 /* The hooks a sweep writes, in the file's order (src/hooks.h), each a dataset /<name>
@@ -135,8 +137,11 @@ static ls_pool_t pool_mode(const char *pool) {
   return LS_POOL_LAST;
 }
 
-/* An integer key of a fixture model's config.json (num_hidden_layers, hidden_size). */
+/* An integer key of a fixture model's config.json (num_hidden_layers, hidden_size), under
+ * the family's own name where it has one (GPT-2: n_layer, n_embd). */
 static int config_int(const char *model, const char *key) {
+  if (strncmp(model, "gpt2", 4) == 0)
+    key = strcmp(key, "num_hidden_layers") == 0 ? "n_layer" : strcmp(key, "hidden_size") == 0 ? "n_embd" : key;
   char path[4200], buf[1 << 16], pat[128];
   snprintf(path, sizeof path, "%s/%s/config.json", fixtures, model);
   FILE *f = fopen(path, "rb");

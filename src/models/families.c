@@ -6,7 +6,7 @@
 #include "family.h"
 
 extern const ls_family_t ls_family_llama, ls_family_qwen3, ls_family_olmo2, ls_family_gemma,
-    ls_family_gemma2;
+    ls_family_gemma2, ls_family_gemma3, ls_family_phi3, ls_family_gpt2, ls_family_gpt_neox;
 
 static const ls_family_t *const families[] = {
     &ls_family_llama,
@@ -14,6 +14,10 @@ static const ls_family_t *const families[] = {
     &ls_family_olmo2,
     &ls_family_gemma,
     &ls_family_gemma2,
+    &ls_family_gemma3,
+    &ls_family_phi3,
+    &ls_family_gpt2,
+    &ls_family_gpt_neox,
 };
 #define N_FAMILIES ((int)(sizeof families / sizeof families[0]))
 

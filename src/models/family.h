@@ -244,6 +244,10 @@ int ls_cfg_layer_types(const cJSON *root, const char *path, int first_sliding, i
  * default, linear and llama3; cfg->rope_dim <- head_dim (a partial_rotary_factor other
  * than 1 is refused: the families using this rotate whole heads) */
 int ls_cfg_rope(const cJSON *root, const char *path, ls_config_t *cfg);
+/* the same, partial rotary allowed: base `theta` when no rope_theta is given, rotary
+ * fraction def_factor when no partial_rotary_factor is (Phi-3, GPT-NeoX) */
+int ls_cfg_rope_partial(const cJSON *root, const char *path, double theta, double def_factor,
+                        ls_config_t *cfg);
 /* r <- one rope parameter object (rope_parameters, rope_scaling, or one layer kind's
  * entry; NULL: default RoPE) with base `theta` unless it names its own rope_theta;
  * `what` names the object in messages */
@@ -258,5 +262,10 @@ int ls_cfg_rope_dim(const cJSON *root, const char *path, double def_factor, int 
  * family's default, allowed[0]) */
 int ls_cfg_activation(const cJSON *root, const char *path, const char *key,
                       const char *const *allowed, const ls_config_t *cfg);
+
+/* cfg->gelu_tanh <- config key `key` (absent: def): "gelu" (exact, erf) or a tanh form
+ * ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"), as transformers' ACT2FN names */
+int ls_cfg_gelu(const cJSON *root, const char *path, const char *key, const char *def,
+                ls_config_t *cfg);
 
 #endif
