@@ -307,10 +307,12 @@ static void test_rope_parameters(void **state) {
 
 static void test_bad_arch(void **state) {
   const char *families = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, "
-                         "Qwen3ForCausalLM, Olmo2ForCausalLM, GemmaForCausalLM, Gemma2ForCausalLM";
-  expect_bad2("{\"architectures\": [\"GPT2LMHeadModel\"], \"model_type\": \"gpt2\", " SIZES "}",
-              "\"GPT2LMHeadModel\"", families);
-  expect_bad2("{\"model_type\": \"gemma3_text\", " SIZES "}", "\"gemma3_text\"", families);
+                         "Qwen3ForCausalLM, Olmo2ForCausalLM, GemmaForCausalLM, Gemma2ForCausalLM, "
+                         "Gemma3ForCausalLM, Phi3ForCausalLM, GPT2LMHeadModel, GPT2Model, "
+                         "GPTNeoXForCausalLM";
+  expect_bad2("{\"architectures\": [\"BloomForCausalLM\"], \"model_type\": \"bloom\", " SIZES "}",
+              "\"BloomForCausalLM\"", families);
+  expect_bad2("{\"model_type\": \"gemma3\", " SIZES "}", "\"gemma3\"", families);
   expect_bad2("{" SIZES "}", "unsupported model architecture", families);
   expect_bad2("{\"architectures\": [], " SIZES "}", "unsupported model architecture", families);
   /* case matters: these are class names */
@@ -599,6 +601,101 @@ static void test_gemma2(void **state) {
   expect_bad("{" A_GEMMA2 SIZES ", \"sliding_window\": null}", "no sliding_window");
 }
 
+/* ---- Gemma 3, Phi-3, GPT-2, GPT-NeoX --------------------------------------------------- */
+#define A_GEMMA3 "\"architectures\": [\"Gemma3ForCausalLM\"], \"model_type\": \"gemma3_text\", "
+#define A_PHI3 "\"architectures\": [\"Phi3ForCausalLM\"], \"model_type\": \"phi3\", "
+#define A_NEOX "\"architectures\": [\"GPTNeoXForCausalLM\"], \"model_type\": \"gpt_neox\", "
+#define GPT2 "{\"architectures\": [\"GPT2LMHeadModel\"], \"model_type\": \"gpt2\", \"n_embd\": 64, " \
+             "\"n_layer\": 3, \"n_head\": 4, \"vocab_size\": 256"
+
+static void test_gemma3(void **state) {
+  ls_config_t c;
+  /* the classic keys: rope_theta (1e6) + rope_scaling for the global layers,
+   * rope_local_base_freq (1e4) for the sliding ones; pattern 6 by default */
+  parse_ok("{" A_GEMMA3 "\"hidden_size\": 64, \"intermediate_size\": 96, \"num_hidden_layers\": 7, "
+           "\"num_attention_heads\": 4, \"vocab_size\": 256, \"rope_scaling\": {\"rope_type\": "
+           "\"linear\", \"factor\": 8.0}}", &c);
+  assert_int_equal(c.local_rope, 1);
+  assert_true(c.rope.theta == 1e6 && c.rope.type == LS_ROPE_LINEAR && c.rope.factor == 8.0);
+  assert_true(c.rope_local.theta == 1e4 && c.rope_local.type == LS_ROPE_DEFAULT);
+  assert_true(c.attn_softcap == 0 && c.attn_scale == 1.0 / 16.0);
+  for (int L = 0; L < 7; L++) {
+    assert_int_equal(ls_config_window(&c, L), L == 5 ? 0 : 4096);
+    assert_ptr_equal(ls_config_rope(&c, L), L == 5 ? &c.rope : &c.rope_local);
+  }
+  /* transformers 5: one parameter set per layer kind; sliding_window_pattern 2 */
+  parse_ok("{" A_GEMMA3 SIZES ", \"sliding_window_pattern\": 2, \"rope_parameters\": "
+           "{\"full_attention\": {\"rope_type\": \"default\", \"rope_theta\": 5e5}, "
+           "\"sliding_attention\": {\"rope_type\": \"default\", \"rope_theta\": 2e4}}}", &c);
+  assert_true(c.rope.theta == 5e5 && c.rope_local.theta == 2e4);
+  assert_ptr_equal(ls_config_rope(&c, 0), &c.rope_local);
+  assert_ptr_equal(ls_config_rope(&c, 1), &c.rope);
+  expect_bad("{" A_GEMMA3 SIZES ", \"rope_parameters\": {\"sliding_attention\": {\"rope_type\": "
+             "\"yarn\"}}}", "\"yarn\" is not supported");
+  expect_bad("{" A_GEMMA3 SIZES ", \"use_bidirectional_attention\": true}",
+             "use_bidirectional_attention");
+}
+
+static void test_phi3(void **state) {
+  ls_config_t c;
+  parse_ok("{" A_PHI3 SIZES ", \"sliding_window\": 2047, \"rope_theta\": 10000.0, "
+           "\"rope_scaling\": null}", &c);
+  assert_int_equal(c.rope_dim, c.head_dim);
+  for (int L = 0; L < 3; L++) assert_int_equal(ls_config_window(&c, L), 2047);
+  parse_ok("{" A_PHI3 SIZES ", \"partial_rotary_factor\": 0.5}", &c);
+  assert_int_equal(c.rope_dim, c.head_dim / 2);
+  /* LongRoPE is refused by name, in either spelling */
+  expect_bad("{" A_PHI3 SIZES ", \"rope_scaling\": {\"type\": \"longrope\", \"short_factor\": "
+             "[1], \"long_factor\": [1]}}", "\"longrope\" is not supported");
+  expect_bad("{" A_PHI3 SIZES ", \"rope_parameters\": {\"rope_type\": \"su\"}}",
+             "\"su\" is not supported");
+  /* a rotary fraction giving an odd dim count */
+  expect_bad("{" A_PHI3 SIZES ", \"partial_rotary_factor\": 0.35}", "even number");
+  /* families that rotate whole heads refuse a partial factor */
+  expect_bad("{" A_LLAMA SIZES ", \"rope_parameters\": {\"rope_type\": \"default\", "
+             "\"partial_rotary_factor\": 0.5}}", "partial_rotary_factor");
+}
+
+static void test_gpt2(void **state) {
+  ls_config_t c;
+  parse_ok(GPT2 "}", &c); /* GPT2Config defaults */
+  assert_int_equal(c.intermediate, 256);
+  assert_int_equal(c.max_pos, 1024);
+  assert_int_equal(c.head_dim, 16);
+  assert_int_equal(c.rope_dim, 0);
+  assert_int_equal(c.gelu_tanh, 1);
+  assert_true(c.attn_scale == 0 && c.attn_scale_by_layer == 0);
+  assert_true(c.rms_eps == 1e-5 && c.tie_embeddings == 1);
+  parse_ok(GPT2 ", \"n_inner\": 100, \"activation_function\": \"gelu\", \"scale_attn_weights\": "
+           "false, \"scale_attn_by_inverse_layer_idx\": true, \"n_positions\": 64}", &c);
+  assert_int_equal(c.intermediate, 100);
+  assert_int_equal(c.gelu_tanh, 0);
+  assert_true(c.attn_scale == 1.0 && c.attn_scale_by_layer == 1);
+  assert_int_equal(c.max_pos, 64);
+  expect_bad(GPT2 ", \"add_cross_attention\": true}", "add_cross_attention");
+  expect_bad(GPT2 ", \"activation_function\": \"relu\"}", "\"relu\" is not supported");
+  expect_bad("{\"architectures\": [\"GPT2LMHeadModel\"], \"n_layer\": 3}", "\"n_embd\"");
+}
+
+static void test_gpt_neox(void **state) {
+  ls_config_t c;
+  /* the classic Pythia keys: rotary_pct, rotary_emb_base, layer_norm_eps */
+  parse_ok("{" A_NEOX SIZES ", \"rotary_pct\": 0.25, \"rotary_emb_base\": 20000, "
+           "\"layer_norm_eps\": 1e-05}", &c);
+  assert_int_equal(c.rope_dim, 4); /* head_dim 16 */
+  assert_true(c.rope.theta == 20000.0 && c.rms_eps == 1e-5);
+  assert_int_equal(c.parallel_residual, 1);
+  assert_int_equal(c.gelu_tanh, 0);
+  assert_true(c.qkv_bias == 1 && c.o_bias == 1);
+  /* transformers 5: rope_parameters */
+  parse_ok("{" A_NEOX SIZES ", \"use_parallel_residual\": false, \"attention_bias\": false, "
+           "\"hidden_act\": \"gelu_new\", \"rope_parameters\": {\"rope_type\": \"default\", "
+           "\"rope_theta\": 10000.0, \"partial_rotary_factor\": 0.5}}", &c);
+  assert_int_equal(c.rope_dim, 8);
+  assert_true(c.parallel_residual == 0 && c.qkv_bias == 0 && c.gelu_tanh == 1);
+  expect_bad("{" A_NEOX SIZES ", \"hidden_act\": \"silu\"}", "hidden_act");
+}
+
 /* ---- the fixture configs (written by transformers 5.17) ------------------------------- */
 
 static void test_fixture_configs(void **state) {
@@ -670,6 +767,10 @@ int main(void) {
       cmocka_unit_test(test_biases),
       cmocka_unit_test(test_rope_classic),
       cmocka_unit_test(test_rope_parameters),
+      cmocka_unit_test(test_gemma3),
+      cmocka_unit_test(test_phi3),
+      cmocka_unit_test(test_gpt2),
+      cmocka_unit_test(test_gpt_neox),
       cmocka_unit_test(test_bad_arch),
       cmocka_unit_test(test_bad_missing),
       cmocka_unit_test(test_bad_integer),

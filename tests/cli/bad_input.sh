@@ -317,10 +317,10 @@ WANT=("$m/config.json"); bad model.config_not_json "$(o config_not_json)" "$LS_B
 m=$(case_model config_truncated); head -c 100 "$BASE/config.json" >"$m/config.json"
 WANT=("$m/config.json"); bad model.config_truncated "$(o config_truncated)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o config_truncated)"
 
-m=$(case_model gpt2)
-sed -i -e 's/"LlamaForCausalLM"/"GPT2LMHeadModel"/' -e 's/"model_type":[[:space:]]*"llama"/"model_type": "gpt2"/' "$m/config.json"
-WANT=("$m/config.json" GPT2LMHeadModel LlamaForCausalLM MistralForCausalLM Qwen2ForCausalLM)
-bad model.unsupported_arch "$(o gpt2)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o gpt2)"
+m=$(case_model bloom)
+sed -i -e 's/"LlamaForCausalLM"/"BloomForCausalLM"/' -e 's/"model_type":[[:space:]]*"llama"/"model_type": "bloom"/' "$m/config.json"
+WANT=("$m/config.json" BloomForCausalLM LlamaForCausalLM GPT2LMHeadModel GPTNeoXForCausalLM)
+bad model.unsupported_arch "$(o bloom)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o bloom)"
 
 m=$(case_model hidden_mismatch)
 sed -i 's/"hidden_size":[[:space:]]*64,/"hidden_size": 96,/' "$m/config.json"
