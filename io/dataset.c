@@ -177,7 +177,7 @@ static int parse_line(const char *path, int64_t lineno, const char *line, int vo
   const int64_t len = last - first;
   if (max_len > 0 && len > max_len) {
     ls_error("%s:%lld: prompt has %lld tokens, more than the model's max_position_embeddings "
-             "%lld; shorten it or pass --allow-long-prompts", path, (long long)lineno,
+             "%lld; shorten it or pass --allow-long-prompts (RoPE models only)", path, (long long)lineno,
              (long long)len, (long long)max_len);
     goto done;
   }

@@ -15,7 +15,12 @@ int ls_sw_load_dataset(sweep_t *s) {
   ls_dataset_t *d = &s->data;
   int rc = LS_OK;
   if (s->rank == 0) {
-    int64_t max_len = s->o->allow_long_prompts ? 0 : s->cfg->max_pos;
+    /* learned positions (GPT-2) end at max_pos: no flag goes past them */
+    const int learned = s->model.glob[LS_G_POS_EMBED].spec.present;
+    if (learned && s->o->allow_long_prompts)
+      ls_warn("--allow-long-prompts has no effect on %s: its %d learned positions are all it "
+              "has", s->cfg->arch_name, s->cfg->max_pos);
+    int64_t max_len = s->o->allow_long_prompts && !learned ? 0 : s->cfg->max_pos;
     rc = ls_dataset_load(s->o->data_path, s->cfg->vocab, max_len, d);
   }
   if (ls_agree(rc, s->comm)) return LS_ERR; /* rank 0 printed why */

@@ -507,6 +507,11 @@ WANT=("$f:2:" --allow-long-prompts)
 bad data.long_prompt "$(o long)" "$LS_BIN" run --model "$MP16" --data "$f" --out "$(o long)"
 good data.long_prompt_allowed "$(o long_ok)" "$LS_BIN" run --model "$MP16" --data "$f" --out "$(o long_ok)" \
   --allow-long-prompts --progress off
+# GPT-2's learned positions (the fixture's n_positions is 128): a longer prompt is refused
+ids=$(seq -s ', ' 1 130)
+f=$(mkdata gpt2_long "$L1" "{\"input_ids\": [$ids]}")
+WANT=("$f:2:" "max_position_embeddings 128")
+bad data.gpt2_past_positions "$(o gpt2_long)" "$LS_BIN" run --model "$LS_FIXTURES/gpt2_conv1d" --data "$f" --out "$(o gpt2_long)"
 f16=$(mkdata exactly16 '{"input_ids": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]}')
 good data.prompt_of_max_pos "$(o exactly16)" "$LS_BIN" run --model "$MP16" --data "$f16" --out "$(o exactly16)" --progress off
 
