@@ -68,6 +68,9 @@ static const char *models[] = {"llama_gqa_f32",       "llama_mqa_bf16",  "qwen2_
                                "phi3_fused_partial",  "gpt2_conv1d",     "gpt2_bare_bf16",
                                "neox_parallel",       "neox_sequential_f16"};
 #define N_MODELS (sizeof models / sizeof models[0])
+/* models the pooled and invariance tests loop over: all of them, or (LS_TEST_FEW_MODELS,
+ * set for the slow emulated GPU) the first two; the raw comparison always takes all */
+static size_t n_loop = N_MODELS;
 
 /* The hooks a sweep writes, in the file's order (src/hooks.h), each a dataset /<name>
  * of the output and a tensor of expected.safetensors. The test keeps its own list, so a
@@ -512,22 +515,23 @@ static void check_pooled(const char *model, const char *pool_name) {
   ls_dataset_free(&d);
 }
 
+/* every family (the first n_loop of them), each pooling mode: all hooks of every layer
+ * against transformers */
+static void pooled_all(const char *pool) {
+  int rc[N_MODELS];
+  for (size_t m = 0; m < n_loop; m++) rc[m] = run_pooled(models[m], pool);
+  for (size_t m = 0; m < n_loop; m++) {
+    if (rc[m] != 0) fail_msg("%s: the --pool %s sweep failed", models[m], pool);
+    check_pooled(models[m], pool);
+  }
+}
 static void test_pool_last(void **state) {
   (void)state;
-  int a = run_pooled("qwen2_bias_sharded", "last_token"), b = run_pooled("llama_mqa_bf16", "last_token");
-  assert_int_equal(a, 0);
-  assert_int_equal(b, 0);
-  check_pooled("qwen2_bias_sharded", "last_token");
-  check_pooled("llama_mqa_bf16", "last_token");
+  pooled_all("last_token");
 }
-
 static void test_pool_mean(void **state) {
   (void)state;
-  int a = run_pooled("llama_gqa_f32", "mean"), b = run_pooled("mistral_window", "mean");
-  assert_int_equal(a, 0);
-  assert_int_equal(b, 0);
-  check_pooled("llama_gqa_f32", "mean");
-  check_pooled("mistral_window", "mean");
+  pooled_all("mean");
 }
 
 static void test_layer_subset(void **state) {
@@ -713,7 +717,7 @@ static void test_rank_invariance_raw(void **state) {
   int64_t mbs[3];
   invariance_mbs(mbs);
   /* every family (each fixture): bit-identical for any rank count and microbatching */
-  for (size_t m = 0; m < N_MODELS; m++) {
+  for (size_t m = 0; m < n_loop; m++) {
     inv_run_t v;
     inv_run(&v, "fx", models[m], "prompts.jsonl", &d, "none", mbs, 3);
     inv_check(&v, &d, NULL);
@@ -835,6 +839,7 @@ int main(int argc, char **argv) {
   snprintf(fixtures, sizeof fixtures, "%s", fx ? fx : "tests/fixtures");
   snprintf(tmp, sizeof tmp, "%s", tp ? tp : "/tmp");
   const char *be = getenv("LS_TEST_BACKEND"), *dt = getenv("LS_TEST_DTYPE");
+  if (getenv("LS_TEST_FEW_MODELS")) n_loop = 2;
   if (be && strcmp(be, "cuda") == 0) {
     char why[1024] = "";
     const ls_backend_entry_t *cuda = ls_backend_lookup("cuda");
