@@ -211,6 +211,19 @@ fail:
   return LS_ERR;
 }
 
+int ls_h5out_raw_offset(ls_h5out_t *h, const char *name, uint64_t *offset) {
+  hid_t d = H5Dopen2(h->file, name, H5P_DEFAULT);
+  if (d < 0) return LS_ERR;
+  hid_t dcpl = H5Dget_create_plist(d);
+  const int contiguous = dcpl >= 0 && H5Pget_layout(dcpl) == H5D_CONTIGUOUS;
+  if (dcpl >= 0) H5Pclose(dcpl);
+  haddr_t a = contiguous ? H5Dget_offset(d) : HADDR_UNDEF;
+  H5Dclose(d);
+  if (a == HADDR_UNDEF) return LS_ERR;
+  *offset = (uint64_t)a;
+  return LS_OK;
+}
+
 int ls_h5out_write(ls_h5out_t *h, const char *name, hid_t mem_type, int rank,
                    const hsize_t *start, const hsize_t *count, const void *buf) {
   hid_t dset = H5I_INVALID_HID, fspace = H5I_INVALID_HID, mspace = H5I_INVALID_HID;

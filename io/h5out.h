@@ -40,6 +40,10 @@ int ls_h5out_attr_f64(ls_h5out_t *h, const char *obj_path, const char *name, con
 /* Create a dataset (intermediate groups created) of the given type and dims. */
 int ls_h5out_create_dataset(ls_h5out_t *h, const char *name, hid_t type, int rank,
                             const hsize_t *dims);
+/* The file offset of a dataset's raw data (contiguous, allocated at creation, as
+ * ls_h5out_create_dataset makes them), so that rows can be written to it without HDF5
+ * (src/writer.c); LS_ERR (quietly) when HDF5 cannot say, e.g. a dataset of no bytes. */
+int ls_h5out_raw_offset(ls_h5out_t *h, const char *name, uint64_t *offset);
 /* Write a block of a dataset: start/count per dimension (count may be all zero on
  * ranks with nothing to write; they still take part). */
 int ls_h5out_write(ls_h5out_t *h, const char *name, hid_t mem_type, int rank,

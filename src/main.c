@@ -58,6 +58,8 @@ static const char *usage_run =
     "  --allow-long-prompts      accept prompts longer than max_position_embeddings\n"
     "  --force                   overwrite an existing output file\n"
     "  --progress MODE           auto, lines or off (default: auto: a bar on a terminal)\n"
+    "  --overlap-writes on|off   write each layer's rows from a thread while the next layer\n"
+    "                            computes (default: on; off halves the host output buffers)\n"
     "  --summary-json FILE       also write the profile summary as JSON (default: none)\n"
     "  --resume                  continue an interrupted sweep from its last checkpoint (a\n"
     "                            complete file is left alone; no checkpoint: start over)\n"
@@ -135,7 +137,7 @@ static void join_argv(int argc, char **argv, char *buf, size_t cap) {
 
 /* ---- commands ---------------------------------------------------------------------------- */
 enum { O_MODEL = 256, O_DATA, O_OUT, O_HOOKS, O_LAYERS, O_POOL, O_MB, O_THREADS, O_LONG,
-       O_FORCE, O_PROGRESS, O_SUMMARY, O_RESUME, O_CKPT_EVERY, O_CKPT_DIR, O_BACKEND, O_DTYPE, O_PRELOAD, O_HELP };
+       O_FORCE, O_PROGRESS, O_SUMMARY, O_RESUME, O_CKPT_EVERY, O_CKPT_DIR, O_BACKEND, O_DTYPE, O_PRELOAD, O_OVERLAP, O_HELP };
 
 static int cmd_run(int argc, char **argv, int plan_only) {
   static const struct option opts[] = {
@@ -153,6 +155,7 @@ static int cmd_run(int argc, char **argv, int plan_only) {
       {"backend", required_argument, 0, O_BACKEND},
       {"dtype", required_argument, 0, O_DTYPE},
       {"preload-weights", no_argument, 0, O_PRELOAD},
+      {"overlap-writes", required_argument, 0, O_OVERLAP},
       {0, 0, 0, 0}};
   ls_run_opts_t o;
   ls_run_opts_default(&o);
@@ -195,6 +198,11 @@ static int cmd_run(int argc, char **argv, int plan_only) {
       case O_BACKEND: o.backend = optarg; break;
       case O_DTYPE: o.dtype = optarg; break;
       case O_PRELOAD: o.preload_weights = 1; break;
+      case O_OVERLAP:
+        if (strcmp(optarg, "on") == 0) o.overlap_writes = 1;
+        else if (strcmp(optarg, "off") == 0) o.overlap_writes = 0;
+        else { ls_error("--overlap-writes: choose on or off"); return 2; }
+        break;
       case O_CKPT_DIR: o.checkpoint_dir = optarg; break;
       case O_CKPT_EVERY:
         if (strcmp(optarg, "auto") == 0) o.checkpoint_every = 0;

@@ -184,3 +184,96 @@ int ls_sw_check_output(sweep_t *s) {
   int nd = ls_h5out_dataset_dims(&s->out.h5, "/profile/read_s", dims, 4);
   return nd == 2 && dims[0] == (hsize_t)s->size && dims[1] == (hsize_t)s->sel.n_run ? LS_OK : LS_ERR;
 }
+
+/* ---- per-layer writes: collective HDF5, or overlapped by the writer thread ---------------------- */
+/* Every per-layer hook dataset must be contiguous with its raw data placed (HDF5 says
+ * where), and the host's floats little-endian as the file's. */
+int ls_sw_writer_start(sweep_t *s) {
+  s->out.in_flight = -1;
+  s->out.overlap = 0;
+  if (!s->o->overlap_writes || s->sel.n_sel == 0) return LS_OK;
+  const uint32_t probe = 1;
+  int ok = *(const unsigned char *)&probe == 1;
+  for (int h = 0; h < LS_HOOK_PER_LAYER_COUNT; h++) {
+    if (!((s->sel.hooks >> h) & 1)) continue;
+    char name[64];
+    snprintf(name, sizeof name, "/%s", ls_hook_name(h));
+    /* collective metadata: every rank asks, even once one said no */
+    if (ls_h5out_raw_offset(&s->out.h5, name, &s->out.raw_off[h])) ok = 0;
+  }
+  int all = 0;
+  MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, s->comm);
+  if (!all) {
+    if (s->rank == 0)
+      ls_info("writes: collective HDF5 after each layer (the datasets' raw data has no fixed "
+              "place in the file)");
+    return LS_OK;
+  }
+  int rc = ls_writer_start(&s->out.writer, s->o->out_path);
+  if (ls_agree_report(rc, s->comm)) {
+    ls_writer_stop(&s->out.writer);
+    return LS_ERR;
+  }
+  s->out.overlap = 1;
+  return LS_OK;
+}
+
+void ls_sw_writer_stop(sweep_t *s) {
+  ls_writer_stop(&s->out.writer);
+  s->out.in_flight = -1;
+}
+
+/* layer L (selection index sel) is on disk on every rank: its marker, flushed */
+static int mark_done(sweep_t *s, int L, int sel) {
+  s->out.done_marks[sel] = L;
+  COLLECTIVE_STEP(s, ls_h5out_attr_i64(&s->out.h5, "/", "layers_completed", s->out.done_marks,
+                                       s->sel.n_sel));
+  COLLECTIVE_STEP(s, ls_h5out_flush(&s->out.h5));
+  return LS_OK;
+}
+
+int ls_sw_drain_writes(sweep_t *s) {
+  if (!s->out.overlap || s->out.in_flight < 0) return LS_OK;
+  const int L = s->out.in_flight;
+  s->out.in_flight = -1;
+  COLLECTIVE_STEP(s, ls_writer_wait(&s->out.writer, NULL));
+  return mark_done(s, L, s->sel.sel_index[L]);
+}
+
+int ls_sw_write_layer(sweep_t *s, int L, int sel) {
+  if (!s->out.overlap) {
+    /* every collective step is agreed on before the next, so a failure on any rank stops
+     * all of them at the same point, reported once */
+    for (int h = 0; h < LS_HOOK_PER_LAYER_COUNT; h++)
+      if (s->sel.hooks & (1u << h)) COLLECTIVE_STEP(s, ls_sw_write_hook(s, h, sel));
+    /* the marker goes in only after the rows are on disk */
+    COLLECTIVE_STEP(s, ls_h5out_flush(&s->out.h5));
+    return mark_done(s, L, sel);
+  }
+  if (ls_sw_drain_writes(s)) return LS_ERR;
+  if (s->out.fault_layer == L) {
+    COLLECTIVE_STEP(s, (ls_error("%s: injected write failure at layer %d (LS_FAULT_WRITE_LAYER, "
+                                 "as if the disk were full); rerun with --resume", s->o->out_path,
+                                 L), LS_ERR));
+  }
+  /* this rank's rows of each hook: (sel, out_row0 .. + out_rows, H) of the dataset */
+  const size_t H = (size_t)s->cfg->hidden, row = sizeof(float) * H;
+  ls_write_piece_t p[LS_WRITER_MAX_PIECES];
+  int n = 0;
+  for (int h = 0; h < LS_HOOK_PER_LAYER_COUNT; h++) {
+    if (!((s->sel.hooks >> h) & 1) || s->sh.out_rows == 0) continue;
+    const uint64_t first = (uint64_t)sel * (uint64_t)s->sh.n_out_rows + (uint64_t)s->sh.out_row0;
+    p[n].offset = s->out.raw_off[h] + first * row;
+    p[n].buf = s->buf.out_host[h];
+    p[n].bytes = row * (size_t)s->sh.out_rows;
+    n++;
+    /* the next layer captures into the other buffer */
+    float *t = s->buf.out_host[h];
+    s->buf.out_host[h] = s->buf.out_alt[h];
+    s->buf.out_alt[h] = t;
+    if (s->be->host_visible) s->buf.out[h] = s->buf.out_host[h];
+  }
+  ls_writer_submit(&s->out.writer, L, p, n);
+  s->out.in_flight = L;
+  return LS_OK;
+}

@@ -211,7 +211,12 @@ int ls_sw_plan(sweep_t *s) {
   double wconv = (double)ls_sw_layer_weight_bytes(&s->model, s->be) * (s->o->preload_weights ? s->sel.n_run : 1);
   double staging = 2.0 * (double)s->model.max_layer_bytes;
   double outbuf = (double)n_hooks * (double)sh->out_rows * H * 4;
-  double rank_bytes = resid + scratch + wconv + staging + outbuf;
+  /* overlapped writes: a second host copy of the per-layer hooks' rows (the layer the
+   * writer holds while the next one computes) */
+  const int layer_hooks = n_hooks - ((s->sel.hooks >> LS_HOOK_FINAL_NORM) & 1);
+  const double outbuf_alt = s->o->overlap_writes && s->sel.n_sel > 0
+                                ? (double)layer_hooks * (double)sh->out_rows * H * 4 : 0.0;
+  double rank_bytes = resid + scratch + wconv + staging + outbuf + outbuf_alt;
   int dev_rc = LS_OK;
   double dev_bytes = 0;
   ls_error_defer(1); /* ranks that cannot fit: the lowest one reports */
@@ -230,7 +235,7 @@ int ls_sw_plan(sweep_t *s) {
     dev_bytes = fixed + (bf->x_on_host ? (double)sh->T_max * H * 4 : resid);
     /* host: rank 0's read staging, the pooled rows, the residual stream if it lives
      * there, or its copy while a checkpoint is written */
-    rank_bytes = (s->rank == 0 ? staging : 0) + outbuf +
+    rank_bytes = (s->rank == 0 ? staging : 0) + outbuf + outbuf_alt +
                  (bf->x_on_host || s->o->checkpoint_every >= 0 ? resid : 0);
     if (dev_bytes > 0.92 * be->mem_bytes) {
       ls_error("plan: rank %d needs about %.2f GiB of GPU memory (layer weights %.2f, "

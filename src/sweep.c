@@ -29,6 +29,7 @@ void ls_run_opts_default(ls_run_opts_t *o) {
   o->dtype = "auto";
   o->microbatch_tokens = 4096;
   o->progress = -1;
+  o->overlap_writes = 1;
 }
 
 /* ---- buffers --------------------------------------------------------------------------------- */
@@ -82,6 +83,13 @@ static int alloc_buffers(sweep_t *s) {
     bf->out[h] = f->alloc(be, bytes, "hook output");
     bf->out_host[h] = be->host_visible ? bf->out[h] : f->host_alloc(be, bytes, "hook output (host)");
     if (!bf->out[h] || !bf->out_host[h]) rc = LS_ERR;
+    /* overlapped writes: the writer's copy (swapped with out_host, and out on a host
+     * backend: allocated as those are) */
+    if (s->o->overlap_writes && h != LS_HOOK_FINAL_NORM && rc == LS_OK) {
+      bf->out_alt[h] = be->host_visible ? f->alloc(be, bytes, "hook output (writer)")
+                                        : f->host_alloc(be, bytes, "hook output (writer)");
+      if (!bf->out_alt[h]) rc = LS_ERR;
+    }
   }
   if (rc == LS_OK) {
     const size_t rope = sizeof(float) * (size_t)sh->max_len * (size_t)(c->rope_dim > 0 ? c->rope_dim / 2 : 1);
@@ -451,18 +459,7 @@ static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
     double t2 = ls_now();
     pf->t_hooks[L] = th;
     pf->t_forward[L] = t2 - t1 - th;
-    if (sel >= 0) {
-      /* every collective step is agreed on before the next, so a failure on any rank
-       * stops all of them at the same point, reported once */
-      for (int h = 0; h < LS_HOOK_PER_LAYER_COUNT; h++)
-        if (s->sel.hooks & (1u << h)) COLLECTIVE_STEP(s, ls_sw_write_hook(s, h, sel));
-      /* the marker goes in only after the rows are on disk */
-      COLLECTIVE_STEP(s, ls_h5out_flush(&s->out.h5));
-      s->out.done_marks[sel] = L;
-      COLLECTIVE_STEP(s, ls_h5out_attr_i64(&s->out.h5, "/", "layers_completed", s->out.done_marks,
-                                           s->sel.n_sel));
-      COLLECTIVE_STEP(s, ls_h5out_flush(&s->out.h5));
-    }
+    if (sel >= 0 && ls_sw_write_layer(s, L, sel)) return LS_ERR;
     pf->t_write[L] = ls_now() - t2;
     ls_sw_progress(s, L, ls_now() - t_start);
     int stop = ls_sw_maybe_checkpoint(s, L + 1, ls_now() - t0);
@@ -501,6 +498,10 @@ static void sweep_free(sweep_t *s) {
     for (int h = 0; h < LS_HOOK_COUNT; h++) {
       f->free(be, bf->out[h]);
       if (!be->host_visible) f->host_free(be, bf->out_host[h]);
+      if (bf->out_alt[h]) {
+        if (be->host_visible) f->free(be, bf->out_alt[h]);
+        else f->host_free(be, bf->out_alt[h]);
+      }
     }
     if (!be->host_visible) {
       f->free(be, bf->seq_start_d); f->free(be, bf->seq_len_d); f->free(be, bf->pos_d);
@@ -779,14 +780,15 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
     int crc = ls_sw_create_output(s);
     if (ls_agree_report(crc, comm) || embed(s)) goto out;
   }
-  if (load_final_norm(s)) goto out;
+  if (load_final_norm(s) || ls_sw_writer_start(s)) goto out;
   if (ls_agree(ls_wpipe_init(&wp, &s->model, s->be, s->start, s->sel.n_run, comm), comm)) goto out;
   wp_live = 1;
   ls_sw_install_signals();
   s->ck.last = s->start;
   int lr = run_layers(s, &wp);
   if (lr == LS_STOPPED) { rc = LS_STOPPED; goto out; }
-  if (lr || run_final_norm(s)) goto out;
+  if (lr || ls_sw_drain_writes(s) || run_final_norm(s)) goto out;
+  ls_sw_writer_stop(s);
   pf->t_total = ls_now() - t_begin;
   if (ls_sw_write_profile(s, &wp)) goto out;
   /* complete only after every collective write finished and the file was flushed */
@@ -801,6 +803,7 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
     rc = ls_sw_print_summary(s, &wp);
   }
 out:
+  ls_sw_writer_stop(s); /* a layer in flight finishes; it is not marked */
   if (wp_live) ls_wpipe_free(&wp);
   if (s->out.open) {
     ls_h5out_close(&s->out.h5);

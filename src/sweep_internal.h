@@ -25,6 +25,7 @@
 #include "model.h"
 #include "sweep.h"
 #include "weights.h"
+#include "writer.h"
 
 #define FORMAT_VERSION "1"
 
@@ -85,6 +86,9 @@ typedef struct {
   int32_t *seq_start_d, *seq_len_d, *pos_d; /* backend copies of the shard's arrays */
   float *out[LS_HOOK_COUNT];      /* (out_rows, H) per requested hook, backend memory */
   float *out_host[LS_HOOK_COUNT]; /* the same rows on the host, as written to the file */
+  float *out_alt[LS_HOOK_COUNT];  /* with overlapped writes: the host rows of the layer the
+                                   * writer holds (swapped with out_host, and with out on a
+                                   * host-memory backend, at each submit) */
 } ls_bufs_t;
 
 typedef struct {
@@ -93,6 +97,10 @@ typedef struct {
   ls_lock_t lock;         /* rank 0: the output's lock, held for the whole run */
   int64_t *done_marks;    /* (n_sel) layer index once its rows are written, else -1 */
   int fault_layer;        /* test switch LS_FAULT_WRITE_LAYER: fail this layer's write */
+  int overlap;            /* layers are written by the writer thread (same on every rank) */
+  ls_writer_t writer;
+  uint64_t raw_off[LS_HOOK_COUNT]; /* each per-layer hook dataset's raw data in the file */
+  int in_flight;          /* the layer the writer holds, -1 none */
 } ls_output_t;
 
 typedef struct {
@@ -156,6 +164,16 @@ extern const char *ls_sw_profile_fields[7];
 int ls_sw_write_str_attr(sweep_t *s, const char *name, const char *v);
 int ls_sw_create_output(sweep_t *s);
 int ls_sw_write_hook(sweep_t *s, ls_hook_t h, int sel);
+/* Overlapped writes (src/writer.c): find the datasets' raw offsets and start the writer
+ * (collective; every rank agrees to overlap or not, a reason logged when not). */
+int ls_sw_writer_start(sweep_t *s);
+/* Collective, after layer L (selected as sel) is on the host: wait for the layer in
+ * flight and mark it complete, then hand L to the writer. */
+int ls_sw_write_layer(sweep_t *s, int L, int sel);
+/* Collective: wait for the layer in flight and mark it complete (before a checkpoint,
+ * the final norm and the end). */
+int ls_sw_drain_writes(sweep_t *s);
+void ls_sw_writer_stop(sweep_t *s);
 int ls_sw_write_profile(sweep_t *s, const ls_wpipe_t *wp);
 int ls_sw_check_output(sweep_t *s);
 /* report.c */

@@ -147,6 +147,28 @@ else
   echo "SKIPPED real ENOSPC: cannot mount a tmpfs here (the injected failure above covers the path)"
 fi
 
+# ---- overlapped writes: the same file as collective HDF5 writes -----------------------------
+# --pool none, every hook: each layer's rows are written by a thread while the next layer
+# computes (default), or by collective H5Dwrite after each layer (--overlap-writes off)
+rawargs=(--model "$tmp/model" --data "$tmp/data.jsonl" --hooks all --layers all --pool none --progress off)
+ok=1 why=""
+$ls run "${rawargs[@]}" --out "$tmp/raw_off.h5" --overlap-writes off --checkpoint-every off 2>"$tmp/raw_off.log" || { ok=0; why="off run failed"; }
+for np in 1 2 3; do
+  mpirun -np $np "$ls" run "${rawargs[@]}" --out "$tmp/raw_on$np.h5" --checkpoint-every off \
+    >"$tmp/raw_on$np.log" 2>&1 || { ok=0; why="np $np run failed: $(grep error "$tmp/raw_on$np.log" | head -n 1)"; }
+  for d in residual_pre attn_out mlp_out residual_post final_norm samples/length samples/offsets; do
+    h5diff -q -d 0 "$tmp/raw_off.h5" "$tmp/raw_on$np.h5" "/$d" "/$d" >/dev/null 2>&1 || { ok=0; why="np $np: /$d differs"; }
+  done
+  [ "$(status_of "$tmp/raw_on$np.h5")" = complete ] || { ok=0; why="np $np: not complete"; }
+  if grep -q "writes: collective HDF5" "$tmp/raw_on$np.log"; then ok=0; why="np $np did not overlap"; fi
+done
+if [ $ok = 1 ]; then
+  pass "--pool none, all hooks: overlapped writes (np 1, 2, 3) give the file collective writes give"
+else
+  fail "overlapped writes" "$why"
+fi
+rm -f "$tmp"/raw_*.h5
+
 # ---- resume refusals and no-ops --------------------------------------------------------------
 out="$tmp/done.h5"
 cp "$tmp/ref.h5" "$out"
