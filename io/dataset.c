@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -94,6 +95,43 @@ static int blank(const char *s) {
   for (; *s; s++)
     if (*s != ' ' && *s != '\t' && *s != '\r' && *s != '\n') return 0;
   return 1;
+}
+
+/* 1 when s is valid UTF-8 (no overlong forms, no surrogates, at most U+10FFFF). */
+static int utf8_valid(const unsigned char *s) {
+  while (*s) {
+    const unsigned c = *s;
+    int n = c < 0x80 ? 0 : (c & 0xE0) == 0xC0 ? 1 : (c & 0xF0) == 0xE0 ? 2 : (c & 0xF8) == 0xF0 ? 3 : -1;
+    if (n < 0 || (n == 1 && c < 0xC2) || (n == 3 && c > 0xF4)) return 0;
+    unsigned cp = n == 0 ? c : c & (0x3Fu >> n);
+    for (int k = 1; k <= n; k++) {
+      if ((s[k] & 0xC0) != 0x80) return 0;
+      cp = (cp << 6) | (s[k] & 0x3Fu);
+    }
+    if ((n == 2 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) || (n == 3 && (cp < 0x10000 || cp > 0x10FFFF)))
+      return 0;
+    s += n + 1;
+  }
+  return 1;
+}
+
+/* 1 when the raw text of the line's "id" string holds a \u0000 escape: cJSON would
+ * decode it to a NUL and silently cut the id there. */
+static int id_has_nul_escape(const char *line) {
+  for (const char *p = strstr(line, "\"id\""); p; p = strstr(p + 1, "\"id\"")) {
+    const char *q = p + 4;
+    while (*q == ' ' || *q == '\t') q++;
+    if (*q != ':') continue;
+    q++;
+    while (*q == ' ' || *q == '\t') q++;
+    if (*q != '"') continue;
+    for (q++; *q && *q != '"'; q++) {
+      if (*q != '\\') continue;
+      if (strncasecmp(q, "\\u0000", 6) == 0) return 1;
+      if (q[1]) q++; /* skip the escaped character */
+    }
+  }
+  return 0;
 }
 
 /* Parse one line into d (appending). Returns LS_OK or LS_ERR after a message. */
@@ -228,6 +266,17 @@ static int parse_line(const char *path, int64_t lineno, const char *line, int vo
     if (!cJSON_IsString(id) || strlen(id->valuestring) >= LS_DATASET_MAX_ID) {
       ls_error("%s:%lld: \"id\" must be a string shorter than %d bytes", path, (long long)lineno,
                LS_DATASET_MAX_ID);
+      goto done;
+    }
+    /* stored exactly as given: h5py's .asstr() must read every id back */
+    if (id_has_nul_escape(line)) {
+      ls_error("%s:%lld: \"id\" contains a NUL character (\\u0000); ids are stored as "
+               "strings and must not", path, (long long)lineno);
+      goto done;
+    }
+    if (!utf8_valid((const unsigned char *)id->valuestring)) {
+      ls_error("%s:%lld: \"id\" is not valid UTF-8; ids are stored as UTF-8 strings", path,
+               (long long)lineno);
       goto done;
     }
     if (grow((void **)&d->ids, &g->cap_id, i + 1, LS_DATASET_MAX_ID, "ids")) goto done;

@@ -443,6 +443,30 @@ static void test_attention_mask(void **state) {
   expect_bad_vocab(VOCAB, 3, 1, "more than the model's max_position_embeddings");
 }
 
+/* sample ids are stored exactly: invalid UTF-8 and NUL are refused naming the line, and
+ * every valid id (multi-byte, escapes) comes back byte for byte */
+static void test_id_text(void **state) {
+  write_text("{\"input_ids\": [1], \"id\": \"caf\\u00e9 \\u2603 \\ud83d\\ude00 \\\\u0000 \\\"q\\\"\"}\n"
+             "{\"input_ids\": [2], \"id\": \"\\u00e9\"}\n");
+  ls_dataset_t d;
+  load_ok(0, &d);
+  assert_string_equal(d.ids, "caf\xc3\xa9 \xe2\x98\x83 \xf0\x9f\x98\x80 \\u0000 \"q\"");
+  assert_string_equal(d.ids + LS_DATASET_MAX_ID, "\xc3\xa9");
+  ls_dataset_free(&d);
+  write_text("{\"input_ids\": [1], \"id\": \"a\"}\n{\"input_ids\": [2], \"id\": \"ab\\u0000cd\"}\n");
+  expect_bad(2, "NUL");
+  write_text("{\"input_ids\": [1], \"id\" : \"x\\u0000\"}\n");
+  expect_bad(1, "NUL");
+  const char *bad[] = {"\xff", "\xc3", "\xc0\xaf", "\xe0\x80\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80",
+                       "ok\x80"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    char line[128];
+    snprintf(line, sizeof line, "{\"input_ids\": [1], \"id\": \"%s\"}\n", bad[i]);
+    write_text(line);
+    expect_bad(1, "not valid UTF-8");
+  }
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup_dir, teardown_dir)
 
 int main(void) {
@@ -468,6 +492,7 @@ int main(void) {
       T(test_bad_nul_byte),
       T(test_bad_too_long),
       T(test_attention_mask),
+      T(test_id_text),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
