@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "info.h"
 #include "ls_common.h"
 #include "make_model.h"
 #include "registry.h"
@@ -23,6 +24,9 @@ static const char *usage_main =
     "  plan         print the plan of a sweep (sharding, memory, output size) and stop\n"
     "  make-model   write a random Llama/Mistral/Qwen2-family model directory\n"
     "  make-data    write a random JSONL dataset of token ids\n"
+    "  info         what an output file holds: status, layers complete, datasets, the\n"
+    "               command, the profile (exit 1 for a partial file); --plot FILE.svg\n"
+    "               draws the time per layer\n"
     "  backends     list the backends of this build, their capabilities, and whether\n"
     "               each is usable here (and why not)\n"
     "  --version    print the version\n"
@@ -360,6 +364,40 @@ static int cmd_backends(void) {
   return 0;
 }
 
+static const char *usage_info =
+    "usage: layersweep info FILE [--plot FILE.svg] [--force]\n"
+    "\n"
+    "Print what a layersweep output file holds: status, layers complete, datasets and\n"
+    "shapes, the command, the profile summary. Exit status: 0 complete, 1 partial, 2 error.\n"
+    "  --plot FILE.svg   also draw the time of each layer by phase (read wait, broadcast\n"
+    "                    wait, load, forward, hooks, write wait; max over ranks)\n"
+    "  --force           overwrite an existing plot file\n";
+
+static int cmd_info(int argc, char **argv) {
+  const char *file = NULL, *plot = NULL;
+  int force = 0;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+      fputs(usage_info, stdout);
+      return 0;
+    } else if (strcmp(argv[i], "--plot") == 0 && i + 1 < argc) {
+      plot = argv[++i];
+    } else if (strcmp(argv[i], "--force") == 0) {
+      force = 1;
+    } else if (argv[i][0] == '-' || file) {
+      ls_error("%s: unknown or incomplete option; see `layersweep info --help`", argv[i]);
+      return 2;
+    } else {
+      file = argv[i];
+    }
+  }
+  if (!file) {
+    ls_error("info needs the output file; see `layersweep info --help`");
+    return 2;
+  }
+  return ls_info_main(file, plot, force);
+}
+
 int main(int argc, char **argv) {
   if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
     fputs(usage_main, argc < 2 ? stderr : stdout);
@@ -375,6 +413,7 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "make-model") == 0) return cmd_make_model(argc - 1, argv + 1);
   if (strcmp(cmd, "make-data") == 0) return cmd_make_data(argc - 1, argv + 1);
   if (strcmp(cmd, "backends") == 0) return cmd_backends();
+  if (strcmp(cmd, "info") == 0) return cmd_info(argc - 1, argv + 1);
   if (strcmp(cmd, "run") != 0 && strcmp(cmd, "plan") != 0) {
     fprintf(stderr, "layersweep: error: unknown command \"%s\"; run `layersweep --help`\n", cmd);
     return 2;
