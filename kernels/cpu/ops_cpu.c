@@ -371,8 +371,9 @@ ls_backend_t *ls_backend_cpu_new(int threads, int max_seq) {
              "LS_BLAS_CORE=keep to keep its choice)", core, chose);
   else
     snprintf(blas, sizeof blas, "OpenBLAS %s kernels", core);
-  snprintf(be->desc, sizeof be->desc, "cpu (float32, %d thread%s per rank, %s)", c->threads,
-           c->threads > 1 ? "s" : "", blas);
+  const char *wait = getenv("OMP_WAIT_POLICY");
+  snprintf(be->desc, sizeof be->desc, "cpu (float32, %d thread%s per rank, %s, OMP_WAIT_POLICY=%s)",
+           c->threads, c->threads > 1 ? "s" : "", blas, wait && *wait ? wait : "unset");
   return be;
 }
 
@@ -385,31 +386,44 @@ ls_backend_t *ls_backend_cpu_new(int threads, int max_seq) {
  * OPENBLAS_CORETYPE only then, so when OpenBLAS chose pre-AVX2 kernels on a CPU with
  * AVX2 (or AVX-512), layersweep restarts itself once, at the start of main, with
  * OPENBLAS_CORETYPE=Haswell (SkylakeX). OPENBLAS_CORETYPE set by the user, or
- * LS_BLAS_CORE=keep, leave OpenBLAS's choice alone. */
-static void cpu_preinit(char **argv) {
+ * LS_BLAS_CORE=keep, leave OpenBLAS's choice alone.
+ * The same restart sets OMP_WAIT_POLICY=passive unless the user set a policy (libgomp
+ * also reads it before main): threads that spin while idle made 2 threads 20x slower
+ * than 1 on shared or oversubscribed cores, and between a sweep's parallel regions they
+ * would only burn the cores the weight reader, the writer and MPI need. */
+static const char *better_core(void) {
   const char *keep = getenv("LS_BLAS_CORE");
-  if (getenv("OPENBLAS_CORETYPE") || getenv("LS_BLAS_CHOSE") || (keep && strcmp(keep, "keep") == 0))
-    return;
+  if (getenv("OPENBLAS_CORETYPE") || (keep && strcmp(keep, "keep") == 0)) return NULL;
   static const char *const pre_avx2[] = {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem",
                                          "Atom", "Sandybridge", "Katmai", "Coppermine",
                                          "Northwood", "Banias", "Opteron", "Barcelona", NULL};
   const char *core = openblas_get_corename();
   int old = 0;
   for (int i = 0; core && pre_avx2[i]; i++) old |= strcasecmp(core, pre_avx2[i]) == 0;
-  if (!old) return;
+  if (!old) return NULL;
   __builtin_cpu_init();
-  const char *want = NULL;
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
-    want = "SkylakeX";
-  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    want = "Haswell";
-  if (!want) return;
-  setenv("OPENBLAS_CORETYPE", want, 1);
-  setenv("LS_BLAS_CHOSE", core, 1); /* what OpenBLAS chose itself (also: restart once) */
+    return "SkylakeX";
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
+  return NULL;
+}
+
+static void cpu_preinit(char **argv) {
+  if (getenv("LS_PREINIT_DONE")) return; /* restart once */
+  const char *want = better_core(), *core = openblas_get_corename();
+  const int wait_policy = getenv("OMP_WAIT_POLICY") == NULL;
+  if (!want && !wait_policy) return;
+  if (want) {
+    setenv("OPENBLAS_CORETYPE", want, 1);
+    setenv("LS_BLAS_CHOSE", core, 1); /* what OpenBLAS chose itself */
+  }
+  if (wait_policy) setenv("OMP_WAIT_POLICY", "passive", 1);
+  setenv("LS_PREINIT_DONE", "1", 1);
   execv("/proc/self/exe", argv);
-  /* could not restart: go on with OpenBLAS's own kernels */
-  unsetenv("OPENBLAS_CORETYPE");
+  /* could not restart: go on as we are */
+  if (want) unsetenv("OPENBLAS_CORETYPE");
+  if (wait_policy) unsetenv("OMP_WAIT_POLICY");
 }
 
 /* ---- the registry entry ------------------------------------------------------------------ */

@@ -117,5 +117,17 @@ if [ -f "$emu" ]; then
   else fail backends_with_plugin "$out"; fi
 fi
 
+# 5. idle OpenMP threads sleep: OMP_WAIT_POLICY=passive unless the user chose a policy
+(unset OMP_WAIT_POLICY LS_PREINIT_DONE
+ "$ls" run --model "$tmp/m" --data "$tmp/d.jsonl" --out "$tmp/w1.h5" --backend cpu --progress off \
+   --force 2>"$tmp/w1.log"
+ OMP_WAIT_POLICY=active "$ls" run --model "$tmp/m" --data "$tmp/d.jsonl" --out "$tmp/w2.h5" \
+   --backend cpu --progress off --force 2>"$tmp/w2.log")
+if grep -q "OMP_WAIT_POLICY=passive" "$tmp/w1.log" && grep -q "OMP_WAIT_POLICY=active" "$tmp/w2.log"; then
+  pass omp_wait_policy
+else
+  fail omp_wait_policy "$(grep -h '^backend' "$tmp/w1.log" "$tmp/w2.log" | tr '\n' '|')"
+fi
+
 echo "summary: $passes passed, $fails failed"
 [ $fails = 0 ]
