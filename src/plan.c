@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -304,11 +305,18 @@ int ls_sw_plan(sweep_t *s) {
     char *slash = strrchr(dir, '/');
     if (slash) *slash = '\0'; else snprintf(dir, sizeof dir, ".");
     struct statvfs vfs;
-    if (statvfs(dir[0] ? dir : "/", &vfs) == 0 &&
-        (double)vfs.f_bavail * vfs.f_frsize < file_bytes * 1.01 + (1 << 20)) {
-      ls_error("plan: %s needs about %.3f GiB but its file system has %.3f GiB free; free "
+    /* --resume (or --force) over an existing file: the blocks it already holds are
+     * reused (a resumed file keeps them, an overwritten one frees them) */
+    struct stat held;
+    double have = 0;
+    if ((s->o->resume || s->o->force) && stat(s->o->out_path, &held) == 0 && S_ISREG(held.st_mode))
+      have = (double)held.st_blocks * 512.0;
+    const double need = file_bytes * 1.01 + (1 << 20) - have;
+    if (statvfs(dir[0] ? dir : "/", &vfs) == 0 && (double)vfs.f_bavail * vfs.f_frsize < need) {
+      ls_error("plan: %s needs about %.3f GiB%s but its file system has %.3f GiB free; free "
                "space, write elsewhere, or capture fewer --hooks/--layers", s->o->out_path,
-               file_bytes / 1073741824.0, (double)vfs.f_bavail * vfs.f_frsize / 1073741824.0);
+               need / 1073741824.0, have > 0 ? " more than the existing file holds" : "",
+               (double)vfs.f_bavail * vfs.f_frsize / 1073741824.0);
       rc = LS_ERR;
     }
   }

@@ -142,6 +142,28 @@ if mount -t tmpfs -o size=96m tmpfs "$mnt" 2>/dev/null; then
   else
     fail "ENOSPC" "rc=$rc status=$st"
   fi
+  # --resume when only the rest of the file fits: the free-space check counts what the
+  # partial file already holds (layers 0-6 written, then an injected failure)
+  rm -f "$mnt"/* ; rm -rf "$tmp/ck_space"
+  out="$mnt/space.h5"
+  LS_FAULT_WRITE_LAYER=7 mpirun -np 2 -x LS_FAULT_WRITE_LAYER "$ls" run "${args[@]}" --out "$out" \
+    --checkpoint-every 1 --checkpoint-dir "$tmp/ck_space" >/dev/null 2>&1
+  size=$(stat -c %s "$tmp/ref.h5")
+  held=$(( $(stat -c %b "$out") * $(stat -c %B "$out") ))
+  target=$(( (size - held) * 101 / 100 + (4 << 20) ))   # the rest, with room for metadata
+  avail=$(( $(df --output=avail -B1 "$mnt" | tail -n 1) ))
+  if [ "$target" -lt $(( size * 101 / 100 + (1 << 20) )) ] && [ "$avail" -gt "$target" ]; then
+    dd if=/dev/zero of="$mnt/filler" bs=1024 count=$(( (avail - target) / 1024 )) 2>/dev/null
+    mpirun -np 2 "$ls" run "${args[@]}" --out "$out" --checkpoint-every 1 --checkpoint-dir "$tmp/ck_space" \
+      --resume >"$tmp/space.log" 2>&1
+    if [ $? = 0 ] && msg=$(same_as_ref "$out"); then
+      pass "--resume with room for the rest only (file $size B, held $held B): plan counts what the file holds"
+    else
+      fail "resume free space" "$(grep -E 'error' "$tmp/space.log" | head -n 2) ${msg:-}"
+    fi
+  else
+    fail "resume free space setup" "size=$size held=$held target=$target avail=$avail"
+  fi
   umount "$mnt"
 else
   echo "SKIPPED real ENOSPC: cannot mount a tmpfs here (the injected failure above covers the path)"
