@@ -1,6 +1,8 @@
 /* h5out.c: collective parallel-HDF5 output (see h5out.h). */
 #include "h5out.h"
 
+#include <hdf5_hl.h>
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -208,6 +210,25 @@ fail:
   if (dcpl >= 0) H5Pclose(dcpl);
   if (lcpl >= 0) H5Pclose(lcpl);
   if (space >= 0) H5Sclose(space);
+  return LS_ERR;
+}
+
+int ls_h5out_dim_scale(ls_h5out_t *h, const char *scale, const char *dimname,
+                       const char *const *dsets, const int *idx) {
+  hid_t s = H5I_INVALID_HID, d = H5I_INVALID_HID;
+  LS_H5_TRY(s = H5Dopen2(h->file, scale, H5P_DEFAULT), "dimension scale open");
+  LS_H5_TRY(H5DSset_scale(s, dimname), "dimension scale");
+  for (int i = 0; dsets[i]; i++) {
+    LS_H5_TRY(d = H5Dopen2(h->file, dsets[i], H5P_DEFAULT), "dataset open");
+    LS_H5_TRY(H5DSattach_scale(d, s, (unsigned)idx[i]), "dimension scale attach");
+    H5Dclose(d);
+    d = H5I_INVALID_HID;
+  }
+  H5Dclose(s);
+  return LS_OK;
+fail:
+  if (d >= 0) H5Dclose(d);
+  if (s >= 0) H5Dclose(s);
   return LS_ERR;
 }
 

@@ -44,6 +44,11 @@ int ls_h5out_create_dataset(ls_h5out_t *h, const char *name, hid_t type, int ran
  * ls_h5out_create_dataset makes them), so that rows can be written to it without HDF5
  * (src/writer.c); LS_ERR (quietly) when HDF5 cannot say, e.g. a dataset of no bytes. */
 int ls_h5out_raw_offset(ls_h5out_t *h, const char *name, uint64_t *offset);
+/* Make dataset `scale` a dimension scale named dimname (netCDF / xarray read it as the
+ * dimension of that name), and attach it to dimension idx of each dataset in `dsets`
+ * (NULL-ended). Collective. */
+int ls_h5out_dim_scale(ls_h5out_t *h, const char *scale, const char *dimname,
+                       const char *const *dsets, const int *idx);
 /* Write a block of a dataset: start/count per dimension (count may be all zero on
  * ranks with nothing to write; they still take part). */
 int ls_h5out_write(ls_h5out_t *h, const char *name, hid_t mem_type, int rank,

@@ -15,6 +15,101 @@ int ls_sw_write_str_attr(sweep_t *s, const char *name, const char *v) {
   return ls_h5out_attr_str(&s->out.h5, "/", name, v);
 }
 
+/* A coordinate dataset /name (int64) whose rows [start, start + count) this rank
+ * writes as start + i (or values[i] when given), made a dimension scale and attached
+ * to the listed datasets' axes. */
+static int coordinate(sweep_t *s, const char *name, hsize_t n, hsize_t start, hsize_t count,
+                      const int64_t *values, const char *const *dsets, const int *idx) {
+  char path[64];
+  snprintf(path, sizeof path, "/%s", name);
+  int64_t *v = ls_malloc(sizeof(int64_t) * (size_t)(count + 1), "coordinates");
+  if (!v) return LS_ERR;
+  for (hsize_t i = 0; i < count; i++) v[i] = values ? values[i] : (int64_t)(start + i);
+  int rc = ls_h5out_create_dataset(&s->out.h5, path, H5T_STD_I64LE, 1, &n);
+  if (rc == LS_OK) rc = ls_h5out_write(&s->out.h5, path, H5T_NATIVE_INT64, 1, &start, &count, v);
+  free(v);
+  if (rc == LS_OK) rc = ls_h5out_dim_scale(&s->out.h5, path, name, dsets, idx);
+  return rc;
+}
+
+/* Named dimensions, so that xarray (h5netcdf) and netCDF tools see "layer", "sample" or
+ * "token", "hidden" instead of phony_dim_N: coordinate datasets at the root, made HDF5
+ * dimension scales and attached to every dataset's axes (README "Output file"). */
+static int dimension_scales(sweep_t *s) {
+  const ls_shard_t *sh = &s->sh;
+  const int raw = s->sel.pool == LS_POOL_NONE, root = s->rank == 0;
+  const char *acts[LS_HOOK_COUNT + 1];
+  int ax_layer[LS_HOOK_COUNT + 1], ax_row[LS_HOOK_COUNT + 1], ax_hidden[LS_HOOK_COUNT + 1];
+  char names[LS_HOOK_COUNT][64];
+  int n = 0, nl = 0;
+  const char *layered[LS_HOOK_COUNT + 1];
+  for (int h = 0; h < LS_HOOK_COUNT; h++) {
+    if (!((s->sel.hooks >> h) & 1)) continue;
+    snprintf(names[n], sizeof names[n], "/%s", ls_hook_name(h));
+    const int per_layer = h != LS_HOOK_FINAL_NORM;
+    acts[n] = names[n];
+    ax_row[n] = per_layer ? 1 : 0;
+    ax_hidden[n] = per_layer ? 2 : 1;
+    if (per_layer) {
+      layered[nl] = names[n];
+      ax_layer[nl++] = 0;
+    }
+    n++;
+  }
+  acts[n] = NULL;
+  layered[nl] = NULL;
+  int64_t *sel = ls_malloc(sizeof(int64_t) * (size_t)(s->sel.n_sel + 1), "layers");
+  if (!sel) return LS_ERR;
+  for (int i = 0; i < s->sel.n_sel; i++) sel[i] = s->sel.layers[i];
+  const hsize_t H = (hsize_t)s->cfg->hidden, N = (hsize_t)s->data.n;
+  int rc = coordinate(s, "layer", (hsize_t)s->sel.n_sel, 0, root ? (hsize_t)s->sel.n_sel : 0,
+                      sel, layered, ax_layer);
+  free(sel);
+  if (rc == LS_OK)
+    rc = coordinate(s, "hidden", H, 0, root ? H : 0, NULL, acts, ax_hidden);
+  /* the activations' row axis: prompts (pooled) or tokens (--pool none) */
+  if (rc == LS_OK)
+    rc = raw ? coordinate(s, "token", (hsize_t)sh->n_out_rows, (hsize_t)sh->out_row0,
+                          (hsize_t)sh->out_rows, NULL, acts, ax_row)
+             : coordinate(s, "sample", N, (hsize_t)sh->p0, (hsize_t)sh->n_prompts, NULL, acts,
+                          ax_row);
+  /* /samples on the sample axis (offsets, N + 1 of them, on their own) */
+  const char *smp[5];
+  int zero[5] = {0, 0, 0, 0, 0}, k = 0;
+  smp[k++] = "/samples/length";
+  if (s->data.has_label) smp[k++] = "/samples/label";
+  if (s->data.has_id) smp[k++] = "/samples/id";
+  smp[k] = NULL;
+  if (rc == LS_OK && raw)
+    rc = coordinate(s, "sample", N, (hsize_t)sh->p0, (hsize_t)sh->n_prompts, NULL, smp, zero);
+  else if (rc == LS_OK)
+    rc = ls_h5out_dim_scale(&s->out.h5, "/sample", "sample", smp, zero);
+  if (rc == LS_OK && raw) {
+    const char *off[2] = {"/samples/offsets", NULL};
+    hsize_t cnt = (hsize_t)sh->n_prompts + (s->rank == s->size - 1 ? 1 : 0);
+    rc = coordinate(s, "sample_edge", N + 1, (hsize_t)sh->p0, cnt, NULL, off, zero);
+  }
+  /* /profile: [rank, layer_computed] */
+  const char *prof[9];
+  int p0[9], p1[9], np = 0;
+  char pnames[7][64];
+  for (int i = 0; i < 7; i++) {
+    snprintf(pnames[i], sizeof pnames[i], "/profile/%s", ls_sw_profile_fields[i]);
+    prof[np] = pnames[i];
+    p0[np] = 0;
+    p1[np++] = 1;
+  }
+  prof[np] = NULL;
+  const char *lb[2] = {"/profile/layer_bytes", NULL};
+  if (rc == LS_OK)
+    rc = coordinate(s, "rank", (hsize_t)s->size, (hsize_t)s->rank, 1, NULL, prof, p0);
+  if (rc == LS_OK)
+    rc = coordinate(s, "layer_computed", (hsize_t)s->sel.n_run, 0, root ? (hsize_t)s->sel.n_run : 0,
+                    NULL, prof, p1);
+  if (rc == LS_OK) rc = ls_h5out_dim_scale(&s->out.h5, "/layer_computed", "layer_computed", lb, zero);
+  return rc;
+}
+
 int ls_sw_create_output(sweep_t *s) {
   const ls_dataset_t *d = &s->data;
   const hsize_t H = (hsize_t)s->cfg->hidden;
@@ -113,6 +208,7 @@ int ls_sw_create_output(sweep_t *s) {
     free(buf);
     H5Tclose(t);
   }
+  if (rc == LS_OK) rc = dimension_scales(s);
   if (rc == LS_OK) rc = ls_h5out_flush(&s->out.h5);
   return ls_agree(rc, s->comm);
 }

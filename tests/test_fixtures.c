@@ -42,6 +42,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <cmocka.h>
+#include <hdf5_hl.h>
 
 /* cmocka's fail_msg, defined here again so that GCC checks its printf format: expanded
  * from a system header, the original's mismatched arguments go unreported. */
@@ -474,6 +475,61 @@ static void test_hook_set(void **state) {
 }
 
 /* ---- every fixture, every hook, raw tokens ---------------------------------------------------- */
+/* The dimension scale names attached to each axis of dataset `name`, joined with ","
+ * ("-" for an axis without one). */
+static herr_t scale_name(hid_t did, unsigned dim, hid_t dsid, void *op) {
+  (void)did; (void)dim;
+  char *out = op;
+  H5DSget_scale_name(dsid, out, 64);
+  return 1; /* the first scale is the one */
+}
+static void dims_of(hid_t f, const char *name, char *out, size_t cap) {
+  hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+  assert_true(d >= 0);
+  hid_t sp = H5Dget_space(d);
+  int nd = H5Sget_simple_extent_ndims(sp);
+  out[0] = '\0';
+  for (int i = 0; i < nd; i++) {
+    char one[64] = "-";
+    H5DSiterate_scales(d, (unsigned)i, NULL, scale_name, one);
+    snprintf(out + strlen(out), cap - strlen(out), "%s%s", i ? "," : "", one);
+  }
+  H5Sclose(sp);
+  H5Dclose(d);
+}
+
+/* named dimensions for xarray / netCDF: every dataset's axes carry dimension scales and
+ * /layer holds the selected layer indices */
+static void check_dimension_scales(const char *path, int raw, int n_layers) {
+  hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+  assert_true(f >= 0);
+  const char *row = raw ? "token" : "sample";
+  char want[128], got[128];
+  for (int h = 0; h < N_HOOKS; h++) {
+    char name[64];
+    snprintf(name, sizeof name, "/%s", hook_names[h]);
+    if (h == HOOK_FINAL_NORM) snprintf(want, sizeof want, "%s,hidden", row);
+    else snprintf(want, sizeof want, "layer,%s,hidden", row);
+    dims_of(f, name, got, sizeof got);
+    if (strcmp(got, want) != 0) fail_msg("%s %s: dimensions (%s), want (%s)", path, name, got, want);
+  }
+  dims_of(f, "/samples/length", got, sizeof got);
+  assert_string_equal(got, "sample");
+  if (raw) {
+    dims_of(f, "/samples/offsets", got, sizeof got);
+    assert_string_equal(got, "sample_edge");
+  }
+  dims_of(f, "/profile/forward_s", got, sizeof got);
+  assert_string_equal(got, "rank,layer_computed");
+  int64_t layers[MAX_LAYERS];
+  hid_t d = H5Dopen2(f, "/layer", H5P_DEFAULT);
+  assert_true(d >= 0);
+  assert_true(H5Dread(d, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, layers) >= 0);
+  for (int i = 0; i < n_layers; i++) assert_int_equal(layers[i], i);
+  H5Dclose(d);
+  H5Fclose(f);
+}
+
 static void test_hf_fixtures_raw(void **state) {
   (void)state;
   ls_dataset_t d = load_prompts();
@@ -492,6 +548,7 @@ static void test_hf_fixtures_raw(void **state) {
     if (rank != 0) continue;
     expect_t x = {.model = models[m], .out = out, .hooks = "all", .pool = "none", .d = &d};
     check_vs_expected(&x);
+    if (m == 0) check_dimension_scales(out, 1, config_int(models[m], "num_hidden_layers"));
   }
   ls_dataset_free(&d);
 }
