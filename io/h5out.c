@@ -232,6 +232,22 @@ fail:
   return LS_ERR;
 }
 
+hid_t ls_h5out_float_type(ls_dtype_t dt) {
+  hid_t t = H5Tcopy(H5T_IEEE_F32LE);
+  if (dt == LS_DT_F32 || t < 0) return t;
+  /* fields first (they must fit the size), then the size, then the bias */
+  if (dt == LS_DT_F16) {
+    H5Tset_fields(t, 15, 10, 5, 0, 10);
+    H5Tset_size(t, 2);
+    H5Tset_ebias(t, 15);
+  } else {
+    H5Tset_fields(t, 15, 7, 8, 0, 7);
+    H5Tset_size(t, 2);
+    H5Tset_ebias(t, 127);
+  }
+  return t;
+}
+
 int ls_h5out_raw_offset(ls_h5out_t *h, const char *name, uint64_t *offset) {
   hid_t d = H5Dopen2(h->file, name, H5P_DEFAULT);
   if (d < 0) return LS_ERR;

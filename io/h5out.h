@@ -9,6 +9,8 @@
 #include <mpi.h>
 #include <stdint.h>
 
+#include "dtype.h"
+
 typedef struct {
   hid_t file;
   hid_t dxpl; /* collective transfer */
@@ -37,6 +39,10 @@ int ls_h5out_attr_i64(ls_h5out_t *h, const char *obj_path, const char *name, con
 int ls_h5out_attr_f64(ls_h5out_t *h, const char *obj_path, const char *name, const double *v,
                       int n);
 
+/* The file type of stored activations: IEEE float32, IEEE float16 (h5py reads numpy
+ * float16), or bfloat16 as an HDF5 float of 1 sign, 8 exponent (bias 127) and 7 mantissa
+ * bits (h5py and HDF5 read it back as float32, exactly). Close it with H5Tclose. */
+hid_t ls_h5out_float_type(ls_dtype_t dt);
 /* Create a dataset (intermediate groups created) of the given type and dims. */
 int ls_h5out_create_dataset(ls_h5out_t *h, const char *name, hid_t type, int rank,
                             const hsize_t *dims);

@@ -134,6 +134,7 @@ int ls_sw_create_output(sweep_t *s) {
   rc |= ls_sw_write_str_attr(s, "compute_dtype", s->be->compute_dtype);
   rc |= ls_sw_write_str_attr(s, "backend", s->be->iface->name);
   rc |= ls_sw_write_str_attr(s, "pool", ls_pool_name(s->sel.pool));
+  rc |= ls_sw_write_str_attr(s, "out_dtype", s->o->out_dtype ? s->o->out_dtype : "float32");
   rc |= ls_sw_write_str_attr(s, "hooks", hooks);
   rc |= ls_sw_write_str_attr(s, "command", s->o->command ? s->o->command : "");
   int64_t nranks = s->size;
@@ -154,19 +155,21 @@ int ls_sw_create_output(sweep_t *s) {
   int64_t *sel = ls_malloc(sizeof(int64_t) * (size_t)(s->sel.n_sel + 1), "layers");
   if (!sel) return LS_ERR;
   for (int i = 0; i < s->sel.n_sel; i++) sel[i] = s->sel.layers[i];
+  const hid_t ftype = ls_h5out_float_type(s->out.out_dt); /* --out-dtype */
   for (int h = 0; h < LS_HOOK_PER_LAYER_COUNT && rc == LS_OK; h++) {
     if (!((s->sel.hooks >> h) & 1)) continue;
     char name[64];
     snprintf(name, sizeof name, "/%s", ls_hook_name(h));
     hsize_t dims[3] = {(hsize_t)s->sel.n_sel, (hsize_t)s->sh.n_out_rows, H};
-    rc = ls_h5out_create_dataset(&s->out.h5, name, H5T_IEEE_F32LE, 3, dims);
+    rc = ls_h5out_create_dataset(&s->out.h5, name, ftype, 3, dims);
     if (!rc) rc = ls_h5out_attr_i64(&s->out.h5, name, "layers", sel, s->sel.n_sel);
   }
   free(sel);
   if (rc == LS_OK && ((s->sel.hooks >> LS_HOOK_FINAL_NORM) & 1)) {
     hsize_t dims[2] = {(hsize_t)s->sh.n_out_rows, H};
-    rc = ls_h5out_create_dataset(&s->out.h5, "/final_norm", H5T_IEEE_F32LE, 2, dims);
+    rc = ls_h5out_create_dataset(&s->out.h5, "/final_norm", ftype, 2, dims);
   }
+  H5Tclose(ftype);
   if (rc) return LS_ERR;
 
   /* /samples: each rank writes its own prompts */
@@ -213,6 +216,24 @@ int ls_sw_create_output(sweep_t *s) {
   return ls_agree(rc, s->comm);
 }
 
+/* --out-dtype float16 / bfloat16: this rank's rows of hook h, rounded in place (the host
+ * buffer then holds 2-byte values). A float16 overflow stops the run: the value cannot be
+ * stored (layer < 0: final_norm). */
+static int narrow_rows(sweep_t *s, ls_hook_t h, int layer) {
+  if (s->out.out_dt == LS_DT_F32) return LS_OK;
+  float mx = 0;
+  const size_t n = (size_t)s->sh.out_rows * (size_t)s->cfg->hidden;
+  const size_t over = ls_narrow_f32_inplace(s->buf.out_host[h], s->out.out_dt, n, &mx);
+  if (over == 0) return LS_OK;
+  char where[48];
+  if (layer >= 0) snprintf(where, sizeof where, "layer %d", layer);
+  else snprintf(where, sizeof where, "the final norm");
+  ls_error("%s: %zu values of %s at %s are beyond float16's range (|x| up to %.4g > 65504); "
+           "rerun with --out-dtype bfloat16 or float32", s->o->out_path, over, ls_hook_name(h),
+           where, (double)mx);
+  return LS_ERR;
+}
+
 int ls_sw_write_hook(sweep_t *s, ls_hook_t h, int sel) {
   const hsize_t H = (hsize_t)s->cfg->hidden;
   if (s->out.fault_layer >= 0 && sel >= 0 && h != LS_HOOK_FINAL_NORM &&
@@ -223,14 +244,24 @@ int ls_sw_write_hook(sweep_t *s, ls_hook_t h, int sel) {
   }
   char name[64];
   snprintf(name, sizeof name, "/%s", ls_hook_name(h));
+  /* 16-bit output: rounded here, written as the file's own type (no HDF5 conversion) */
+  int rc = narrow_rows(s, h, h == LS_HOOK_FINAL_NORM ? -1 : s->sel.layers[sel]);
+  const hid_t mtype = s->out.out_dt == LS_DT_F32 ? H5Tcopy(H5T_NATIVE_FLOAT)
+                                                 : ls_h5out_float_type(s->out.out_dt);
+  /* every rank takes part in the collective write, even one whose rows failed */
+  const hsize_t rows = rc == LS_OK ? (hsize_t)s->sh.out_rows : 0;
+  int wrc;
   if (h == LS_HOOK_FINAL_NORM) {
-    hsize_t start[2] = {(hsize_t)s->sh.out_row0, 0}, count[2] = {(hsize_t)s->sh.out_rows, H};
-    return ls_h5out_write(&s->out.h5, name, H5T_NATIVE_FLOAT, 2, start, count, s->buf.out_host[h]);
+    hsize_t start[2] = {(hsize_t)s->sh.out_row0, 0}, count[2] = {rows, rows ? H : 0};
+    wrc = ls_h5out_write(&s->out.h5, name, mtype, 2, start, count, s->buf.out_host[h]);
+  } else {
+    hsize_t start[3] = {(hsize_t)sel, (hsize_t)s->sh.out_row0, 0};
+    hsize_t count[3] = {1, rows, H};
+    if (rows == 0) count[0] = count[2] = 0;
+    wrc = ls_h5out_write(&s->out.h5, name, mtype, 3, start, count, s->buf.out_host[h]);
   }
-  hsize_t start[3] = {(hsize_t)sel, (hsize_t)s->sh.out_row0, 0};
-  hsize_t count[3] = {1, (hsize_t)s->sh.out_rows, H};
-  if (s->sh.out_rows == 0) count[0] = count[2] = 0;
-  return ls_h5out_write(&s->out.h5, name, H5T_NATIVE_FLOAT, 3, start, count, s->buf.out_host[h]);
+  H5Tclose(mtype);
+  return rc != LS_OK ? rc : wrc;
 }
 
 /* ---- profile ---------------------------------------------------------------------------------------- */
@@ -352,8 +383,13 @@ int ls_sw_write_layer(sweep_t *s, int L, int sel) {
                                  "as if the disk were full); rerun with --resume", s->o->out_path,
                                  L), LS_ERR));
   }
+  /* 16-bit output: rounded before the writer takes the rows */
+  int nrc = LS_OK;
+  for (int h = 0; h < LS_HOOK_PER_LAYER_COUNT && nrc == LS_OK; h++)
+    if ((s->sel.hooks >> h) & 1) nrc = narrow_rows(s, h, L);
+  COLLECTIVE_STEP(s, nrc);
   /* this rank's rows of each hook: (sel, out_row0 .. + out_rows, H) of the dataset */
-  const size_t H = (size_t)s->cfg->hidden, row = sizeof(float) * H;
+  const size_t H = (size_t)s->cfg->hidden, row = ls_dtype_size(s->out.out_dt) * H;
   ls_write_piece_t p[LS_WRITER_MAX_PIECES];
   int n = 0;
   for (int h = 0; h < LS_HOOK_PER_LAYER_COUNT; h++) {

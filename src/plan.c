@@ -255,7 +255,7 @@ int ls_sw_plan(sweep_t *s) {
   for (int h = 0; h < LS_HOOK_COUNT; h++) {
     if (!((s->sel.hooks >> h) & 1)) continue;
     double layers = h == LS_HOOK_FINAL_NORM ? 1 : s->sel.n_sel;
-    file_bytes += layers * (double)sh->n_out_rows * H * 4;
+    file_bytes += layers * (double)sh->n_out_rows * H * (double)ls_dtype_size(s->out.out_dt);
   }
   double max_rank_bytes = 0;
   MPI_Allreduce(&rank_bytes, &max_rank_bytes, 1, MPI_DOUBLE, MPI_MAX, s->comm);

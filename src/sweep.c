@@ -30,6 +30,7 @@ void ls_run_opts_default(ls_run_opts_t *o) {
   o->microbatch_tokens = 4096;
   o->progress = -1;
   o->overlap_writes = 1;
+  o->out_dtype = "float32";
 }
 
 /* ---- buffers --------------------------------------------------------------------------------- */
@@ -668,6 +669,14 @@ static int guard_outputs(sweep_t *s) {
 static int check_options(sweep_t *s) {
   const ls_run_opts_t *o = s->o;
   if (ls_hooks_parse(o->hooks, &s->sel.hooks) || ls_pool_parse(o->pool, &s->sel.pool)) return LS_ERR;
+  const char *od = o->out_dtype ? o->out_dtype : "float32";
+  if (strcmp(od, "float32") == 0) s->out.out_dt = LS_DT_F32;
+  else if (strcmp(od, "float16") == 0) s->out.out_dt = LS_DT_F16;
+  else if (strcmp(od, "bfloat16") == 0) s->out.out_dt = LS_DT_BF16;
+  else {
+    ls_error("--out-dtype: unknown dtype \"%s\"; choose float32, float16 or bfloat16", od);
+    return LS_ERR;
+  }
   if (strcmp(o->backend, "auto") != 0 && !ls_backend_lookup(o->backend)) {
     ls_error("--backend: unknown backend \"%s\"; choose auto, %s", o->backend, ls_backend_names());
     return LS_ERR;

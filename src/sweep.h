@@ -29,6 +29,7 @@ typedef struct {
   const char *checkpoint_dir; /* default: <out>.ckpt */
   int preload_weights;      /* read every computed layer into backend memory before the
                              * layer loop (benchmarks; needs memory for all of them) */
+  const char *out_dtype;    /* stored activations: "float32" (default), "float16", "bfloat16" */
   int overlap_writes;       /* default 1: a layer's rows are written by a thread while the
                              * next layer computes (a second host output buffer) */
 } ls_run_opts_t;

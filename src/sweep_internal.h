@@ -97,6 +97,7 @@ typedef struct {
   ls_lock_t lock;         /* rank 0: the output's lock, held for the whole run */
   int64_t *done_marks;    /* (n_sel) layer index once its rows are written, else -1 */
   int fault_layer;        /* test switch LS_FAULT_WRITE_LAYER: fail this layer's write */
+  ls_dtype_t out_dt;      /* --out-dtype: how activations are stored (F32, F16, BF16) */
   int overlap;            /* layers are written by the writer thread (same on every rank) */
   ls_writer_t writer;
   uint64_t raw_off[LS_HOOK_COUNT]; /* each per-layer hook dataset's raw data in the file */

@@ -553,6 +553,88 @@ static void test_hf_fixtures_raw(void **state) {
   ls_dataset_free(&d);
 }
 
+/* ---- --out-dtype: float16 / bfloat16 are the float32 run rounded to nearest even ---------------- */
+static void test_out_dtype(void **state) {
+  (void)state;
+  const char *model = n_loop > 2 ? "gemma2_softcap_window" : "llama_gqa_f32";
+  static const char *const dts[3] = {"float32", "float16", "bfloat16"};
+  char out[3][4400];
+  int rc[3];
+  for (int k = 0; k < 3; k++) {
+    out_path(out[k], sizeof out[k], "odt_%s", dts[k]);
+    char mdir[4200], dpath[4200];
+    snprintf(mdir, sizeof mdir, "%s/%s", fixtures, model);
+    snprintf(dpath, sizeof dpath, "%s/prompts.jsonl", fixtures);
+    ls_run_opts_t o;
+    ls_run_opts_default(&o);
+    o.model_dir = mdir;
+    o.data_path = dpath;
+    o.out_path = out[k];
+    o.hooks = "all";
+    o.pool = k == 1 ? "mean" : "none"; /* the pooled path too (float16 checks it) */
+    o.force = 1;
+    o.progress = 0;
+    o.threads = 1;
+    o.backend = backend;
+    o.dtype = dtype;
+    o.out_dtype = dts[k];
+    o.overlap_writes = k != 2; /* bfloat16 through collective HDF5 writes */
+    o.command = "test_fixtures";
+    rc[k] = ls_sweep_run(&o, MPI_COMM_WORLD);
+  }
+  /* float16 pooled: compare with a float32 pooled run */
+  char ref_mean[4400];
+  out_path(ref_mean, sizeof ref_mean, "odt_float32_mean");
+  {
+    char mdir[4200], dpath[4200];
+    snprintf(mdir, sizeof mdir, "%s/%s", fixtures, model);
+    snprintf(dpath, sizeof dpath, "%s/prompts.jsonl", fixtures);
+    ls_run_opts_t o;
+    ls_run_opts_default(&o);
+    o.model_dir = mdir; o.data_path = dpath; o.out_path = ref_mean; o.hooks = "all";
+    o.pool = "mean"; o.force = 1; o.progress = 0; o.threads = 1; o.backend = backend;
+    o.dtype = dtype; o.command = "test_fixtures";
+    assert_int_equal(ls_sweep_run(&o, MPI_COMM_WORLD), 0);
+  }
+  for (int k = 0; k < 3; k++) assert_int_equal(rc[k], 0);
+  if (rank != 0) return;
+  for (int k = 1; k < 3; k++) {
+    const ls_dtype_t dt = k == 1 ? LS_DT_F16 : LS_DT_BF16;
+    const char *ref = k == 1 ? ref_mean : out[0];
+    for (int h = 0; h < N_HOOKS; h++) {
+      char name[64];
+      snprintf(name, sizeof name, "/%s", hook_names[h]);
+      hsize_t d32[4], d16[4];
+      int n32, n16;
+      float *a = h5_read(ref, name, H5T_NATIVE_FLOAT, sizeof(float), d32, &n32);
+      float *b = h5_read(out[k], name, H5T_NATIVE_FLOAT, sizeof(float), d16, &n16);
+      assert_non_null(a);
+      assert_non_null(b);
+      assert_int_equal(n32, n16);
+      size_t n = 1;
+      for (int i = 0; i < n32; i++) { assert_int_equal(d32[i], d16[i]); n *= d32[i]; }
+      uint16_t *r16 = malloc(2 * n);
+      float *r = malloc(4 * n);
+      ls_convert_from_f32(r16, a, dt, n);
+      ls_convert_to_f32(r, r16, dt, n);
+      for (size_t i = 0; i < n; i++)
+        if (memcmp(&r[i], &b[i], 4) != 0)
+          fail_msg("%s %s [%zu]: stored %.9g, float32 %.9g rounds to %.9g", dts[k], name, i,
+                   (double)b[i], (double)a[i], (double)r[i]);
+      free(a); free(b); free(r16); free(r);
+    }
+    /* the file's type: 2 bytes; float16 is IEEE half, bfloat16 8 exponent bits */
+    hid_t f = H5Fopen(out[k], H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t ds = H5Dopen2(f, "/residual_post", H5P_DEFAULT), t = H5Dget_type(ds);
+    size_t spos, epos, esize, mpos, msize;
+    H5Tget_fields(t, &spos, &epos, &esize, &mpos, &msize);
+    assert_int_equal(H5Tget_size(t), 2);
+    assert_int_equal(esize, k == 1 ? 5 : 8);
+    assert_int_equal(msize, k == 1 ? 10 : 7);
+    H5Tclose(t); H5Dclose(ds); H5Fclose(f);
+  }
+}
+
 /* ---- pooled: last_token and mean, and a layer subset ------------------------------------------- */
 static const char *pooled_hooks = "residual_pre,mlp_out,residual_post,final_norm";
 
@@ -922,6 +1004,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_pool_last),
       cmocka_unit_test(test_pool_mean),
       cmocka_unit_test(test_layer_subset),
+      cmocka_unit_test(test_out_dtype),
       cmocka_unit_test(test_rank_invariance_raw),
       cmocka_unit_test(test_rank_invariance_mean),
       cmocka_unit_test(test_more_ranks_than_prompts),

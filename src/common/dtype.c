@@ -3,6 +3,7 @@
 #include "dtype.h"
 
 #include <stdint.h>
+#include <math.h>
 #include <string.h>
 
 #include "ls_common.h"
@@ -114,4 +115,23 @@ void ls_convert_from_f32(void *restrict dst, const float *restrict src, ls_dtype
       break;
     }
   }
+}
+
+size_t ls_narrow_f32_inplace(void *buf, ls_dtype_t dt, size_t n, float *max_abs) {
+  /* element i's 2 bytes land in float i / 2, read (and kept) before: byte copies only,
+   * so no aliasing assumption can reorder the loads past the stores */
+  char *b = buf;
+  size_t over = 0;
+  float mx = 0.0f;
+  for (size_t i = 0; i < n; i++) {
+    float v;
+    memcpy(&v, b + 4 * i, 4);
+    const uint16_t h = dt == LS_DT_F16 ? f32_to_f16(v) : f32_to_bf16(v);
+    const float av = fabsf(v);
+    if (av > mx) mx = av;
+    if (isfinite(v) && (h & 0x7fffu) == (dt == LS_DT_F16 ? 0x7c00u : 0x7f80u)) over++;
+    memcpy(b + 2 * i, &h, 2);
+  }
+  if (max_abs) *max_abs = mx;
+  return over;
 }

@@ -17,5 +17,9 @@ int ls_dtype_parse(const char *s, ls_dtype_t *out);
 void ls_convert_to_f32(float *dst, const void *src, ls_dtype_t dt, size_t n);
 /* Round float32 to the given storage dtype (round to nearest even; NaN kept NaN). */
 void ls_convert_from_f32(void *dst, const float *src, ls_dtype_t dt, size_t n);
+/* The same in place: buf holds n float32 and gets n elements of dt (F16 / BF16) at its
+ * start. Returns how many finite values became infinite (beyond float16's 65504, or
+ * bfloat16's 3.4e38), and the largest |value| in *max_abs. */
+size_t ls_narrow_f32_inplace(void *buf, ls_dtype_t dt, size_t n, float *max_abs);
 
 #endif

@@ -507,6 +507,17 @@ WANT=("$f:2:" --allow-long-prompts)
 bad data.long_prompt "$(o long)" "$LS_BIN" run --model "$MP16" --data "$f" --out "$(o long)"
 good data.long_prompt_allowed "$(o long_ok)" "$LS_BIN" run --model "$MP16" --data "$f" --out "$(o long_ok)" \
   --allow-long-prompts --progress off
+# --out-dtype float16 with activations beyond 65504 (embeddings of std 3e4): refused at
+# the first layer, naming the hook, the layer and the way out; the file stays partial
+big=$T/base_big
+"$LS_BIN" make-model --out "$big" "${MODEL_ARGS[@]}" --init-std 30000 >/dev/null 2>&1
+WANT=("$(o f16_overflow)" "beyond float16's range" "residual_pre" "layer 0" "--out-dtype bfloat16")
+bad output.float16_overflow "$(o f16_overflow)" "$LS_BIN" run --model "$big" --data "$DATA" \
+  --out "$(o f16_overflow)" --hooks all --out-dtype float16
+WANT=(--out-dtype float64); bad option.out_dtype "$(o odt)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o odt)" --out-dtype float64
+good output.bfloat16_big_values "$(o bf16_big)" "$LS_BIN" run --model "$big" --data "$DATA" \
+  --out "$(o bf16_big)" --hooks all --out-dtype bfloat16 --progress off
+
 # GPT-2's learned positions (the fixture's n_positions is 128): a longer prompt is refused
 ids=$(seq -s ', ' 1 130)
 f=$(mkdata gpt2_long "$L1" "{\"input_ids\": [$ids]}")
