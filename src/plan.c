@@ -208,7 +208,7 @@ int ls_sw_plan(sweep_t *s) {
   for (int h = 0; h < LS_HOOK_COUNT; h++) n_hooks += (s->sel.hooks >> h) & 1;
   const ls_backend_t *be = s->be;
   double resid = (double)sh->n_rows * H * 4;
-  double scratch = (double)s->fam->scratch_floats(c, sh->T_max) * 4;
+  double scratch = (double)ls_family_scratch_floats(s->fam, c, sh->T_max) * 4;
   double wconv = (double)ls_sw_layer_weight_bytes(&s->model, s->be) * (s->o->preload_weights ? s->sel.n_run : 1);
   double staging = 2.0 * (double)s->model.max_layer_bytes;
   double outbuf = (double)n_hooks * (double)sh->out_rows * H * 4;

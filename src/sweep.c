@@ -63,7 +63,7 @@ static int alloc_buffers(sweep_t *s) {
   } else {
     bf->x = f->alloc(be, resid_bytes, "residual stream");
   }
-  bf->scratch = f->alloc(be, sizeof(float) * s->fam->scratch_floats(c, sh->T_max), "block scratch");
+  bf->scratch = f->alloc(be, sizeof(float) * ls_family_scratch_floats(s->fam, c, sh->T_max), "block scratch");
   bf->wbuf_bytes = ls_sw_layer_weight_bytes(&s->model, be);
   const int preload = s->o->preload_weights;
   bf->wbuf = f->alloc(be, bf->wbuf_bytes * (size_t)(preload ? s->sel.n_run : 1),

@@ -470,7 +470,7 @@ static void block_case(ls_backend_t *be, double rtol) {
   float *dx = dev_from(be, x, sizeof(float) * nx), *dct = dev_from(be, ct, sizeof(float) * maxp * half),
         *dst = dev_from(be, st, sizeof(float) * maxp * half);
   int32_t *dstart = dev_from(be, start, sizeof start), *dpos = dev_from(be, pos, sizeof(int32_t) * (size_t)T);
-  size_t nsc = fam->scratch_floats(&c, T);
+  size_t nsc = ls_family_scratch_floats(fam, &c, T);
   float *sc = calloc(nsc, sizeof(float)), *dsc = dev_poisoned(be, nsc);
   assert_int_equal(be->iface->reserve ? be->iface->reserve(be, T, c.intermediate) : 0, 0);
   ls_batch_t bc = {.T = T, .n_seq = n_seq, .seq_start = start, .seq_len = NULL, .pos = pos, .max_len = 130};

@@ -985,7 +985,7 @@ static void block_run(ls_backend_t *be, const block_model_t *m, const float *x_i
     if (seq_start[s + 1] - seq_start[s] > max_len) max_len = seq_start[s + 1] - seq_start[s];
   ls_batch_t b = {.T = T, .n_seq = n_seq, .seq_start = seq_start, .seq_len = seq_len, .pos = pos,
                   .max_len = max_len};
-  size_t nf = m->fam->scratch_floats(c, T);
+  size_t nf = ls_family_scratch_floats(m->fam, c, T);
   float *scratch = be->iface->alloc(be, sizeof(float) * nf, "block scratch");
   float *x = be->iface->alloc(be, sizeof(float) * (size_t)ls_round_rows(T) * H, "x");
   assert_true(scratch && x);

@@ -113,3 +113,19 @@ size_t ls_scratch_floats(int T, const size_t *widths, int n) {
   for (int i = 0; i < n; i++) total += ((size_t)ls_round_rows(T) * widths[i] + 15) / 16 * 16;
   return total;
 }
+
+#define LS_MAX_SCRATCH 32
+
+size_t ls_family_scratch_floats(const ls_family_t *fam, const ls_config_t *cfg, int T_max) {
+  size_t w[LS_MAX_SCRATCH];
+  fam->scratch_widths(cfg, w);
+  return ls_scratch_floats(T_max, w, fam->n_scratch);
+}
+
+void ls_scratch_carve(const ls_block_t *blk, void (*widths)(const ls_config_t *, size_t *), int n,
+                      float **s) {
+  size_t w[LS_MAX_SCRATCH];
+  widths(blk->cfg, w);
+  float *p = blk->scratch;
+  for (int i = 0; i < n && i < LS_MAX_SCRATCH; i++) s[i] = ls_scratch_take(&p, blk->T_max, w[i]);
+}

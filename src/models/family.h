@@ -118,7 +118,11 @@ typedef struct {
    * saved from the bare model lack (GPT2Model vs GPT2LMHeadModel); when the embedding
    * is found only without it, every name is used without it */
   const char *optional_prefix;
-  size_t (*scratch_floats)(const ls_config_t *cfg, int T_max);
+  /* scratch: n_scratch blocks of T_max rows, widths[i] floats wide (the engine sizes them,
+   * ls_scratch_carve hands them to the forward); block 0 first: the engine's final norm
+   * writes there */
+  int n_scratch;
+  void (*scratch_widths)(const ls_config_t *cfg, size_t *widths);
   /* x (T, H): the residual stream in (residual_pre), residual_post out */
   void (*forward)(const ls_block_t *blk, float *x);
   /* out (T, H) <- the model's final norm of x with weight w and bias b (NULL unless
@@ -169,6 +173,11 @@ void ls_layernorm_final_norm(ls_backend_t *be, const ls_config_t *c, float *out,
  * sqrt(hidden_size) rounded to float32 (src/models/gemma.c) */
 void ls_gemma_global_tensors(const ls_config_t *c, ls_wspec_t *g);
 float ls_gemma_embed_scale(const ls_config_t *c);
+/* Floats of block scratch the family needs for T_max rows. */
+size_t ls_family_scratch_floats(const ls_family_t *fam, const ls_config_t *cfg, int T_max);
+/* s[0..n) <- the forward's scratch blocks (widths from `widths`) carved from blk->scratch */
+void ls_scratch_carve(const ls_block_t *blk, void (*widths)(const ls_config_t *, size_t *), int n,
+                      float **s);
 /* Scratch carving: the next (ls_round_rows(T), width) block at *p, 16-float aligned. */
 float *ls_scratch_take(float **p, int T, size_t width);
 /* Floats ls_scratch_take needs for `n` blocks of the given widths at T rows. */

@@ -100,19 +100,11 @@ static void widths(const ls_config_t *c, size_t *w) {
   memcpy(w, v, sizeof v);
 }
 
-static size_t scratch_floats(const ls_config_t *c, int T) {
-  size_t w[S_COUNT];
-  widths(c, w);
-  return ls_scratch_floats(T, w, S_COUNT);
-}
-
 /* ---- forward ---------------------------------------------------------------------------------------- */
 static void forward(const ls_block_t *blk, float *x) {
   void *const *w = blk->w; /* the norm weights already hold 1 + w */
-  size_t wd[S_COUNT];
-  widths(blk->cfg, wd);
-  float *s[S_COUNT], *p = blk->scratch;
-  for (int i = 0; i < S_COUNT; i++) s[i] = ls_scratch_take(&p, blk->T_max, wd[i]);
+  float *s[S_COUNT];
+  ls_scratch_carve(blk, widths, S_COUNT, s);
   /* the engine hands this layer's RoPE tables (local or global) in blk */
   const ls_attn_weights_t aw = {w[W_Q], w[W_K], w[W_V], w[W_O], w[W_BQ], w[W_BK], w[W_BV],
                                 w[W_BO], w[W_QNORM], w[W_KNORM], LS_QK_PER_HEAD};
@@ -139,7 +131,8 @@ const ls_family_t ls_family_gemma3 = {
     .n_slots = W_COUNT,
     .layer_tensors = layer_tensors,
     .global_tensors = ls_gemma_global_tensors,
-    .scratch_floats = scratch_floats,
+    .n_scratch = S_COUNT,
+    .scratch_widths = widths,
     .forward = forward,
     .final_norm = ls_llama_final_norm, /* its weight holds 1 + w */
     .embed_scale = ls_gemma_embed_scale,

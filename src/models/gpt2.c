@@ -100,19 +100,11 @@ static void widths(const ls_config_t *c, size_t *w) {
   memcpy(w, v, sizeof v);
 }
 
-static size_t scratch_floats(const ls_config_t *c, int T) {
-  size_t w[S_COUNT];
-  widths(c, w);
-  return ls_scratch_floats(T, w, S_COUNT);
-}
-
 /* ---- forward ---------------------------------------------------------------------------------------- */
 static void forward(const ls_block_t *blk, float *x) {
   void *const *w = blk->w;
-  size_t wd[S_COUNT];
-  widths(blk->cfg, wd);
-  float *s[S_COUNT], *p = blk->scratch;
-  for (int i = 0; i < S_COUNT; i++) s[i] = ls_scratch_take(&p, blk->T_max, wd[i]);
+  float *s[S_COUNT];
+  ls_scratch_carve(blk, widths, S_COUNT, s);
   const ls_attn_weights_t aw = {w[W_Q], w[W_K], w[W_V], w[W_O], w[W_BQ], w[W_BK], w[W_BV],
                                 w[W_BO], NULL, NULL, LS_QK_NONE};
   const ls_attn_scratch_t as = {s[S_Q], s[S_K], s[S_V], s[S_ATT], NULL, NULL};
@@ -137,7 +129,8 @@ const ls_family_t ls_family_gpt2 = {
     .layer_tensors = layer_tensors,
     .global_tensors = global_tensors,
     .optional_prefix = "transformer.",
-    .scratch_floats = scratch_floats,
+    .n_scratch = S_COUNT,
+    .scratch_widths = widths,
     .forward = forward,
     .final_norm = ls_layernorm_final_norm,
 };

@@ -110,25 +110,19 @@ static void widths(const ls_config_t *c, size_t *w) {
   memcpy(w, v, sizeof v);
 }
 
-static size_t scratch_floats(const ls_config_t *c, int T) {
-  size_t w[N_SCRATCH];
-  widths(c, w);
-  return ls_scratch_floats(T, w, N_SCRATCH);
-}
-
-static void carve(const ls_config_t *c, int T, float *p, scratch_t *s) {
-  size_t w[N_SCRATCH];
-  widths(c, w);
+static void carve(const ls_block_t *blk, scratch_t *s) {
+  float *b[N_SCRATCH];
+  ls_scratch_carve(blk, widths, N_SCRATCH, b);
   float **dst[N_SCRATCH] = {&s->xn, &s->q, &s->k, &s->v, &s->att, &s->attn_out, &s->gate, &s->up,
                             &s->mlp_out};
-  for (int i = 0; i < N_SCRATCH; i++) *dst[i] = ls_scratch_take(&p, T, w[i]);
+  for (int i = 0; i < N_SCRATCH; i++) *dst[i] = b[i];
 }
 
 /* ---- forward ---------------------------------------------------------------------------------------- */
 static void forward(const ls_block_t *blk, float *x) {
   void *const *w = blk->w;
   scratch_t s;
-  carve(blk->cfg, blk->T_max, blk->scratch, &s);
+  carve(blk, &s);
   const ls_attn_weights_t aw = {w[W_Q], w[W_K], w[W_V], w[W_O], w[W_BQ], w[W_BK],
                                 w[W_BV], w[W_BO], NULL, NULL, LS_QK_NONE};
   const ls_attn_scratch_t as = {s.q, s.k, s.v, s.att, NULL, NULL};
@@ -164,7 +158,8 @@ const ls_family_t ls_family_llama = {
     .n_slots = W_COUNT,
     .layer_tensors = layer_tensors,
     .global_tensors = ls_llama_global_tensors,
-    .scratch_floats = scratch_floats,
+    .n_scratch = N_SCRATCH,
+    .scratch_widths = widths,
     .forward = forward,
     .final_norm = ls_llama_final_norm,
 };

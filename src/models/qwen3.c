@@ -59,19 +59,11 @@ static void widths(const ls_config_t *c, size_t *w) {
   memcpy(w, v, sizeof v);
 }
 
-static size_t scratch_floats(const ls_config_t *c, int T) {
-  size_t w[S_COUNT];
-  widths(c, w);
-  return ls_scratch_floats(T, w, S_COUNT);
-}
-
 /* ---- forward ---------------------------------------------------------------------------------------- */
 static void forward(const ls_block_t *blk, float *x) {
   void *const *w = blk->w;
-  size_t wd[S_COUNT];
-  widths(blk->cfg, wd);
-  float *s[S_COUNT], *p = blk->scratch; /* s[S_XN] first: the engine's final norm writes there */
-  for (int i = 0; i < S_COUNT; i++) s[i] = ls_scratch_take(&p, blk->T_max, wd[i]);
+  float *s[S_COUNT]; /* s[S_XN] first: the engine's final norm writes there */
+  ls_scratch_carve(blk, widths, S_COUNT, s);
   /* q and k normed per head (rows of head_dim) before RoPE */
   const ls_attn_weights_t aw = {w[W_Q], w[W_K], w[W_V], w[W_O], w[W_BQ], w[W_BK], w[W_BV],
                                 w[W_BO], w[W_QNORM], w[W_KNORM], LS_QK_PER_HEAD};
@@ -96,7 +88,8 @@ const ls_family_t ls_family_qwen3 = {
     .n_slots = W_COUNT,
     .layer_tensors = layer_tensors,
     .global_tensors = ls_llama_global_tensors,
-    .scratch_floats = scratch_floats,
+    .n_scratch = S_COUNT,
+    .scratch_widths = widths,
     .forward = forward,
     .final_norm = ls_llama_final_norm,
 };
