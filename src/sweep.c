@@ -31,6 +31,7 @@ void ls_run_opts_default(ls_run_opts_t *o) {
   o->progress = -1;
   o->overlap_writes = 1;
   o->out_dtype = "float32";
+  o->stall_timeout = -1;
 }
 
 /* ---- buffers --------------------------------------------------------------------------------- */
@@ -402,6 +403,7 @@ static int preload_layers(sweep_t *s, ls_wpipe_t *wp) {
   double t0 = ls_now();
   const size_t ns = (size_t)s->model.n_slots;
   for (int L = s->start; L < s->sel.n_run; L++) {
+    ls_watchdog_beat(&s->wd, "preloading the weights", L);
     const void *raw = ls_wpipe_acquire(wp, L);
     /* a conversion failure on one rank stops all of them here, before the next
      * broadcast (which every rank must enter) */
@@ -425,8 +427,13 @@ static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
   ls_profile_t *pf = &s->prof;
   if (s->o->preload_weights && preload_layers(s, wp)) return LS_ERR;
   double t_start = ls_now();
+  const char *stall = getenv("LS_FAULT_STALL_LAYER"), *stall_rank = getenv("LS_FAULT_STALL_RANK");
   for (int L = s->start; L < s->sel.n_run; L++) {
     double t0 = ls_now();
+    ls_watchdog_beat(&s->wd, "loading the weights", L);
+    /* test switch: this rank stops making progress here (a stuck or lost rank) */
+    if (stall && atoi(stall) == L && (!stall_rank || atoi(stall_rank) == s->rank))
+      for (;;) pause();
     void **lw = s->buf.lw;
     if (s->buf.lw_all) {
       lw = s->buf.lw_all + (size_t)L * (size_t)s->model.n_slots;
@@ -438,6 +445,7 @@ static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
     }
     double t1 = ls_now();
     pf->t_load[L] = t1 - t0;
+    ls_watchdog_beat(&s->wd, "the forward", L);
     const int sel = s->sel.sel_index[L];
     double th = 0;
     for (int mb = 0; mb < s->sh.n_mb; mb++) {
@@ -460,8 +468,11 @@ static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
     double t2 = ls_now();
     pf->t_hooks[L] = th;
     pf->t_forward[L] = t2 - t1 - th;
+    ls_watchdog_beat(&s->wd, "writing", L);
     if (sel >= 0 && ls_sw_write_layer(s, L, sel)) return LS_ERR;
     pf->t_write[L] = ls_now() - t2;
+    ls_watchdog_layer_time(&s->wd, ls_now() - t0);
+    ls_watchdog_beat(&s->wd, "the checkpoint after", L);
     ls_sw_progress(s, L, ls_now() - t_start);
     int stop = ls_sw_maybe_checkpoint(s, L + 1, ls_now() - t0);
     if (stop) return stop;
@@ -740,7 +751,13 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   int orc = check_options(s);
   ls_error_set_quiet(0);
   if (orc) return LS_ERR;
-  if (ls_model_open(&s->model, o->model_dir, comm)) return LS_ERR;
+  /* from here on a lost rank or link ends the job instead of hanging it */
+  if (!o->plan_only && ls_watchdog_start(&s->wd, o->stall_timeout, s->rank)) return LS_ERR;
+  ls_watchdog_beat(&s->wd, "reading the model description", -1);
+  if (ls_model_open(&s->model, o->model_dir, comm)) {
+    ls_watchdog_stop(&s->wd);
+    return LS_ERR;
+  }
   s->cfg = &s->model.cfg;
   s->fam = s->model.fam;
   const ls_config_t *c = s->cfg;
@@ -751,6 +768,7 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   pf->t_hooks = ls_calloc((size_t)c->n_layers, sizeof(double), "profile");
   pf->t_write = ls_calloc((size_t)c->n_layers, sizeof(double), "profile");
   if (!pf->t_load || !pf->t_forward || !pf->t_hooks || !pf->t_write) goto out;
+  ls_watchdog_beat(&s->wd, "reading the dataset", -1);
   if (ls_sw_load_dataset(s)) goto out;
   if (ls_agree(s->rank == 0 ? guard_outputs(s) : LS_OK, comm)) goto out;
   /* one writer per output, from before the file is created or reopened to the end */
@@ -786,7 +804,9 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   }
   if (!resumed) {
     ls_error_defer(1); /* a failure every rank sees is reported once */
+    ls_watchdog_beat(&s->wd, "creating the output", -1);
     int crc = ls_sw_create_output(s);
+    ls_watchdog_beat(&s->wd, "embedding", -1);
     if (ls_agree_report(crc, comm) || embed(s)) goto out;
   }
   if (load_final_norm(s) || ls_sw_writer_start(s)) goto out;
@@ -796,6 +816,7 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   s->ck.last = s->start;
   int lr = run_layers(s, &wp);
   if (lr == LS_STOPPED) { rc = LS_STOPPED; goto out; }
+  ls_watchdog_beat(&s->wd, "final norm", -1);
   if (lr || ls_sw_drain_writes(s) || run_final_norm(s)) goto out;
   ls_sw_writer_stop(s);
   pf->t_total = ls_now() - t_begin;
@@ -812,6 +833,7 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
     rc = ls_sw_print_summary(s, &wp);
   }
 out:
+  ls_watchdog_stop(&s->wd);
   ls_sw_writer_stop(s); /* a layer in flight finishes; it is not marked */
   if (wp_live) ls_wpipe_free(&wp);
   if (s->out.open) {

@@ -30,6 +30,8 @@ typedef struct {
   int preload_weights;      /* read every computed layer into backend memory before the
                              * layer loop (benchmarks; needs memory for all of them) */
   const char *out_dtype;    /* stored activations: "float32" (default), "float16", "bfloat16" */
+  double stall_timeout;     /* seconds without progress that end the job; < 0 auto (max(600 s,
+                             * 20x the slowest layer)), 0 off */
   int overlap_writes;       /* default 1: a layer's rows are written by a thread while the
                              * next layer computes (a second host output buffer) */
 } ls_run_opts_t;

@@ -25,6 +25,7 @@
 #include "model.h"
 #include "sweep.h"
 #include "weights.h"
+#include "watchdog.h"
 #include "writer.h"
 
 #define FORMAT_VERSION "1"
@@ -137,6 +138,7 @@ typedef struct {
   ls_output_t out;
   ls_profile_t prof;
   ls_ckstate_t ck;
+  ls_watchdog_t wd;       /* ends the job when a rank or link is lost (--stall-timeout) */
 } sweep_t;
 
 static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }

@@ -514,6 +514,7 @@ big=$T/base_big
 WANT=("$(o f16_overflow)" "beyond float16's range" "residual_pre" "layer 0" "--out-dtype bfloat16")
 bad output.float16_overflow "$(o f16_overflow)" "$LS_BIN" run --model "$big" --data "$DATA" \
   --out "$(o f16_overflow)" --hooks all --out-dtype float16
+WANT=(--stall-timeout); bad option.stall_timeout "$(o stall)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o stall)" --stall-timeout soon
 WANT=(--out-dtype float64); bad option.out_dtype "$(o odt)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o odt)" --out-dtype float64
 good output.bfloat16_big_values "$(o bf16_big)" "$LS_BIN" run --model "$big" --data "$DATA" \
   --out "$(o bf16_big)" --hooks all --out-dtype bfloat16 --progress off

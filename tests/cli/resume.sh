@@ -100,6 +100,29 @@ else
   fail "SIGTERM stop" "rc=$rc status=$(status_of "$out") log: $(grep -v '^layer' "$tmp/term.log" | tail -n 3)"
 fi
 
+# ---- a stuck rank (a lost node or link): the watchdog ends the job, resume continues ------
+for victim in 1 0; do
+  out="$tmp/stall$victim.h5"
+  t0=$(date +%s)
+  LS_FAULT_STALL_LAYER=5 LS_FAULT_STALL_RANK=$victim timeout 120 mpirun -np 2 -x LS_FAULT_STALL_LAYER \
+    -x LS_FAULT_STALL_RANK "$ls" run "${args[@]}" --out "$out" --checkpoint-every 1 --stall-timeout 3 \
+    >"$tmp/stall.log" 2>&1
+  rc=$? dt=$(( $(date +%s) - t0 ))
+  nerr=$(grep -c "error:" "$tmp/stall.log")
+  if [ "$rc" != 0 ] && [ "$rc" != 124 ] && [ "$dt" -lt 60 ] && [ "$nerr" = 1 ] &&
+     grep -q "no progress for .* layer 5; stall timeout 3 s" "$tmp/stall.log" &&
+     [ "$(status_of "$out")" = partial ]; then
+    mpirun -np 2 "$ls" run "${args[@]}" --out "$out" --checkpoint-every 1 --resume >"$tmp/stall2.log" 2>&1
+    if [ $? = 0 ] && grep -q "before layer 5" "$tmp/stall2.log" && msg=$(same_as_ref "$out"); then
+      pass "rank $victim stuck at layer 5: the job ended in ${dt} s with one line; resumed bit-identical"
+    else
+      fail "stall resume (rank $victim)" "$(tail -n 3 "$tmp/stall2.log") ${msg:-}"
+    fi
+  else
+    fail "stall (rank $victim)" "rc=$rc after ${dt}s, $nerr error lines: $(grep -v '^layer' "$tmp/stall.log" | head -n 3 | tr '\n' '|')"
+  fi
+done
+
 # ---- injected write failure (disk full), then resume -------------------------------------
 out="$tmp/fault.h5"
 LS_FAULT_WRITE_LAYER=7 mpirun -np 2 -x LS_FAULT_WRITE_LAYER "$ls" run "${args[@]}" --out "$out" \
