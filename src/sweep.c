@@ -55,7 +55,12 @@ static int alloc_buffers(sweep_t *s) {
   ls_backend_t *be = s->be;
   const ls_backend_iface_t *f = be->iface;
   const size_t H = (size_t)c->hidden;
-  const size_t resid_bytes = sizeof(float) * (size_t)max64(sh->n_rows, 1) * H;
+  /* LS_ROW_PAD rows of slack after the last row: a block whose GEMM input is the residual
+   * stream itself (OLMo-2 has no pre-norm) reads up to ls_round_rows(T) rows of it, the
+   * padding rows past the shard's end included (zeroed below; their results are never
+   * used) */
+  const size_t resid_rows = (size_t)max64(sh->n_rows, 1) + LS_ROW_PAD;
+  const size_t resid_bytes = sizeof(float) * resid_rows * H;
   int rc = LS_OK;
   if (bf->x_on_host) {
     bf->x = f->host_alloc(be, resid_bytes, "residual stream (host)");
@@ -64,6 +69,8 @@ static int alloc_buffers(sweep_t *s) {
   } else {
     bf->x = f->alloc(be, resid_bytes, "residual stream");
   }
+  if (bf->x && be->host_visible)
+    memset(bf->x + (size_t)sh->n_rows * H, 0, sizeof(float) * (resid_rows - (size_t)sh->n_rows) * H);
   bf->scratch = f->alloc(be, sizeof(float) * ls_family_scratch_floats(s->fam, c, sh->T_max), "block scratch");
   bf->wbuf_bytes = ls_sw_layer_weight_bytes(&s->model, be);
   const int preload = s->o->preload_weights;

@@ -46,8 +46,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import fetch_model  # noqa: E402
 
-# the layers whose activations are stored: the first layers (where the position-0
-# outlier of ~2e4 builds up: layer 1's mlp writes it), the middle, and the last two
+# the layers whose activations are stored: the first three, the onset of the position-0
+# outlier (layer 11's mlp writes ~2.4e4 into the residual stream, which stays until
+# layers 28-29 take it out again), the middle, and the last two
 LAYERS = [0, 1, 2, 10, 11, 20, 28, 29]
 HOOKS = ["residual_pre", "attn_out", "mlp_out", "residual_post"]
 SENTENCES = [
@@ -252,6 +253,7 @@ def main():
     tensors["offsets"] = offsets
     ref_path = os.path.join(a.out, "reference.safetensors")
     save_file(tensors, ref_path)
+    os.chmod(ref_path, 0o644)
 
     # ---- transformers' own errors against the float64 reference, every layer
     def table(r):
