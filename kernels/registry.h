@@ -16,6 +16,7 @@ typedef struct {
   int max_seq;  /* longest (padded) sequence attention will see */
   int bf16;     /* bf16 GEMM weights and inputs (backends with LS_BE_BF16) */
   MPI_Comm comm;/* the job: creation is collective */
+  int precise_gemm; /* CPU: GEMM dot products summed in double over float32 chunks */
 } ls_backend_params_t;
 
 typedef struct {

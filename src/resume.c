@@ -106,8 +106,8 @@ void ls_sw_fingerprints(sweep_t *s) {
   m->data_fp = h;
   /* the backend and its dtype too: a residual stream computed in bf16 on a GPU is not
    * continued in float32 on the CPU (or the reverse) */
-  int opts[8] = {(int)s->sel.hooks, (int)s->sel.pool, s->sel.n_sel, s->o->allow_long_prompts, s->sel.n_run,
-                 (int)s->be->wtype, (int)s->be->caps, (int)s->out.out_dt};
+  int opts[9] = {(int)s->sel.hooks, (int)s->sel.pool, s->sel.n_sel, s->o->allow_long_prompts, s->sel.n_run,
+                 (int)s->be->wtype, (int)s->be->caps, (int)s->out.out_dt, s->o->precise_gemm};
   h = ls_fnv1a(LS_FNV_INIT, opts, sizeof opts);
   h = ls_fnv1a(h, s->be->iface->name, strlen(s->be->iface->name));
   m->options_fp = ls_fnv1a(h, s->sel.layers, sizeof(int) * (size_t)s->sel.n_sel);

@@ -613,8 +613,14 @@ static int make_backend(sweep_t *s, int threads, int max_seq) {
       return LS_ERR;
     }
   }
+  if (o->precise_gemm && strcmp(e->name, "cpu") != 0) {
+    if (s->rank == 0)
+      ls_error("--precise-gemm is a CPU backend option (the %s backend's GEMMs are cuBLAS's); "
+               "use --backend cpu or drop it", e->name);
+    return LS_ERR;
+  }
   const ls_backend_params_t p = {threads, max_seq, (e->caps & LS_BE_BF16) && strcmp(o->dtype, "float32") != 0,
-                                 s->comm};
+                                 s->comm, o->precise_gemm};
   /* a failure on one rank makes every rank fail: the lowest rank with a reason says it */
   ls_error_defer(1);
   s->be = ls_backend_create(e, &p);

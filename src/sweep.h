@@ -32,6 +32,7 @@ typedef struct {
   const char *out_dtype;    /* stored activations: "float32" (default), "float16", "bfloat16" */
   double stall_timeout;     /* seconds without progress that end the job; < 0 auto (max(600 s,
                              * 20x the slowest layer)), 0 off */
+  int precise_gemm;         /* CPU: GEMM sums in double over 128-term float32 chunks */
   int overlap_writes;       /* default 1: a layer's rows are written by a thread while the
                              * next layer computes (a second host output buffer) */
 } ls_run_opts_t;

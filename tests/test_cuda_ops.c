@@ -515,7 +515,7 @@ int main(int argc, char **argv) {
     return 77;
   }
   cpu = ls_backend_cpu_new(1, 1024);
-  const ls_backend_params_t p32 = {1, 1024, 0, MPI_COMM_SELF}, p16 = {1, 1024, 1, MPI_COMM_SELF};
+  const ls_backend_params_t p32 = {1, 1024, 0, MPI_COMM_SELF, 0}, p16 = {1, 1024, 1, MPI_COMM_SELF, 0};
   gpu32 = ls_backend_create(cuda, &p32);
   gpu16 = ls_backend_create(cuda, &p16);
   if (!cpu || !gpu32 || !gpu16) {

@@ -26,6 +26,7 @@
 #include <cmocka.h>
 
 #include <cblas.h>
+#include <float.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -403,7 +404,9 @@ static void test_matmul(void **state) {
 }
 
 /* Rows [r0, r0 + len) of a T_big call vs the same rows alone, r0 % align == 0. */
-static void matmul_rows_case(int n_in, int n_out, int with_bias, int align) {
+typedef void (*mm_fn)(float *, const float *, const float *, const float *, int, int, int);
+
+static void matmul_rows_case_fn(mm_fn mm, int n_in, int n_out, int with_bias, int align) {
   const int T_big = 200, Tp = ls_round_rows(T_big);
   float *x = palloc((size_t)Tp * n_in), *W = palloc((size_t)n_out * n_in), *b = palloc((size_t)n_out);
   fill_rand(x, (size_t)Tp * n_in, -1, 1); /* defined padding: the big call reads it */
@@ -416,7 +419,7 @@ static void matmul_rows_case(int n_in, int n_out, int with_bias, int align) {
   for (int ti = 0; ti < 2; ti++) {
     omp_set_num_threads(k_threads[ti]);
     float *y = palloc((size_t)Tp * n_out);
-    ls_cpu_matmul(y, x, W, bias, T_big, n_in, n_out);
+    mm(y, x, W, bias, T_big, n_in, n_out);
     check_finite("matmul big", y, (size_t)T_big * n_out);
     char ctx[200];
     if (ti == 0) memcpy(y_one, y, sizeof(float) * (size_t)T_big * n_out);
@@ -431,7 +434,7 @@ static void matmul_rows_case(int n_in, int n_out, int with_bias, int align) {
         float *xs = palloc((size_t)tp * n_in), *ys = palloc((size_t)tp * n_out);
         memcpy(xs, x + (size_t)r0 * n_in, sizeof(float) * (size_t)len * n_in);
         fill_rand(xs + (size_t)len * n_in, (size_t)(tp - len) * n_in, -5, 5); /* other padding */
-        ls_cpu_matmul(ys, xs, W, bias, len, n_in, n_out);
+        mm(ys, xs, W, bias, len, n_in, n_out);
         snprintf(ctx, sizeof ctx,
                  "matmul rows [%d, %d) of T=%d alone (n_in=%d n_out=%d bias=%d align=%d "
                  "threads=%d)", r0, r0 + len, T_big, n_in, n_out, with_bias, align,
@@ -443,6 +446,41 @@ static void matmul_rows_case(int n_in, int n_out, int with_bias, int align) {
   }
   omp_set_num_threads(1);
   free(x); free(W); free(b); free(y_one);
+}
+
+static void matmul_rows_case(int n_in, int n_out, int with_bias, int align) {
+  matmul_rows_case_fn(ls_cpu_matmul, n_in, n_out, with_bias, align);
+  matmul_rows_case_fn(ls_cpu_matmul_chunked, n_in, n_out, with_bias, align); /* --precise-gemm */
+}
+
+/* --precise-gemm: each dot product within a few float32 ulps of its magnitude (sum |x w|),
+ * chunks of 128 terms summed in double, for long rows where one float sum drifts */
+static void test_matmul_chunked_accuracy(void **state) {
+  const int T = 50, n_in = 4096 + 77, n_out = 130, Tp = ls_round_rows(T);
+  float *x = palloc((size_t)Tp * n_in), *W = palloc((size_t)n_out * n_in), *b = palloc((size_t)n_out);
+  fill_rand(x, (size_t)Tp * n_in, -1, 1);
+  fill_rand(W, (size_t)n_out * n_in, -1, 1);
+  fill_rand(b, (size_t)n_out, -1, 1);
+  float *y = palloc((size_t)Tp * n_out);
+  for (int ti = 0; ti < 2; ti++) {
+    omp_set_num_threads(k_threads[ti]);
+    ls_cpu_matmul_chunked(y, x, W, b, T, n_in, n_out);
+    double worst = 0;
+    for (int t = 0; t < T; t++)
+      for (int j = 0; j < n_out; j++) {
+        double ref = b[j], mag = fabs(b[j]);
+        for (int k = 0; k < n_in; k++) {
+          ref += (double)x[(size_t)t * n_in + k] * W[(size_t)j * n_in + k];
+          mag += fabs((double)x[(size_t)t * n_in + k] * W[(size_t)j * n_in + k]);
+        }
+        const double e = fabs(y[(size_t)t * n_out + j] - ref) / mag;
+        if (e > worst) worst = e;
+      }
+    if (!(worst <= 4.0 * FLT_EPSILON))
+      fail_msg("chunked matmul: worst |err| / sum |x w| = %.3g > 4 ulp", worst);
+  }
+  omp_set_num_threads(1);
+  free(x); free(W); free(b); free(y);
 }
 
 static void test_matmul_row_invariance(void **state) {
@@ -1181,6 +1219,7 @@ int main(void) {
       cmocka_unit_test(test_layernorm),
       cmocka_unit_test(test_matmul),
       cmocka_unit_test(test_matmul_row_invariance),
+      cmocka_unit_test(test_matmul_chunked_accuracy),
       cmocka_unit_test(test_rope),
       cmocka_unit_test(test_attention),
       cmocka_unit_test(test_attention_isolation),

@@ -76,7 +76,7 @@ static void test_register(void **state) {
   /* a name is taken once */
   assert_int_equal(ls_backend_register(&own_entry), LS_ERR);
   assert_int_equal(ls_backend_register(ls_backend_lookup("cpu")), LS_ERR);
-  const ls_backend_params_t p = {1, 16, 0, MPI_COMM_SELF};
+  const ls_backend_params_t p = {1, 16, 0, MPI_COMM_SELF, 0};
   ls_backend_t *be = ls_backend_create(&own_entry, &p);
   assert_non_null(be);
   /* its own broadcast is used, and the capability says so */
@@ -95,7 +95,7 @@ static void test_register(void **state) {
  * slots at once, for sizes from 0 bytes up; rank 0's dst may differ from its src. */
 static void test_mpi_bcast(void **state) {
   const ls_backend_entry_t *cpu = ls_backend_lookup("cpu");
-  const ls_backend_params_t p = {1, 16, 0, MPI_COMM_WORLD};
+  const ls_backend_params_t p = {1, 16, 0, MPI_COMM_WORLD, 0};
   ls_backend_t *be = ls_backend_create(cpu, &p);
   assert_non_null(be);
   assert_false(be->caps & LS_BE_DEVICE_BCAST);

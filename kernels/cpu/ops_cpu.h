@@ -13,6 +13,10 @@ void ls_cpu_rmsnorm(float *out, const float *x, const float *w, int T, int H, fl
  * padding rows are computed and ignored (see ops_cpu.c). */
 void ls_cpu_matmul(float *y, const float *x, const float *W, const float *b, int T, int n_in,
                    int n_out);
+/* The same with each dot product summed in double over 128-term float32 chunks (closer to
+ * float64; --precise-gemm) */
+void ls_cpu_matmul_chunked(float *y, const float *x, const float *W, const float *b, int T,
+                           int n_in, int n_out);
 void ls_cpu_layernorm(float *out, const float *x, const float *w, const float *b, int T,
                       int H, float eps);
 void ls_cpu_rope(float *x, const int32_t *pos, const float *cos_tab, const float *sin_tab,

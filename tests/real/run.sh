@@ -81,6 +81,14 @@ step "layersweep run, mpirun -np 2"
 # ---- 4. the check
 "$vpy" "$here/check_real.py" "$out/np1.h5" --identical "$out/np2.h5" --json "$out/table.json"
 step "check_real.py"
+
+# ---- 5. --precise-gemm (GEMM sums in double over 128-term chunks): the same bound, and
+# the ratios it reaches (on the 2-core VM of RESULTS.md: every hook <= 0.95x)
+rm -f "$out/precise.h5"
+"$ls_bin" "${args[@]}" --out "$out/precise.h5" --precise-gemm >"$out/precise.log" 2>&1 \
+  || { cat "$out/precise.log"; exit 1; }
+"$vpy" "$here/check_real.py" "$out/precise.h5" --json "$out/table_precise.json" | tail -n 3
+step "layersweep --precise-gemm + check"
 t_last=$t_start
 step "total"
 echo "[real] OK: layersweep matches transformers' float64 forward on SmolLM2-135M (1 and 2 ranks)"
