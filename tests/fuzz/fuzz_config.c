@@ -39,24 +39,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   FUZZ_ASSERT(cfg.head_dim > 0 && cfg.head_dim % 2 == 0, "head_dim %d accepted", cfg.head_dim);
   FUZZ_ASSERT(memchr(cfg.arch_name, '\0', sizeof cfg.arch_name) != NULL, "arch_name unterminated");
   FUZZ_ASSERT(isfinite(cfg.rms_eps) && cfg.rms_eps >= 0.0, "rms_eps %g", cfg.rms_eps);
-  FUZZ_ASSERT(isfinite(cfg.rope_theta) && cfg.rope_theta > 0.0, "rope_theta %g", cfg.rope_theta);
-  FUZZ_ASSERT(isfinite(cfg.rope_factor) && cfg.rope_factor > 0.0, "rope_factor %g",
-              cfg.rope_factor);
+  FUZZ_ASSERT(cfg.rope_dim >= 0 && cfg.rope_dim <= cfg.head_dim && cfg.rope_dim % 2 == 0,
+              "rope_dim %d of head_dim %d accepted", cfg.rope_dim, cfg.head_dim);
   FUZZ_ASSERT(cfg.sliding_window >= 0, "sliding_window %d", cfg.sliding_window);
   FUZZ_ASSERT(isfinite(ls_family_gemm_flops_per_token(&cfg)), "gemm flops not finite");
 
-  if (cfg.head_dim > 65536) return 0;
-  const int half = cfg.head_dim / 2;
-  float *inv_freq = malloc((size_t)half * sizeof *inv_freq);
+  if (cfg.rope_dim > 65536) return 0;
+  const int half = cfg.rope_dim / 2;
+  float *inv_freq = malloc((size_t)(half > 0 ? half : 1) * sizeof *inv_freq);
   if (!inv_freq) return 0;
-  ls_config_rope_inv_freq(&cfg, inv_freq);
-  for (int i = 0; i < half; i++)
-    FUZZ_ASSERT(isfinite(inv_freq[i]),
-                "inv_freq[%d] = %g (head_dim %d, rope_theta %.9g, rope_type %d, factor %.17g, "
-                "low %.17g, high %.17g, orig_max_pos %d)",
-                i, (double)inv_freq[i], cfg.head_dim, cfg.rope_theta, (int)cfg.rope_type,
-                cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor,
-                cfg.rope_orig_max_pos);
+  /* every RoPE parameter set the config gave: finite, positive, finite frequencies */
+  for (int k = 0; k < (cfg.local_rope ? 2 : 1) && half > 0; k++) {
+    const ls_rope_params_t *r = k ? &cfg.rope_local : &cfg.rope;
+    FUZZ_ASSERT(isfinite(r->theta) && r->theta > 0.0, "rope theta %g", r->theta);
+    FUZZ_ASSERT(isfinite(r->factor) && r->factor > 0.0, "rope factor %g", r->factor);
+    ls_config_rope_inv_freq(r, cfg.rope_dim, inv_freq);
+    for (int i = 0; i < half; i++)
+      FUZZ_ASSERT(isfinite(inv_freq[i]),
+                  "inv_freq[%d] = %g (rope_dim %d, theta %.9g, type %d, factor %.17g, "
+                  "low %.17g, high %.17g, orig_max_pos %d)",
+                  i, (double)inv_freq[i], cfg.rope_dim, r->theta, (int)r->type, r->factor,
+                  r->low_freq_factor, r->high_freq_factor, r->orig_max_pos);
+  }
   free(inv_freq);
   return 0;
 }
