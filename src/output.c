@@ -1,6 +1,8 @@
-/* output.c: the sweep's HDF5 file: creation (every dataset and marker up front, so a
- * killed run's metadata stays as last flushed), per-layer collective writes, the
- * profile, and the checks a resumed run makes on an existing file. */
+/* output.c: the sweep's HDF5 file: creation (every dataset, coordinate / dimension scale
+ * and marker up front, so a killed run's metadata stays as last flushed), per-layer
+ * writes (collective HDF5, or the writer thread's pwrite at each dataset's raw offset
+ * while the next layer computes), --out-dtype rounding, the profile, and the checks a
+ * resumed run makes on an existing file. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
