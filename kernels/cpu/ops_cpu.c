@@ -60,7 +60,8 @@ void ls_cpu_layernorm(float *out, const float *x, const float *w, const float *b
 
 /* rows [r0, r1) (LS_ROW_PAD-aligned) of y = x W^T + b, on the calling thread */
 static void matmul_rows_chunked(float *y, const float *x, const float *W, const float *b,
-                                int r0, int r1, int n_in, int n_out) {
+                                int r0, int r1, int T, int n_in, int n_out) {
+  (void)T; /* padding rows get the bias too: their results are never used */
   double acc[LS_MM_ROWS * LS_MM_COLS]; /* (rows, cols) of the tile */
   for (int r = r0; r < r1; r += LS_MM_ROWS) {
     const int nr = r1 - r < LS_MM_ROWS ? r1 - r : LS_MM_ROWS; /* a multiple of LS_ROW_PAD */
@@ -87,28 +88,31 @@ static void matmul_rows_chunked(float *y, const float *x, const float *W, const 
   }
 }
 
-void ls_cpu_matmul_chunked(float *y, const float *x, const float *W, const float *b, int T,
-                           int n_in, int n_out) {
-  if (T <= 0) return;
-  const int Tp = ls_round_rows(T);
-#pragma omp parallel
-  {
-    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-    const int blocks = Tp / LS_ROW_PAD;
-    const int r0 = (int)((long)blocks * t / nt) * LS_ROW_PAD;
-    const int r1 = (int)((long)blocks * (t + 1) / nt) * LS_ROW_PAD;
-    if (r1 > r0) matmul_rows_chunked(y, x, W, b, r0, r1, n_in, n_out);
-  }
-}
-
 /* Row-parallel GEMM with a fixed row blocking. OpenBLAS's result for a row depends on
  * how its kernel tiles the row dimension (remainder tiles accumulate in another order)
  * and on how its own threads split the work. So rows are padded to LS_ROW_PAD (a
  * multiple of every x86 sgemm unroll) and split into LS_ROW_PAD-aligned blocks, one
  * per OpenMP thread, each a single-threaded sgemm: a row's result is then the same
  * for any batch composition, thread count or rank count. */
-void ls_cpu_matmul(float *y, const float *x, const float *W, const float *b, int T, int n_in,
-                   int n_out) {
+/* rows [r0, r1) of y = x W^T + b in one single-threaded sgemm (bias on the real rows) */
+static void matmul_rows(float *y, const float *x, const float *W, const float *b, int r0,
+                        int r1, int T, int n_in, int n_out) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, n_out, n_in, 1.0f,
+              x + (size_t)r0 * n_in, n_in, W, n_in, 0.0f, y + (size_t)r0 * n_out, n_out);
+  if (!b) return;
+  const int e = r1 < T ? r1 : T;
+  for (int r = r0; r < e; r++) {
+    float *yr = y + (size_t)r * n_out;
+    for (int j = 0; j < n_out; j++) yr[j] += b[j];
+  }
+}
+
+typedef void (*rows_fn)(float *, const float *, const float *, const float *, int, int, int,
+                        int, int);
+
+/* the fixed row split: LS_ROW_PAD-aligned blocks, one contiguous run per OpenMP thread */
+static void matmul_split(rows_fn rows, float *y, const float *x, const float *W,
+                         const float *b, int T, int n_in, int n_out) {
   if (T <= 0) return;
   const int Tp = ls_round_rows(T);
 #pragma omp parallel
@@ -117,17 +121,18 @@ void ls_cpu_matmul(float *y, const float *x, const float *W, const float *b, int
     const int blocks = Tp / LS_ROW_PAD;
     const int r0 = (int)((long)blocks * t / nt) * LS_ROW_PAD;
     const int r1 = (int)((long)blocks * (t + 1) / nt) * LS_ROW_PAD;
-    if (r1 > r0)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, n_out, n_in, 1.0f,
-                  x + (size_t)r0 * n_in, n_in, W, n_in, 0.0f, y + (size_t)r0 * n_out, n_out);
-    if (b) {
-      const int e = r1 < T ? r1 : T;
-      for (int r = r0; r < e; r++) {
-        float *yr = y + (size_t)r * n_out;
-        for (int j = 0; j < n_out; j++) yr[j] += b[j];
-      }
-    }
+    if (r1 > r0) rows(y, x, W, b, r0, r1, T, n_in, n_out);
   }
+}
+
+void ls_cpu_matmul(float *y, const float *x, const float *W, const float *b, int T, int n_in,
+                   int n_out) {
+  matmul_split(matmul_rows, y, x, W, b, T, n_in, n_out);
+}
+
+void ls_cpu_matmul_chunked(float *y, const float *x, const float *W, const float *b, int T,
+                           int n_in, int n_out) {
+  matmul_split(matmul_rows_chunked, y, x, W, b, T, n_in, n_out);
 }
 
 void ls_cpu_rope(float *x, const int32_t *pos, const float *cos_tab, const float *sin_tab,
