@@ -147,8 +147,8 @@ static int parse_entry(const cJSON *e, uint64_t data_len, const char *path, int 
   }
   if (ls_dtype_parse(dt->valuestring, &t->dtype) != LS_OK) {
     char db[96];
-    ls_error("%s: tensor '%s' has dtype %s; only BF16, F16 and F32 are supported: convert the "
-             "checkpoint to one of those",
+    ls_error("%s: tensor '%s' has dtype %s, which is not a safetensors dtype (F32, F16, BF16, "
+             "F8_E4M3, F8_E5M2, F64, I64, ...); " HINT_REDOWNLOAD,
              path, name, clean(dt->valuestring, db, sizeof db));
     return LS_ERR;
   }

@@ -64,6 +64,14 @@ typedef struct {
    * when src_dev (weights that arrived by a device broadcast). */
   int (*load_weight)(ls_backend_t *be, void *dst, const void *src, ls_dtype_t dt, size_t n,
                      int matrix, int src_dev);
+  /* dst (rows, cols) stored as be->wtype <- the FP8 weight src (dt F8_E4M3 / F8_E5M2)
+   * times its float32 block scales: element (r, c) is scaled by scale[(r / br) *
+   * ceil(cols / bc) + c / bc] (DeepSeek-V3's weight_scale_inv; edge blocks partial),
+   * the product rounded once to float32. src and scale are host memory, or backend
+   * memory when src_dev. */
+  int (*load_weight_fp8)(ls_backend_t *be, void *dst, const void *src, const float *scale,
+                         ls_dtype_t dt, int64_t rows, int64_t cols, int br, int bc,
+                         int src_dev);
   /* optional: size the backend's own scratch for matmuls of up to T rows and max_dim
    * inputs (called once, after the plan, before any op) */
   int (*reserve)(ls_backend_t *be, int T, int max_dim);
@@ -109,6 +117,17 @@ typedef struct {
   void (*shift)(ls_backend_t *be, float *x, float b, size_t n);
   /* y (n) += x (n) */
   void (*add)(ls_backend_t *be, float *y, const float *x, size_t n);
+  /* x (n) <- 0 */
+  void (*zero)(ls_backend_t *be, float *x, size_t n);
+  /* Mixture-of-experts rows. gather: row i of dst (n, W) <- row idx[i] of src, rows with
+   * idx[i] < 0 left as they are. scatter_add: row idx[i] of dst += wts[i] * row i of src
+   * for every idx[i] >= 0; the idx[i] >= 0 of one call are distinct, so a row's result
+   * does not depend on the order rows are visited. idx (n) int32 and wts (n) float32
+   * are backend memory. */
+  void (*gather)(ls_backend_t *be, float *dst, const float *src, const int32_t *idx, int n,
+                 int W);
+  void (*scatter_add)(ls_backend_t *be, float *dst, const float *src, const int32_t *idx,
+                      const float *wts, int n, int W);
   /* Sequence s occupies rows seq_start[s] .. seq_start[s] + seq_len[s] of x (T, H)
    * (rows up to seq_start[s + 1] are alignment padding). pooled (n_seq, H) <- the
    * last real row (LS_POOL_LAST) or the mean over real rows (LS_POOL_MEAN); for

@@ -299,6 +299,53 @@ static int find_family(const cJSON *root, const char *path, ls_config_t *cfg) {
   return LS_OK;
 }
 
+/* quantization_config: block-quantized FP8 (DeepSeek-V3 / Qwen3-FP8 layout) is read;
+ * every other method is refused by name: computing on packed integer weights as if they
+ * were floats would write garbage that looks like activations. */
+static int parse_quantization(const cJSON *root, const char *path, ls_config_t *cfg) {
+  const cJSON *q = ls_cfg_get(root, "quantization_config");
+  if (!q) return LS_OK;
+  const cJSON *m = cJSON_IsObject(q) ? ls_cfg_get(q, "quant_method") : NULL;
+  if (!cJSON_IsString(m)) {
+    ls_error("%s: quantization_config must be an object with a string \"quant_method\"", path);
+    return LS_ERR;
+  }
+  char shown[64];
+  ls_printable(shown, sizeof shown, m->valuestring);
+  if (strcmp(m->valuestring, "fp8") != 0) {
+    ls_error("%s: quantization_config quant_method \"%s\" is not supported (layersweep reads "
+             "float checkpoints and block-quantized \"fp8\"); use the unquantized checkpoint",
+             path, shown);
+    return LS_ERR;
+  }
+  const cJSON *fmt = ls_cfg_get(q, "fmt");
+  cfg->fp8 = 1;
+  cfg->fp8_dtype = LS_DT_F8_E4M3;
+  if (fmt && (!cJSON_IsString(fmt) || (strcmp(fmt->valuestring, "e4m3") != 0 &&
+                                       strcmp(fmt->valuestring, "e5m2") != 0))) {
+    ls_error("%s: quantization_config fmt must be \"e4m3\" or \"e5m2\"", path);
+    return LS_ERR;
+  }
+  if (fmt && strcmp(fmt->valuestring, "e5m2") == 0) cfg->fp8_dtype = LS_DT_F8_E5M2;
+  const cJSON *bs = ls_cfg_get(q, "weight_block_size");
+  if (!bs || !cJSON_IsArray(bs) || cJSON_GetArraySize(bs) != 2) {
+    ls_error("%s: quantization_config weight_block_size must be [rows, columns] (per-tensor "
+             "FP8 scales are not supported)", path);
+    return LS_ERR;
+  }
+  for (int i = 0; i < 2; i++) {
+    const cJSON *v = cJSON_GetArrayItem(bs, i);
+    if (!cJSON_IsNumber(v) || v->valuedouble < 1 || v->valuedouble > 1 << 20 ||
+        v->valuedouble != (double)(int)v->valuedouble) {
+      ls_error("%s: quantization_config weight_block_size[%d] must be an integer in 1..2^20",
+               path, i);
+      return LS_ERR;
+    }
+    cfg->fp8_block[i] = v->valueint;
+  }
+  return LS_OK;
+}
+
 int ls_config_parse(const char *json, const char *path, ls_config_t *cfg) {
   memset(cfg, 0, sizeof *cfg);
   cJSON *root = cJSON_ParseWithOpts(json, NULL, 1); /* no trailing garbage */
@@ -318,6 +365,7 @@ int ls_config_parse(const char *json, const char *path, ls_config_t *cfg) {
   }
   int rc = find_family(root, path, cfg);
   if (rc == LS_OK) rc = ls_family_get(cfg->family)->parse_config(root, path, cfg);
+  if (rc == LS_OK) rc = parse_quantization(root, path, cfg);
   cJSON_Delete(root);
   return rc;
 }

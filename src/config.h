@@ -54,6 +54,18 @@ typedef struct {
   int gelu_tanh;          /* GPT-2 / GPT-NeoX MLP activation: 1 the tanh GELU, 0 exact (erf) */
   int attn_scale_by_layer;/* 1: layer L's scale is further divided by L + 1 (GPT-2's
                            * scale_attn_by_inverse_layer_idx) */
+  /* mixture of experts (n_experts 0: a dense model) */
+  int n_experts;          /* routed experts of a MoE layer */
+  int top_k;              /* experts each row is routed to (num_experts_per_tok) */
+  int moe_intermediate;   /* intermediate size of each routed expert */
+  int norm_topk_prob;     /* the k routing weights renormalised to sum to 1 */
+  int shared_intermediate;/* intermediate size of the shared expert (0: none) */
+  int shared_gate;        /* the shared expert's output scaled by sigmoid(gate(x)) (Qwen2-MoE) */
+  unsigned char layer_moe[LS_MAX_TYPED_LAYERS]; /* (n_layers) 1: a MoE layer */
+  /* FP8 block quantization (quantization_config, quant_method "fp8") */
+  int fp8;                /* 1: FP8 GEMM weights come with <name>_scale_inv block scales */
+  int fp8_dtype;          /* ls_dtype_t the config's fmt names (F8_E4M3 or F8_E5M2) */
+  int fp8_block[2];       /* weight_block_size: (rows, columns) of one scale's block */
 } ls_config_t;
 
 /* Parse config.json text; `path` is used in messages. Returns 0 or -1 after one
@@ -67,6 +79,11 @@ int ls_config_load(const char *dir, ls_config_t *cfg);
 static inline int ls_config_window(const ls_config_t *c, int layer) {
   if (!c->window_per_layer) return c->sliding_window;
   return layer >= 0 && layer < LS_MAX_TYPED_LAYERS && c->layer_sliding[layer] ? c->sliding_window : 0;
+}
+
+/* 1 when layer L is a mixture-of-experts layer. */
+static inline int ls_config_is_moe(const ls_config_t *c, int layer) {
+  return c->n_experts > 0 && layer >= 0 && layer < LS_MAX_TYPED_LAYERS && c->layer_moe[layer];
 }
 
 /* RoPE inverse frequencies (rope_dim / 2 floats) of one parameter set, computed in

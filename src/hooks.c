@@ -8,7 +8,7 @@
 #include "ls_common.h"
 
 static const char *hook_names[LS_HOOK_COUNT] = {"residual_pre", "attn_out", "mlp_out",
-                                                "residual_post", "final_norm"};
+                                                "residual_post", "final_norm", "router_logits"};
 
 const char *ls_hook_name(ls_hook_t h) { return hook_names[h]; }
 
@@ -17,18 +17,18 @@ int ls_hooks_parse(const char *spec, unsigned *mask) {
   char buf[1024];
   if (!spec || !*spec || strlen(spec) >= sizeof buf) {
     ls_error("--hooks: give a comma-separated list of residual_pre, attn_out, mlp_out, "
-             "residual_post, final_norm (or all)");
+             "residual_post, final_norm (or all), router_logits");
     return LS_ERR;
   }
   strcpy(buf, spec);
   for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-    if (strcmp(tok, "all") == 0) { *mask = (1u << LS_HOOK_COUNT) - 1; continue; }
+    if (strcmp(tok, "all") == 0) { *mask |= LS_HOOKS_ALL; continue; }
     int found = 0;
     for (int h = 0; h < LS_HOOK_COUNT; h++)
       if (strcmp(tok, hook_names[h]) == 0) { *mask |= 1u << h; found = 1; }
     if (!found) {
       ls_error("--hooks: unknown hook \"%s\"; choose from residual_pre, attn_out, mlp_out, "
-               "residual_post, final_norm, all", tok);
+               "residual_post, final_norm, all, router_logits", tok);
       return LS_ERR;
     }
   }

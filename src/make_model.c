@@ -111,9 +111,10 @@ typedef struct {
  * tensors, final norm), plus lm_head unless tied. */
 static int list_tensors(const ls_config_t *c, int tie, mm_tensor_t **out, int *n) {
   const ls_family_t *fam = ls_family_get(c->family);
-  int cap = 1 + LS_G_COUNT + c->n_layers * fam->n_slots;
+  const int n_slots = ls_family_slots(fam, c);
+  int cap = 1 + LS_G_COUNT + c->n_layers * n_slots;
   mm_tensor_t *t = ls_calloc((size_t)cap, sizeof *t, "tensor list");
-  ls_wspec_t *w = ls_calloc((size_t)fam->n_slots, sizeof *w, "tensor list");
+  ls_wspec_t *w = ls_calloc((size_t)n_slots, sizeof *w, "tensor list");
   ls_wspec_t g[LS_G_COUNT];
   if (!t || !w) { free(t); free(w); return LS_ERR; }
   memset(g, 0, sizeof g);
@@ -121,7 +122,7 @@ static int list_tensors(const ls_config_t *c, int tie, mm_tensor_t **out, int *n
   int k = 0;
   for (int L = -1; L <= c->n_layers; L++) {
     const ls_wspec_t *specs = w;
-    int count = fam->n_slots;
+    int count = n_slots;
     if (L < 0 || L == c->n_layers) { /* embeddings first, final norm last */
       specs = L < 0 ? &g[LS_G_EMBED] : &g[LS_G_FINAL_NORM]; /* and the one after each */
       count = 2;

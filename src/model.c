@@ -49,7 +49,7 @@ static int build_table(ls_model_t *m) {
              c->family);
     return LS_ERR;
   }
-  m->n_slots = m->fam->n_slots;
+  m->n_slots = ls_family_slots(m->fam, c);
   m->slots = ls_calloc((size_t)c->n_layers * (size_t)m->n_slots, sizeof *m->slots, "weight table");
   m->layer_bytes = ls_calloc((size_t)c->n_layers, sizeof *m->layer_bytes, "weight table");
   ls_wspec_t *specs = ls_calloc((size_t)m->n_slots, sizeof *specs, "weight table");
@@ -84,6 +84,39 @@ static void drop_optional_prefix(ls_model_t *m) {
   }
 }
 
+/* An FP8 GEMM weight and its block scales: the config must say how they were made, and
+ * <name>_scale_inv must be float32 with one scale per block (edge blocks partial). */
+static int validate_fp8(ls_model_t *m, ls_wslot_t *s, const ls_st_tensor_t *t) {
+  const ls_config_t *c = &m->cfg;
+  const char *file = m->st.files[t->file].path;
+  if (!c->fp8) {
+    ls_error("%s: tensor %s is %s but config.json has no quantization_config with "
+             "quant_method \"fp8\"; is config.json the right one for these weights?", file,
+             s->spec.name, ls_dtype_name(t->dtype));
+    return LS_ERR;
+  }
+  if (s->spec.kind != LS_WK_MATRIX || s->spec.transpose || s->spec.view_count > 0 ||
+      t->dtype != (ls_dtype_t)c->fp8_dtype) {
+    ls_error("%s: tensor %s is %s; FP8 is read for unfused GEMM weights in the format "
+             "quantization_config names (%s) only", file, s->spec.name, ls_dtype_name(t->dtype),
+             ls_dtype_name((ls_dtype_t)c->fp8_dtype));
+    return LS_ERR;
+  }
+  char name[LS_WNAME_MAX + 16];
+  snprintf(name, sizeof name, "%s_scale_inv", s->spec.name);
+  s->scale_rows = (s->spec.shape[0] + c->fp8_block[0] - 1) / c->fp8_block[0];
+  s->scale_cols = (s->spec.shape[1] + c->fp8_block[1] - 1) / c->fp8_block[1];
+  const int64_t want[2] = {s->scale_rows, s->scale_cols};
+  const ls_st_tensor_t *sc = expect_tensor(m, name, want, 2);
+  if (!sc) return LS_ERR;
+  if (sc->dtype != LS_DT_F32) {
+    ls_error("%s: tensor %s is %s; FP8 block scales must be F32", m->st.files[sc->file].path,
+             name, ls_dtype_name(sc->dtype));
+    return LS_ERR;
+  }
+  return LS_OK;
+}
+
 static int validate_slot(ls_model_t *m, ls_wslot_t *s) {
   if (!s->spec.present) return LS_OK;
   const ls_st_tensor_t *t = expect_tensor(m, s->spec.name, s->spec.shape, s->spec.ndim);
@@ -96,9 +129,16 @@ static int validate_slot(ls_model_t *m, ls_wslot_t *s) {
              "layersweep bug: report it)", m->st.dir, w->name, (long long)rows);
     return LS_ERR;
   }
+  if (!ls_dtype_is_float(t->dtype)) {
+    ls_error("%s: tensor %s is %s; the forward needs it as F32, F16, BF16 (or block-scaled "
+             "FP8): convert the checkpoint", m->st.files[t->file].path, w->name,
+             ls_dtype_name(t->dtype));
+    return LS_ERR;
+  }
   s->dtype = t->dtype;
   s->numel = ls_wspec_numel(w);
-  return LS_OK;
+  s->scale_rows = s->scale_cols = 0;
+  return ls_dtype_is_fp8(t->dtype) ? validate_fp8(m, s, t) : LS_OK;
 }
 
 static int validate_root(ls_model_t *m, const char *dir) {
@@ -140,6 +180,8 @@ static int validate_root(ls_model_t *m, const char *dir) {
       if (!s->spec.present) continue;
       s->offset = off;
       off += ((uint64_t)s->numel * ls_dtype_size(s->dtype) + 63) / 64 * 64;
+      s->scale_offset = off; /* FP8: the scales follow the weight */
+      off += ((uint64_t)(s->scale_rows * s->scale_cols) * sizeof(float) + 63) / 64 * 64;
     }
     m->layer_bytes[L] = off;
     m->total_tensor_bytes += off;
@@ -200,7 +242,12 @@ void ls_model_close(ls_model_t *m) {
 static int check_finite(const ls_model_t *m, const ls_st_tensor_t *t, const void *raw,
                         uint64_t n, uint64_t first_elem) {
   uint64_t bad = UINT64_MAX;
-  if (t->dtype == LS_DT_F32) {
+  if (ls_dtype_is_fp8(t->dtype)) { /* E4M3: S.1111.111 is NaN; E5M2: exponent 11111 */
+    const uint8_t *v = raw;
+    const int e4 = t->dtype == LS_DT_F8_E4M3;
+    for (uint64_t i = 0; i < n && bad == UINT64_MAX; i++)
+      if (e4 ? (v[i] & 0x7fu) == 0x7fu : (v[i] & 0x7cu) == 0x7cu) bad = i;
+  } else if (t->dtype == LS_DT_F32) {
     const uint32_t *v = raw;
     for (uint64_t i = 0; i < n && bad == UINT64_MAX; i++)
       if ((v[i] & 0x7f800000u) == 0x7f800000u) bad = i;
@@ -249,6 +296,14 @@ int ls_model_read_layer(ls_model_t *m, int layer, void *dst) {
     if (!s->spec.transpose && s->spec.view_count == 0) {
       rc = ls_st_read(&m->st, t, out) || check_finite(m, t, out, (uint64_t)t->numel, 0)
                ? LS_ERR : LS_OK;
+      if (rc == LS_OK && s->scale_rows > 0) { /* FP8: its block scales */
+        char name[LS_WNAME_MAX + 16];
+        snprintf(name, sizeof name, "%s_scale_inv", s->spec.name);
+        const ls_st_tensor_t *sc = ls_st_find(&m->st, name);
+        char *so = (char *)dst + s->scale_offset;
+        rc = !sc || ls_st_read(&m->st, sc, so) || check_finite(m, sc, so, (uint64_t)sc->numel, 0)
+                 ? LS_ERR : LS_OK;
+      }
       continue;
     }
     if (t != held) { /* the slots of one fused tensor are consecutive: read it once */

@@ -18,6 +18,10 @@ typedef struct {
   int32_t dtype;    /* ls_dtype_t of the checkpoint tensor (present tensors) */
   int64_t numel;    /* the slot's elements (a view's, not the whole fused tensor's) */
   uint64_t offset;  /* byte offset inside the packed layer */
+  /* FP8 weights (dtype F8_*): the float32 block scales <name>_scale_inv, (scale_rows,
+   * scale_cols) = ceil of the weight's shape over cfg.fp8_block, packed after it */
+  uint64_t scale_offset;
+  int64_t scale_rows, scale_cols;
 } ls_wslot_t;
 
 typedef struct {

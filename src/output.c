@@ -46,7 +46,7 @@ static int dimension_scales(sweep_t *s) {
   int n = 0, nl = 0;
   const char *layered[LS_HOOK_COUNT + 1];
   for (int h = 0; h < LS_HOOK_COUNT; h++) {
-    if (!((s->sel.hooks >> h) & 1)) continue;
+    if (!((s->sel.hooks >> h) & 1) || h == LS_HOOK_ROUTER_LOGITS) continue; /* own axes */
     snprintf(names[n], sizeof names[n], "/%s", ls_hook_name(h));
     const int per_layer = h != LS_HOOK_FINAL_NORM;
     acts[n] = names[n];
@@ -60,6 +60,16 @@ static int dimension_scales(sweep_t *s) {
   }
   acts[n] = NULL;
   layered[nl] = NULL;
+  /* the row axis: the hidden-wide hooks and router_logits (which has its own layer axis,
+   * the selected MoE layers, and an expert axis) */
+  const int router = (s->sel.hooks >> LS_HOOK_ROUTER_LOGITS) & 1;
+  const char *rows[LS_HOOK_COUNT + 1];
+  for (int i = 0; i <= n; i++) rows[i] = acts[i];
+  if (router) {
+    rows[n] = "/router_logits";
+    ax_row[n] = 1;
+    rows[n + 1] = NULL;
+  }
   int64_t *sel = ls_malloc(sizeof(int64_t) * (size_t)(s->sel.n_sel + 1), "layers");
   if (!sel) return LS_ERR;
   for (int i = 0; i < s->sel.n_sel; i++) sel[i] = s->sel.layers[i];
@@ -69,11 +79,22 @@ static int dimension_scales(sweep_t *s) {
   free(sel);
   if (rc == LS_OK)
     rc = coordinate(s, "hidden", H, 0, root ? H : 0, NULL, acts, ax_hidden);
+  if (rc == LS_OK && router) {
+    const char *rl[2] = {"/router_logits", NULL};
+    int z[1] = {0}, two[1] = {2};
+    int64_t *ml = ls_malloc(sizeof(int64_t) * (size_t)(s->sel.n_moe_sel + 1), "layers");
+    if (!ml) return LS_ERR;
+    for (int i = 0; i < s->sel.n_moe_sel; i++) ml[i] = s->sel.moe_layers[i];
+    const hsize_t nm = (hsize_t)s->sel.n_moe_sel, E = (hsize_t)s->cfg->n_experts;
+    rc = coordinate(s, "moe_layer", nm, 0, root ? nm : 0, ml, rl, z);
+    free(ml);
+    if (rc == LS_OK) rc = coordinate(s, "expert", E, 0, root ? E : 0, NULL, rl, two);
+  }
   /* the activations' row axis: prompts (pooled) or tokens (--pool none) */
   if (rc == LS_OK)
     rc = raw ? coordinate(s, "token", (hsize_t)sh->n_out_rows, (hsize_t)sh->out_row0,
-                          (hsize_t)sh->out_rows, NULL, acts, ax_row)
-             : coordinate(s, "sample", N, (hsize_t)sh->p0, (hsize_t)sh->n_prompts, NULL, acts,
+                          (hsize_t)sh->out_rows, NULL, rows, ax_row)
+             : coordinate(s, "sample", N, (hsize_t)sh->p0, (hsize_t)sh->n_prompts, NULL, rows,
                           ax_row);
   /* /samples on the sample axis (offsets, N + 1 of them, on their own) */
   const char *smp[5];
@@ -158,15 +179,41 @@ int ls_sw_create_output(sweep_t *s) {
   if (!sel) return LS_ERR;
   for (int i = 0; i < s->sel.n_sel; i++) sel[i] = s->sel.layers[i];
   const hid_t ftype = ls_h5out_float_type(s->out.out_dt); /* --out-dtype */
-  for (int h = 0; h < LS_HOOK_PER_LAYER_COUNT && rc == LS_OK; h++) {
-    if (!((s->sel.hooks >> h) & 1)) continue;
+  for (int h = 0; h < LS_HOOK_COUNT && rc == LS_OK; h++) {
+    if (!((s->sel.hooks >> h) & 1) || !ls_hook_layered(h)) continue;
     char name[64];
     snprintf(name, sizeof name, "/%s", ls_hook_name(h));
-    hsize_t dims[3] = {(hsize_t)s->sel.n_sel, (hsize_t)s->sh.n_out_rows, H};
-    rc = ls_h5out_create_dataset(&s->out.h5, name, ftype, 3, dims);
-    if (!rc) rc = ls_h5out_attr_i64(&s->out.h5, name, "layers", sel, s->sel.n_sel);
+    const int router = h == LS_HOOK_ROUTER_LOGITS;
+    hsize_t dims[3] = {(hsize_t)ls_sw_hook_layers(s, h), (hsize_t)s->sh.n_out_rows,
+                       (hsize_t)ls_sw_hook_width(s, h)};
+    /* router_logits: float32 whatever --out-dtype (logits are small and compared) */
+    hid_t t = router ? H5Tcopy(H5T_IEEE_F32LE) : H5Tcopy(ftype);
+    rc = ls_h5out_create_dataset(&s->out.h5, name, t, 3, dims);
+    H5Tclose(t);
+    if (router) {
+      for (int i = 0; i < s->sel.n_moe_sel; i++) sel[i] = s->sel.moe_layers[i];
+      if (!rc) rc = ls_h5out_attr_i64(&s->out.h5, name, "layers", sel, s->sel.n_moe_sel);
+      for (int i = 0; i < s->sel.n_sel; i++) sel[i] = s->sel.layers[i];
+    } else if (!rc) {
+      rc = ls_h5out_attr_i64(&s->out.h5, name, "layers", sel, s->sel.n_sel);
+    }
   }
   free(sel);
+  /* /router_stats/expert_rows [moe layers computed, n_experts]: the real rows routed to
+   * each expert, summed over ranks (the load imbalance that bounds expert GEMMs) */
+  if (rc == LS_OK && s->cfg->n_experts > 0 && s->sel.n_run > 0) {
+    int64_t *ml = ls_malloc(sizeof(int64_t) * (size_t)(s->sel.n_run + 1), "layers");
+    if (!ml) { H5Tclose(ftype); return LS_ERR; }
+    int nm = 0;
+    for (int L = 0; L < s->sel.n_run; L++)
+      if (ls_config_is_moe(s->cfg, L)) ml[nm++] = L;
+    hsize_t dims[2] = {(hsize_t)nm, (hsize_t)s->cfg->n_experts};
+    if (nm > 0) {
+      rc = ls_h5out_create_dataset(&s->out.h5, "/router_stats/expert_rows", H5T_STD_I64LE, 2, dims);
+      if (!rc) rc = ls_h5out_attr_i64(&s->out.h5, "/router_stats/expert_rows", "layers", ml, nm);
+    }
+    free(ml);
+  }
   if (rc == LS_OK && ((s->sel.hooks >> LS_HOOK_FINAL_NORM) & 1)) {
     hsize_t dims[2] = {(hsize_t)s->sh.n_out_rows, H};
     rc = ls_h5out_create_dataset(&s->out.h5, "/final_norm", ftype, 2, dims);
@@ -222,7 +269,7 @@ int ls_sw_create_output(sweep_t *s) {
  * buffer then holds 2-byte values). A float16 overflow stops the run: the value cannot be
  * stored (layer < 0: final_norm). */
 static int narrow_rows(sweep_t *s, ls_hook_t h, int layer) {
-  if (s->out.out_dt == LS_DT_F32) return LS_OK;
+  if (s->out.out_dt == LS_DT_F32 || h == LS_HOOK_ROUTER_LOGITS) return LS_OK;
   float mx = 0;
   const size_t n = (size_t)s->sh.out_rows * (size_t)s->cfg->hidden;
   const size_t over = ls_narrow_f32_inplace(s->buf.out_host[h], s->out.out_dt, n, &mx);
@@ -237,9 +284,10 @@ static int narrow_rows(sweep_t *s, ls_hook_t h, int layer) {
 }
 
 int ls_sw_write_hook(sweep_t *s, ls_hook_t h, int sel) {
-  const hsize_t H = (hsize_t)s->cfg->hidden;
-  if (s->out.fault_layer >= 0 && sel >= 0 && h != LS_HOOK_FINAL_NORM &&
-      s->sel.layers[sel] == s->out.fault_layer) {
+  const hsize_t H = (hsize_t)ls_sw_hook_width(s, h);
+  const int layer = h == LS_HOOK_FINAL_NORM ? -1
+                    : h == LS_HOOK_ROUTER_LOGITS ? s->sel.moe_layers[sel] : s->sel.layers[sel];
+  if (s->out.fault_layer >= 0 && layer >= 0 && layer == s->out.fault_layer) {
     ls_error("%s: injected write failure at layer %d (LS_FAULT_WRITE_LAYER, as if the disk "
              "were full); rerun with --resume", s->o->out_path, s->out.fault_layer);
     return LS_ERR;
@@ -247,9 +295,9 @@ int ls_sw_write_hook(sweep_t *s, ls_hook_t h, int sel) {
   char name[64];
   snprintf(name, sizeof name, "/%s", ls_hook_name(h));
   /* 16-bit output: rounded here, written as the file's own type (no HDF5 conversion) */
-  int rc = narrow_rows(s, h, h == LS_HOOK_FINAL_NORM ? -1 : s->sel.layers[sel]);
-  const hid_t mtype = s->out.out_dt == LS_DT_F32 ? H5Tcopy(H5T_NATIVE_FLOAT)
-                                                 : ls_h5out_float_type(s->out.out_dt);
+  int rc = narrow_rows(s, h, layer);
+  const hid_t mtype = s->out.out_dt == LS_DT_F32 || h == LS_HOOK_ROUTER_LOGITS
+                         ? H5Tcopy(H5T_NATIVE_FLOAT) : ls_h5out_float_type(s->out.out_dt);
   /* every rank takes part in the collective write, even one whose rows failed */
   const hsize_t rows = rc == LS_OK ? (hsize_t)s->sh.out_rows : 0;
   int wrc;
@@ -286,6 +334,25 @@ int ls_sw_write_profile(sweep_t *s, const ls_wpipe_t *wp) {
   hsize_t start1 = 0, count1 = s->rank == 0 ? (hsize_t)n : 0;
   if (rc == LS_OK) rc = ls_h5out_write(&s->out.h5, "/profile/layer_bytes", H5T_NATIVE_DOUBLE, 1, &start1, &count1, bytes);
   free(bytes);
+  /* router stats of this run's MoE layers (rows of earlier runs stay as written) */
+  if (rc == LS_OK && s->prof.expert_rows) {
+    const int E = s->cfg->n_experts;
+    int row0 = 0, nm = 0;
+    for (int L = 0; L < n; L++)
+      if (ls_config_is_moe(s->cfg, L)) { if (L < first) row0++; else nm++; }
+    int64_t *v = ls_malloc(sizeof(int64_t) * (size_t)(nm + 1) * (size_t)E, "router stats");
+    if (!v) return LS_ERR;
+    int k = 0;
+    for (int L = first; L < n; L++)
+      if (ls_config_is_moe(s->cfg, L))
+        memcpy(v + (size_t)k++ * E, s->prof.expert_rows + (size_t)L * E, sizeof(int64_t) * (size_t)E);
+    hsize_t start[2] = {(hsize_t)row0, 0}, count[2] = {(hsize_t)nm, (hsize_t)E};
+    if (s->rank != 0 || nm == 0) count[0] = count[1] = 0;
+    if (row0 + nm > 0)
+      rc = ls_h5out_write(&s->out.h5, "/router_stats/expert_rows", H5T_NATIVE_INT64, 2, start,
+                          count, v);
+    free(v);
+  }
   double totals[3] = {(double)(s->rank == 0 ? s->model.st.bytes_read : 0), (double)s->prof.embed_bytes,
                       s->prof.t_total};
   MPI_Bcast(totals, 3, MPI_DOUBLE, 0, s->comm);
@@ -298,16 +365,18 @@ int ls_sw_write_profile(sweep_t *s, const ls_wpipe_t *wp) {
 
 /* The output file of a resumed run must be the one this run would have created. */
 int ls_sw_check_output(sweep_t *s) {
-  const hsize_t H = (hsize_t)s->cfg->hidden, R = (hsize_t)s->sh.n_out_rows;
+  const hsize_t R = (hsize_t)s->sh.n_out_rows;
   hsize_t dims[4];
   for (int h = 0; h < LS_HOOK_COUNT; h++) {
     char name[64];
     snprintf(name, sizeof name, "/%s", ls_hook_name(h));
+    const hsize_t W = (hsize_t)ls_sw_hook_width(s, h);
     int nd = ls_h5out_dataset_dims(&s->out.h5, name, dims, 4);
     int want = (s->sel.hooks >> h) & 1;
     int ok = !want ? nd < 0
-             : h == LS_HOOK_FINAL_NORM ? nd == 2 && dims[0] == R && dims[1] == H
-                                       : nd == 3 && dims[0] == (hsize_t)s->sel.n_sel && dims[1] == R && dims[2] == H;
+             : h == LS_HOOK_FINAL_NORM ? nd == 2 && dims[0] == R && dims[1] == W
+                                       : nd == 3 && dims[0] == (hsize_t)ls_sw_hook_layers(s, h) &&
+                                             dims[1] == R && dims[2] == W;
     if (!ok) return LS_ERR;
   }
   int nd = ls_h5out_dataset_dims(&s->out.h5, "/profile/read_s", dims, 4);
@@ -323,8 +392,8 @@ int ls_sw_writer_start(sweep_t *s) {
   if (!s->o->overlap_writes || s->sel.n_sel == 0) return LS_OK;
   const uint32_t probe = 1;
   int ok = *(const unsigned char *)&probe == 1;
-  for (int h = 0; h < LS_HOOK_PER_LAYER_COUNT; h++) {
-    if (!((s->sel.hooks >> h) & 1)) continue;
+  for (int h = 0; h < LS_HOOK_COUNT; h++) {
+    if (!((s->sel.hooks >> h) & 1) || !ls_hook_layered(h)) continue;
     char name[64];
     snprintf(name, sizeof name, "/%s", ls_hook_name(h));
     /* collective metadata: every rank asks, even once one said no */
@@ -373,8 +442,9 @@ int ls_sw_write_layer(sweep_t *s, int L, int sel) {
   if (!s->out.overlap) {
     /* every collective step is agreed on before the next, so a failure on any rank stops
      * all of them at the same point, reported once */
-    for (int h = 0; h < LS_HOOK_PER_LAYER_COUNT; h++)
-      if (s->sel.hooks & (1u << h)) COLLECTIVE_STEP(s, ls_sw_write_hook(s, h, sel));
+    for (int h = 0; h < LS_HOOK_COUNT; h++)
+      if ((s->sel.hooks & (1u << h)) && ls_hook_layered(h) && ls_sw_hook_index(s, h, L) >= 0)
+        COLLECTIVE_STEP(s, ls_sw_write_hook(s, h, ls_sw_hook_index(s, h, L)));
     /* the marker goes in only after the rows are on disk */
     COLLECTIVE_STEP(s, ls_h5out_flush(&s->out.h5));
     return mark_done(s, L, sel);
@@ -390,13 +460,15 @@ int ls_sw_write_layer(sweep_t *s, int L, int sel) {
   for (int h = 0; h < LS_HOOK_PER_LAYER_COUNT && nrc == LS_OK; h++)
     if ((s->sel.hooks >> h) & 1) nrc = narrow_rows(s, h, L);
   COLLECTIVE_STEP(s, nrc);
-  /* this rank's rows of each hook: (sel, out_row0 .. + out_rows, H) of the dataset */
-  const size_t H = (size_t)s->cfg->hidden, row = ls_dtype_size(s->out.out_dt) * H;
+  /* this rank's rows of each hook: (index, out_row0 .. + out_rows, width) of the dataset */
   ls_write_piece_t p[LS_WRITER_MAX_PIECES];
   int n = 0;
-  for (int h = 0; h < LS_HOOK_PER_LAYER_COUNT; h++) {
-    if (!((s->sel.hooks >> h) & 1) || s->sh.out_rows == 0) continue;
-    const uint64_t first = (uint64_t)sel * (uint64_t)s->sh.n_out_rows + (uint64_t)s->sh.out_row0;
+  for (int h = 0; h < LS_HOOK_COUNT; h++) {
+    const int at = ls_hook_layered(h) ? ls_sw_hook_index(s, h, L) : -1;
+    if (!((s->sel.hooks >> h) & 1) || at < 0 || s->sh.out_rows == 0) continue;
+    const size_t es = h == LS_HOOK_ROUTER_LOGITS ? sizeof(float) : ls_dtype_size(s->out.out_dt);
+    const size_t row = es * (size_t)ls_sw_hook_width(s, h);
+    const uint64_t first = (uint64_t)at * (uint64_t)s->sh.n_out_rows + (uint64_t)s->sh.out_row0;
     p[n].offset = s->out.raw_off[h] + first * row;
     p[n].buf = s->buf.out_host[h];
     p[n].bytes = row * (size_t)s->sh.out_rows;

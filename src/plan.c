@@ -204,19 +204,21 @@ int ls_sw_plan(sweep_t *s) {
   const int64_t max_len = sh->max_len;
   /* memory and disk estimates; refuse what cannot fit */
   const double H = c->hidden;
-  int n_hooks = 0;
-  for (int h = 0; h < LS_HOOK_COUNT; h++) n_hooks += (s->sel.hooks >> h) & 1;
   const ls_backend_t *be = s->be;
   double resid = (double)sh->n_rows * H * 4;
   double scratch = (double)ls_family_scratch_floats(s->fam, c, sh->T_max) * 4;
   double wconv = (double)ls_sw_layer_weight_bytes(&s->model, s->be) * (s->o->preload_weights ? s->sel.n_run : 1);
   double staging = 2.0 * (double)s->model.max_layer_bytes;
-  double outbuf = (double)n_hooks * (double)sh->out_rows * H * 4;
-  /* overlapped writes: a second host copy of the per-layer hooks' rows (the layer the
-   * writer holds while the next one computes) */
-  const int layer_hooks = n_hooks - ((s->sel.hooks >> LS_HOOK_FINAL_NORM) & 1);
-  const double outbuf_alt = s->o->overlap_writes && s->sel.n_sel > 0
-                                ? (double)layer_hooks * (double)sh->out_rows * H * 4 : 0.0;
+  /* the pooled rows of each hook, and with overlapped writes a second host copy of the
+   * per-layer hooks' rows (the layer the writer holds while the next one computes) */
+  double outbuf = 0, outbuf_alt = 0;
+  for (int h = 0; h < LS_HOOK_COUNT; h++) {
+    if (!((s->sel.hooks >> h) & 1)) continue;
+    const double b = (double)sh->out_rows * ls_sw_hook_width(s, h) * 4;
+    outbuf += b;
+    if (s->o->overlap_writes && s->sel.n_sel > 0 && ls_hook_layered(h)) outbuf_alt += b;
+  }
+  if (s->fam->host_scratch_bytes) outbuf += (double)s->fam->host_scratch_bytes(c, sh->T_max);
   double rank_bytes = resid + scratch + wconv + staging + outbuf + outbuf_alt;
   int dev_rc = LS_OK;
   double dev_bytes = 0;
@@ -254,8 +256,8 @@ int ls_sw_plan(sweep_t *s) {
   double file_bytes = 0;
   for (int h = 0; h < LS_HOOK_COUNT; h++) {
     if (!((s->sel.hooks >> h) & 1)) continue;
-    double layers = h == LS_HOOK_FINAL_NORM ? 1 : s->sel.n_sel;
-    file_bytes += layers * (double)sh->n_out_rows * H * (double)ls_dtype_size(s->out.out_dt);
+    const double es = h == LS_HOOK_ROUTER_LOGITS ? 4 : (double)ls_dtype_size(s->out.out_dt);
+    file_bytes += ls_sw_hook_layers(s, h) * (double)sh->n_out_rows * ls_sw_hook_width(s, h) * es;
   }
   double max_rank_bytes = 0;
   MPI_Allreduce(&rank_bytes, &max_rank_bytes, 1, MPI_DOUBLE, MPI_MAX, s->comm);

@@ -86,15 +86,19 @@ static int alloc_buffers(sweep_t *s) {
   if (!bf->x || !bf->scratch || !bf->wbuf || !bf->lw || (preload && !bf->lw_all) ||
       !bf->final_norm_w || (has_bias && !bf->final_bias_w))
     rc = LS_ERR;
+  if (s->fam->host_scratch_bytes && rc == LS_OK) {
+    bf->host_scratch = ls_aligned_alloc(s->fam->host_scratch_bytes(c, sh->T_max), "MoE routing");
+    if (!bf->host_scratch) rc = LS_ERR;
+  }
   for (int h = 0; h < LS_HOOK_COUNT && rc == LS_OK; h++) {
     if (!((s->sel.hooks >> h) & 1)) continue;
-    const size_t bytes = sizeof(float) * (size_t)max64(sh->out_rows, 1) * H;
+    const size_t bytes = sizeof(float) * (size_t)max64(sh->out_rows, 1) * (size_t)ls_sw_hook_width(s, h);
     bf->out[h] = f->alloc(be, bytes, "hook output");
     bf->out_host[h] = be->host_visible ? bf->out[h] : f->host_alloc(be, bytes, "hook output (host)");
     if (!bf->out[h] || !bf->out_host[h]) rc = LS_ERR;
     /* overlapped writes: the writer's copy (swapped with out_host, and out on a host
      * backend: allocated as those are) */
-    if (s->o->overlap_writes && h != LS_HOOK_FINAL_NORM && rc == LS_OK) {
+    if (s->o->overlap_writes && ls_hook_layered(h) && rc == LS_OK) {
       bf->out_alt[h] = be->host_visible ? f->alloc(be, bytes, "hook output (writer)")
                                         : f->host_alloc(be, bytes, "hook output (writer)");
       if (!bf->out_alt[h]) rc = LS_ERR;
@@ -127,9 +131,18 @@ static int convert_layer(sweep_t *s, int layer, const void *raw, int raw_on_devi
   for (int i = 0; i < m->n_slots; i++) {
     const ls_wslot_t *ws = ls_model_slot(m, layer, i);
     if (!ws->spec.present) continue;
-    if (s->be->iface->load_weight(s->be, w[i], (const char *)raw + ws->offset, ws->dtype,
-                                  (size_t)ws->numel, ws->spec.kind == LS_WK_MATRIX,
-                                  raw_on_device))
+    const char *src = (const char *)raw + ws->offset;
+    if (ls_dtype_is_fp8(ws->dtype)) { /* dequantized at load: scales packed after the weight */
+      if (s->be->iface->load_weight_fp8(s->be, w[i], src,
+                                        (const float *)((const char *)raw + ws->scale_offset),
+                                        ws->dtype, ws->spec.shape[0], ws->spec.shape[1],
+                                        s->cfg->fp8_block[0], s->cfg->fp8_block[1],
+                                        raw_on_device))
+        return LS_ERR;
+      continue;
+    }
+    if (s->be->iface->load_weight(s->be, w[i], src, ws->dtype, (size_t)ws->numel,
+                                  ws->spec.kind == LS_WK_MATRIX, raw_on_device))
       return LS_ERR;
     if (ws->spec.kind == LS_WK_NORM_P1) s->be->iface->shift(s->be, w[i], 1.0f, (size_t)ws->numel);
   }
@@ -337,7 +350,7 @@ static int load_final_norm(sweep_t *s) {
 
 /* ---- the layer loop ---------------------------------------------------------------------------------- */
 static void capture(sweep_t *s, ls_hook_t h, const float *src, int mb, const ls_batch_t *b) {
-  const size_t H = (size_t)s->cfg->hidden;
+  const size_t H = (size_t)ls_sw_hook_width(s, h);
   int64_t row = s->sel.pool == LS_POOL_NONE ? s->data.offsets[s->sh.mb_p[mb]] - s->sh.t0
                                             : s->sh.mb_p[mb] - s->sh.p0;
   s->be->iface->pool(s->be, s->buf.out[h] + (size_t)row * H, src, b->seq_start, b->seq_len,
@@ -350,11 +363,13 @@ typedef struct {
   int mb;
   const ls_batch_t *b;
   double t;          /* seconds spent capturing */
+  int layer;
 } hook_ctx_t;
 
 static void on_hook(void *ctx, ls_hook_t h, float *rows, int width) {
   hook_ctx_t *k = ctx;
-  if (!((k->s->sel.hooks >> h) & 1)) return;
+  if (!((k->s->sel.hooks >> h) & 1) || width != ls_sw_hook_width(k->s, h)) return;
+  if (h == LS_HOOK_ROUTER_LOGITS && k->s->sel.moe_index[k->layer] < 0) return;
   double t0 = ls_now();
   capture(k->s, h, rows, k->mb, k->b);
   k->t += ls_now() - t0;
@@ -371,6 +386,8 @@ static int64_t batch_of(const sweep_t *s, int mb, ls_batch_t *b) {
   b->seq_len = s->buf.seq_len_d + sh->seq_start_off[mb];
   b->pos = s->buf.pos_d + sh->poff[i0];
   b->max_len = sh->mb_max_len[mb];
+  b->seq_start_h = sh->seq_start + sh->seq_start_off[mb];
+  b->seq_len_h = sh->seq_len + sh->seq_start_off[mb];
   return sh->poff[i0];
 }
 
@@ -393,13 +410,12 @@ static void stage_out(sweep_t *s, int64_t row0, int T) {
  * call) to the host; collective, so a device failure on any rank stops every rank. */
 static int finish_layer(sweep_t *s, unsigned mask) {
   const ls_backend_iface_t *f = s->be->iface;
-  const size_t H = (size_t)s->cfg->hidden;
   int rc = LS_OK;
   if (!s->be->host_visible)
     for (int h = 0; h < LS_HOOK_COUNT && rc == LS_OK; h++)
       if (s->buf.out[h] && ((mask >> h) & 1))
         rc = f->to_host(s->be, s->buf.out_host[h], s->buf.out[h],
-                        sizeof(float) * H * (size_t)s->sh.out_rows);
+                        sizeof(float) * (size_t)ls_sw_hook_width(s, h) * (size_t)s->sh.out_rows);
   if (f->sync && f->sync(s->be)) rc = LS_ERR;
   return ls_agree(rc, s->comm);
 }
@@ -459,11 +475,13 @@ static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
       ls_batch_t b;
       int64_t row0 = batch_of(s, mb, &b);
       float *x = stage_in(s, row0, b.T);
-      hook_ctx_t hk = {s, mb, &b, 0};
+      hook_ctx_t hk = {s, mb, &b, 0, L};
       if (sel >= 0) on_hook(&hk, LS_HOOK_RESIDUAL_PRE, x, s->cfg->hidden);
       const int lr = s->cfg->local_rope && ls_config_rope(s->cfg, L) == &s->cfg->rope_local;
       const ls_block_t blk = {s->be, s->cfg, L, lw, s->buf.cos_d[lr], s->buf.sin_d[lr], &b,
-                              s->buf.scratch, s->sh.T_max, sel >= 0 ? on_hook : NULL, &hk};
+                              s->buf.scratch, s->sh.T_max, sel >= 0 ? on_hook : NULL, &hk,
+                              s->buf.host_scratch,
+                              pf->expert_rows ? pf->expert_rows + (size_t)L * s->cfg->n_experts : NULL};
       s->fam->forward(&blk, x);
       if (sel >= 0) on_hook(&hk, LS_HOOK_RESIDUAL_POST, x, s->cfg->hidden);
       double ts = ls_now();
@@ -471,7 +489,12 @@ static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
       th += hk.t + ls_now() - ts;
       ls_wpipe_progress(wp);
     }
-    if (finish_layer(s, sel >= 0 ? s->sel.hooks & ~(1u << LS_HOOK_FINAL_NORM) : 0)) return LS_ERR;
+    unsigned mask = sel >= 0 ? s->sel.hooks & ~(1u << LS_HOOK_FINAL_NORM) : 0;
+    if (s->sel.moe_index && s->sel.moe_index[L] < 0) mask &= ~(1u << LS_HOOK_ROUTER_LOGITS);
+    if (finish_layer(s, mask)) return LS_ERR;
+    if (pf->expert_rows && ls_config_is_moe(s->cfg, L)) /* exact integer sums */
+      MPI_Allreduce(MPI_IN_PLACE, pf->expert_rows + (size_t)L * s->cfg->n_experts,
+                    s->cfg->n_experts, MPI_INT64_T, MPI_SUM, s->comm);
     double t2 = ls_now();
     pf->t_hooks[L] = th;
     pf->t_forward[L] = t2 - t1 - th;
@@ -529,9 +552,10 @@ static void sweep_free(sweep_t *s) {
     ls_backend_free(be);
   }
   for (int k = 0; k < 2; k++) { free(bf->cos_tab[k]); free(bf->sin_tab[k]); }
-  free(bf->lw); free(bf->lw_all);
+  free(bf->lw); free(bf->lw_all); free(bf->host_scratch);
   ls_shard_free(&s->sh);
-  free(s->sel.layers); free(s->sel.sel_index);
+  free(s->sel.layers); free(s->sel.sel_index); free(s->sel.moe_index); free(s->sel.moe_layers);
+  free(s->prof.expert_rows);
   free(s->out.done_marks);
   free(s->prof.t_load); free(s->prof.t_forward); free(s->prof.t_hooks); free(s->prof.t_write);
   ls_dataset_free(&s->data);
@@ -739,9 +763,30 @@ static int select_layers(sweep_t *s) {
   for (int L = 0; L < c->n_layers; L++) sl->sel_index[L] = -1;
   for (int i = 0; i < sl->n_sel; i++) sl->sel_index[sl->layers[i]] = i;
   sl->n_run = (sl->hooks & (1u << LS_HOOK_FINAL_NORM)) ? c->n_layers : 0;
-  if (sl->hooks & ((1u << LS_HOOK_PER_LAYER_COUNT) - 1))
+  if (sl->hooks & ~(1u << LS_HOOK_FINAL_NORM))
     for (int i = 0; i < sl->n_sel; i++)
       if (sl->layers[i] + 1 > sl->n_run) sl->n_run = sl->layers[i] + 1;
+  /* router_logits: the selected layers that are MoE */
+  sl->moe_index = ls_malloc(sizeof(int) * (size_t)c->n_layers, "layers");
+  sl->moe_layers = ls_malloc(sizeof(int) * (size_t)(sl->n_sel + 1), "layers");
+  if (!sl->moe_index || !sl->moe_layers) return LS_ERR;
+  for (int L = 0; L < c->n_layers; L++) sl->moe_index[L] = -1;
+  for (int i = 0; i < sl->n_sel; i++)
+    if (ls_config_is_moe(c, sl->layers[i])) {
+      sl->moe_index[sl->layers[i]] = sl->n_moe_sel;
+      sl->moe_layers[sl->n_moe_sel++] = sl->layers[i];
+    }
+  if ((sl->hooks >> LS_HOOK_ROUTER_LOGITS) & 1 && sl->n_moe_sel == 0) {
+    if (s->rank == 0) {
+      if (c->n_experts == 0)
+        ls_error("--hooks router_logits: %s is not a mixture-of-experts model (it has no router)",
+                 c->arch_name);
+      else
+        ls_error("--hooks router_logits: none of the --layers %s is a MoE layer of this %s",
+                 s->o->layers, c->arch_name);
+    }
+    return LS_ERR;
+  }
   return LS_OK;
 }
 
@@ -781,6 +826,10 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   pf->t_hooks = ls_calloc((size_t)c->n_layers, sizeof(double), "profile");
   pf->t_write = ls_calloc((size_t)c->n_layers, sizeof(double), "profile");
   if (!pf->t_load || !pf->t_forward || !pf->t_hooks || !pf->t_write) goto out;
+  if (c->n_experts > 0) {
+    pf->expert_rows = ls_calloc((size_t)c->n_layers * (size_t)c->n_experts, sizeof(int64_t), "router stats");
+    if (!pf->expert_rows) goto out;
+  }
   ls_watchdog_beat(&s->wd, "reading the dataset", -1);
   if (ls_sw_load_dataset(s)) goto out;
   if (ls_agree(s->rank == 0 ? guard_outputs(s) : LS_OK, comm)) goto out;

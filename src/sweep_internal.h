@@ -36,6 +36,8 @@ typedef struct {
   int *layers, n_sel; /* selected layers, ascending */
   int *sel_index;     /* (n_layers) position in the output, -1 if not selected */
   int n_run;          /* layers computed: 0 .. n_run-1 */
+  int *moe_layers, n_moe_sel; /* the selected layers that are MoE (router_logits' axis) */
+  int *moe_index;     /* (n_layers) position on router_logits' layer axis, -1 if none */
 } ls_select_t;
 
 typedef struct {
@@ -81,11 +83,12 @@ typedef struct {
   void **lw_all;      /* (n_layers, n_slots) --preload-weights only */
   float *final_norm_w;/* (H) */
   float *final_bias_w;/* (H) LayerNorm families, else NULL */
+  void *host_scratch; /* the family's host scratch (host_scratch_bytes), or NULL */
   float *cos_tab[2], *sin_tab[2]; /* (max_len, rope_dim / 2), host: [0] cfg->rope, [1]
                                    * cfg->rope_local (when cfg->local_rope) */
   float *cos_d[2], *sin_d[2];
   int32_t *seq_start_d, *seq_len_d, *pos_d; /* backend copies of the shard's arrays */
-  float *out[LS_HOOK_COUNT];      /* (out_rows, H) per requested hook, backend memory */
+  float *out[LS_HOOK_COUNT];      /* (out_rows, width) per requested hook, backend memory */
   float *out_host[LS_HOOK_COUNT]; /* the same rows on the host, as written to the file */
   float *out_alt[LS_HOOK_COUNT];  /* with overlapped writes: the host rows of the layer the
                                    * writer holds (swapped with out_host, and with out on a
@@ -108,6 +111,8 @@ typedef struct {
 typedef struct {
   double *t_load, *t_forward, *t_hooks, *t_write; /* (n_layers) */
   double t_embed, t_total, t_preload;
+  int64_t *expert_rows;   /* (n_layers, n_experts) MoE models: real rows routed to each
+                           * expert, summed over ranks after each layer (this run's layers) */
   uint64_t embed_bytes;
   int n_ckpt;             /* checkpoints taken by this run */
   double t_ckpt;          /* seconds they took (max over ranks) */
@@ -142,6 +147,19 @@ typedef struct {
 } sweep_t;
 
 static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* Hook h's row width: hidden, or n_experts for router_logits. */
+static inline int ls_sw_hook_width(const sweep_t *s, int h) {
+  return h == LS_HOOK_ROUTER_LOGITS ? s->cfg->n_experts : s->cfg->hidden;
+}
+/* Length of hook h's layer axis (1 for final_norm, which has none). */
+static inline int ls_sw_hook_layers(const sweep_t *s, int h) {
+  return h == LS_HOOK_ROUTER_LOGITS ? s->sel.n_moe_sel : h == LS_HOOK_FINAL_NORM ? 1 : s->sel.n_sel;
+}
+/* Layer L's position on hook h's layer axis, -1 when hook h has no rows for it. */
+static inline int ls_sw_hook_index(const sweep_t *s, int h, int L) {
+  return h == LS_HOOK_ROUTER_LOGITS ? s->sel.moe_index[L] : s->sel.sel_index[L];
+}
 
 /* Run one collective step on every rank; if it failed anywhere, the lowest failing
  * rank reports it (one line) and the caller returns LS_ERR on every rank. */

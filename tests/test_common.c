@@ -80,7 +80,14 @@ static void test_dtypes(void **state) {
   assert_int_equal(ls_dtype_parse("BF16", &dt), 0);
   assert_int_equal(dt, LS_DT_BF16);
   assert_string_equal(ls_dtype_name(LS_DT_F16), "F16");
-  assert_int_equal(ls_dtype_parse("I64", &dt), -1);
+  assert_int_equal(ls_dtype_parse("I64", &dt), 0); /* storage only */
+  assert_int_equal(dt, LS_DT_I64);
+  assert_int_equal(ls_dtype_size(LS_DT_I64), 8);
+  assert_false(ls_dtype_is_float(LS_DT_I64));
+  assert_int_equal(ls_dtype_parse("F8_E4M3", &dt), 0);
+  assert_int_equal(ls_dtype_size(dt), 1);
+  assert_true(ls_dtype_is_float(dt) && ls_dtype_is_fp8(dt));
+  assert_int_equal(ls_dtype_parse("Q4_K", &dt), -1);
   assert_int_equal(ls_dtype_parse(NULL, &dt), -1);
   /* exact values both ways: 1.5, -2, the largest half, a half subnormal, bf16 rounding */
   const float in[5] = {1.5f, -2.0f, 65504.0f, 0x1p-24f, 1.00390625f};
@@ -99,11 +106,34 @@ static void test_dtypes(void **state) {
   assert_true(isnan(back[0]));
 }
 
+/* every FP8 code against its definition, evaluated in double: E4M3 (bias 7, subnormals
+ * m 2^-9, 0x7f / 0xff NaN, no inf: the largest is 448) and E5M2 (bias 15, inf and NaN) */
+static void test_fp8(void **state) {
+  (void)state;
+  uint8_t codes[256];
+  float v4[256], v5[256];
+  for (int i = 0; i < 256; i++) codes[i] = (uint8_t)i;
+  ls_convert_to_f32(v4, codes, LS_DT_F8_E4M3, 256);
+  ls_convert_to_f32(v5, codes, LS_DT_F8_E5M2, 256);
+  for (int i = 0; i < 256; i++) {
+    const double sign = (i & 0x80) ? -1.0 : 1.0;
+    int e = (i >> 3) & 15, m = i & 7;
+    if (e == 15 && m == 7) assert_true(isnan(v4[i]));
+    else assert_true((double)v4[i] == sign * (e ? ldexp(1.0 + m / 8.0, e - 7) : ldexp(m / 8.0, -6)));
+    e = (i >> 2) & 31;
+    m = i & 3;
+    if (e == 31) assert_true(m ? isnan(v5[i]) : isinf(v5[i]) && (v5[i] < 0) == (i >= 128));
+    else assert_true((double)v5[i] == sign * (e ? ldexp(1.0 + m / 4.0, e - 15) : ldexp(m / 4.0, -14)));
+  }
+  assert_true(v4[0x7e] == 448.0f && v5[0x7b] == 57344.0f);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_defer_per_thread),
       cmocka_unit_test(test_fnv1a),
       cmocka_unit_test(test_dtypes),
+      cmocka_unit_test(test_fp8),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -479,8 +479,8 @@ static void block_case(ls_backend_t *be, double rtol) {
    * copy on the GPU, made in stream order) */
   float *ca = malloc(sizeof(float) * (size_t)T * H), *da = be->iface->alloc(be, sizeof(float) * (size_t)T * H, "test");
   hook_copy_t hc = {cpu, ca, T}, hg = {be, da, T};
-  const ls_block_t blk_c = {cpu, &c, 0, wc, ct, st, &bc, sc, T, copy_attn_out, &hc};
-  const ls_block_t blk_g = {be, &c, 0, wg, dct, dst, &bg, dsc, T, copy_attn_out, &hg};
+  const ls_block_t blk_c = {cpu, &c, 0, wc, ct, st, &bc, sc, T, copy_attn_out, &hc, NULL, NULL};
+  const ls_block_t blk_g = {be, &c, 0, wg, dct, dst, &bg, dsc, T, copy_attn_out, &hg, NULL, NULL};
   fam->forward(&blk_c, x);
   fam->forward(&blk_g, dx);
   float *got = to_host(be, dx, (size_t)T * H), *ga = to_host(be, da, (size_t)T * H);

@@ -67,7 +67,9 @@ static const char *models[] = {"llama_gqa_f32",       "llama_mqa_bf16",  "qwen2_
                                "qwen3_qknorm_window", "qwen3_bias_bf16", "olmo2_postnorm",
                                "gemma_geglu",         "gemma2_softcap_window", "gemma3_local_rope",
                                "phi3_fused_partial",  "gpt2_conv1d",     "gpt2_bare_bf16",
-                               "neox_parallel",       "neox_sequential_f16"};
+                               "neox_parallel",       "neox_sequential_f16", "mixtral_top2",
+                               "qwen2_moe_shared_bf16", "qwen3_moe_sparse_step", "olmoe_qknorm",
+                               "qwen3_moe_fp8"};
 #define N_MODELS (sizeof models / sizeof models[0])
 /* models the pooled and invariance tests loop over: all of them, or (LS_TEST_FEW_MODELS,
  * set for the slow emulated GPU) the first two; the raw comparison always takes all */
@@ -77,9 +79,11 @@ static size_t n_loop = N_MODELS;
  * of the output and a tensor of expected.safetensors. The test keeps its own list, so a
  * hook the engine stops writing (or writes under another name) fails here. */
 static const char *const hook_names[] = {"residual_pre", "attn_out", "mlp_out",
-                                         "residual_post", "final_norm"};
-#define N_HOOKS 5
+                                         "residual_post", "final_norm", "router_logits"};
+#define N_HOOKS 6
 #define HOOK_FINAL_NORM 4 /* the one hook without a layer axis: (rows, hidden) */
+#define HOOK_ROUTER 5     /* MoE layers only, n_experts wide; not part of "all" */
+#define N_ALL 5           /* "all" is the hooks before router_logits */
 #define MAX_LAYERS 64
 
 /* Whole dataset in one microbatch: the reference run's --microbatch-tokens. The fixture
@@ -129,7 +133,8 @@ static void hook_set(const char *spec, int want[N_HOOKS]) {
   for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
     int found = 0;
     for (int h = 0; h < N_HOOKS; h++)
-      if (strcmp(tok, "all") == 0 || strcmp(tok, hook_names[h]) == 0) want[h] = found = 1;
+      if ((strcmp(tok, "all") == 0 && h < N_ALL) || strcmp(tok, hook_names[h]) == 0)
+        want[h] = found = 1;
     if (!found) fail_msg("hook spec \"%s\": unknown hook \"%s\"", spec, tok);
   }
 }
@@ -143,21 +148,49 @@ static ls_pool_t pool_mode(const char *pool) {
 
 /* An integer key of a fixture model's config.json (num_hidden_layers, hidden_size), under
  * the family's own name where it has one (GPT-2: n_layer, n_embd). */
-static int config_int(const char *model, const char *key) {
-  if (strncmp(model, "gpt2", 4) == 0)
-    key = strcmp(key, "num_hidden_layers") == 0 ? "n_layer" : strcmp(key, "hidden_size") == 0 ? "n_embd" : key;
-  char path[4200], buf[1 << 16], pat[128];
+/* <model>/config.json's text into buf */
+static void config_text(const char *model, char *buf, size_t cap) {
+  char path[4200];
   snprintf(path, sizeof path, "%s/%s/config.json", fixtures, model);
   FILE *f = fopen(path, "rb");
   if (!f) fail_msg("%s: cannot open", path);
-  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  size_t n = fread(buf, 1, cap - 1, f);
   fclose(f);
   buf[n] = '\0';
+}
+
+/* the positive integer after "key": in buf, -1 if none */
+static int key_int(const char *buf, const char *key) {
+  char pat[128];
   snprintf(pat, sizeof pat, "\"%s\"", key);
   const char *p = strstr(buf, pat);
   int v = p && (p = strchr(p + strlen(pat), ':')) ? atoi(p + 1) : -1;
-  if (v <= 0 || v > (1 << 20)) fail_msg("%s: no positive \"%s\"", path, key);
+  return v > 0 && v <= (1 << 20) ? v : -1;
+}
+
+static int config_int(const char *model, const char *key) {
+  if (strncmp(model, "gpt2", 4) == 0)
+    key = strcmp(key, "num_hidden_layers") == 0 ? "n_layer" : strcmp(key, "hidden_size") == 0 ? "n_embd" : key;
+  char buf[1 << 16];
+  config_text(model, buf, sizeof buf);
+  const int v = key_int(buf, key);
+  if (v < 0) fail_msg("%s/%s/config.json: no positive \"%s\"", fixtures, model, key);
   return v;
+}
+
+/* the expert count (transformers 5 writes num_local_experts for some families); 0: a
+ * dense model */
+static int n_experts(const char *model) {
+  char buf[1 << 16];
+  config_text(model, buf, sizeof buf);
+  const int v = key_int(buf, "num_experts");
+  return v > 0 ? v : key_int(buf, "num_local_experts") > 0 ? key_int(buf, "num_local_experts") : 0;
+}
+static int is_moe(const char *model) { return n_experts(model) > 0; }
+
+/* the --hooks of a full sweep of the model: every hook, router_logits for MoE models */
+static const char *all_hooks(const char *model) {
+  return is_moe(model) ? "all,router_logits" : "all";
 }
 
 /* Read a whole dataset (serial HDF5, rank 0). Returns malloc'd data and its dims, or
@@ -237,30 +270,31 @@ static double h5_attr_f64(const char *path, const char *obj, const char *name) {
  * with every layer of the model. Anything missing fails, naming the hook. */
 typedef struct { float *v; int64_t shape[3]; int ndim; } expected_t;
 
-static expected_t need_expected(const char *model, int h, int n_layers, int64_t T, int H) {
+/* tensor `name` of <model>/expected.safetensors (float32); found 0 when it is not there */
+static expected_t read_expected(const char *model, const char *name, int *found) {
   expected_t e = {0};
-  const char *name = hook_names[h];
   char path[4200];
   snprintf(path, sizeof path, "%s/%s/expected.safetensors", fixtures, model);
   FILE *f = fopen(path, "rb");
-  if (!f) fail_msg("%s: cannot open (hook %s)", path, name);
+  if (!f) fail_msg("%s: cannot open (tensor %s)", path, name);
   fseek(f, 0, SEEK_END);
   size_t len = (size_t)ftell(f);
   fseek(f, 0, SEEK_SET);
   char *buf = malloc(len);
   size_t got = fread(buf, 1, len, f);
   fclose(f);
-  if (got != len || len < 8) fail_msg("%s: cannot read (hook %s)", path, name);
+  if (got != len || len < 8) fail_msg("%s: cannot read (tensor %s)", path, name);
   uint64_t hlen;
   memcpy(&hlen, buf, 8);
   ls_st_tensor_t *t = NULL;
-  int n = 0, found = 0;
+  int n = 0;
+  *found = 0;
   if (ls_st_parse_header(buf + 8, (size_t)hlen, len, path, 0, &t, &n) != 0)
-    fail_msg("%s: bad safetensors header (hook %s)", path, name);
+    fail_msg("%s: bad safetensors header (tensor %s)", path, name);
   for (int i = 0; i < n; i++) {
     if (strcmp(t[i].name, name) != 0) continue;
-    found = 1;
-    if (t[i].dtype != LS_DT_F32) fail_msg("%s: hook %s is not F32", path, name);
+    *found = 1;
+    if (t[i].dtype != LS_DT_F32) fail_msg("%s: tensor %s is not F32", path, name);
     e.v = malloc(t[i].nbytes);
     memcpy(e.v, buf + t[i].offset, t[i].nbytes);
     e.ndim = t[i].ndim;
@@ -268,6 +302,29 @@ static expected_t need_expected(const char *model, int h, int n_layers, int64_t 
   }
   free(t);
   free(buf);
+  return e;
+}
+
+/* The MoE layers of a fixture (its expected.safetensors' router_layers); returns how many. */
+static int router_layers(const char *model, int *layers) {
+  int found;
+  expected_t e = read_expected(model, "router_layers", &found);
+  if (!found || e.ndim != 1 || e.shape[0] > MAX_LAYERS)
+    fail_msg("%s: router_layers is missing from expected.safetensors", model);
+  const int n = (int)e.shape[0];
+  for (int i = 0; i < n; i++) layers[i] = (int)e.v[i];
+  free(e.v);
+  return n;
+}
+
+/* hook h's tensor: (layers, T, W) per layer (router_logits: the MoE layers), (T, W) for
+ * final_norm; anything missing fails, naming the hook */
+static expected_t need_expected(const char *model, int h, int n_layers, int64_t T, int H) {
+  const char *name = hook_names[h];
+  int found;
+  expected_t e = read_expected(model, name, &found);
+  char path[4200];
+  snprintf(path, sizeof path, "%s/%s/expected.safetensors", fixtures, model);
   if (!found) fail_msg("%s: hook %s is missing from %s", model, name, path);
   if (h == HOOK_FINAL_NORM) {
     if (e.ndim != 2 || e.shape[0] != T || e.shape[1] != H)
@@ -403,31 +460,45 @@ static void check_vs_expected(const expect_t *x) {
                         name, x->hooks);
       continue;
     }
-    expected_t e = need_expected(x->model, h, nL, fx.n_tokens, H);
+    /* router_logits: the selected layers that are MoE, n_experts wide, planes in the
+     * order of the fixture's router_layers */
+    const int router = h == HOOK_ROUTER;
+    int hsel[MAX_LAYERS], plane_of[MAX_LAYERS], hn = n_sel, W = H, n_planes = nL;
+    for (int k = 0; k < n_sel; k++) hsel[k] = plane_of[k] = sel[k];
+    if (router) {
+      int rl[MAX_LAYERS];
+      n_planes = router_layers(x->model, rl);
+      W = n_experts(x->model);
+      hn = 0;
+      for (int k = 0; k < n_sel; k++)
+        for (int j = 0; j < n_planes; j++)
+          if (rl[j] == sel[k]) { hsel[hn] = sel[k]; plane_of[hn++] = j; }
+    }
+    expected_t e = need_expected(x->model, h, n_planes, fx.n_tokens, W);
     if (!got) fail_msg("%s: hook %s is missing from the output %s", x->model, name, x->out);
     const int per_layer = h != HOOK_FINAL_NORM;
-    if (per_layer ? nd != 3 || dims[0] != (hsize_t)n_sel || dims[1] != (hsize_t)rows || dims[2] != (hsize_t)H
-                  : nd != 2 || dims[0] != (hsize_t)rows || dims[1] != (hsize_t)H)
+    if (per_layer ? nd != 3 || dims[0] != (hsize_t)hn || dims[1] != (hsize_t)rows || dims[2] != (hsize_t)W
+                  : nd != 2 || dims[0] != (hsize_t)rows || dims[1] != (hsize_t)W)
       fail_msg("%s: hook %s has the wrong shape in %s (want [%s%lld, %d]: %d layers, %lld rows "
                "of pool %s)", x->model, name, x->out, per_layer ? "layers, " : "",
-               (long long)rows, H, per_layer ? n_sel : 0, (long long)rows, x->pool);
+               (long long)rows, W, per_layer ? hn : 0, (long long)rows, x->pool);
     if (per_layer) {
       int64_t la[MAX_LAYERS];
       int nla = h5_attr_i64(x->out, dname, "layers", la, MAX_LAYERS);
-      for (int k = 0; k < n_sel; k++)
-        if (nla != n_sel || la[k] != sel[k])
+      for (int k = 0; k < hn; k++)
+        if (nla != hn || la[k] != hsel[k])
           fail_msg("%s: hook %s: layer %d is missing from its layers attribute in %s", x->model,
-                   name, sel[k], x->out);
+                   name, hsel[k], x->out);
     }
-    for (int k = 0; k < (per_layer ? n_sel : 1); k++) {
-      const float *plane = e.v + (per_layer ? (int64_t)sel[k] : 0) * fx.n_tokens * H;
-      float *ref = expected_rows(plane, &fx, d, x->src, H, mode);
+    for (int k = 0; k < (per_layer ? hn : 1); k++) {
+      const float *plane = e.v + (per_layer ? (int64_t)plane_of[k] : 0) * fx.n_tokens * W;
+      float *ref = expected_rows(plane, &fx, d, x->src, W, mode);
       char what[512];
       if (per_layer)
-        snprintf(what, sizeof what, "%s %s layer %d (pool %s)", x->model, name, sel[k], x->pool);
+        snprintf(what, sizeof what, "%s %s layer %d (pool %s)", x->model, name, hsel[k], x->pool);
       else
         snprintf(what, sizeof what, "%s %s (pool %s)", x->model, name, x->pool);
-      assert_rows_close(got + (int64_t)k * rows * H, ref, rows, H, what);
+      assert_rows_close(got + (int64_t)k * rows * W, ref, rows, W, what);
       free(ref);
     }
     free(got);
@@ -465,7 +536,7 @@ static void test_hook_set(void **state) {
   (void)state;
   unsigned mask = 0;
   assert_int_equal(ls_hooks_parse("all", &mask), 0);
-  if (LS_HOOK_COUNT != N_HOOKS || mask != (1u << N_HOOKS) - 1)
+  if (LS_HOOK_COUNT != N_HOOKS || mask != (1u << N_ALL) - 1)
     fail_msg("the engine has %d hooks (\"all\" = 0x%x); this test checks %d: update hook_names",
              (int)LS_HOOK_COUNT, mask, N_HOOKS);
   for (int h = 0; h < N_HOOKS; h++)
@@ -505,7 +576,7 @@ static void check_dimension_scales(const char *path, int raw, int n_layers) {
   assert_true(f >= 0);
   const char *row = raw ? "token" : "sample";
   char want[128], got[128];
-  for (int h = 0; h < N_HOOKS; h++) {
+  for (int h = 0; h < N_ALL; h++) {
     char name[64];
     snprintf(name, sizeof name, "/%s", hook_names[h]);
     if (h == HOOK_FINAL_NORM) snprintf(want, sizeof want, "%s,hidden", row);
@@ -530,6 +601,51 @@ static void check_dimension_scales(const char *path, int raw, int n_layers) {
   H5Fclose(f);
 }
 
+/* A raw (--pool none) sweep of a MoE fixture: router_logits carries its own axes
+ * (moe_layer, token, expert), and /router_stats/expert_rows holds, per MoE layer, how many
+ * rows each expert received: exactly the top-k counts of the file's own router logits
+ * (softmax is monotonic: the k largest logits), k per row in all. */
+static void check_router(const char *out, const char *model) {
+  char got[128];
+  hid_t f = H5Fopen(out, H5F_ACC_RDONLY, H5P_DEFAULT);
+  assert_true(f >= 0);
+  dims_of(f, "/router_logits", got, sizeof got);
+  if (strcmp(got, "moe_layer,token,expert") != 0)
+    fail_msg("%s /router_logits: dimensions (%s), want (moe_layer,token,expert)", out, got);
+  H5Fclose(f);
+  hsize_t dl[3], ds[3];
+  int nl, ns;
+  float *lg = h5_read(out, "/router_logits", H5T_NATIVE_FLOAT, sizeof(float), dl, &nl);
+  int64_t *st = h5_read(out, "/router_stats/expert_rows", H5T_NATIVE_INT64, 8, ds, &ns);
+  const int E = n_experts(model), k = config_int(model, "num_experts_per_tok");
+  if (!lg || !st || nl != 3 || ns != 2 || ds[0] != dl[0] || ds[1] != (hsize_t)E || dl[2] != (hsize_t)E)
+    fail_msg("%s: /router_stats/expert_rows is missing or not [moe layers, %d]", out, E);
+  for (hsize_t L = 0; L < dl[0]; L++) {
+    int64_t count[64] = {0}, total = 0;
+    assert_true(E <= 64);
+    for (hsize_t t = 0; t < dl[1]; t++) {
+      const float *r = lg + (L * dl[1] + t) * (hsize_t)E;
+      for (int e = 0; e < E; e++) {
+        int above = 0; /* experts with a larger logit (ties: the lower index wins) */
+        for (int j = 0; j < E; j++) above += r[j] > r[e] || (r[j] == r[e] && j < e);
+        if (above < k) count[e]++;
+      }
+    }
+    for (int e = 0; e < E; e++) {
+      total += st[L * (hsize_t)E + (hsize_t)e];
+      if (st[L * (hsize_t)E + (hsize_t)e] != count[e])
+        fail_msg("%s: router_stats says %lld rows went to expert %d of MoE layer %d; its "
+                 "router_logits give %lld", out, (long long)st[L * (hsize_t)E + (hsize_t)e], e,
+                 (int)L, (long long)count[e]);
+    }
+    if (total != (int64_t)dl[1] * k)
+      fail_msg("%s: MoE layer %d routed %lld rows, want %d x %lld", out, (int)L, (long long)total,
+               k, (long long)dl[1]);
+  }
+  free(lg);
+  free(st);
+}
+
 static void test_hf_fixtures_raw(void **state) {
   (void)state;
   ls_dataset_t d = load_prompts();
@@ -539,16 +655,19 @@ static void test_hf_fixtures_raw(void **state) {
   for (size_t m = 0; m < N_MODELS; m++) {
     char out[4400];
     out_path(out, sizeof out, "raw_%s", models[m]);
-    rc[m] = sweep(models[m], "prompts.jsonl", out, "all", "all", "none", 4096, MPI_COMM_WORLD);
+    rc[m] = sweep(models[m], "prompts.jsonl", out, all_hooks(models[m]), "all", "none", 4096,
+                  MPI_COMM_WORLD);
   }
   for (size_t m = 0; m < N_MODELS; m++) {
     char out[4400];
     out_path(out, sizeof out, "raw_%s", models[m]);
     assert_int_equal(rc[m], 0);
     if (rank != 0) continue;
-    expect_t x = {.model = models[m], .out = out, .hooks = "all", .pool = "none", .d = &d};
+    expect_t x = {.model = models[m], .out = out, .hooks = all_hooks(models[m]), .pool = "none",
+                  .d = &d};
     check_vs_expected(&x);
     if (m == 0) check_dimension_scales(out, 1, config_int(models[m], "num_hidden_layers"));
+    if (is_moe(models[m])) check_router(out, models[m]);
   }
   ls_dataset_free(&d);
 }
@@ -601,7 +720,7 @@ static void test_out_dtype(void **state) {
   for (int k = 1; k < 3; k++) {
     const ls_dtype_t dt = k == 1 ? LS_DT_F16 : LS_DT_BF16;
     const char *ref = k == 1 ? ref_mean : out[0];
-    for (int h = 0; h < N_HOOKS; h++) {
+    for (int h = 0; h < N_ALL; h++) {
       char name[64];
       snprintf(name, sizeof name, "/%s", hook_names[h]);
       hsize_t d32[4], d16[4];
@@ -636,12 +755,15 @@ static void test_out_dtype(void **state) {
 }
 
 /* ---- pooled: last_token and mean, and a layer subset ------------------------------------------- */
-static const char *pooled_hooks = "residual_pre,mlp_out,residual_post,final_norm";
+static const char *pooled_hooks(const char *model) {
+  return is_moe(model) ? "residual_pre,mlp_out,residual_post,final_norm,router_logits"
+                       : "residual_pre,mlp_out,residual_post,final_norm";
+}
 
 static int run_pooled(const char *model, const char *pool_name) {
   char out[4400];
   out_path(out, sizeof out, "pool_%s_%s", model, pool_name);
-  return sweep(model, "prompts.jsonl", out, pooled_hooks, "all", pool_name, 37, MPI_COMM_WORLD);
+  return sweep(model, "prompts.jsonl", out, pooled_hooks(model), "all", pool_name, 37, MPI_COMM_WORLD);
 }
 
 static void check_pooled(const char *model, const char *pool_name) {
@@ -649,7 +771,7 @@ static void check_pooled(const char *model, const char *pool_name) {
   ls_dataset_t d = load_prompts();
   char out[4400];
   out_path(out, sizeof out, "pool_%s_%s", model, pool_name);
-  expect_t x = {.model = model, .out = out, .hooks = pooled_hooks, .pool = pool_name, .d = &d};
+  expect_t x = {.model = model, .out = out, .hooks = pooled_hooks(model), .pool = pool_name, .d = &d};
   check_vs_expected(&x);
   ls_dataset_free(&d);
 }
@@ -807,13 +929,14 @@ static void inv_run(inv_run_t *v, const char *tag, const char *model, const char
   v->n_mbs = n_mbs;
   out_path(v->ref, sizeof v->ref, "inv_%s_%s_%s_ref1rank", tag, model, pool);
   v->ref_rc = 0;
-  if (rank == 0) v->ref_rc = sweep(model, data, v->ref, "all", "all", pool, REF_MB, MPI_COMM_SELF);
+  if (rank == 0)
+    v->ref_rc = sweep(model, data, v->ref, all_hooks(model), "all", pool, REF_MB, MPI_COMM_SELF);
   int rcs[MAX_MBS];
   for (int i = 0; i < n_mbs; i++) {
     v->mbs[i] = mbs[i];
     out_path(v->outs[i], sizeof v->outs[i], "inv_%s_%s_%s_mb%lld", tag, model, pool,
              (long long)mbs[i]);
-    rcs[i] = sweep(model, data, v->outs[i], "all", "all", pool, mbs[i], MPI_COMM_WORLD);
+    rcs[i] = sweep(model, data, v->outs[i], all_hooks(model), "all", pool, mbs[i], MPI_COMM_WORLD);
   }
   MPI_Gather(rcs, n_mbs, MPI_INT, v->rcs, n_mbs, MPI_INT, 0, MPI_COMM_WORLD);
 }
@@ -830,13 +953,13 @@ static void inv_check(const inv_run_t *v, const ls_dataset_t *d, const int64_t *
         fail_msg("%s: the sweep (--microbatch-tokens %lld) returned %d on rank %d", v->outs[i],
                  (long long)v->mbs[i], v->rcs[r * v->n_mbs + i], r);
   const int nL = config_int(v->model, "num_hidden_layers");
-  expect_t x = {.model = v->model, .out = v->ref, .hooks = "all", .pool = v->pool, .d = d,
-                .src = src};
+  expect_t x = {.model = v->model, .out = v->ref, .hooks = all_hooks(v->model), .pool = v->pool,
+                .d = d, .src = src};
   check_vs_expected(&x);
   for (int i = 0; i < v->n_mbs; i++) {
     x.out = v->outs[i];
     check_vs_expected(&x);
-    compare_outputs(v->ref, v->outs[i], "all", strcmp(v->pool, "none") == 0);
+    compare_outputs(v->ref, v->outs[i], all_hooks(v->model), strcmp(v->pool, "none") == 0);
     check_every_rank_took_part(v->outs[i], nL);
   }
 }

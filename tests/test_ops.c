@@ -1036,7 +1036,7 @@ static void block_run(ls_backend_t *be, const block_model_t *m, const float *x_i
   o->attn_out = malloc(sizeof(float) * (size_t)T * H);
   o->mlp_out = malloc(sizeof(float) * (size_t)T * H);
   assert_true(o->x && o->attn_out && o->mlp_out);
-  const ls_block_t blk = {be, c, 0, m->w, m->cos_tab, m->sin_tab, &b, scratch, T, copy_hook, o};
+  const ls_block_t blk = {be, c, 0, m->w, m->cos_tab, m->sin_tab, &b, scratch, T, copy_hook, o, NULL, NULL};
   m->fam->forward(&blk, x);
   /* the Llama block exposes exactly attn_out and mlp_out */
   assert_int_equal(o->hooks_seen, (1 << LS_HOOK_ATTN_OUT) | (1 << LS_HOOK_MLP_OUT));

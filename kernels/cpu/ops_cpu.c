@@ -283,6 +283,37 @@ void ls_cpu_pool(float *pooled, const float *x, const int32_t *seq_start,
   }
 }
 
+/* ---- mixture-of-experts rows ------------------------------------------------------------ */
+void ls_cpu_gather(float *dst, const float *src, const int32_t *idx, int n, int W) {
+#pragma omp parallel for schedule(static)
+  for (int i = 0; i < n; i++)
+    if (idx[i] >= 0) memcpy(dst + (size_t)i * W, src + (size_t)idx[i] * W, sizeof(float) * (size_t)W);
+}
+
+void ls_cpu_scatter_add(float *dst, const float *src, const int32_t *idx, const float *wts,
+                        int n, int W) {
+#pragma omp parallel for schedule(static)
+  for (int i = 0; i < n; i++) {
+    if (idx[i] < 0) continue;
+    float *d = dst + (size_t)idx[i] * W;
+    const float *s = src + (size_t)i * W, w = wts[i];
+    for (int j = 0; j < W; j++) d[j] += w * s[j];
+  }
+}
+
+void ls_cpu_dequant_fp8(float *dst, const void *src, const float *scale, ls_dtype_t dt,
+                        int64_t rows, int64_t cols, int br, int bc) {
+  const int64_t sc = (cols + bc - 1) / bc;
+  const uint8_t *q = src;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; r++) {
+    float *d = dst + (size_t)(r * cols);
+    ls_convert_to_f32(d, q + (size_t)(r * cols), dt, (size_t)cols);
+    const float *srow = scale + (size_t)((r / br) * sc);
+    for (int64_t c = 0; c < cols; c++) d[c] *= srow[c / bc];
+  }
+}
+
 /* ---- row alignment probe ------------------------------------------------------------ */
 /* OpenBLAS's sgemm micro-kernels do not compute every row of a register tile in the
  * same order (on Haswell/Zen a row's result depends on its index mod 12). Find the
@@ -338,6 +369,12 @@ static int cpu_load_weight(ls_backend_t *be, void *dst, const void *src, ls_dtyp
   ls_convert_to_f32(dst, src, dt, n);
   return LS_OK;
 }
+static int cpu_load_weight_fp8(ls_backend_t *be, void *dst, const void *src, const float *scale,
+                               ls_dtype_t dt, int64_t rows, int64_t cols, int br, int bc,
+                               int src_dev) {
+  ls_cpu_dequant_fp8(dst, src, scale, dt, rows, cols, br, bc);
+  return LS_OK;
+}
 static void cpu_rmsnorm(ls_backend_t *be, float *out, const float *x, const float *w, int T,
                         int H, float eps) {
   ls_cpu_rmsnorm(out, x, w, T, H, eps);
@@ -374,6 +411,17 @@ static void cpu_gelu(ls_backend_t *be, float *x, size_t n, int approximate) {
 }
 static void cpu_shift(ls_backend_t *be, float *x, float b, size_t n) { ls_cpu_shift(x, b, n); }
 static void cpu_add(ls_backend_t *be, float *y, const float *x, size_t n) { ls_cpu_add(y, x, n); }
+static void cpu_zero(ls_backend_t *be, float *x, size_t n) {
+  if (n) memset(x, 0, sizeof(float) * n);
+}
+static void cpu_gather(ls_backend_t *be, float *dst, const float *src, const int32_t *idx,
+                       int n, int W) {
+  ls_cpu_gather(dst, src, idx, n, W);
+}
+static void cpu_scatter_add(ls_backend_t *be, float *dst, const float *src, const int32_t *idx,
+                            const float *wts, int n, int W) {
+  ls_cpu_scatter_add(dst, src, idx, wts, n, W);
+}
 static void cpu_pool(ls_backend_t *be, float *pooled, const float *x, const int32_t *seq_start,
                      const int32_t *seq_len, int n_seq, int H, ls_pool_t mode) {
   ls_cpu_pool(pooled, x, seq_start, seq_len, n_seq, H, mode);
@@ -394,6 +442,7 @@ static const ls_backend_iface_t cpu_iface = {
     .host_alloc = cpu_host_alloc,
     .host_free = cpu_free,
     .load_weight = cpu_load_weight,
+    .load_weight_fp8 = cpu_load_weight_fp8,
     .rmsnorm = cpu_rmsnorm,
     .layernorm = cpu_layernorm,
     .matmul = cpu_matmul,
@@ -404,6 +453,9 @@ static const ls_backend_iface_t cpu_iface = {
     .gelu = cpu_gelu,
     .shift = cpu_shift,
     .add = cpu_add,
+    .zero = cpu_zero,
+    .gather = cpu_gather,
+    .scatter_add = cpu_scatter_add,
     .pool = cpu_pool,
     .sync = NULL,
     .destroy = cpu_destroy,

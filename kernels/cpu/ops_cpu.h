@@ -35,6 +35,12 @@ void ls_cpu_geglu(float *gate, const float *up, size_t n);
 void ls_cpu_gelu(float *x, size_t n, int approximate);
 void ls_cpu_shift(float *x, float b, size_t n);
 void ls_cpu_add(float *y, const float *x, size_t n);
+void ls_cpu_gather(float *dst, const float *src, const int32_t *idx, int n, int W);
+void ls_cpu_scatter_add(float *dst, const float *src, const int32_t *idx, const float *wts,
+                        int n, int W);
+/* dst (rows, cols) float32 <- FP8 src times its block scales (backend.h load_weight_fp8) */
+void ls_cpu_dequant_fp8(float *dst, const void *src, const float *scale, ls_dtype_t dt,
+                        int64_t rows, int64_t cols, int br, int bc);
 void ls_cpu_pool(float *pooled, const float *x, const int32_t *seq_start,
                  const int32_t *seq_len, int n_seq, int H, ls_pool_t mode);
 /* Smallest row alignment at which OpenBLAS sgemm gives a row the same result wherever

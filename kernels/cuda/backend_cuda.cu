@@ -200,6 +200,36 @@ static int cu_load_weight(ls_backend_t *be, void *dst, const void *src, ls_dtype
   return CU(c, ls_cu_convert(c->stream, dst, out, src, (int)dt, n));
 }
 
+/* host sources (a test's small tensors) are staged: the weight, then its scales */
+static int cu_load_weight_fp8(ls_backend_t *be, void *dst, const void *src, const float *scale,
+                              ls_dtype_t dt, int64_t rows, int64_t cols, int br, int bc,
+                              int src_dev) {
+  cu_ctx_t *c = ctx_of(be);
+  forget_xin(c);
+  if (c->err) return LS_ERR;
+  const int out = c->bf16 ? LS_CU_BF16 : LS_CU_F32;
+  if (!src_dev) {
+    const size_t wb = (size_t)(rows * cols + 15) / 16 * 16;
+    const size_t sb = sizeof(float) * (size_t)(((rows + br - 1) / br) * ((cols + bc - 1) / bc));
+    if (wb + sb > c->stage_bytes) {
+      if (c->stage && (CU(c, cudaStreamSynchronize(c->stream)) || CU(c, cudaFree(c->stage))))
+        return LS_ERR;
+      c->stage = NULL;
+      c->stage_bytes = 0;
+      if (CU(c, cudaMalloc(&c->stage, wb + sb))) return LS_ERR;
+      c->stage_bytes = wb + sb;
+    }
+    char *st = (char *)c->stage;
+    if (CU(c, cudaMemcpyAsync(st, src, (size_t)(rows * cols), cudaMemcpyHostToDevice, c->stream)) ||
+        CU(c, cudaMemcpyAsync(st + wb, scale, sb, cudaMemcpyHostToDevice, c->stream)))
+      return LS_ERR;
+    src = st;
+    scale = (const float *)(st + wb);
+  }
+  return CU(c, ls_cu_dequant_fp8(c->stream, dst, out, src, scale, dt == LS_DT_F8_E4M3, rows,
+                                 cols, br, bc));
+}
+
 static int cu_reserve(ls_backend_t *be, int T, int max_dim) {
   cu_ctx_t *c = ctx_of(be);
   if (!c->bf16) return LS_OK;
@@ -314,6 +344,26 @@ static void cu_add(ls_backend_t *be, float *y, const float *x, size_t n) {
   if (!c->err) CU(c, ls_cu_add(c->stream, y, x, n));
 }
 
+static void cu_zero(ls_backend_t *be, float *x, size_t n) {
+  cu_ctx_t *c = ctx_of(be);
+  forget_xin(c);
+  if (!c->err) CU(c, ls_cu_zero(c->stream, x, n));
+}
+
+static void cu_gather(ls_backend_t *be, float *dst, const float *src, const int32_t *idx, int n,
+                      int W) {
+  cu_ctx_t *c = ctx_of(be);
+  forget_xin(c);
+  if (!c->err) CU(c, ls_cu_gather(c->stream, dst, src, idx, n, W));
+}
+
+static void cu_scatter_add(ls_backend_t *be, float *dst, const float *src, const int32_t *idx,
+                           const float *wts, int n, int W) {
+  cu_ctx_t *c = ctx_of(be);
+  forget_xin(c);
+  if (!c->err) CU(c, ls_cu_scatter_add(c->stream, dst, src, idx, wts, n, W));
+}
+
 static void cu_pool(ls_backend_t *be, float *pooled, const float *x, const int32_t *seq_start,
                     const int32_t *seq_len, int n_seq, int H, ls_pool_t mode) {
   cu_ctx_t *c = ctx_of(be);
@@ -402,6 +452,7 @@ static const ls_backend_iface_t cuda_iface = {
     /* .host_alloc = */ cu_host_alloc,
     /* .host_free = */ cu_host_free,
     /* .load_weight = */ cu_load_weight,
+    /* .load_weight_fp8 = */ cu_load_weight_fp8,
     /* .reserve = */ cu_reserve,
     /* .rmsnorm = */ cu_rmsnorm,
     /* .layernorm = */ cu_layernorm,
@@ -413,6 +464,9 @@ static const ls_backend_iface_t cuda_iface = {
     /* .gelu = */ cu_gelu,
     /* .shift = */ cu_shift,
     /* .add = */ cu_add,
+    /* .zero = */ cu_zero,
+    /* .gather = */ cu_gather,
+    /* .scatter_add = */ cu_scatter_add,
     /* .pool = */ cu_pool,
     /* .sync = */ cu_sync,
     /* .bcast = */ &cuda_bcast,

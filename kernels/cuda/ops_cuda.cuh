@@ -52,4 +52,19 @@ cudaError_t ls_cu_pool(cudaStream_t st, float *pooled, const float *x, const int
 cudaError_t ls_cu_convert(cudaStream_t st, void *dst, int dst_type, const void *src,
                           int src_type, size_t n);
 
+/* Mixture-of-experts rows (kernels/backend.h gather / scatter_add): row i of dst (n, W) <-
+ * row idx[i] of src; row idx[i] of dst += wts[i] * row i of src (idx[i] < 0: skipped) */
+cudaError_t ls_cu_gather(cudaStream_t st, float *dst, const float *src, const int32_t *idx,
+                         int n, int W);
+/* x (n) <- 0 */
+cudaError_t ls_cu_zero(cudaStream_t st, float *x, size_t n);
+cudaError_t ls_cu_scatter_add(cudaStream_t st, float *dst, const float *src, const int32_t *idx,
+                              const float *wts, int n, int W);
+/* dst (rows, cols; LS_CU_F32 or LS_CU_BF16) <- FP8 src (e4m3 1: F8_E4M3, 0: F8_E5M2)
+ * times its float32 block scales (br x bc blocks), as ls_cpu_dequant_fp8 (bf16: then
+ * rounded to nearest even) */
+cudaError_t ls_cu_dequant_fp8(cudaStream_t st, void *dst, int dst_type, const void *src,
+                              const float *scale, int e4m3, int64_t rows, int64_t cols, int br,
+                              int bc);
+
 #endif

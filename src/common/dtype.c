@@ -10,29 +10,30 @@
 
 /* ---- dtypes ------------------------------------------------------------------ */
 
+static const struct { const char *name; size_t size; } dtypes[] = {
+    [LS_DT_F32] = {"F32", 4},    [LS_DT_F16] = {"F16", 2},       [LS_DT_BF16] = {"BF16", 2},
+    [LS_DT_F8_E4M3] = {"F8_E4M3", 1}, [LS_DT_F8_E5M2] = {"F8_E5M2", 1},
+    [LS_DT_F64] = {"F64", 8},    [LS_DT_I64] = {"I64", 8},       [LS_DT_I32] = {"I32", 4},
+    [LS_DT_I16] = {"I16", 2},    [LS_DT_I8] = {"I8", 1},         [LS_DT_U8] = {"U8", 1},
+    [LS_DT_BOOL] = {"BOOL", 1},  [LS_DT_U16] = {"U16", 2},       [LS_DT_U32] = {"U32", 4},
+    [LS_DT_U64] = {"U64", 8},
+};
+#define N_DTYPES ((int)(sizeof dtypes / sizeof dtypes[0]))
+
 size_t ls_dtype_size(ls_dtype_t dt) {
-  switch (dt) {
-    case LS_DT_F32: return 4;
-    case LS_DT_F16: return 2;
-    case LS_DT_BF16: return 2;
-  }
-  return 0;
+  return (int)dt >= 0 && (int)dt < N_DTYPES ? dtypes[dt].size : 0;
 }
 
 const char *ls_dtype_name(ls_dtype_t dt) {
-  switch (dt) {
-    case LS_DT_F32: return "F32";
-    case LS_DT_F16: return "F16";
-    case LS_DT_BF16: return "BF16";
-  }
-  return "?";
+  return (int)dt >= 0 && (int)dt < N_DTYPES ? dtypes[dt].name : "?";
 }
+
+int ls_dtype_is_float(ls_dtype_t dt) { return (int)dt >= 0 && dt <= LS_DT_F8_E5M2; }
 
 int ls_dtype_parse(const char *s, ls_dtype_t *out) {
   if (!s) return LS_ERR;
-  if (strcmp(s, "F32") == 0) { *out = LS_DT_F32; return LS_OK; }
-  if (strcmp(s, "F16") == 0) { *out = LS_DT_F16; return LS_OK; }
-  if (strcmp(s, "BF16") == 0) { *out = LS_DT_BF16; return LS_OK; }
+  for (int i = 0; i < N_DTYPES; i++)
+    if (strcmp(s, dtypes[i].name) == 0) { *out = (ls_dtype_t)i; return LS_OK; }
   return LS_ERR;
 }
 
@@ -68,7 +69,26 @@ void ls_convert_to_f32(float *restrict dst, const void *restrict src, ls_dtype_t
       for (size_t i = 0; i < n; i++) dst[i] = f32_from_bits(f16_to_f32_bits(s[i]));
       break;
     }
+    case LS_DT_F8_E5M2: { /* the upper byte of a half */
+      const uint8_t *s = src;
+      for (size_t i = 0; i < n; i++) dst[i] = f32_from_bits(f16_to_f32_bits((uint16_t)(s[i] << 8)));
+      break;
+    }
+    case LS_DT_F8_E4M3: {
+      const uint8_t *s = src;
+      for (size_t i = 0; i < n; i++) dst[i] = ls_f8e4m3_to_f32(s[i]);
+      break;
+    }
+    default: /* storage-only dtypes are never converted (src/model.c refuses them) */
+      break;
   }
+}
+
+float ls_f8e4m3_to_f32(uint8_t v) {
+  const uint32_t sign = (uint32_t)(v & 0x80u) << 24, e = (v >> 3) & 0xfu, m = v & 0x7u;
+  if (e == 0xfu && m == 0x7u) return f32_from_bits(sign | 0x7fc00000u); /* NaN */
+  if (e == 0) return f32_from_bits(sign | f32_bits((float)m * 0x1p-9f)); /* subnormal: m 2^-9 */
+  return f32_from_bits(sign | ((e + 120u) << 23) | (m << 20)); /* bias 7 -> 127 */
 }
 
 static inline uint16_t f32_to_bf16(float f) {
@@ -114,6 +134,8 @@ void ls_convert_from_f32(void *restrict dst, const float *restrict src, ls_dtype
       for (size_t i = 0; i < n; i++) d[i] = f32_to_f16(src[i]);
       break;
     }
+    default: /* outputs are F32, F16 or BF16 */
+      break;
   }
 }
 

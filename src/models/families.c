@@ -1,12 +1,14 @@
 /* families.c: the list of model families (one line per family file in src/models) and
  * the lookups over it (see family.h). */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "family.h"
 
 extern const ls_family_t ls_family_llama, ls_family_qwen3, ls_family_olmo2, ls_family_gemma,
-    ls_family_gemma2, ls_family_gemma3, ls_family_phi3, ls_family_gpt2, ls_family_gpt_neox;
+    ls_family_gemma2, ls_family_gemma3, ls_family_phi3, ls_family_gpt2, ls_family_gpt_neox,
+    ls_family_mixtral, ls_family_qwen2_moe, ls_family_qwen3_moe, ls_family_olmoe;
 
 static const ls_family_t *const families[] = {
     &ls_family_llama,
@@ -18,6 +20,10 @@ static const ls_family_t *const families[] = {
     &ls_family_phi3,
     &ls_family_gpt2,
     &ls_family_gpt_neox,
+    &ls_family_mixtral,
+    &ls_family_qwen2_moe,
+    &ls_family_qwen3_moe,
+    &ls_family_olmoe,
 };
 #define N_FAMILIES ((int)(sizeof families / sizeof families[0]))
 
@@ -44,15 +50,27 @@ const char *ls_family_supported(void) {
   return list;
 }
 
+int ls_family_slots(const ls_family_t *fam, const ls_config_t *cfg) {
+  return fam->slot_count ? fam->slot_count(cfg) : fam->n_slots;
+}
+
+/* routed experts count top_k / n_experts of their GEMMs per token */
 double ls_family_gemm_flops_per_token(const ls_config_t *c) {
   const ls_family_t *fam = ls_family_get(c->family);
-  ls_wspec_t w[fam->n_slots > 0 ? fam->n_slots : 1];
+  const int n = ls_family_slots(fam, c);
+  ls_wspec_t *w = calloc((size_t)(n > 0 ? n : 1), sizeof *w);
+  if (!w) return 0.0;
   double macs = 0;
   for (int L = 0; L < c->n_layers; L++) {
     fam->layer_tensors(c, L, w);
-    for (int i = 0; i < fam->n_slots; i++)
-      if (w[i].present && w[i].kind == LS_WK_MATRIX) macs += (double)ls_wspec_numel(&w[i]);
+    for (int i = 0; i < n; i++) {
+      if (!w[i].present || w[i].kind != LS_WK_MATRIX) continue;
+      const double share = c->n_experts > 0 && strstr(w[i].name, ".experts.")
+                               ? (double)c->top_k / c->n_experts : 1.0;
+      macs += share * (double)ls_wspec_numel(&w[i]);
+    }
   }
+  free(w);
   return c->n_layers > 0 ? 2.0 * macs / c->n_layers : 0.0;
 }
 

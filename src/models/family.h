@@ -80,6 +80,8 @@ typedef struct {
                              * next start is alignment padding); NULL: no padding */
   const int32_t *pos;       /* (T) position of each row inside its prompt */
   int max_len;              /* >= every seq_start[s + 1] - seq_start[s] */
+  const int32_t *seq_start_h, *seq_len_h; /* host copies of seq_start / seq_len (MoE
+                                           * routing skips padding rows) */
 } ls_batch_t;
 
 /* Called by a block at each of its hook points with the rows (T, width) that point
@@ -100,6 +102,10 @@ typedef struct {
   int T_max;
   ls_hook_fn hook;                 /* NULL: no hooks */
   void *hook_ctx;
+  void *host;                      /* host_scratch_bytes(cfg, T_max) bytes of host memory
+                                    * (families that route on the host), else NULL */
+  int64_t *expert_rows;            /* MoE layers: (n_experts) real rows routed to each
+                                    * expert, added to; NULL: not counted */
 } ls_block_t;
 
 typedef struct {
@@ -111,6 +117,8 @@ typedef struct {
    * already set); LS_ERR after one line naming path and the key. */
   int (*parse_config)(const cJSON *root, const char *path, ls_config_t *cfg);
   int n_slots;                    /* tensors per layer (present or not) */
+  /* optional: tensors per layer for this config (MoE: 3 per expert), instead of n_slots */
+  int (*slot_count)(const ls_config_t *cfg);
   void (*layer_tensors)(const ls_config_t *cfg, int layer, ls_wspec_t *slots);
   /* the model-level tensors g[LS_G_COUNT] (zeroed by the caller) */
   void (*global_tensors)(const ls_config_t *cfg, ls_wspec_t *g);
@@ -123,6 +131,8 @@ typedef struct {
    * writes there */
   int n_scratch;
   void (*scratch_widths)(const ls_config_t *cfg, size_t *widths);
+  /* optional: bytes of host scratch the forward needs for T_max rows (blk->host) */
+  size_t (*host_scratch_bytes)(const ls_config_t *cfg, int T_max);
   /* x (T, H): the residual stream in (residual_pre), residual_post out */
   void (*forward)(const ls_block_t *blk, float *x);
   /* out (T, H) <- the model's final norm of x with weight w and bias b (NULL unless
@@ -141,6 +151,8 @@ const ls_family_t *ls_family_get(int i);
 int ls_family_find(const char *arch, const char *type);
 /* "LlamaForCausalLM, MistralForCausalLM, ..." for messages */
 const char *ls_family_supported(void);
+/* Tensors per layer of a model of family fam with config cfg. */
+int ls_family_slots(const ls_family_t *fam, const ls_config_t *cfg);
 /* Model GEMM flops per token per layer (2 x the multiply-adds of every GEMM weight),
  * averaged over the layers. */
 double ls_family_gemm_flops_per_token(const ls_config_t *cfg);
@@ -212,6 +224,9 @@ void ls_recipe_attention(const ls_block_t *blk, const ls_attn_weights_t *w,
 void ls_recipe_glu_mlp(const ls_block_t *blk, void *w_gate, void *w_up, void *w_down,
                        void *b_gate, void *b_up, void *b_down, float *gate, float *up,
                        const float *xin, float *out, int gelu);
+/* the same for T rows of explicit intermediate size I (no biases): a shared expert */
+void ls_recipe_glu_mlp_n(const ls_block_t *blk, void *w_gate, void *w_up, void *w_down,
+                         float *gate, float *up, const float *xin, float *out, int T, int inter);
 /* out (T, H) <- down(gelu(up(xin) + b_up)) + b_down, the two-matrix MLP of GPT-2 and
  * GPT-NeoX (gelu_approx: the tanh form, else erf); mid: (T, I) scratch */
 void ls_recipe_mlp(const ls_block_t *blk, void *w_up, void *b_up, void *w_down, void *b_down,
@@ -223,6 +238,32 @@ void ls_recipe_layernorm(const ls_block_t *blk, float *out, const float *x, cons
 void ls_recipe_add(const ls_block_t *blk, ls_hook_t h, float *x, float *rows);
 /* out (T, H) <- RMSNorm(x) with weight w and cfg->rms_eps */
 void ls_recipe_rmsnorm(const ls_block_t *blk, float *out, const float *x, const void *w);
+
+/* ---- the mixture-of-experts block (src/models/moe.c) ------------------------------------------ */
+typedef struct {
+  void *router;                     /* (n_experts, H) the gate's linear weight */
+  void *const *experts;             /* (3 n_experts) gate, up, down of expert e at 3e.. */
+  void *sh_gate, *sh_up, *sh_down;  /* the shared expert (NULL: none) */
+  void *sh_router;                  /* (1, H) its sigmoid gate (NULL: added as it is) */
+} ls_moe_weights_t;
+
+/* scratch blocks the MoE block uses (a family appends them to its own) */
+#define LS_MOE_N_SCRATCH 11
+void ls_moe_scratch_widths(const ls_config_t *c, size_t *w);
+size_t ls_moe_host_bytes(const ls_config_t *c, int T_max);
+/* out (T, H) <- the MoE block on xin: hook router_logits on gate(xin) (T, n_experts), then
+ * each real row's top_k experts by softmax probability (renormalised when
+ * cfg->norm_topk_prob), each expert's rows gathered into one GEMM batch, the weighted
+ * results scatter-added in ascending expert order (a row's sum never depends on which
+ * other rows share the batch), plus the shared expert. s: the LS_MOE_N_SCRATCH blocks. */
+void ls_recipe_moe(const ls_block_t *blk, const ls_moe_weights_t *w, float *const *s,
+                   const float *xin, float *out);
+/* The MoE keys of config.json most families share: num_experts_per_tok, the expert count
+ * (key n_key, else num_local_experts), moe_intermediate_size (key i_key; NULL: intermediate_size), norm_topk_prob
+ * (absent: norm_def); layer_moe from decoder_sparse_step and mlp_only_layers (absent:
+ * every layer). */
+int ls_cfg_moe(const cJSON *root, const char *path, const char *n_key, const char *i_key,
+               int norm_def, ls_config_t *cfg);
 
 /* ---- config.json helpers for parse_config (src/config.c) ------------------------------------ */
 /* the value of key, NULL when absent or null */

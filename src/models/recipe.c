@@ -66,17 +66,28 @@ void ls_recipe_attention(const ls_block_t *blk, const ls_attn_weights_t *w,
   f->matmul(be, out, s->att, w->o, w->bo, T, Q, H);
 }
 
-void ls_recipe_glu_mlp(const ls_block_t *blk, void *w_gate, void *w_up, void *w_down,
-                       void *b_gate, void *b_up, void *b_down, float *gate, float *up,
-                       const float *xin, float *out, int gelu) {
-  ls_backend_t *be = blk->be;
+static void glu_mlp(ls_backend_t *be, void *w_gate, void *w_up, void *w_down, void *b_gate,
+                    void *b_up, void *b_down, float *gate, float *up, const float *xin,
+                    float *out, int gelu, int T, int H, int I) {
   const ls_backend_iface_t *f = be->iface;
-  const int T = blk->b->T, H = blk->cfg->hidden, I = blk->cfg->intermediate;
   f->matmul(be, gate, xin, w_gate, b_gate, T, H, I);
   f->matmul(be, up, xin, w_up, b_up, T, H, I);
   if (gelu) f->geglu(be, gate, up, (size_t)T * I);
   else f->swiglu(be, gate, up, (size_t)T * I);
   f->matmul(be, out, gate, w_down, b_down, T, I, H);
+}
+
+void ls_recipe_glu_mlp(const ls_block_t *blk, void *w_gate, void *w_up, void *w_down,
+                       void *b_gate, void *b_up, void *b_down, float *gate, float *up,
+                       const float *xin, float *out, int gelu) {
+  glu_mlp(blk->be, w_gate, w_up, w_down, b_gate, b_up, b_down, gate, up, xin, out, gelu,
+          blk->b->T, blk->cfg->hidden, blk->cfg->intermediate);
+}
+
+void ls_recipe_glu_mlp_n(const ls_block_t *blk, void *w_gate, void *w_up, void *w_down,
+                         float *gate, float *up, const float *xin, float *out, int T, int I) {
+  glu_mlp(blk->be, w_gate, w_up, w_down, NULL, NULL, NULL, gate, up, xin, out, 0, T,
+          blk->cfg->hidden, I);
 }
 
 void ls_recipe_mlp(const ls_block_t *blk, void *w_up, void *b_up, void *w_down, void *b_down,

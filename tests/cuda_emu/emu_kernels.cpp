@@ -7,4 +7,5 @@
 #include "elementwise.cu"
 #include "pool.cu"
 #include "convert.cu"
+#include "moe.cu"
 #include "attention.cu" /* tested by its author's test, not by test_emu_ops */
