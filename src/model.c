@@ -107,6 +107,11 @@ static int validate_fp8(ls_model_t *m, ls_wslot_t *s, const ls_st_tensor_t *t) {
   s->scale_rows = (s->spec.shape[0] + c->fp8_block[0] - 1) / c->fp8_block[0];
   s->scale_cols = (s->spec.shape[1] + c->fp8_block[1] - 1) / c->fp8_block[1];
   const int64_t want[2] = {s->scale_rows, s->scale_cols};
+  if (!ls_st_find(&m->st, name)) {
+    ls_error("%s: tensor %s is %s but its block scales %s are missing from the checkpoint; "
+             "re-download or re-convert it", file, s->spec.name, ls_dtype_name(t->dtype), name);
+    return LS_ERR;
+  }
   const ls_st_tensor_t *sc = expect_tensor(m, name, want, 2);
   if (!sc) return LS_ERR;
   if (sc->dtype != LS_DT_F32) {

@@ -5,8 +5,8 @@
  * NMSE printed. float32 mode: within 1e-5 of the CPU op (row-wise relative). bf16
  * mode: GEMMs compared (a) against the CPU GEMM on bf16-rounded inputs within 1e-5
  * (only the accumulation order differs) and (b) against the float32 GEMM within 1e-2.
- * Also: weight conversion from f32/f16/bf16, the device broadcast path, a whole
- * decoder block.
+ * Also: weight conversion from f32/f16/bf16 and FP8 block dequantization, the MoE row
+ * ops, the device broadcast path, a whole decoder block.
  * Needs a GPU: without a usable one it prints SKIPPED (with the reason) and exits 77,
  * which CTest reports as skipped, never as passed. */
 #include <math.h>
@@ -383,6 +383,70 @@ static void test_load_weight(void **state) {
   free(src); free(h16); free(b16); free(want);
 }
 
+/* MoE rows (gather with gaps, weighted scatter_add, zero) bit-identical to the CPU ops, and
+ * FP8 block dequantization (E4M3 / E5M2, partial edge blocks) from host and device
+ * memory: float32 weights bit-identical; bf16 weights read back through a GEMM with an
+ * identity input, within bf16 rounding */
+static void test_moe_ops(void **state) {
+  const int R = 50, n = 37, W = 300;
+  float *src = rand_buf((size_t)R * W, 2.0f), *wts = rand_buf((size_t)n, 1.0f);
+  int32_t idx[37];
+  for (int i = 0; i < n; i++) idx[i] = i % 5 == 3 ? -1 : (i * 7) % R; /* distinct rows */
+  float *g_ref = calloc((size_t)n * W, sizeof(float)), *d_ref = rand_buf((size_t)R * W, 1.0f);
+  float *ds = dev_from(gpu32, src, sizeof(float) * (size_t)R * W);
+  float *dw = dev_from(gpu32, wts, sizeof(float) * (size_t)n);
+  int32_t *di = dev_from(gpu32, idx, sizeof idx);
+  float *dg = dev_from(gpu32, g_ref, sizeof(float) * (size_t)n * W);
+  float *dd = dev_from(gpu32, d_ref, sizeof(float) * (size_t)R * W);
+  cpu->iface->gather(cpu, g_ref, src, idx, n, W);
+  gpu32->iface->gather(gpu32, dg, ds, di, n, W);
+  float *got = to_host(gpu32, dg, (size_t)n * W);
+  check_rows("gather", got, g_ref, (size_t)n, (size_t)W, 0);
+  free(got);
+  cpu->iface->scatter_add(cpu, d_ref, g_ref, idx, wts, n, W);
+  gpu32->iface->scatter_add(gpu32, dd, dg, di, dw, n, W);
+  got = to_host(gpu32, dd, (size_t)R * W);
+  check_rows("scatter_add", got, d_ref, (size_t)R, (size_t)W, 0);
+  free(got);
+  gpu32->iface->zero(gpu32, dd, (size_t)R * W);
+  got = to_host(gpu32, dd, (size_t)R * W);
+  for (size_t i = 0; i < (size_t)R * W; i++) assert_true(got[i] == 0.0f);
+  free(got);
+  gpu32->iface->free(gpu32, ds); gpu32->iface->free(gpu32, dw); gpu32->iface->free(gpu32, di);
+  gpu32->iface->free(gpu32, dg); gpu32->iface->free(gpu32, dd);
+  free(src); free(wts); free(g_ref); free(d_ref);
+
+  const int rows = 70, cols = 45, br = 16, bc = 32, ns = 5 * 2;
+  uint8_t *q = malloc((size_t)rows * cols);
+  for (int i = 0; i < rows * cols; i++) q[i] = (uint8_t)((i * 37 + 11) & 0xff);
+  for (int i = 0; i < rows * cols; i++)
+    if ((q[i] & 0x7f) >= 0x78) q[i] = 0x10; /* no NaN / Inf / huge codes in a GEMM weight */
+  float scale[10], *want = malloc(sizeof(float) * (size_t)rows * cols);
+  for (int i = 0; i < ns; i++) scale[i] = 0.01f * (float)(i + 1);
+  for (int e5 = 0; e5 < 2; e5++) {
+    const ls_dtype_t dt = e5 ? LS_DT_F8_E5M2 : LS_DT_F8_E4M3;
+    ls_cpu_dequant_fp8(want, q, scale, dt, rows, cols, br, bc);
+    for (int src_dev = 0; src_dev < 2; src_dev++) {
+      void *dq = src_dev ? dev_from(gpu32, q, (size_t)rows * cols) : NULL;
+      float *dsc = src_dev ? dev_from(gpu32, scale, sizeof scale) : NULL;
+      float *w32 = dev_poisoned(gpu32, (size_t)rows * cols);
+      assert_int_equal(gpu32->iface->load_weight_fp8(gpu32, w32, src_dev ? dq : q,
+                                                     src_dev ? dsc : scale, dt, rows, cols, br, bc,
+                                                     src_dev), 0);
+      got = to_host(gpu32, w32, (size_t)rows * cols);
+      char what[96];
+      snprintf(what, sizeof what, "load_weight_fp8 %s from %s", ls_dtype_name(dt),
+               src_dev ? "device" : "host");
+      check_rows(what, got, want, (size_t)rows, (size_t)cols, 0);
+      free(got);
+      gpu32->iface->free(gpu32, w32);
+      gpu32->iface->free(gpu32, dq);
+      gpu32->iface->free(gpu32, dsc);
+    }
+  }
+  free(q); free(want);
+}
+
 /* The device broadcast path on this rank's communicator: bytes from host memory land
  * in a device slot, ordered before later ops. */
 static void test_bcast(void **state) {
@@ -529,7 +593,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_layernorm),   cmocka_unit_test(test_rope),        cmocka_unit_test(test_attention),
       cmocka_unit_test(test_elementwise), cmocka_unit_test(test_pool),
       cmocka_unit_test(test_load_weight), cmocka_unit_test(test_bcast),
-      cmocka_unit_test(test_block),
+      cmocka_unit_test(test_block),       cmocka_unit_test(test_moe_ops),
   };
   int failed = cmocka_run_group_tests(tests, NULL, NULL);
   ls_backend_free(gpu16);

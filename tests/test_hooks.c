@@ -129,9 +129,9 @@ static void hooks_bad(const char *spec, const char *want) {
 }
 
 static void test_hooks(void **state) {
-  assert_int_equal(LS_HOOK_COUNT, 5);
+  assert_int_equal(LS_HOOK_COUNT, 6);
   const char *names[LS_HOOK_COUNT] = {"residual_pre", "attn_out", "mlp_out", "residual_post",
-                                      "final_norm"};
+                                      "final_norm", "router_logits"};
   for (int h = 0; h < LS_HOOK_COUNT; h++) {
     assert_string_equal(ls_hook_name((ls_hook_t)h), names[h]);
     hooks_ok(names[h], 1u << h);
@@ -143,6 +143,9 @@ static void test_hooks(void **state) {
   hooks_ok("mlp_out,mlp_out", 1u << LS_HOOK_MLP_OUT);
   hooks_ok("final_norm,all", 0x1f);
   hooks_ok("all,final_norm", 0x1f);
+  /* router_logits (MoE) is asked for by name, never by all */
+  hooks_ok("all,router_logits", 0x3f);
+  hooks_ok("router_logits,all", 0x3f);
   hooks_bad("foo", "unknown hook \"foo\"");
   hooks_bad("attn_out,resid", "unknown hook \"resid\"");
   hooks_bad("ATTN_OUT", "unknown hook");

@@ -1212,6 +1212,179 @@ static void test_block_batch_invariance(void **state) {
   omp_set_num_threads(1);
 }
 
+
+/* ---- the mixture-of-experts block (src/models/moe.c) ----------------------------------------- */
+/* Router hook: copies the logits it is shown (width n_experts). */
+typedef struct { float *logits; int width, calls, T; } moe_hook_t;
+static void moe_hook(void *ctx, ls_hook_t h, float *rows, int width) {
+  moe_hook_t *m = ctx;
+  if (h != LS_HOOK_ROUTER_LOGITS) return;
+  m->width = width;
+  m->calls++;
+  memcpy(m->logits, rows, sizeof(float) * (size_t)m->T * (size_t)width);
+}
+
+typedef struct {
+  ls_config_t c;
+  float *router, *ex[3 * 8], *sg, *su, *sd, *sgate;
+  void *w[3 * 8];
+} moe_model_t;
+
+static float *rand_mat(size_t n, float a) {
+  float *m = malloc(sizeof(float) * n);
+  fill_rand(m, n, -a, a);
+  return m;
+}
+
+static void moe_model(moe_model_t *m) {
+  memset(m, 0, sizeof *m);
+  ls_config_t *c = &m->c;
+  c->hidden = 40;
+  c->n_experts = 5;
+  c->top_k = 2;
+  c->moe_intermediate = 24;
+  c->norm_topk_prob = 1;
+  c->shared_intermediate = 16;
+  c->shared_gate = 1;
+  c->n_layers = 1;
+  c->layer_moe[0] = 1;
+  const size_t H = 40, NI = 24, NS = 16;
+  m->router = rand_mat(5 * H, 0.5f);
+  for (int e = 0; e < 5; e++) {
+    m->ex[3 * e] = rand_mat(NI * H, 0.2f);
+    m->ex[3 * e + 1] = rand_mat(NI * H, 0.2f);
+    m->ex[3 * e + 2] = rand_mat(H * NI, 0.2f);
+    for (int j = 0; j < 3; j++) m->w[3 * e + j] = m->ex[3 * e + j];
+  }
+  m->sg = rand_mat(NS * H, 0.2f);
+  m->su = rand_mat(NS * H, 0.2f);
+  m->sd = rand_mat(H * NS, 0.2f);
+  m->sgate = rand_mat(H, 0.5f);
+}
+
+static void moe_model_free(moe_model_t *m) {
+  free(m->router); free(m->sg); free(m->su); free(m->sd); free(m->sgate);
+  for (int i = 0; i < 15; i++) free(m->ex[i]);
+}
+
+/* out (T, H) <- the MoE block on x for the batch (seq_start / seq_len), on backend be with
+ * row alignment `align`; router logits and per-expert row counts returned */
+static void moe_run(ls_backend_t *be, const moe_model_t *m, int align, const float *x, int T,
+                    const int32_t *seq_start, const int32_t *seq_len, int n_seq, float *out,
+                    float *logits, int64_t *rows) {
+  const ls_config_t *c = &m->c;
+  const int H = c->hidden, Tp = ls_round_rows(T);
+  size_t widths[LS_MOE_N_SCRATCH];
+  ls_moe_scratch_widths(c, widths);
+  float *scratch = calloc(ls_scratch_floats(T, widths, LS_MOE_N_SCRATCH) + 16, sizeof(float));
+  float *sblk[LS_MOE_N_SCRATCH], *p = scratch;
+  for (int i = 0; i < LS_MOE_N_SCRATCH; i++) sblk[i] = ls_scratch_take(&p, T, widths[i]);
+  void *host = malloc(ls_moe_host_bytes(c, T));
+  float *xin = calloc((size_t)Tp * H, sizeof(float)), *o = calloc((size_t)Tp * H, sizeof(float));
+  memcpy(xin, x, sizeof(float) * (size_t)T * H);
+  ls_batch_t b = {.T = T, .n_seq = n_seq, .seq_start = seq_start, .seq_len = seq_len,
+                  .seq_start_h = seq_start, .seq_len_h = seq_len};
+  moe_hook_t hk = {logits, 0, 0, T};
+  const int saved = be->row_align;
+  be->row_align = align;
+  const ls_block_t blk = {be, c, 0, NULL, NULL, NULL, &b, scratch, T, moe_hook, &hk, host, rows};
+  const ls_moe_weights_t w = {m->router, m->w, m->sg, m->su, m->sd, m->sgate};
+  ls_recipe_moe(&blk, &w, sblk, xin, o);
+  be->row_align = saved;
+  assert_int_equal(hk.calls, 1);
+  assert_int_equal(hk.width, c->n_experts);
+  memcpy(out, o, sizeof(float) * (size_t)T * H);
+  free(scratch); free(host); free(xin); free(o);
+}
+
+/* transformers' MoE in double: softmax over the router logits, top-k (renormalised),
+ * sum of w_e down(silu(gate x) * up x), plus sigmoid(shared_gate x) * shared(x) */
+static void moe_ref(const moe_model_t *m, const float *x, double *y) {
+  const int H = m->c.hidden, NI = m->c.moe_intermediate, NS = m->c.shared_intermediate,
+            E = m->c.n_experts;
+  double lg[8], g[32], u[32];
+  for (int e = 0; e < E; e++) {
+    lg[e] = 0;
+    for (int i = 0; i < H; i++) lg[e] += (double)m->router[e * H + i] * x[i];
+  }
+  int sel[2];
+  for (int j = 0; j < 2; j++) {
+    sel[j] = -1;
+    for (int e = 0; e < E; e++)
+      if ((j == 0 || e != sel[0]) && (sel[j] < 0 || lg[e] > lg[sel[j]])) sel[j] = e;
+  }
+  const double w1 = 1.0 / (1.0 + exp(lg[sel[1]] - lg[sel[0]])), wt[2] = {w1, 1.0 - w1};
+  for (int i = 0; i < H; i++) y[i] = 0;
+  for (int j = 0; j < 3; j++) {
+    const int shared = j == 2, n = shared ? NS : NI;
+    const float *G = shared ? m->sg : m->ex[3 * sel[j]], *U = shared ? m->su : m->ex[3 * sel[j] + 1],
+                *D = shared ? m->sd : m->ex[3 * sel[j] + 2];
+    double a = 0;
+    for (int i = 0; i < H; i++) a += (double)m->sgate[i] * x[i];
+    const double wj = shared ? 1.0 / (1.0 + exp(-a)) : wt[j];
+    for (int r = 0; r < n; r++) {
+      g[r] = u[r] = 0;
+      for (int i = 0; i < H; i++) { g[r] += (double)G[r * H + i] * x[i]; u[r] += (double)U[r * H + i] * x[i]; }
+      g[r] = g[r] / (1.0 + exp(-g[r])) * u[r];
+    }
+    for (int i = 0; i < H; i++) {
+      double d = 0;
+      for (int r = 0; r < n; r++) d += (double)D[i * n + r] * g[r];
+      y[i] += wj * d;
+    }
+  }
+}
+
+/* The block against the double reference; padding rows never routed (and counted); the
+ * same rows bit-identical whatever else shares the batch, and at a coarser row alignment
+ * (the gathered batches then have gaps) as at the CPU's own. Prompts start at multiples
+ * of 48, as the engine would place them at any alignment. */
+static void test_moe_block(void **state) {
+  (void)state;
+  ls_backend_t *be = ls_backend_cpu_new(2, 128);
+  assert_non_null(be);
+  moe_model_t m;
+  moe_model(&m);
+  const int H = m.c.hidden, E = m.c.n_experts;
+  const int a1 = be->row_align, a2 = 24 % a1 == 0 ? 24 : 48;
+  /* two prompts: rows 0..47 (13 real), 48..95 (20 real) */
+  enum { T = 96 };
+  const int32_t start[3] = {0, 48, 96}, len[2] = {13, 20};
+  float *x = rand_mat((size_t)T * H, 1.5f);
+  float *out1 = malloc(sizeof(float) * T * 40), *out2 = malloc(sizeof(float) * T * 40);
+  float *lg1 = malloc(sizeof(float) * T * 8), *lg2 = malloc(sizeof(float) * T * 8);
+  int64_t rows1[8] = {0}, rows2[8] = {0};
+  moe_run(be, &m, a1, x, T, start, len, 2, out1, lg1, rows1);
+  moe_run(be, &m, a2, x, T, start, len, 2, out2, lg2, rows2);
+  check_rows_identical("moe at a coarser row alignment", out2, out1, T, H);
+  int64_t total = 0;
+  for (int e = 0; e < E; e++) {
+    assert_int_equal(rows1[e], rows2[e]);
+    total += rows1[e];
+  }
+  assert_int_equal(total, 2 * (13 + 20)); /* real rows only, top_k each */
+  for (int s = 0; s < 2; s++)
+    for (int t = start[s]; t < start[s + 1]; t++) {
+      const float *o = out1 + (size_t)t * H;
+      if (t >= start[s] + len[s]) { /* padding: not routed, no expert output */
+        for (int i = 0; i < H; i++) assert_true(o[i] == 0.0f);
+        continue;
+      }
+      double y[40], err = 0, mag = 0;
+      moe_ref(&m, x + (size_t)t * H, y);
+      for (int i = 0; i < H; i++) { err = fmax(err, fabs(o[i] - y[i])); mag = fmax(mag, fabs(y[i])); }
+      if (err > 1e-5 * mag) fail_msg("moe row %d: error %.3g vs magnitude %.3g", t, err, mag);
+    }
+  /* the second prompt alone (its rows first in the batch): the same bits */
+  const int32_t start_b[2] = {0, 48}, len_b[1] = {20};
+  moe_run(be, &m, a2, x + (size_t)48 * H, 48, start_b, len_b, 1, out2, lg2, NULL);
+  check_rows_identical("moe prompt alone vs in a batch", out2, out1 + (size_t)48 * H, 20, H);
+  check_rows_identical("router logits alone vs in a batch", lg2, lg1 + (size_t)48 * E, 20, E);
+  free(x); free(out1); free(out2); free(lg1); free(lg2);
+  moe_model_free(&m);
+  ls_backend_free(be);
+}
+
 int main(void) {
   openblas_set_num_threads(1); /* threads come from OpenMP, as in the CPU backend */
   const struct CMUnitTest tests[] = {
@@ -1231,6 +1404,7 @@ int main(void) {
       cmocka_unit_test(test_pool),
       cmocka_unit_test(test_block_reference),
       cmocka_unit_test(test_block_batch_invariance),
+      cmocka_unit_test(test_moe_block),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -478,7 +478,11 @@ static void test_dtype_helpers(void **state) {
   assert_int_equal(ls_dtype_parse("F32", &d), 0);
   assert_int_equal(d, LS_DT_F32);
   assert_int_equal(ls_dtype_parse("f32", &d), -1);
-  assert_int_equal(ls_dtype_parse("F64", &d), -1);
+  assert_int_equal(ls_dtype_parse("F64", &d), 0); /* storage only */
+  assert_int_equal(d, LS_DT_F64);
+  assert_int_equal(ls_dtype_parse("F8_E5M2", &d), 0);
+  assert_int_equal(d, LS_DT_F8_E5M2);
+  assert_int_equal(ls_dtype_parse("F4", &d), -1);
   assert_int_equal(ls_dtype_size(LS_DT_F32), 4);
   assert_int_equal(ls_dtype_size(LS_DT_BF16), 2);
   assert_string_equal(ls_dtype_name(LS_DT_F16), "F16");

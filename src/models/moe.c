@@ -89,8 +89,9 @@ static void route_row(const ls_config_t *c, const float *logit, int32_t *sel, fl
 }
 
 /* Real rows of the batch routed; each expert's padded list (ascending rows, row r at a
- * position = r mod align) in h->idx / h->w from h->off[e]. Returns the lists' total. */
-static int build_lists(const ls_block_t *blk, moe_host_t *h, int align) {
+ * position = r mod align) in h->idx / h->w from h->off[e]; the real rows, ascending, in
+ * h->ident (*real of them). Returns the lists' total. */
+static int build_lists(const ls_block_t *blk, moe_host_t *h, int align, int *real) {
   const ls_config_t *c = blk->cfg;
   const ls_batch_t *b = blk->b;
   const int E = c->n_experts, k = c->top_k;
@@ -137,6 +138,7 @@ static int build_lists(const ls_block_t *blk, moe_host_t *h, int align) {
     total += longest;
   }
   h->off[E] = total;
+  *real = n_real;
   return total;
 }
 
@@ -154,7 +156,8 @@ void ls_recipe_moe(const ls_block_t *blk, const ls_moe_weights_t *w, float *cons
   f->to_host(be, h.logits, s[M_LOGITS], sizeof(float) * (size_t)T * E);
   if (f->sync) f->sync(be); /* a failure is reported by the engine's sync after the layer */
   const int align = be->row_align > 0 && be->row_align <= LS_ROW_PAD ? be->row_align : 1;
-  const int total = build_lists(blk, &h, align);
+  int n_real = 0;
+  const int total = build_lists(blk, &h, align, &n_real);
   int32_t *idx = (int32_t *)s[M_IDX];
   float *wts = s[M_W];
   f->to_device(be, idx, h.idx, sizeof(int32_t) * (size_t)total);
@@ -172,19 +175,21 @@ void ls_recipe_moe(const ls_block_t *blk, const ls_moe_weights_t *w, float *cons
   /* the shared expert on every row, after the routed ones */
   ls_recipe_glu_mlp_n(blk, w->sh_gate, w->sh_up, w->sh_down, s[M_SG], s[M_SU], xin, s[M_SH], T,
                       c->shared_intermediate);
-  if (!w->sh_router) {
-    f->add(be, out, s[M_SH], (size_t)T * H);
-    return;
+  /* added to the real rows (in place: row t to row t, padding rows skipped), scaled by
+   * sigmoid(gate(x)) when the model gates it */
+  if (w->sh_router) {
+    f->matmul(be, s[M_SHG], xin, w->sh_router, NULL, T, H, 1);
+    f->to_host(be, h.sh_w, s[M_SHG], sizeof(float) * (size_t)T);
+    if (f->sync) f->sync(be);
   }
-  f->matmul(be, s[M_SHG], xin, w->sh_router, NULL, T, H, 1);
-  f->to_host(be, h.sh_w, s[M_SHG], sizeof(float) * (size_t)T);
-  if (f->sync) f->sync(be);
-  for (int t = 0; t < T; t++) {
-    h.ident[t] = t;
-    h.sh_w[t] = (float)(1.0 / (1.0 + exp(-(double)h.sh_w[t])));
+  for (int t = 0; t < T; t++) h.idx[t] = -1;
+  for (int i = 0; i < n_real; i++) {
+    const int t = h.ident[i];
+    h.idx[t] = t;
+    h.w[t] = w->sh_router ? (float)(1.0 / (1.0 + exp(-(double)h.sh_w[t]))) : 1.0f;
   }
-  f->to_device(be, idx, h.ident, sizeof(int32_t) * (size_t)T);
-  f->to_device(be, wts, h.sh_w, sizeof(float) * (size_t)T);
+  f->to_device(be, idx, h.idx, sizeof(int32_t) * (size_t)T);
+  f->to_device(be, wts, h.w, sizeof(float) * (size_t)T);
   f->scatter_add(be, out, s[M_SH], idx, wts, T, H);
 }
 

@@ -467,6 +467,42 @@ fi
 WANT=("$m/$INDEX" model.norm.weight)
 bad model.index_wrong_shard "$(o index_wrong_shard)" "$LS_BIN" run --model "$m" --data "$DATA" --out "$(o index_wrong_shard)"
 
+# ---- mixture of experts and FP8 (the MoE fixtures) ----------------------------------------------
+FP8=$LS_FIXTURES/qwen3_moe_fp8
+FXDATA=$LS_FIXTURES/prompts.jsonl
+good valid.moe_fp8 "$T/out/moe_fp8.h5" "$LS_BIN" run --model "$FP8" --data "$FXDATA" \
+  --out "$T/out/moe_fp8.h5" --hooks all,router_logits --progress off
+# a quantization this tool does not read: packed integers must never be taken for floats
+m=$(case_model quant_gptq "$FP8")
+sed -i 's/"quant_method": "fp8"/"quant_method": "gptq"/' "$m/config.json"
+WANT=("$m/config.json" quant_method gptq)
+bad model.quantization_gptq "$(o quant_gptq)" "$LS_BIN" run --model "$m" --data "$FXDATA" --out "$(o quant_gptq)"
+# FP8 tensors with no quantization_config to say how they were scaled
+m=$(case_model fp8_no_config "$FP8")
+python3 - "$m/config.json" <<'PY' || sed -i '/quantization_config/,/}/d' "$m/config.json"
+import json, sys
+c = json.load(open(sys.argv[1])); c.pop("quantization_config"); json.dump(c, open(sys.argv[1], "w"))
+PY
+WANT=("$m/model.safetensors" model.layers.0.self_attn.q_proj.weight F8_E4M3 quantization_config)
+bad model.fp8_without_config "$(o fp8_no_config)" "$LS_BIN" run --model "$m" --data "$FXDATA" --out "$(o fp8_no_config)"
+# a weight's block scales missing (renamed in the header, same length)
+m=$(case_model fp8_no_scale "$FP8")
+if grep -qaF 'model.layers.1.mlp.experts.2.up_proj.weight_scale_inv' "$m/model.safetensors"; then
+  sed -i 's/model\.layers\.1\.mlp\.experts\.2\.up_proj\.weight_scale_inv/model.layers.1.mlp.experts.2.up_proj.weight_scale_xxx/' "$m/model.safetensors"
+  WANT=("$m/model.safetensors" model.layers.1.mlp.experts.2.up_proj.weight_scale_inv missing)
+  bad model.fp8_scale_missing "$(o fp8_no_scale)" "$LS_BIN" run --model "$m" --data "$FXDATA" --out "$(o fp8_no_scale)"
+else
+  fail model.fp8_scale_missing "test setup: the FP8 fixture has no such scale tensor"
+fi
+# router_logits of a dense model, or of selected layers none of which is MoE
+WANT=(router_logits LlamaForCausalLM)
+bad option.router_logits_dense "$(o router_dense)" "$LS_BIN" run --model "$BASE" --data "$DATA" \
+  --out "$(o router_dense)" --hooks router_logits
+WANT=(router_logits "--layers 0,2" Qwen3MoeForCausalLM)
+bad option.router_logits_no_moe_layer "$(o router_nomoe)" "$LS_BIN" run \
+  --model "$LS_FIXTURES/qwen3_moe_sparse_step" --data "$FXDATA" --out "$(o router_nomoe)" \
+  --hooks all,router_logits --layers 0,2
+
 # ---- dataset -------------------------------------------------------------------------------------------
 D=$T/c/data
 mkdir -p "$D"

@@ -13,6 +13,9 @@
  *   convert: to f32 bit-identical to ls_convert_to_f32; to bf16 bit-identical to
  *     round-to-nearest-even (ref_bf16 below); NaN stays NaN; every f16 and bf16 value
  *     and f32 specials, subnormals and ties;
+ *   gather, scatter_add (index lists with gaps), zero: bit-identical to the CPU ops;
+ *   FP8 dequantization: every code of F8_E4M3 and F8_E5M2 in several block shapes,
+ *     float32 bit-identical to ls_cpu_dequant_fp8, bf16 its round-to-nearest-even;
  *   launches of nothing (T = 0, n = 0) return cudaSuccess without launching.
  * Failures print the op's parameters, the first bad element and the NMSE;
  * LS_TEST_VERBOSE=1 prints the worst NMSE of each op.
@@ -501,6 +504,84 @@ static void test_convert(void **state) {
                    (int)cudaErrorInvalidValue);
 }
 
+/* ---- mixture-of-experts rows, FP8 dequantization ------------------------------------------ */
+
+/* gather / scatter_add against the CPU ops bit for bit: index lists with gaps (-1), a
+ * scatter whose rows are distinct, row widths that are not multiples of 4; zero */
+static void test_moe_rows(void **state) {
+  for (int W : {1, 7, 64, 300})
+    for (int n : {1, 5, 40}) {
+      char ctx[96];
+      snprintf(ctx, sizeof ctx, "gather/scatter W=%d n=%d", W, n);
+      const int R = n + 3; /* source rows */
+      fbuf src((size_t)R * W, 0), gd((size_t)n * W, 0), gc((size_t)n * W, 0);
+      src.fill(-2.0f, 2.0f);
+      gd.fill(-1.0f, 1.0f);
+      gc.copy_from(gd); /* gap rows keep what they held */
+      std::vector<int32_t> idx(n);
+      std::vector<int32_t> perm(R);
+      for (int i = 0; i < R; i++) perm[i] = i;
+      for (int i = R - 1; i > 0; i--) std::swap(perm[i], perm[irand(0, i)]);
+      for (int i = 0; i < n; i++) idx[i] = irand(0, 3) == 0 ? -1 : perm[i];
+      CHECK_CU(ls_cu_gather(g_st, gd.p, src.p, idx.data(), n, W));
+      g_be->iface->gather(g_be, gc.p, src.p, idx.data(), n, W);
+      check_close(ctx, gd.p, gc.p, (size_t)n * W, (size_t)W, 0.0, 0.0);
+      check_canary(ctx, gd);
+      fbuf wts(n, 0), dd((size_t)R * W, 0), dc((size_t)R * W, 0);
+      wts.fill(0.0f, 1.0f);
+      dd.fill(-1.0f, 1.0f);
+      dc.copy_from(dd);
+      CHECK_CU(ls_cu_scatter_add(g_st, dd.p, gd.p, idx.data(), wts.p, n, W));
+      g_be->iface->scatter_add(g_be, dc.p, gd.p, idx.data(), wts.p, n, W);
+      check_close(ctx, dd.p, dc.p, (size_t)R * W, (size_t)W, 0.0, 0.0);
+      check_canary(ctx, dd);
+      CHECK_CU(ls_cu_zero(g_st, dd.p, (size_t)R * W));
+      for (size_t i = 0; i < (size_t)R * W; i++) assert_true(dd.p[i] == 0.0f);
+      check_canary(ctx, dd);
+    }
+  report("gather/scatter_add");
+}
+
+/* every FP8 code, as F8_E4M3 and F8_E5M2, in weights of several block shapes (partial
+ * edge blocks): float32 output bit-identical to the CPU op, bf16 the CPU result rounded
+ * to nearest even */
+static void test_dequant_fp8(void **state) {
+  struct { int rows, cols, br, bc; } shapes[] = {{16, 16, 16, 16}, {37, 70, 16, 32},
+                                                 {5, 300, 128, 128}, {64, 3, 7, 2}};
+  for (auto sh : shapes)
+    for (ls_dtype_t dt : {LS_DT_F8_E4M3, LS_DT_F8_E5M2}) {
+      char ctx[128];
+      snprintf(ctx, sizeof ctx, "dequant %s %dx%d blocks %dx%d", ls_dtype_name(dt), sh.rows,
+               sh.cols, sh.br, sh.bc);
+      const size_t n = (size_t)sh.rows * sh.cols;
+      const size_t ns = (size_t)((sh.rows + sh.br - 1) / sh.br) * ((sh.cols + sh.bc - 1) / sh.bc);
+      std::vector<uint8_t> q(n);
+      for (size_t i = 0; i < n; i++) q[i] = (uint8_t)(i * 37 + 11); /* every code */
+      fbuf scale(ns, 0), got(n, 0), ref(n, 0);
+      scale.fill(0.001f, 4.0f);
+      ls_cpu_dequant_fp8(ref.p, q.data(), scale.p, dt, sh.rows, sh.cols, sh.br, sh.bc);
+      CHECK_CU(ls_cu_dequant_fp8(g_st, got.p, LS_CU_F32, q.data(), scale.p,
+                                 dt == LS_DT_F8_E4M3, sh.rows, sh.cols, sh.br, sh.bc));
+      for (size_t i = 0; i < n; i++)
+        if (f32_bits(got.p[i]) != f32_bits(ref.p[i]) && !(std::isnan(got.p[i]) && std::isnan(ref.p[i]))) {
+          fprintf(stderr, "%s: element %zu (code 0x%02x): got %.9g want %.9g\n", ctx, i, q[i],
+                  (double)got.p[i], (double)ref.p[i]);
+          fail();
+        }
+      check_canary(ctx, got);
+      std::vector<uint16_t> b16(n + CANARY, 0xA5A5);
+      CHECK_CU(ls_cu_dequant_fp8(g_st, b16.data(), LS_CU_BF16, q.data(), scale.p,
+                                 dt == LS_DT_F8_E4M3, sh.rows, sh.cols, sh.br, sh.bc));
+      for (size_t i = 0; i < n; i++)
+        if (b16[i] != ref_bf16(ref.p[i]) && !(bf16_is_nan(b16[i]) && std::isnan(ref.p[i]))) {
+          fprintf(stderr, "%s: bf16 element %zu: got 0x%04x want 0x%04x\n", ctx, i, b16[i],
+                  ref_bf16(ref.p[i]));
+          fail();
+        }
+      for (size_t i = n; i < n + CANARY; i++) assert_int_equal(b16[i], 0xA5A5);
+    }
+}
+
 /* ---- launches of nothing ----------------------------------------------------------------- */
 
 /* The emulator aborts on an empty grid, so these also check that nothing is launched. */
@@ -674,7 +755,8 @@ int main(void) {
       cmocka_unit_test(test_geglu),       cmocka_unit_test(test_shift),
       cmocka_unit_test(test_add),         cmocka_unit_test(test_add_bias),
       cmocka_unit_test(test_pool),        cmocka_unit_test(test_convert),
-      cmocka_unit_test(test_empty),
+      cmocka_unit_test(test_empty),       cmocka_unit_test(test_moe_rows),
+      cmocka_unit_test(test_dequant_fp8),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
