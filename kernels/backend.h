@@ -119,6 +119,13 @@ typedef struct {
   void (*add)(ls_backend_t *be, float *y, const float *x, size_t n);
   /* x (n) <- 0 */
   void (*zero)(ls_backend_t *be, float *x, size_t n);
+  /* Per-head concatenation (multi-head latent attention): out (T, n_heads, d_out), head h
+   * of row t = [a's head, b's head, zeros up to d_out]; a's head is da floats at
+   * a + (t * na + h') * sa with na = n_heads, h' = h (or na = 1, h' = 0 when a_shared: one
+   * head for all); b likewise (b NULL: db zeros). da + db <= d_out. */
+  void (*concat_heads)(ls_backend_t *be, float *out, int d_out, const float *a, int da, int sa,
+                       int a_shared, const float *b, int db, int sb, int b_shared, int T,
+                       int n_heads);
   /* Mixture-of-experts rows. gather: row i of dst (n, W) <- row idx[i] of src, rows with
    * idx[i] < 0 left as they are. scatter_add: row idx[i] of dst += wts[i] * row i of src
    * for every idx[i] >= 0; the idx[i] >= 0 of one call are distinct, so a row's result

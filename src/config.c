@@ -72,6 +72,7 @@ int ls_cfg_rope_params(const cJSON *scaling, double theta, const char *path, con
   r->theta = theta;
   r->type = LS_ROPE_DEFAULT;
   r->factor = 1.0;
+  r->attn_factor = 1.0;
   if (!scaling) return LS_OK;
   if (!cJSON_IsObject(scaling)) {
     ls_error("%s: \"%s\" must be an object or null", path, what);
@@ -104,11 +105,33 @@ int ls_cfg_rope_params(const cJSON *scaling, double theta, const char *path, con
     }
     return LS_OK;
   }
+  if (strcmp(type, "yarn") == 0) { /* transformers' _compute_yarn_parameters */
+    r->type = LS_ROPE_YARN;
+    LS_CHECK(ls_cfg_int(scaling, "original_max_position_embeddings", 1, 0, 1, INT_MAX, path,
+                        &r->orig_max_pos));
+    LS_CHECK(ls_cfg_num(scaling, "beta_fast", 32.0, 1e-9, 1e9, path, &r->beta_fast));
+    LS_CHECK(ls_cfg_num(scaling, "beta_slow", 1.0, 1e-9, 1e9, path, &r->beta_slow));
+    LS_CHECK(ls_cfg_bool(scaling, "truncate", 1, path, &r->truncate));
+    double mscale = 0, all = 0, af = 0;
+    LS_CHECK(ls_cfg_num(scaling, "mscale", 0, 0, 1e9, path, &mscale));
+    LS_CHECK(ls_cfg_num(scaling, "mscale_all_dim", 0, 0, 1e9, path, &all));
+    LS_CHECK(ls_cfg_num(scaling, "attention_factor", 0, 0, 1e9, path, &af));
+    r->mscale_all_dim = all;
+    if (af > 0) r->attn_factor = af;
+    else if (mscale > 0 && all > 0)
+      r->attn_factor = ls_yarn_mscale(r->factor, mscale) / ls_yarn_mscale(r->factor, all);
+    else r->attn_factor = ls_yarn_mscale(r->factor, 1.0);
+    return LS_OK;
+  }
   char shown[64];
   ls_printable(shown, sizeof shown, type);
-  ls_error("%s: %s type \"%s\" is not supported (supported: default, linear, llama3)", path,
+  ls_error("%s: %s type \"%s\" is not supported (supported: default, linear, llama3, yarn)", path,
            what, shown);
   return LS_ERR;
+}
+
+double ls_yarn_mscale(double scale, double mscale) {
+  return scale <= 1 ? 1.0 : 0.1 * mscale * log(scale) + 1.0;
 }
 
 int ls_cfg_rope_dim(const cJSON *root, const char *path, double def_factor, int allow_partial,
@@ -410,6 +433,24 @@ void ls_config_rope_inv_freq(const ls_rope_params_t *r, int rope_dim, float *inv
       float smoothed = (1.0f - smooth) * scaled / factor + smooth * scaled;
       int medium = !(wavelen < (float)high_wavelen) && !(wavelen > (float)low_wavelen);
       inv_freq[i] = medium ? smoothed : scaled;
+    }
+  } else if (r->type == LS_ROPE_YARN) {
+    /* the ramp between the interpolated (f / factor) and the extrapolated (f) frequencies */
+    const double b = r->theta, ctx = (double)r->orig_max_pos;
+    double lo = rope_dim * log(ctx / (r->beta_fast * 2 * M_PI)) / (2 * log(b));
+    double hi = rope_dim * log(ctx / (r->beta_slow * 2 * M_PI)) / (2 * log(b));
+    if (r->truncate) { lo = floor(lo); hi = ceil(hi); }
+    lo = lo > 0 ? lo : 0;
+    hi = hi < rope_dim - 1 ? hi : rope_dim - 1;
+    if (lo == hi) hi += 0.001;
+    const float factor = (float)r->factor, flo = (float)lo, span = (float)(hi - lo);
+    for (int i = 0; i < half; i++) {
+      const float pos = powf(base, (float)(2 * i) / (float)rope_dim);
+      const float extra = 1.0f / pos, inter = 1.0f / (factor * pos);
+      float ramp = ((float)i - flo) / span;
+      ramp = ramp < 0.0f ? 0.0f : ramp > 1.0f ? 1.0f : ramp;
+      const float ef = 1.0f - ramp;
+      inv_freq[i] = inter * (1.0f - ef) + extra * ef;
     }
   }
 }

@@ -6,7 +6,7 @@
 #ifndef LS_CONFIG_H
 #define LS_CONFIG_H
 
-typedef enum { LS_ROPE_DEFAULT = 0, LS_ROPE_LINEAR = 1, LS_ROPE_LLAMA3 = 2 } ls_rope_t;
+typedef enum { LS_ROPE_DEFAULT = 0, LS_ROPE_LINEAR = 1, LS_ROPE_LLAMA3 = 2, LS_ROPE_YARN = 3 } ls_rope_t;
 
 /* One set of RoPE frequencies (transformers' rope_parameters of one layer kind). */
 typedef struct {
@@ -14,7 +14,13 @@ typedef struct {
   ls_rope_t type;
   double factor;          /* linear / llama3 */
   double low_freq_factor, high_freq_factor; /* llama3 */
-  int orig_max_pos;       /* llama3 original_max_position_embeddings */
+  int orig_max_pos;       /* llama3 / yarn original_max_position_embeddings */
+  double beta_fast, beta_slow; /* yarn: the extrapolation / interpolation ramp's ends */
+  int truncate;           /* yarn: the ramp's ends rounded outwards (default 1) */
+  double attn_factor;     /* yarn: cos / sin are multiplied by it (attention_factor, or from
+                           * factor, mscale and mscale_all_dim); 1 otherwise */
+  double mscale_all_dim;  /* yarn: DeepSeek's attention scale is multiplied by
+                           * mscale(factor, mscale_all_dim)^2 when set (0: not) */
 } ls_rope_params_t;
 
 /* Most layers of a model whose layers differ in kind (sliding / full attention). */
@@ -62,6 +68,19 @@ typedef struct {
   int shared_intermediate;/* intermediate size of the shared expert (0: none) */
   int shared_gate;        /* the shared expert's output scaled by sigmoid(gate(x)) (Qwen2-MoE) */
   unsigned char layer_moe[LS_MAX_TYPED_LAYERS]; /* (n_layers) 1: a MoE layer */
+  int router_sigmoid;     /* scores: sigmoid of the logits (DeepSeek-V3), else softmax */
+  int router_bias;        /* the gate's e_score_correction_bias is added to the scores for
+                           * the choice of experts only (DeepSeek-V3) */
+  int n_group, topk_group;/* group-limited routing: the experts form n_group groups and a
+                           * row's experts come from its topk_group best groups (0: none) */
+  int group_top2;         /* a group's score: the sum of its two best scores (V3), else its
+                           * best (V2's group_limited_greedy) */
+  double routed_scale;    /* routed_scaling_factor: the routing weights' factor (0 or 1: none) */
+  /* multi-head latent attention (DeepSeek-V2/V3; 0: ordinary attention) */
+  int kv_lora_rank;       /* the compressed kv width */
+  int q_lora_rank;        /* the compressed q width (0: q_proj straight from the input) */
+  int qk_nope_dim, qk_rope_dim, v_head_dim; /* per head: q/k without and with RoPE, v */
+  int rope_interleave;    /* RoPE on interleaved pairs (x0, x1), (x2, x3), ... */
   /* FP8 block quantization (quantization_config, quant_method "fp8") */
   int fp8;                /* 1: FP8 GEMM weights come with <name>_scale_inv block scales */
   int fp8_dtype;          /* ls_dtype_t the config's fmt names (F8_E4M3 or F8_E5M2) */
@@ -89,6 +108,8 @@ static inline int ls_config_is_moe(const ls_config_t *c, int layer) {
 /* RoPE inverse frequencies (rope_dim / 2 floats) of one parameter set, computed in
  * float32 the way transformers does (including linear and llama3 scaling). */
 void ls_config_rope_inv_freq(const ls_rope_params_t *r, int rope_dim, float *inv_freq);
+/* yarn's mscale: 0.1 mscale ln(scale) + 1 (1 for scale <= 1) */
+double ls_yarn_mscale(double scale, double mscale);
 /* The RoPE parameters layer L uses. */
 static inline const ls_rope_params_t *ls_config_rope(const ls_config_t *c, int layer) {
   const int sliding = layer >= 0 && layer < LS_MAX_TYPED_LAYERS && c->layer_sliding[layer];

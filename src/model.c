@@ -128,8 +128,11 @@ static int validate_slot(ls_model_t *m, ls_wslot_t *s) {
   if (!t) return LS_ERR;
   const ls_wspec_t *w = &s->spec;
   const int64_t rows = w->ndim == 2 && w->transpose ? w->shape[1] : w->shape[0];
-  if (w->view_count > 0 && (w->view_row0 < 0 || w->view_block <= 0 ||
-                            w->view_row0 + (w->view_count - 1) * w->view_stride + w->view_block > rows)) {
+  if ((w->view_count > 0 && (w->view_row0 < 0 || w->view_block <= 0 ||
+                             w->view_row0 + (w->view_count - 1) * w->view_stride + w->view_block > rows)) ||
+      (w->view_perm != LS_VIEW_PLAIN &&
+       (w->view_count <= 0 || w->view_split < 0 || w->view_split >= w->view_block ||
+        (w->view_perm == LS_VIEW_ROTATE_DEINT && (w->view_block - w->view_split) % 2 != 0)))) {
     ls_error("%s: the part of tensor %s this family takes lies outside its %lld rows (a "
              "layersweep bug: report it)", m->st.dir, w->name, (long long)rows);
     return LS_ERR;
@@ -276,9 +279,17 @@ static void take_view(const ls_wspec_t *w, const char *raw, size_t es, char *dst
   const int64_t count = w->view_count > 0 ? w->view_count : 1;
   const int64_t block = w->view_count > 0 ? w->view_block : ls_wspec_rows(w);
   int64_t k = 0;
+  const int64_t moved = block - w->view_split; /* LS_VIEW_ROTATE*: rows put first */
   for (int64_t j = 0; j < count; j++)
     for (int64_t i = 0; i < block; i++, k++) {
-      const int64_t r = (w->view_count > 0 ? w->view_row0 + j * w->view_stride : 0) + i;
+      int64_t src = i; /* the row of the block that lands at i */
+      if (w->view_perm != LS_VIEW_PLAIN) {
+        if (i >= moved) src = i - moved;
+        else if (w->view_perm == LS_VIEW_ROTATE_DEINT)
+          src = w->view_split + (i < moved / 2 ? 2 * i : 2 * (i - moved / 2) + 1);
+        else src = w->view_split + i;
+      }
+      const int64_t r = (w->view_count > 0 ? w->view_row0 + j * w->view_stride : 0) + src;
       char *out = dst + (size_t)(k * cols) * es;
       if (w->transpose) /* logical (r, c) is stored (c, r) of a (cols, rows) tensor */
         for (int64_t c = 0; c < cols; c++)

@@ -336,12 +336,18 @@ int ls_sw_plan(sweep_t *s) {
       return LS_ERR;
     }
     if (half == 0 || (k == 1 && !c->local_rope)) continue;
-    ls_config_rope_inv_freq(k ? &c->rope_local : &c->rope, c->rope_dim, inv);
+    const ls_rope_params_t *rp = k ? &c->rope_local : &c->rope;
+    ls_config_rope_inv_freq(rp, c->rope_dim, inv);
+    const float af = (float)rp->attn_factor; /* yarn: cos and sin scaled, as transformers */
     for (int64_t pp = 0; pp < max_len; pp++)
       for (int i = 0; i < half; i++) {
         float a = (float)pp * inv[i];
         bf->cos_tab[k][pp * half + i] = (float)cos((double)a);
         bf->sin_tab[k][pp * half + i] = (float)sin((double)a);
+        if (rp->type == LS_ROPE_YARN) {
+          bf->cos_tab[k][pp * half + i] *= af;
+          bf->sin_tab[k][pp * half + i] *= af;
+        }
       }
   }
   free(inv);

@@ -1288,7 +1288,7 @@ static void moe_run(ls_backend_t *be, const moe_model_t *m, int align, const flo
   const int saved = be->row_align;
   be->row_align = align;
   const ls_block_t blk = {be, c, 0, NULL, NULL, NULL, &b, scratch, T, moe_hook, &hk, host, rows};
-  const ls_moe_weights_t w = {m->router, m->w, m->sg, m->su, m->sd, m->sgate};
+  const ls_moe_weights_t w = {m->router, m->w, m->sg, m->su, m->sd, m->sgate, NULL};
   ls_recipe_moe(&blk, &w, sblk, xin, o);
   be->row_align = saved;
   assert_int_equal(hk.calls, 1);

@@ -283,6 +283,25 @@ void ls_cpu_pool(float *pooled, const float *x, const int32_t *seq_start,
   }
 }
 
+/* ---- multi-head latent attention: heads put together ----------------------------------- */
+void ls_cpu_concat_heads(float *out, int d_out, const float *a, int da, int sa, int a_shared,
+                         const float *b, int db, int sb, int b_shared, int T, int n_heads) {
+#pragma omp parallel for schedule(static)
+  for (int t = 0; t < T; t++)
+    for (int h = 0; h < n_heads; h++) {
+      float *o = out + ((size_t)t * n_heads + h) * d_out;
+      const float *ah = a + ((size_t)t * (a_shared ? 1 : n_heads) + (a_shared ? 0 : h)) * sa;
+      memcpy(o, ah, sizeof(float) * (size_t)da);
+      if (b) {
+        const float *bh = b + ((size_t)t * (b_shared ? 1 : n_heads) + (b_shared ? 0 : h)) * sb;
+        memcpy(o + da, bh, sizeof(float) * (size_t)db);
+      } else {
+        memset(o + da, 0, sizeof(float) * (size_t)db);
+      }
+      memset(o + da + db, 0, sizeof(float) * (size_t)(d_out - da - db));
+    }
+}
+
 /* ---- mixture-of-experts rows ------------------------------------------------------------ */
 void ls_cpu_gather(float *dst, const float *src, const int32_t *idx, int n, int W) {
 #pragma omp parallel for schedule(static)
@@ -414,6 +433,11 @@ static void cpu_add(ls_backend_t *be, float *y, const float *x, size_t n) { ls_c
 static void cpu_zero(ls_backend_t *be, float *x, size_t n) {
   if (n) memset(x, 0, sizeof(float) * n);
 }
+static void cpu_concat_heads(ls_backend_t *be, float *out, int d_out, const float *a, int da,
+                             int sa, int a_shared, const float *b, int db, int sb, int b_shared,
+                             int T, int n_heads) {
+  ls_cpu_concat_heads(out, d_out, a, da, sa, a_shared, b, db, sb, b_shared, T, n_heads);
+}
 static void cpu_gather(ls_backend_t *be, float *dst, const float *src, const int32_t *idx,
                        int n, int W) {
   ls_cpu_gather(dst, src, idx, n, W);
@@ -454,6 +478,7 @@ static const ls_backend_iface_t cpu_iface = {
     .shift = cpu_shift,
     .add = cpu_add,
     .zero = cpu_zero,
+    .concat_heads = cpu_concat_heads,
     .gather = cpu_gather,
     .scatter_add = cpu_scatter_add,
     .pool = cpu_pool,

@@ -350,6 +350,16 @@ static void cu_zero(ls_backend_t *be, float *x, size_t n) {
   if (!c->err) CU(c, ls_cu_zero(c->stream, x, n));
 }
 
+static void cu_concat_heads(ls_backend_t *be, float *out, int d_out, const float *a, int da,
+                            int sa, int a_shared, const float *b, int db, int sb, int b_shared,
+                            int T, int n_heads) {
+  cu_ctx_t *c = ctx_of(be);
+  forget_xin(c);
+  if (!c->err)
+    CU(c, ls_cu_concat_heads(c->stream, out, d_out, a, da, sa, a_shared, b, db, sb, b_shared, T,
+                             n_heads));
+}
+
 static void cu_gather(ls_backend_t *be, float *dst, const float *src, const int32_t *idx, int n,
                       int W) {
   cu_ctx_t *c = ctx_of(be);
@@ -465,6 +475,7 @@ static const ls_backend_iface_t cuda_iface = {
     /* .shift = */ cu_shift,
     /* .add = */ cu_add,
     /* .zero = */ cu_zero,
+    /* .concat_heads = */ cu_concat_heads,
     /* .gather = */ cu_gather,
     /* .scatter_add = */ cu_scatter_add,
     /* .pool = */ cu_pool,

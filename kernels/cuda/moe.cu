@@ -1,4 +1,5 @@
-/* moe.cu: the mixture-of-experts row moves (zero, gather, weighted scatter-add) and the FP8
+/* moe.cu: the mixture-of-experts row moves (zero, gather, weighted scatter-add), the
+ * per-head concatenation of multi-head latent attention, and the FP8
  * block dequantization, with the CPU ops' arithmetic (ls_cpu_gather, ls_cpu_scatter_add,
  * ls_cpu_dequant_fp8): one block of threads per row (gather / scatter) or per weight row
  * (dequant), threads striding over its columns. A scatter's rows are distinct, so no two
@@ -42,6 +43,33 @@ cudaError_t ls_cu_zero(cudaStream_t st, float *x, size_t n) {
   const size_t blocks = (n + MOE_THREADS - 1) / MOE_THREADS;
   LS_LAUNCH(zero_kernel, dim3((unsigned)(blocks < 4096 ? blocks : 4096)), dim3(MOE_THREADS), 0, st,
             x, n);
+  return LS_CU_LAST_ERROR();
+}
+
+/* one block per (row, head) pair, threads over the head's d_out floats */
+static __global__ void __launch_bounds__(MOE_THREADS)
+    concat_heads_kernel(float *__restrict__ out, int d_out, const float *__restrict__ a, int da,
+                        int sa, int a_shared, const float *__restrict__ b, int db, int sb,
+                        int b_shared, int T, int n_heads) {
+  for (int64_t th = blockIdx.y; th < (int64_t)T * n_heads; th += gridDim.y) {
+    const int64_t t = th / n_heads;
+    const int h = (int)(th - t * n_heads);
+    float *o = out + th * d_out;
+    const float *ah = a + (t * (a_shared ? 1 : n_heads) + (a_shared ? 0 : h)) * sa;
+    const float *bh = b ? b + (t * (b_shared ? 1 : n_heads) + (b_shared ? 0 : h)) * sb : nullptr;
+    for (int j = threadIdx.x; j < d_out; j += blockDim.x)
+      o[j] = j < da ? ah[j] : j < da + db && bh ? bh[j - da] : 0.0f;
+  }
+}
+
+cudaError_t ls_cu_concat_heads(cudaStream_t st, float *out, int d_out, const float *a, int da,
+                               int sa, int a_shared, const float *b, int db, int sb, int b_shared,
+                               int T, int n_heads) {
+  if (T <= 0 || n_heads <= 0 || d_out <= 0) return cudaSuccess;
+  const int64_t pairs = (int64_t)T * n_heads;
+  LS_LAUNCH(concat_heads_kernel, dim3(1, (unsigned)(pairs < MOE_MAX_ROWS ? pairs : MOE_MAX_ROWS)),
+            dim3(d_out < MOE_THREADS ? (d_out + 31) / 32 * 32 : MOE_THREADS), 0, st, out, d_out, a,
+            da, sa, a_shared, b, db, sb, b_shared, T, n_heads);
   return LS_CU_LAST_ERROR();
 }
 

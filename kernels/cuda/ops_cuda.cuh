@@ -58,6 +58,11 @@ cudaError_t ls_cu_gather(cudaStream_t st, float *dst, const float *src, const in
                          int n, int W);
 /* x (n) <- 0 */
 cudaError_t ls_cu_zero(cudaStream_t st, float *x, size_t n);
+/* out (T, n_heads, d_out) <- per head [a's head (da), b's head (db; b NULL: zeros), zeros]
+ * (kernels/backend.h concat_heads) */
+cudaError_t ls_cu_concat_heads(cudaStream_t st, float *out, int d_out, const float *a, int da,
+                               int sa, int a_shared, const float *b, int db, int sb, int b_shared,
+                               int T, int n_heads);
 cudaError_t ls_cu_scatter_add(cudaStream_t st, float *dst, const float *src, const int32_t *idx,
                               const float *wts, int n, int W);
 /* dst (rows, cols; LS_CU_F32 or LS_CU_BF16) <- FP8 src (e4m3 1: F8_E4M3, 0: F8_E5M2)

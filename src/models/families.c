@@ -8,7 +8,8 @@
 
 extern const ls_family_t ls_family_llama, ls_family_qwen3, ls_family_olmo2, ls_family_gemma,
     ls_family_gemma2, ls_family_gemma3, ls_family_phi3, ls_family_gpt2, ls_family_gpt_neox,
-    ls_family_mixtral, ls_family_qwen2_moe, ls_family_qwen3_moe, ls_family_olmoe;
+    ls_family_mixtral, ls_family_qwen2_moe, ls_family_qwen3_moe, ls_family_olmoe,
+    ls_family_deepseek_v2, ls_family_deepseek_v3;
 
 static const ls_family_t *const families[] = {
     &ls_family_llama,
@@ -24,6 +25,8 @@ static const ls_family_t *const families[] = {
     &ls_family_qwen2_moe,
     &ls_family_qwen3_moe,
     &ls_family_olmoe,
+    &ls_family_deepseek_v2,
+    &ls_family_deepseek_v3,
 };
 #define N_FAMILIES ((int)(sizeof families / sizeof families[0]))
 
@@ -92,8 +95,15 @@ void ls_wspec_view(ls_wspec_t *w, int64_t row0, int64_t block, int64_t stride, i
   w->view_count = (int32_t)count;
 }
 
+void ls_wspec_view_perm(ls_wspec_t *w, int perm, int64_t split) {
+  w->view_perm = perm;
+  w->view_split = split;
+}
+
 static void wspec(ls_wspec_t *w, ls_wkind_t kind, int present, int64_t d0, int64_t d1) {
   w->transpose = 0;
+  w->view_perm = LS_VIEW_PLAIN;
+  w->view_split = 0;
   w->view_count = 0;
   w->view_row0 = w->view_block = w->view_stride = 0;
   w->kind = kind;

@@ -47,7 +47,16 @@ typedef struct {
                             * view_stride + i (j < view_count, i < view_block) of the
                             * (transposed) tensor, in that order (1-D: elements) */
   int64_t view_row0, view_block, view_stride;
+  /* optional row order inside each block of a view (MLA heads, src/models/deepseek.c):
+   * LS_VIEW_ROTATE puts rows [view_split, block) first, then [0, view_split);
+   * LS_VIEW_ROTATE_DEINT the same with the moved rows de-interleaved (even rows, then odd
+   * rows: DeepSeek's interleaved RoPE pairs become rotate_half pairs; q and k get the
+   * same order, so their dot products are unchanged) */
+  int32_t view_perm;
+  int64_t view_split;
 } ls_wspec_t;
+
+enum { LS_VIEW_PLAIN = 0, LS_VIEW_ROTATE = 1, LS_VIEW_ROTATE_DEINT = 2 };
 
 /* The slot's own shape: rows (after transpose and view) and columns (1 for 1-D), and
  * its element count. */
@@ -58,6 +67,8 @@ static inline int64_t ls_wspec_numel(const ls_wspec_t *w) {
 }
 /* w becomes rows [row0 + j * stride, + block) for j < count of its tensor */
 void ls_wspec_view(ls_wspec_t *w, int64_t row0, int64_t block, int64_t stride, int64_t count);
+/* and each block's rows reordered (LS_VIEW_ROTATE[_DEINT] from row split of the block) */
+void ls_wspec_view_perm(ls_wspec_t *w, int perm, int64_t split);
 
 /* The model-level tensors (global_tensors fills those the family has; absent ones
  * keep present = 0). */
@@ -245,6 +256,7 @@ typedef struct {
   void *const *experts;             /* (3 n_experts) gate, up, down of expert e at 3e.. */
   void *sh_gate, *sh_up, *sh_down;  /* the shared expert (NULL: none) */
   void *sh_router;                  /* (1, H) its sigmoid gate (NULL: added as it is) */
+  const float *score_bias;          /* (n_experts) e_score_correction_bias (NULL: none) */
 } ls_moe_weights_t;
 
 /* scratch blocks the MoE block uses (a family appends them to its own) */
@@ -252,10 +264,12 @@ typedef struct {
 void ls_moe_scratch_widths(const ls_config_t *c, size_t *w);
 size_t ls_moe_host_bytes(const ls_config_t *c, int T_max);
 /* out (T, H) <- the MoE block on xin: hook router_logits on gate(xin) (T, n_experts), then
- * each real row's top_k experts by softmax probability (renormalised when
- * cfg->norm_topk_prob), each expert's rows gathered into one GEMM batch, the weighted
- * results scatter-added in ascending expert order (a row's sum never depends on which
- * other rows share the batch), plus the shared expert. s: the LS_MOE_N_SCRATCH blocks. */
+ * each real row's top_k experts by score (softmax, or sigmoid plus the correction bias;
+ * within the best groups when cfg->n_group), weights renormalised when
+ * cfg->norm_topk_prob and scaled by cfg->routed_scale, each expert's rows gathered into
+ * one GEMM batch, the weighted results scatter-added in ascending expert order (a row's
+ * sum never depends on which other rows share the batch), plus the shared expert. s: the
+ * LS_MOE_N_SCRATCH blocks. */
 void ls_recipe_moe(const ls_block_t *blk, const ls_moe_weights_t *w, float *const *s,
                    const float *xin, float *out);
 /* The MoE keys of config.json most families share: num_experts_per_tok, the expert count

@@ -38,20 +38,21 @@ void ls_moe_scratch_widths(const ls_config_t *c, size_t *w) {
  * offsets (E + 1), the rows of each expert in ascending order with their weights (T k),
  * the padded lists idx / w (T k LS_ROW_PAD), the shared gate (T) */
 typedef struct {
-  float *logits, *sel_w, *w, *sh_w, *bw;
+  float *logits, *sel_w, *w, *sh_w, *bw, *bias;
   int32_t *sel, *count, *off, *idx, *ident, *fill, *brow;
 } moe_host_t;
 
-#define N_HOST 12
+#define N_HOST 13
 static size_t host_layout(const ls_config_t *c, int T_max, void *base, moe_host_t *h) {
   const size_t T = (size_t)ls_round_rows(T_max), E = (size_t)c->n_experts, k = (size_t)c->top_k;
   const size_t K = T * k * LS_ROW_PAD;
   const size_t n[N_HOST] = {T * E, T * k, K, T, T * k, T * k, E + 1, E + 1, K, T,
-                            (size_t)LS_ROW_PAD, T * k};
+                            (size_t)LS_ROW_PAD, T * k, E};
   void **dst[N_HOST] = {(void **)&h->logits, (void **)&h->sel_w, (void **)&h->w,
                         (void **)&h->sh_w,   (void **)&h->bw,    (void **)&h->sel,
                         (void **)&h->count,  (void **)&h->off,   (void **)&h->idx,
-                        (void **)&h->ident,  (void **)&h->fill,  (void **)&h->brow};
+                        (void **)&h->ident,  (void **)&h->fill,  (void **)&h->brow,
+                        (void **)&h->bias};
   size_t total = 0;
   for (int i = 0; i < N_HOST; i++) {
     if (base) *dst[i] = (char *)base + total;
@@ -66,32 +67,68 @@ size_t ls_moe_host_bytes(const ls_config_t *c, int T_max) {
 }
 
 /* ---- routing (host, double) ----------------------------------------------------------------- */
-/* Row t's top_k experts by softmax probability (ties: the lower index), weights
- * renormalised to sum 1 when asked. */
-static void route_row(const ls_config_t *c, const float *logit, int32_t *sel, float *w) {
+/* Row t's top_k experts and their weights, in double, as transformers' routers:
+ *   score = softmax(logits) (Mixtral, Qwen-MoE, OLMoE, DeepSeek-V2) or sigmoid(logits)
+ *   (DeepSeek-V3); the choice by score + e_score_correction_bias (V3), only among the
+ *   topk_group best groups when n_group > 1 (a group's score: its best choice score, or
+ *   the sum of its two best); ties go to the lower index. The weights are the chosen
+ *   scores, renormalised when norm_topk_prob (V3: + 1e-20), times routed_scaling_factor. */
+static void route_row(const ls_config_t *c, const float *logit, const float *bias, int32_t *sel,
+                      float *w) {
   const int E = c->n_experts, k = c->top_k;
-  double mx = -INFINITY, sum = 0, p[k];
-  for (int e = 0; e < E; e++) mx = fmax(mx, (double)logit[e]);
-  for (int e = 0; e < E; e++) sum += exp((double)logit[e] - mx);
+  double score[E], choice[E], mx = -INFINITY, sum = 0;
+  if (c->router_sigmoid) {
+    for (int e = 0; e < E; e++) score[e] = 1.0 / (1.0 + exp(-(double)logit[e]));
+  } else {
+    for (int e = 0; e < E; e++) mx = fmax(mx, (double)logit[e]);
+    for (int e = 0; e < E; e++) sum += exp((double)logit[e] - mx);
+    for (int e = 0; e < E; e++) score[e] = exp((double)logit[e] - mx) / sum;
+  }
+  for (int e = 0; e < E; e++) choice[e] = score[e] + (bias ? (double)bias[e] : 0.0);
+  if (c->n_group > 1) {
+    const int G = c->n_group, per = E / G;
+    double gs[G];
+    unsigned char keep[G];
+    for (int g = 0; g < G; g++) {
+      double b1 = -INFINITY, b2 = -INFINITY;
+      for (int e = g * per; e < (g + 1) * per; e++) {
+        if (choice[e] > b1) { b2 = b1; b1 = choice[e]; }
+        else if (choice[e] > b2) b2 = choice[e];
+      }
+      gs[g] = c->group_top2 ? b1 + b2 : b1;
+      keep[g] = 0;
+    }
+    for (int j = 0; j < c->topk_group; j++) {
+      int best = -1;
+      for (int g = 0; g < G; g++)
+        if (!keep[g] && (best < 0 || gs[g] > gs[best])) best = g;
+      keep[best] = 1;
+    }
+    for (int e = 0; e < E; e++)
+      if (!keep[e / per]) choice[e] = -INFINITY;
+  }
+  double norm = 0;
   for (int j = 0; j < k; j++) { /* k is small: selection by repeated scans */
     int best = -1;
     for (int e = 0; e < E; e++) {
       int taken = 0;
       for (int i = 0; i < j; i++) taken |= sel[i] == e;
-      if (!taken && (best < 0 || logit[e] > logit[best])) best = e;
+      if (!taken && (best < 0 || choice[e] > choice[best])) best = e;
     }
     sel[j] = best;
-    p[j] = exp((double)logit[best] - mx) / sum;
+    norm += score[best];
   }
-  double norm = 0;
-  for (int j = 0; j < k; j++) norm += p[j];
-  for (int j = 0; j < k; j++) w[j] = (float)(c->norm_topk_prob ? p[j] / norm : p[j]);
+  if (c->router_sigmoid) norm += 1e-20;
+  const double scale = c->routed_scale > 0 ? c->routed_scale : 1.0;
+  for (int j = 0; j < k; j++)
+    w[j] = (float)((c->norm_topk_prob ? score[sel[j]] / norm : score[sel[j]]) * scale);
 }
 
 /* Real rows of the batch routed; each expert's padded list (ascending rows, row r at a
  * position = r mod align) in h->idx / h->w from h->off[e]; the real rows, ascending, in
  * h->ident (*real of them). Returns the lists' total. */
-static int build_lists(const ls_block_t *blk, moe_host_t *h, int align, int *real) {
+static int build_lists(const ls_block_t *blk, moe_host_t *h, const float *bias, int align,
+                       int *real) {
   const ls_config_t *c = blk->cfg;
   const ls_batch_t *b = blk->b;
   const int E = c->n_experts, k = c->top_k;
@@ -102,7 +139,8 @@ static int build_lists(const ls_block_t *blk, moe_host_t *h, int align, int *rea
     const int r1 = r0 + (b->seq_len_h ? b->seq_len_h[s] : b->seq_start_h[s + 1] - r0);
     for (int t = r0; t < r1; t++, n_real++) {
       h->ident[n_real] = t; /* the real rows, ascending */
-      route_row(c, h->logits + (size_t)t * E, h->sel + (size_t)t * k, h->sel_w + (size_t)t * k);
+      route_row(c, h->logits + (size_t)t * E, bias, h->sel + (size_t)t * k,
+                h->sel_w + (size_t)t * k);
       for (int j = 0; j < k; j++) h->count[h->sel[(size_t)t * k + j]]++;
     }
   }
@@ -154,10 +192,11 @@ void ls_recipe_moe(const ls_block_t *blk, const ls_moe_weights_t *w, float *cons
   f->matmul(be, s[M_LOGITS], xin, w->router, NULL, T, H, E);
   if (blk->hook) blk->hook(blk->hook_ctx, LS_HOOK_ROUTER_LOGITS, s[M_LOGITS], E);
   f->to_host(be, h.logits, s[M_LOGITS], sizeof(float) * (size_t)T * E);
+  if (w->score_bias) f->to_host(be, h.bias, w->score_bias, sizeof(float) * (size_t)E);
   if (f->sync) f->sync(be); /* a failure is reported by the engine's sync after the layer */
   const int align = be->row_align > 0 && be->row_align <= LS_ROW_PAD ? be->row_align : 1;
   int n_real = 0;
-  const int total = build_lists(blk, &h, align, &n_real);
+  const int total = build_lists(blk, &h, w->score_bias ? h.bias : NULL, align, &n_real);
   int32_t *idx = (int32_t *)s[M_IDX];
   float *wts = s[M_W];
   f->to_device(be, idx, h.idx, sizeof(int32_t) * (size_t)total);

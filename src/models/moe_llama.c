@@ -159,7 +159,7 @@ static void forward(const ls_block_t *blk, float *x) {
   ls_recipe_rmsnorm(blk, s[S_XN], x, w[W_MLP_NORM]);
   if (ls_config_is_moe(c, blk->layer)) {
     const ls_moe_weights_t mw = {w[W_ROUTER], w + W_EXPERTS, w[W_SH_GATE], w[W_SH_UP],
-                                 w[W_SH_DOWN], w[W_SH_ROUTER]};
+                                 w[W_SH_DOWN], w[W_SH_ROUTER], NULL};
     ls_recipe_moe(blk, &mw, s + S_MOE, s[S_XN], s[S_MLP_OUT]);
   } else {
     ls_recipe_glu_mlp(blk, w[W_GATE], w[W_UP], w[W_DOWN], NULL, NULL, NULL, s[S_GATE], s[S_UP],
