@@ -416,6 +416,22 @@ static void test_moe_ops(void **state) {
   gpu32->iface->free(gpu32, dg); gpu32->iface->free(gpu32, dd);
   free(src); free(wts); free(g_ref); free(d_ref);
 
+  /* concat_heads (MLA k: a shared rope part and per-head nope parts, zero padding) */
+  {
+    const int T = 33, nh = 16, da = 64, db = 128, dout = 200;
+    float *a = rand_buf((size_t)T * da, 1.0f), *b = rand_buf((size_t)T * nh * db, 1.0f);
+    float *ref = malloc(sizeof(float) * (size_t)T * nh * dout);
+    cpu->iface->concat_heads(cpu, ref, dout, a, da, da, 1, b, db, db, 0, T, nh);
+    float *da_ = dev_from(gpu32, a, sizeof(float) * (size_t)T * da);
+    float *db_ = dev_from(gpu32, b, sizeof(float) * (size_t)T * nh * db);
+    float *dout_ = dev_poisoned(gpu32, (size_t)T * nh * dout);
+    gpu32->iface->concat_heads(gpu32, dout_, dout, da_, da, da, 1, db_, db, db, 0, T, nh);
+    got = to_host(gpu32, dout_, (size_t)T * nh * dout);
+    check_rows("concat_heads", got, ref, (size_t)T * nh, (size_t)dout, 0);
+    free(got); free(a); free(b); free(ref);
+    gpu32->iface->free(gpu32, da_); gpu32->iface->free(gpu32, db_); gpu32->iface->free(gpu32, dout_);
+  }
+
   const int rows = 70, cols = 45, br = 16, bc = 32, ns = 5 * 2;
   uint8_t *q = malloc((size_t)rows * cols);
   for (int i = 0; i < rows * cols; i++) q[i] = (uint8_t)((i * 37 + 11) & 0xff);

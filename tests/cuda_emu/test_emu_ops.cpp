@@ -13,7 +13,8 @@
  *   convert: to f32 bit-identical to ls_convert_to_f32; to bf16 bit-identical to
  *     round-to-nearest-even (ref_bf16 below); NaN stays NaN; every f16 and bf16 value
  *     and f32 specials, subnormals and ties;
- *   gather, scatter_add (index lists with gaps), zero: bit-identical to the CPU ops;
+ *   gather, scatter_add (index lists with gaps), zero, concat_heads: bit-identical to
+ *     the CPU ops;
  *   FP8 dequantization: every code of F8_E4M3 and F8_E5M2 in several block shapes,
  *     float32 bit-identical to ls_cpu_dequant_fp8, bf16 its round-to-nearest-even;
  *   launches of nothing (T = 0, n = 0) return cudaSuccess without launching.
@@ -542,6 +543,36 @@ static void test_moe_rows(void **state) {
   report("gather/scatter_add");
 }
 
+/* concat_heads against the CPU op bit for bit: per-head and shared (one head for all)
+ * parts, a missing second part (zeros), zero padding up to d_out, input head strides
+ * wider than the part taken (dropping v's padding) */
+static void test_concat_heads(void **state) {
+  struct { int nh, da, sa, ash, db, sb, bsh, dout, has_b; } cases[] = {
+      {4, 8, 8, 1, 12, 12, 0, 20, 1},   /* MLA k: shared rope part, per-head nope part */
+      {3, 10, 10, 0, 0, 0, 0, 20, 0},   /* v padded with zeros */
+      {5, 10, 20, 0, 0, 0, 0, 10, 0},   /* attention output, padding dropped */
+      {2, 7, 9, 0, 5, 6, 1, 300, 1},    /* odd widths, more than a block of threads */
+  };
+  for (auto c : cases)
+    for (int T : {1, 13}) {
+      char ctx[128];
+      snprintf(ctx, sizeof ctx, "concat_heads nh=%d da=%d db=%d dout=%d T=%d", c.nh, c.da, c.db,
+               c.dout, T);
+      fbuf a((size_t)T * (c.ash ? 1 : c.nh) * c.sa, 0), b((size_t)T * (c.bsh ? 1 : c.nh) * (c.sb ? c.sb : 1), 0);
+      a.fill(-1.0f, 1.0f);
+      b.fill(-1.0f, 1.0f);
+      const size_t n = (size_t)T * c.nh * c.dout;
+      fbuf got(n, 0), ref(n, 0);
+      CHECK_CU(ls_cu_concat_heads(g_st, got.p, c.dout, a.p, c.da, c.sa, c.ash, c.has_b ? b.p : nullptr,
+                                  c.db, c.sb, c.bsh, T, c.nh));
+      g_be->iface->concat_heads(g_be, ref.p, c.dout, a.p, c.da, c.sa, c.ash, c.has_b ? b.p : nullptr,
+                                c.db, c.sb, c.bsh, T, c.nh);
+      check_close(ctx, got.p, ref.p, n, (size_t)c.dout, 0.0, 0.0);
+      check_canary(ctx, got);
+    }
+  report("concat_heads");
+}
+
 /* every FP8 code, as F8_E4M3 and F8_E5M2, in weights of several block shapes (partial
  * edge blocks): float32 output bit-identical to the CPU op, bf16 the CPU result rounded
  * to nearest even */
@@ -756,7 +787,7 @@ int main(void) {
       cmocka_unit_test(test_add),         cmocka_unit_test(test_add_bias),
       cmocka_unit_test(test_pool),        cmocka_unit_test(test_convert),
       cmocka_unit_test(test_empty),       cmocka_unit_test(test_moe_rows),
-      cmocka_unit_test(test_dequant_fp8),
+      cmocka_unit_test(test_dequant_fp8), cmocka_unit_test(test_concat_heads),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
