@@ -371,8 +371,10 @@ static void test_bad_head_dim(void **state) {
 }
 
 static void test_bad_rope(void **state) {
+  expect_bad("{" A_LLAMA SIZES ", \"rope_scaling\": {\"type\": \"dynamic\", \"factor\": 4.0}}",
+             "\"dynamic\" is not supported");
   expect_bad("{" A_LLAMA SIZES ", \"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4.0}}",
-             "\"yarn\" is not supported");
+             "original_max_position_embeddings"); /* yarn needs it */
   expect_bad("{" A_LLAMA SIZES ", \"rope_parameters\": {\"rope_theta\": 10000.0, "
              "\"rope_type\": \"dynamic\", \"factor\": 2.0}}", "\"dynamic\"");
   expect_bad("{" A_LLAMA SIZES ", \"rope_parameters\": {\"rope_theta\": 10000.0, "
@@ -427,6 +429,17 @@ static int ref_inv_freq(const ls_config_t *c, double *out) {
       int medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
       bands |= medium ? 4 : wavelen > low_wavelen ? 2 : 1;
       f = medium ? smoothed : llama;
+    }
+    if (c->rope.type == LS_ROPE_YARN) { /* _compute_yarn_parameters, truncate true */
+      const double b = c->rope.theta, ctx = c->rope.orig_max_pos;
+      double lo = floor(dim * log(ctx / (c->rope.beta_fast * 2 * M_PI)) / (2 * log(b)));
+      double hi = ceil(dim * log(ctx / (c->rope.beta_slow * 2 * M_PI)) / (2 * log(b)));
+      lo = fmax(lo, 0);
+      hi = fmin(hi, dim - 1);
+      if (lo == hi) hi += 0.001;
+      const double ramp = fmin(fmax((i - lo) / (hi - lo), 0.0), 1.0), ef = 1 - ramp;
+      f = f / c->rope.factor * (1 - ef) + f * ef;
+      bands |= ramp == 0 ? 1 : ramp == 1 ? 2 : 4;
     }
     out[i] = f;
   }
@@ -488,6 +501,81 @@ static void test_rope_inv_freq(void **state) {
   check_inv_freq("{" A_LLAMA SIZES ", \"head_dim\": 64, \"rope_parameters\": {\"rope_theta\": "
                  "500000.0, \"rope_type\": \"llama3\", \"factor\": 32.0, \"low_freq_factor\": 1.0,"
                  " \"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 8192}}", 7);
+  /* yarn: DeepSeek-V3's parameters (extrapolated, ramped and interpolated dims) */
+  check_inv_freq("{" A_LLAMA SIZES ", \"head_dim\": 64, \"rope_theta\": 10000.0, "
+                 "\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 40, \"beta_fast\": 32, "
+                 "\"beta_slow\": 1, \"mscale\": 1.0, \"mscale_all_dim\": 1.0, "
+                 "\"original_max_position_embeddings\": 4096}}", 7);
+}
+
+/* ---- mixtures of experts, DeepSeek, quantization ------------------------------------------- */
+#define MOE_SIZES SIZES ", \"moe_intermediate_size\": 24"
+static void test_moe_configs(void **state) {
+  ls_config_t c;
+  parse_ok("{\"architectures\": [\"MixtralForCausalLM\"], " SIZES ", \"num_local_experts\": 8, "
+           "\"num_experts_per_tok\": 2}", &c);
+  assert_int_equal(c.n_experts, 8);
+  assert_int_equal(c.moe_intermediate, 96); /* Mixtral's experts: intermediate_size */
+  assert_int_equal(c.norm_topk_prob, 1);
+  for (int L = 0; L < 3; L++) assert_true(ls_config_is_moe(&c, L));
+  parse_ok("{\"architectures\": [\"Qwen2MoeForCausalLM\"], " MOE_SIZES ", \"num_experts\": 6, "
+           "\"num_experts_per_tok\": 2, \"shared_expert_intermediate_size\": 40, \"mlp_only_layers\": [1]}", &c);
+  assert_true(ls_config_is_moe(&c, 0) && !ls_config_is_moe(&c, 1) && ls_config_is_moe(&c, 2));
+  assert_int_equal(c.shared_intermediate, 40);
+  assert_int_equal(c.shared_gate, 1);
+  assert_int_equal(c.qkv_bias, 1);
+  parse_ok("{\"architectures\": [\"Qwen3MoeForCausalLM\"], " MOE_SIZES ", \"num_local_experts\": 8, "
+           "\"num_experts_per_tok\": 2, \"decoder_sparse_step\": 2, \"norm_topk_prob\": true}", &c);
+  assert_true(!ls_config_is_moe(&c, 0) && ls_config_is_moe(&c, 1) && !ls_config_is_moe(&c, 2));
+  assert_int_equal(c.norm_topk_prob, 1);
+  expect_bad2("{\"architectures\": [\"Qwen3MoeForCausalLM\"], " MOE_SIZES ", \"num_experts\": 4, "
+              "\"num_experts_per_tok\": 5}", "num_experts_per_tok", "[1, 4]");
+  expect_bad("{\"architectures\": [\"OlmoeForCausalLM\"], " SIZES ", \"num_experts\": 4, "
+             "\"num_experts_per_tok\": 2, \"clip_qkv\": 8.0}", "clip_qkv");
+  expect_bad("{\"architectures\": [\"Qwen2MoeForCausalLM\"], " MOE_SIZES ", \"num_experts\": 4, "
+             "\"num_experts_per_tok\": 2, \"shared_expert_intermediate_size\": 8, \"mlp_only_layers\": [7]}", "mlp_only_layers");
+  /* DeepSeek-V3: MLA sizes, grouped sigmoid routing, dense first layer, yarn */
+  const char *v3 = "{\"architectures\": [\"DeepseekV3ForCausalLM\"], " MOE_SIZES
+                   ", \"n_routed_experts\": 8, \"num_experts_per_tok\": 2, \"n_group\": 2, \"topk_group\": 1, "
+                   "\"first_k_dense_replace\": 1, \"n_shared_experts\": 1, "
+                   "\"routed_scaling_factor\": 2.5, \"q_lora_rank\": 24, \"kv_lora_rank\": 16, "
+                   "\"qk_rope_head_dim\": 8, \"qk_nope_head_dim\": 12, \"v_head_dim\": 10, "
+                   "\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 40, \"mscale\": 1.0, "
+                   "\"mscale_all_dim\": 1.0, \"original_max_position_embeddings\": 4096}}";
+  parse_ok(v3, &c);
+  assert_true(!ls_config_is_moe(&c, 0) && ls_config_is_moe(&c, 1));
+  assert_int_equal(c.head_dim, 20);
+  assert_int_equal(c.rope_dim, 8);
+  assert_int_equal(c.shared_intermediate, 24);
+  assert_true(c.router_sigmoid && c.router_bias && c.group_top2 && c.norm_topk_prob);
+  assert_int_equal(c.n_group, 2);
+  assert_true(c.routed_scale == 2.5);
+  assert_int_equal(c.rope.type, LS_ROPE_YARN);
+  assert_true(c.rope.attn_factor == 1.0); /* mscale / mscale_all_dim */
+  assert_true(fabs(ls_yarn_mscale(40, 1.0) - (0.1 * log(40.0) + 1)) < 1e-15);
+  expect_bad("{\"architectures\": [\"DeepseekV3ForCausalLM\"], " MOE_SIZES
+             ", \"n_routed_experts\": 8, \"num_experts_per_tok\": 2, \"n_group\": 3, \"topk_group\": 1, \"kv_lora_rank\": 16, "
+             "\"qk_rope_head_dim\": 8, \"qk_nope_head_dim\": 12, \"v_head_dim\": 10}", "n_group 3");
+  expect_bad("{\"architectures\": [\"DeepseekV2ForCausalLM\"], " MOE_SIZES
+             ", \"n_routed_experts\": 8, \"num_experts_per_tok\": 2, \"topk_method\": \"noaux_tc\", \"kv_lora_rank\": 16, "
+             "\"qk_rope_head_dim\": 8, \"qk_nope_head_dim\": 12, \"v_head_dim\": 10}", "topk_method");
+  expect_bad("{\"architectures\": [\"DeepseekV2ForCausalLM\"], " MOE_SIZES
+             ", \"n_routed_experts\": 8, \"num_experts_per_tok\": 2, \"moe_layer_freq\": 2, \"kv_lora_rank\": 16, "
+             "\"qk_rope_head_dim\": 8, \"qk_nope_head_dim\": 12, \"v_head_dim\": 10}", "moe_layer_freq");
+  /* quantization: fp8 read; others refused by name */
+  parse_ok("{" A_LLAMA SIZES ", \"quantization_config\": {\"quant_method\": \"fp8\", \"fmt\": "
+           "\"e5m2\", \"weight_block_size\": [128, 64]}}", &c);
+  assert_true(c.fp8 && c.fp8_dtype == LS_DT_F8_E5M2 && c.fp8_block[0] == 128 && c.fp8_block[1] == 64);
+  expect_bad2("{" A_LLAMA SIZES ", \"quantization_config\": {\"quant_method\": \"gptq\", "
+              "\"bits\": 4}}", "quant_method", "gptq");
+  expect_bad2("{" A_LLAMA SIZES ", \"quantization_config\": {\"quant_method\": \"awq\"}}",
+              "quant_method", "awq");
+  expect_bad("{" A_LLAMA SIZES ", \"quantization_config\": {\"quant_method\": \"fp8\"}}",
+             "weight_block_size");
+  expect_bad("{" A_LLAMA SIZES ", \"quantization_config\": {\"quant_method\": \"fp8\", "
+             "\"weight_block_size\": [0, 128]}}", "weight_block_size[0]");
+  expect_bad("{" A_LLAMA SIZES ", \"quantization_config\": {\"quant_method\": \"fp8\", "
+             "\"fmt\": \"int4\", \"weight_block_size\": [128, 128]}}", "fmt");
 }
 
 /* ---- flops ------------------------------------------------------------------------------- */
@@ -556,8 +644,8 @@ static void test_olmo2(void **state) {
   assert_true(c.rms_eps == 1e-5); /* Olmo2Config's default, not 1e-6 */
   parse_ok("{\"model_type\": \"olmo2\", " SIZES ", \"rms_norm_eps\": 1e-6}", &c);
   assert_true(c.rms_eps == 1e-6);
-  expect_bad("{" A_OLMO2 SIZES ", \"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 2}}",
-             "yarn");
+  expect_bad("{" A_OLMO2 SIZES ", \"rope_scaling\": {\"rope_type\": \"longrope\", \"factor\": 2}}",
+             "longrope");
 }
 
 /* ---- Gemma and Gemma 2 ------------------------------------------------------------------------ */
@@ -631,7 +719,7 @@ static void test_gemma3(void **state) {
   assert_ptr_equal(ls_config_rope(&c, 0), &c.rope_local);
   assert_ptr_equal(ls_config_rope(&c, 1), &c.rope);
   expect_bad("{" A_GEMMA3 SIZES ", \"rope_parameters\": {\"sliding_attention\": {\"rope_type\": "
-             "\"yarn\"}}}", "\"yarn\" is not supported");
+             "\"dynamic\"}}}", "\"dynamic\" is not supported");
   expect_bad("{" A_GEMMA3 SIZES ", \"use_bidirectional_attention\": true}",
              "use_bidirectional_attention");
 }
@@ -759,6 +847,7 @@ static void test_fixture_configs(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_llama_full),
+      cmocka_unit_test(test_moe_configs),
       cmocka_unit_test(test_defaults),
       cmocka_unit_test(test_mistral),
       cmocka_unit_test(test_qwen2),
