@@ -314,6 +314,33 @@ int ls_sw_write_hook(sweep_t *s, ls_hook_t h, int sel) {
   return rc != LS_OK ? rc : wrc;
 }
 
+/* ---- router stats ----------------------------------------------------------------------------------- */
+int ls_sw_write_router_stats(sweep_t *s, int upto) {
+  if (!s->prof.expert_rows) return LS_OK;
+  const int E = s->cfg->n_experts, first = s->prof.stats_next;
+  int row0 = 0, nm = 0, all = 0;
+  for (int L = 0; L < s->sel.n_run; L++)
+    if (ls_config_is_moe(s->cfg, L)) {
+      all++;
+      if (L < first) row0++;
+      else if (L < upto) nm++;
+    }
+  if (all == 0) return LS_OK; /* no dataset */
+  int64_t *v = ls_malloc(sizeof(int64_t) * (size_t)(nm + 1) * (size_t)E, "router stats");
+  if (!v) return LS_ERR;
+  int k = 0;
+  for (int L = first; L < upto; L++)
+    if (ls_config_is_moe(s->cfg, L))
+      memcpy(v + (size_t)k++ * E, s->prof.expert_rows + (size_t)L * E, sizeof(int64_t) * (size_t)E);
+  hsize_t start[2] = {(hsize_t)row0, 0}, count[2] = {(hsize_t)nm, (hsize_t)E};
+  if (s->rank != 0 || nm == 0) count[0] = count[1] = 0;
+  int rc = ls_h5out_write(&s->out.h5, "/router_stats/expert_rows", H5T_NATIVE_INT64, 2, start,
+                          count, v);
+  free(v);
+  if (rc == LS_OK && upto > s->prof.stats_next) s->prof.stats_next = upto;
+  return rc;
+}
+
 /* ---- profile ---------------------------------------------------------------------------------------- */
 int ls_sw_write_profile(sweep_t *s, const ls_wpipe_t *wp) {
   const int n = s->sel.n_run, first = s->start;
@@ -334,25 +361,7 @@ int ls_sw_write_profile(sweep_t *s, const ls_wpipe_t *wp) {
   hsize_t start1 = 0, count1 = s->rank == 0 ? (hsize_t)n : 0;
   if (rc == LS_OK) rc = ls_h5out_write(&s->out.h5, "/profile/layer_bytes", H5T_NATIVE_DOUBLE, 1, &start1, &count1, bytes);
   free(bytes);
-  /* router stats of this run's MoE layers (rows of earlier runs stay as written) */
-  if (rc == LS_OK && s->prof.expert_rows) {
-    const int E = s->cfg->n_experts;
-    int row0 = 0, nm = 0;
-    for (int L = 0; L < n; L++)
-      if (ls_config_is_moe(s->cfg, L)) { if (L < first) row0++; else nm++; }
-    int64_t *v = ls_malloc(sizeof(int64_t) * (size_t)(nm + 1) * (size_t)E, "router stats");
-    if (!v) return LS_ERR;
-    int k = 0;
-    for (int L = first; L < n; L++)
-      if (ls_config_is_moe(s->cfg, L))
-        memcpy(v + (size_t)k++ * E, s->prof.expert_rows + (size_t)L * E, sizeof(int64_t) * (size_t)E);
-    hsize_t start[2] = {(hsize_t)row0, 0}, count[2] = {(hsize_t)nm, (hsize_t)E};
-    if (s->rank != 0 || nm == 0) count[0] = count[1] = 0;
-    if (row0 + nm > 0)
-      rc = ls_h5out_write(&s->out.h5, "/router_stats/expert_rows", H5T_NATIVE_INT64, 2, start,
-                          count, v);
-    free(v);
-  }
+  if (rc == LS_OK) rc = ls_sw_write_router_stats(s, s->sel.n_run);
   double totals[3] = {(double)(s->rank == 0 ? s->model.st.bytes_read : 0), (double)s->prof.embed_bytes,
                       s->prof.t_total};
   MPI_Bcast(totals, 3, MPI_DOUBLE, 0, s->comm);

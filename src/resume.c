@@ -40,6 +40,7 @@ static int save_checkpoint(sweep_t *s, int next) {
   double t0 = ls_now();
   /* a resumed run starts at `next`: every layer before it must be on disk and marked */
   if (ls_sw_drain_writes(s)) return LS_ERR;
+  COLLECTIVE_STEP(s, ls_sw_write_router_stats(s, next));
   s->ck.meta.layer_next = next;
   const size_t n = (size_t)s->sh.n_rows * (size_t)s->cfg->hidden;
   float *xh = residual_host(s, 1);

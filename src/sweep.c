@@ -876,6 +876,7 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   wp_live = 1;
   ls_sw_install_signals();
   s->ck.last = s->start;
+  s->prof.stats_next = s->start; /* earlier runs wrote theirs at their checkpoints */
   int lr = run_layers(s, &wp);
   if (lr == LS_STOPPED) { rc = LS_STOPPED; goto out; }
   ls_watchdog_beat(&s->wd, "final norm", -1);

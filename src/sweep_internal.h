@@ -113,6 +113,7 @@ typedef struct {
   double t_embed, t_total, t_preload;
   int64_t *expert_rows;   /* (n_layers, n_experts) MoE models: real rows routed to each
                            * expert, summed over ranks after each layer (this run's layers) */
+  int stats_next;         /* the first layer whose expert_rows are not in the file yet */
   uint64_t embed_bytes;
   int n_ckpt;             /* checkpoints taken by this run */
   double t_ckpt;          /* seconds they took (max over ranks) */
@@ -196,6 +197,9 @@ int ls_sw_write_layer(sweep_t *s, int L, int sel);
 int ls_sw_drain_writes(sweep_t *s);
 void ls_sw_writer_stop(sweep_t *s);
 int ls_sw_write_profile(sweep_t *s, const ls_wpipe_t *wp);
+/* Collective: the rows of /router_stats/expert_rows of this run's MoE layers below `upto`
+ * not written yet (at checkpoints, so that a resumed run's file has every layer's) */
+int ls_sw_write_router_stats(sweep_t *s, int upto);
 int ls_sw_check_output(sweep_t *s);
 /* report.c */
 void ls_sw_progress(sweep_t *s, int layer, double elapsed);

@@ -141,6 +141,29 @@ else
   fail "fault stop" "rc=$rc errors=$nerr status=$(status_of "$out"): $(grep error "$tmp/fault.log" | head -n 3)"
 fi
 
+# ---- a MoE model: router_logits and /router_stats survive a stop and a resume --------------
+# (the DeepSeek-V3 fixture: a dense layer, then MoE layers; the stats of the layers before the
+# stop are written at its checkpoint)
+fx=${LS_FIXTURES:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../fixtures" && pwd)}
+margs=(--model "$fx/deepseek_v3_mla" --data "$fx/prompts.jsonl" --hooks all,router_logits --pool none
+       --microbatch-tokens 40 --progress off)
+mpirun -np 2 "$ls" run "${margs[@]}" --out "$tmp/moe_ref.h5" --checkpoint-every off >"$tmp/moe_ref.log" 2>&1
+out="$tmp/moe_fault.h5"
+LS_FAULT_WRITE_LAYER=2 mpirun -np 2 -x LS_FAULT_WRITE_LAYER "$ls" run "${margs[@]}" --out "$out" \
+  --checkpoint-every 1 >"$tmp/moe_fault.log" 2>&1
+mpirun -np 2 "$ls" run "${margs[@]}" --out "$out" --checkpoint-every 1 --resume >"$tmp/moe_fault2.log" 2>&1
+rc=$?
+ok=1 why=
+[ "$rc" = 0 ] && grep -q "before layer 2" "$tmp/moe_fault2.log" || { ok=0; why="resume: rc=$rc $(tail -n 2 "$tmp/moe_fault2.log")"; }
+for d in residual_post mlp_out router_logits router_stats/expert_rows; do
+  h5diff -q -d 0 "$tmp/moe_ref.h5" "$out" "/$d" "/$d" >/dev/null 2>&1 || { ok=0; why="$why /$d differs"; }
+done
+if [ "$ok" = 1 ]; then
+  pass "MoE (DeepSeek-V3 fixture): write failure at layer 2, resumed: activations, router_logits and router_stats bit-identical"
+else
+  fail "MoE resume" "$why"
+fi
+
 # ---- real ENOSPC on a small tmpfs (needs permission to mount) -----------------------------
 mnt="$tmp/smallfs"
 mkdir -p "$mnt"
