@@ -1108,6 +1108,28 @@ static void test_bytes_read_and_profile(void **state) {
   ls_dataset_free(&d);
 }
 
+/* ---- FP8 checkpoints: the activations of the dequantized model ------------------------------- */
+/* qwen3_moe_fp8 (F8_E4M3 weights, 16x32 block scales) and qwen3_moe_fp8_dequant (the same
+ * weights dequantized by the fixture generator in float32, an ordinary F32 checkpoint):
+ * every hook bit for bit the same on the CPU (within tol on the GPU), and the FP8 model
+ * reads a quarter of the float32 weight bytes for its FP8 tensors (plus scales). */
+static void test_fp8_dequant(void **state) {
+  (void)state;
+  char a[4400], b[4400];
+  out_path(a, sizeof a, "fp8_q");
+  out_path(b, sizeof b, "fp8_dq");
+  const char *hooks = "all,router_logits";
+  int ra = sweep("qwen3_moe_fp8", "prompts.jsonl", a, hooks, "all", "none", 29, MPI_COMM_WORLD);
+  int rb = sweep("qwen3_moe_fp8_dequant", "prompts.jsonl", b, hooks, "all", "none", 29, MPI_COMM_WORLD);
+  assert_int_equal(ra, 0);
+  assert_int_equal(rb, 0);
+  if (rank != 0) return;
+  compare_outputs(b, a, hooks, 1);
+  const double qa = h5_attr_f64(a, "/profile", "bytes_read"), qb = h5_attr_f64(b, "/profile", "bytes_read");
+  if (!(qa > 0 && qb > 0 && qa < 0.4 * qb))
+    fail_msg("FP8 model read %.0f weight bytes, its float32 twin %.0f: want under 0.4 of it (FP8 weights 1/4, routers, norms and scales float32)", qa, qb);
+}
+
 int main(int argc, char **argv) {
   int provided;
   MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
@@ -1148,6 +1170,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_rank_invariance_mean),
       cmocka_unit_test(test_more_ranks_than_prompts),
       cmocka_unit_test(test_bytes_read_and_profile),
+      cmocka_unit_test(test_fp8_dequant),
   };
   /* every rank runs every test (the sweeps are collective); rank 0 asserts */
   int failed = cmocka_run_group_tests(tests, NULL, NULL);

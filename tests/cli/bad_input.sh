@@ -472,6 +472,29 @@ FP8=$LS_FIXTURES/qwen3_moe_fp8
 FXDATA=$LS_FIXTURES/prompts.jsonl
 good valid.moe_fp8 "$T/out/moe_fp8.h5" "$LS_BIN" run --model "$FP8" --data "$FXDATA" \
   --out "$T/out/moe_fp8.h5" --hooks all,router_logits --progress off
+# tensors the forward does not use (an I64 position_ids buffer, a stray F8 block-scale-like
+# F32 tensor) leave the checkpoint readable
+if command -v python3 >/dev/null 2>&1; then
+  m=$(case_model unused_tensors)
+  python3 - "$m/model.safetensors" <<'PY'
+import json, struct, sys
+path = sys.argv[1]
+b = open(path, "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+data = b[8 + n:]
+end = len(data)
+h["model.position_ids"] = {"dtype": "I64", "shape": [4], "data_offsets": [end, end + 32]}
+h["model.layers.0.mlp.up_proj.weight_scale_inv"] = {"dtype": "F32", "shape": [2],
+                                                    "data_offsets": [end + 32, end + 40]}
+hj = json.dumps(h, separators=(",", ":")).encode()
+hj += b" " * (-len(hj) % 8)
+extra = struct.pack("<4q", 0, 1, 2, 3) + struct.pack("<2f", 1.0, 2.0)
+open(path, "wb").write(struct.pack("<Q", len(hj)) + hj + data + extra)
+PY
+  good valid.unused_tensors "$T/out/unused.h5" "$LS_BIN" run --model "$m" --data "$DATA" \
+    --out "$T/out/unused.h5" --progress off
+fi
 # a quantization this tool does not read: packed integers must never be taken for floats
 m=$(case_model quant_gptq "$FP8")
 sed -i 's/"quant_method": "fp8"/"quant_method": "gptq"/' "$m/config.json"
