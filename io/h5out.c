@@ -232,6 +232,33 @@ fail:
   return LS_ERR;
 }
 
+int ls_h5out_drop_datasets(ls_h5out_t *h, const char *scale, const char *const *dsets,
+                           const int *idx) {
+  hid_t s = H5I_INVALID_HID, d = H5I_INVALID_HID;
+  LS_H5_TRY(s = H5Dopen2(h->file, scale, H5P_DEFAULT), "dimension scale open");
+  for (int i = 0; dsets[i]; i++) {
+    LS_H5_TRY(d = H5Dopen2(h->file, dsets[i], H5P_DEFAULT), "dataset open");
+    if (H5DSis_attached(d, s, (unsigned)idx[i]) > 0)
+      LS_H5_TRY(H5DSdetach_scale(d, s, (unsigned)idx[i]), "dimension scale detach");
+    H5Dclose(d);
+    d = H5I_INVALID_HID;
+    LS_H5_TRY(H5Ldelete(h->file, dsets[i], H5P_DEFAULT), "dataset unlink");
+  }
+  H5Dclose(s);
+  return LS_OK;
+fail:
+  if (d >= 0) H5Dclose(d);
+  if (s >= 0) H5Dclose(s);
+  return LS_ERR;
+}
+
+int ls_h5out_unlink(ls_h5out_t *h, const char *name) {
+  LS_H5_TRY(H5Ldelete(h->file, name, H5P_DEFAULT), "dataset unlink");
+  return LS_OK;
+fail:
+  return LS_ERR;
+}
+
 hid_t ls_h5out_float_type(ls_dtype_t dt) {
   hid_t t = H5Tcopy(H5T_IEEE_F32LE);
   if (dt == LS_DT_F32 || t < 0) return t;

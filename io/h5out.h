@@ -50,6 +50,13 @@ int ls_h5out_create_dataset(ls_h5out_t *h, const char *name, hid_t type, int ran
  * ls_h5out_create_dataset makes them), so that rows can be written to it without HDF5
  * (src/writer.c); LS_ERR (quietly) when HDF5 cannot say, e.g. a dataset of no bytes. */
 int ls_h5out_raw_offset(ls_h5out_t *h, const char *name, uint64_t *offset);
+/* Detach dimension scale `scale` from dimension idx of each dataset in `dsets` (NULL-ended),
+ * then unlink those datasets (collective): a dataset is re-created with other dimensions
+ * without leaving the scale a dangling reference. */
+int ls_h5out_drop_datasets(ls_h5out_t *h, const char *scale, const char *const *dsets,
+                           const int *idx);
+/* Unlink dataset `name` (collective). */
+int ls_h5out_unlink(ls_h5out_t *h, const char *name);
 /* Make dataset `scale` a dimension scale named dimname (netCDF / xarray read it as the
  * dimension of that name), and attach it to dimension idx of each dataset in `dsets`
  * (NULL-ended). Collective. */

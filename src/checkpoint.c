@@ -167,15 +167,21 @@ int ls_ckpt_save(const char *dir, MPI_Comm comm, const ls_ckpt_meta_t *meta, con
     if (rc == LS_OK) fsync_dir(dir);
   }
   if (ls_agree_report(rc, comm)) return LS_ERR;
-  /* 3. older checkpoints of this rank are garbage now */
+  /* 3. older checkpoints of this rank are garbage now (rank 0: also those of ranks this
+   * run does not have, left by a run with more ranks before a resume) */
+  int size;
+  MPI_Comm_size(comm, &size);
   DIR *d = opendir(dir);
   if (d) {
     struct dirent *e;
-    char prefix[64], keep[64];
-    snprintf(prefix, sizeof prefix, "rank%d.L", rank);
+    char keep[64];
     snprintf(keep, sizeof keep, "rank%d.L%d.bin", rank, meta->layer_next);
     while ((e = readdir(d)) != NULL) {
-      if (strncmp(e->d_name, prefix, strlen(prefix)) != 0 || strcmp(e->d_name, keep) == 0) continue;
+      int r = -1, l = -1, n = 0;
+      if (sscanf(e->d_name, "rank%d.L%d.bin%n", &r, &l, &n) != 2 || n == 0 ||
+          (e->d_name[n] != '\0' && strcmp(e->d_name + n, ".tmp") != 0) || /* .bin, .bin.tmp */
+          strcmp(e->d_name, keep) == 0 || !(r == rank || (rank == 0 && r >= size)))
+        continue;
       char old_path[4400];
       snprintf(old_path, sizeof old_path, "%s/%s", dir, e->d_name);
       unlink(old_path);
@@ -255,10 +261,6 @@ int ls_ckpt_check(const ls_ckpt_meta_t *s, const ls_ckpt_meta_t *n, const char *
     what = "the dataset's contents differ from the checkpoint's";
   } else if (s->options_fp != n->options_fp) {
     what = "--hooks, --layers, --pool or --allow-long-prompts differ from the checkpointed run's";
-  } else if (s->ranks != n->ranks) {
-    snprintf(buf, sizeof buf, "the checkpoint was taken with %d ranks and this run has %d; "
-             "resume with mpirun -np %d", s->ranks, n->ranks, s->ranks);
-    what = buf;
   } else if (s->row_align != n->row_align) {
     snprintf(buf, sizeof buf, "the checkpoint's row alignment (%d) differs from this machine's "
              "(%d): resume on the same kind of CPU", s->row_align, n->row_align);
@@ -293,6 +295,51 @@ int ls_ckpt_load_rows(const char *dir, MPI_Comm comm, int layer_next, uint64_t f
   return ls_agree(rc, comm);
 }
 
+int ls_ckpt_load_rows_elastic(const char *dir, MPI_Comm comm, const ls_ckpt_meta_t *saved,
+                              uint64_t fp, const int64_t *old_rows, int64_t row0,
+                              int64_t n_rows, size_t H, float *x) {
+  int rc = LS_OK;
+  for (int r = 0; r < saved->ranks && rc == LS_OK; r++) {
+    const int64_t a = old_rows[r] > row0 ? old_rows[r] : row0;
+    const int64_t b = old_rows[r + 1] < row0 + n_rows ? old_rows[r + 1] : row0 + n_rows;
+    if (a >= b) continue;
+    char path[4200];
+    rank_path(path, sizeof path, dir, r, saved->layer_next);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    rank_header_t h;
+    if (fd < 0) {
+      ls_error("%s: missing checkpoint file (a resume with another rank count reads every "
+               "saved rank's file: the checkpoint directory must be visible to every rank): %s",
+               path, strerror(errno));
+      rc = LS_ERR;
+    } else if (read_all(fd, &h, sizeof h, path) != LS_OK) {
+      rc = LS_ERR;
+    } else if (memcmp(h.magic, MAGIC, 8) != 0 || h.rank != r || h.layer_next != saved->layer_next ||
+               h.fp != fp || h.n_floats != (uint64_t)(old_rows[r + 1] - old_rows[r]) * H) {
+      ls_error("%s: checkpoint file does not belong to this run (rank, layer or size "
+               "differs); rerun with --force to start over", path);
+      rc = LS_ERR;
+    } else {
+      /* rows [a, b) of the whole stream are rows [a - old_rows[r], ..) of this file */
+      const size_t bytes = (size_t)(b - a) * H * sizeof(float);
+      const off_t off = (off_t)sizeof h + (off_t)((size_t)(a - old_rows[r]) * H * sizeof(float));
+      char *dst = (char *)(x + (size_t)(a - row0) * H);
+      for (size_t done = 0; done < bytes && rc == LS_OK;) {
+        const ssize_t got = pread(fd, dst + done, bytes - done, off + (off_t)done);
+        if (got <= 0) {
+          ls_error("%s: cannot read the checkpoint rows: %s", path,
+                   got < 0 ? strerror(errno) : "file too short");
+          rc = LS_ERR;
+        } else {
+          done += (size_t)got;
+        }
+      }
+    }
+    if (fd >= 0) close(fd);
+  }
+  return ls_agree(rc, comm);
+}
+
 void ls_ckpt_remove(const char *dir, MPI_Comm comm) {
   int rank;
   MPI_Comm_rank(comm, &rank);
@@ -303,16 +350,20 @@ void ls_ckpt_remove(const char *dir, MPI_Comm comm) {
     unlink(path);
   }
   MPI_Barrier(comm);
+  int size;
+  MPI_Comm_size(comm, &size);
   DIR *d = opendir(dir);
   if (d) {
-    char prefix[64];
-    snprintf(prefix, sizeof prefix, "rank%d.L", rank);
     struct dirent *e;
-    while ((e = readdir(d)) != NULL)
-      if (strncmp(e->d_name, prefix, strlen(prefix)) == 0) {
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        unlink(path);
-      }
+    while ((e = readdir(d)) != NULL) {
+      int r = -1, l = -1, n = 0;
+      if (sscanf(e->d_name, "rank%d.L%d.bin%n", &r, &l, &n) != 2 || n == 0 ||
+          (e->d_name[n] != '\0' && strcmp(e->d_name + n, ".tmp") != 0) || /* .bin, .bin.tmp */
+          !(r == rank || (rank == 0 && r >= size)))
+        continue;
+      snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+      unlink(path);
+    }
     closedir(d);
   }
   MPI_Barrier(comm);

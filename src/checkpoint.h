@@ -44,6 +44,14 @@ int ls_ckpt_check(const ls_ckpt_meta_t *saved, const ls_ckpt_meta_t *now, const 
 /* Collective: read this rank's rows of the checkpoint at layer_next into x. */
 int ls_ckpt_load_rows(const char *dir, MPI_Comm comm, int layer_next, uint64_t fp, float *x,
                       size_t n_floats);
+/* Collective, for a resume with another rank count (elastic): rows [row0, row0 + n_rows)
+ * (H floats each) of the checkpoint's whole residual stream into x, read from the saved
+ * ranks' files that hold them; old_rows (saved->ranks + 1) are the first rows of each
+ * saved rank's file (the files are consecutive slices of one row order). fp: the
+ * fingerprint of the saved run (ls_ckpt_fp of its meta). */
+int ls_ckpt_load_rows_elastic(const char *dir, MPI_Comm comm, const ls_ckpt_meta_t *saved,
+                              uint64_t fp, const int64_t *old_rows, int64_t row0,
+                              int64_t n_rows, size_t H, float *x);
 /* 1 if dir does not exist, is empty, or is a checkpoint directory of layersweep's (its
  * marker or a meta.json in it); 0 for a directory with other files, which the
  * checkpoints must not share (they are removed at the end). */

@@ -372,6 +372,31 @@ int ls_sw_write_profile(sweep_t *s, const ls_wpipe_t *wp) {
 }
 
 
+int ls_sw_reshape_profile(sweep_t *s) {
+  const char *prof[8];
+  char names[7][64];
+  int zero[8], one[8];
+  for (int i = 0; i < 7; i++) {
+    snprintf(names[i], sizeof names[i], "/profile/%s", ls_sw_profile_fields[i]);
+    prof[i] = names[i];
+    zero[i] = 0;
+    one[i] = 1;
+  }
+  prof[7] = NULL;
+  /* detached from both scales, then unlinked; /rank re-made at this run's length */
+  int rc = ls_h5out_drop_datasets(&s->out.h5, "/layer_computed", prof, one);
+  if (rc == LS_OK) rc = ls_h5out_unlink(&s->out.h5, "/rank");
+  for (int i = 0; i < 7 && rc == LS_OK; i++) {
+    hsize_t dims[2] = {(hsize_t)s->size, (hsize_t)s->sel.n_run};
+    rc = ls_h5out_create_dataset(&s->out.h5, prof[i], H5T_IEEE_F64LE, 2, dims);
+  }
+  if (rc == LS_OK) rc = coordinate(s, "rank", (hsize_t)s->size, (hsize_t)s->rank, 1, NULL, prof, zero);
+  if (rc == LS_OK) rc = ls_h5out_dim_scale(&s->out.h5, "/layer_computed", "layer_computed", prof, one);
+  int64_t nranks = s->size;
+  if (rc == LS_OK) rc = ls_h5out_attr_i64(&s->out.h5, "/", "n_ranks", &nranks, 1);
+  return rc;
+}
+
 /* The output file of a resumed run must be the one this run would have created. */
 int ls_sw_check_output(sweep_t *s) {
   const hsize_t R = (hsize_t)s->sh.n_out_rows;

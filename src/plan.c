@@ -123,6 +123,22 @@ static void shard_prompts(const int64_t *offsets, int64_t n, int P, int64_t *bou
   bounds[P] = n;
 }
 
+/* The first padded row of each of `size` ranks' shards (and the total) in the whole
+ * dataset's row order: the rows a checkpoint of that many ranks holds in each file. */
+int ls_shard_row_starts(const ls_dataset_t *d, int size, int align, int64_t *rows) {
+  int64_t *bounds = ls_malloc(sizeof(int64_t) * (size_t)(size + 1), "shard bounds");
+  if (!bounds) return LS_ERR;
+  shard_prompts(d->offsets, d->n, size, bounds);
+  int64_t g = 0, p = 0;
+  const int64_t A = align;
+  for (int r = 0; r <= size; r++) {
+    for (; p < bounds[r]; p++) g += (ls_dataset_len(d, p) + A - 1) / A * A;
+    rows[r] = g;
+  }
+  free(bounds);
+  return LS_OK;
+}
+
 /* The shard of rank `rank` of `size`: token-balanced contiguous prompts, the padded
  * row layout (prompts start at multiples of align), greedy microbatches of whole
  * prompts (at most microbatch_tokens rows unless one prompt alone is longer). */

@@ -122,6 +122,36 @@ void ls_sw_fingerprints(sweep_t *s) {
 }
 
 
+/* A checkpoint of another rank count: its files are consecutive slices of the dataset's
+ * padded rows (the row layout depends on the row alignment only, checked equal), so this
+ * rank reads its own slice from the saved ranks' files that hold it. */
+static int load_resharded(sweep_t *s, const ls_ckpt_meta_t *saved, float *xh) {
+  if (saved->ranks < 1 || saved->ranks > (1 << 20)) {
+    if (s->rank == 0) ls_error("%s: the checkpoint's rank count %d is not valid", s->ck.dir, saved->ranks);
+    return LS_ERR;
+  }
+  int64_t *old_rows = ls_malloc(sizeof(int64_t) * (size_t)(saved->ranks + 1), "checkpoint layout");
+  int64_t *now = ls_malloc(sizeof(int64_t) * (size_t)(s->size + 1), "checkpoint layout");
+  int rc = old_rows && now ? LS_OK : LS_ERR;
+  if (rc == LS_OK) rc = ls_shard_row_starts(&s->data, saved->ranks, s->sh.align, old_rows);
+  if (rc == LS_OK) rc = ls_shard_row_starts(&s->data, s->size, s->sh.align, now);
+  if (ls_agree(rc, s->comm)) {
+    free(old_rows);
+    free(now);
+    return LS_ERR;
+  }
+  ls_ckpt_meta_t was = s->ck.meta; /* the saved run's fingerprint: its rank count */
+  was.ranks = saved->ranks;
+  rc = ls_ckpt_load_rows_elastic(s->ck.dir, s->comm, saved, ls_ckpt_fp(&was), old_rows,
+                                 now[s->rank], s->sh.n_rows, (size_t)s->cfg->hidden, xh);
+  if (rc == LS_OK && s->rank == 0)
+    ls_info("the checkpoint was taken with %d ranks: the residual stream is re-sharded over %d",
+            saved->ranks, s->size);
+  free(old_rows);
+  free(now);
+  return rc;
+}
+
 /* --resume: 1 resumed from a checkpoint (output open, residual loaded, s->start set),
  * 0 start from the beginning, 2 the file is already complete, -1 error. */
 int ls_sw_try_resume(sweep_t *s) {
@@ -142,6 +172,8 @@ int ls_sw_try_resume(sweep_t *s) {
       return 2;
     }
     if (found == 1 && ls_ckpt_check(&saved, &s->ck.meta, s->ck.dir, s->comm)) return -1;
+    /* another rank count (elastic): the profile is re-made for this run's ranks */
+    if (found == 1 && saved.ranks != s->size) COLLECTIVE_STEP(s, ls_sw_reshape_profile(s));
     if (found == 1 && ls_agree(ls_sw_check_output(s), s->comm)) {
       if (s->rank == 0)
         ls_error("%s does not match this run's hooks, layers, pooling or data; rerun with "
@@ -153,9 +185,13 @@ int ls_sw_try_resume(sweep_t *s) {
     s->ck.meta.layer_next = saved.layer_next;
     const size_t n = (size_t)s->sh.n_rows * (size_t)s->cfg->hidden;
     float *xh = residual_host(s, 0);
-    if (ls_agree(xh ? LS_OK : LS_ERR, s->comm) ||
-        ls_ckpt_load_rows(s->ck.dir, s->comm, saved.layer_next, ls_ckpt_fp(&s->ck.meta), xh, n))
+    if (ls_agree(xh ? LS_OK : LS_ERR, s->comm)) return -1;
+    if (saved.ranks == s->size) {
+      if (ls_ckpt_load_rows(s->ck.dir, s->comm, saved.layer_next, ls_ckpt_fp(&s->ck.meta), xh, n))
+        return -1;
+    } else if (load_resharded(s, &saved, xh)) {
       return -1;
+    }
     int rc = xh == s->buf.x ? LS_OK : s->be->iface->to_device(s->be, s->buf.x, xh, sizeof(float) * n);
     if (rc == LS_OK && s->be->iface->sync) rc = s->be->iface->sync(s->be);
     if (ls_agree(rc, s->comm)) return -1;

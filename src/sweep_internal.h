@@ -176,6 +176,8 @@ int ls_sw_load_dataset(sweep_t *s);
 int ls_shard_build(ls_shard_t *sh, const ls_dataset_t *d, int rank, int size, int align,
                    int64_t microbatch_tokens, ls_pool_t pool);
 void ls_shard_free(ls_shard_t *sh);
+/* rows (size + 1) <- the first padded row of each rank's shard in the dataset's row order */
+int ls_shard_row_starts(const ls_dataset_t *d, int size, int align, int64_t *rows);
 int ls_sw_plan(sweep_t *s);
 size_t ls_sw_layer_weight_bytes(const ls_model_t *m, const ls_backend_t *be);
 void ls_sw_carve_layer(const ls_model_t *m, const ls_backend_t *be, int layer, void *base,
@@ -201,6 +203,9 @@ int ls_sw_write_profile(sweep_t *s, const ls_wpipe_t *wp);
  * not written yet (at checkpoints, so that a resumed run's file has every layer's) */
 int ls_sw_write_router_stats(sweep_t *s, int upto);
 int ls_sw_check_output(sweep_t *s);
+/* Collective, resuming with another rank count: /profile's datasets and /rank re-made for
+ * this run's ranks (the earlier runs' timings are dropped), n_ranks updated */
+int ls_sw_reshape_profile(sweep_t *s);
 /* report.c */
 void ls_sw_progress(sweep_t *s, int layer, double elapsed);
 /* LS_ERR (said) when the --summary-json file could not be written */
