@@ -191,6 +191,11 @@ int ls_h5out_attr_f64(ls_h5out_t *h, const char *obj_path, const char *name, con
 /* ---- datasets ------------------------------------------------------------------------ */
 int ls_h5out_create_dataset(ls_h5out_t *h, const char *name, hid_t type, int rank,
                             const hsize_t *dims) {
+  return ls_h5out_create_dataset_chunked(h, name, type, rank, dims, NULL, 0);
+}
+
+int ls_h5out_create_dataset_chunked(ls_h5out_t *h, const char *name, hid_t type, int rank,
+                                    const hsize_t *dims, const hsize_t *chunk, int level) {
   hid_t space = H5I_INVALID_HID, lcpl = H5I_INVALID_HID, dcpl = H5I_INVALID_HID,
         dset = H5I_INVALID_HID;
   LS_H5_TRY(space = H5Screate_simple(rank, dims, NULL), "dataspace create");
@@ -198,7 +203,15 @@ int ls_h5out_create_dataset(ls_h5out_t *h, const char *name, hid_t type, int ran
   H5Pset_create_intermediate_group(lcpl, 1);
   dcpl = H5Pcreate(H5P_DATASET_CREATE);
   H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY);
-  H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
+  if (chunk) {
+    LS_H5_TRY(H5Pset_chunk(dcpl, rank, chunk), "chunk layout");
+    if (level > 0) {
+      LS_H5_TRY(H5Pset_shuffle(dcpl), "shuffle filter");
+      LS_H5_TRY(H5Pset_deflate(dcpl, (unsigned)level), "deflate filter");
+    }
+  } else {
+    H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER); /* (not allowed with filters) */
+  }
   LS_H5_TRY(dset = H5Dcreate2(h->file, name, type, space, lcpl, dcpl, H5P_DEFAULT),
           "dataset create");
   H5Dclose(dset);

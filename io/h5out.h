@@ -50,6 +50,10 @@ int ls_h5out_create_dataset(ls_h5out_t *h, const char *name, hid_t type, int ran
  * ls_h5out_create_dataset makes them), so that rows can be written to it without HDF5
  * (src/writer.c); LS_ERR (quietly) when HDF5 cannot say, e.g. a dataset of no bytes. */
 int ls_h5out_raw_offset(ls_h5out_t *h, const char *name, uint64_t *offset);
+/* The same, chunked (chunk dims, rank entries) and deflated at `level` (1-9) when level >
+ * 0; parallel HDF5 then needs collective writes (every write here is). */
+int ls_h5out_create_dataset_chunked(ls_h5out_t *h, const char *name, hid_t type, int rank,
+                                    const hsize_t *dims, const hsize_t *chunk, int level);
 /* Detach dimension scale `scale` from dimension idx of each dataset in `dsets` (NULL-ended),
  * then unlink those datasets (collective): a dataset is re-created with other dimensions
  * without leaving the scale a dangling reference. */

@@ -133,6 +133,19 @@ static int dimension_scales(sweep_t *s) {
   return rc;
 }
 
+/* --compress: chunks of one layer x the rows that make about 1 MiB (at least one row, at
+ * most all), the whole width: how activations are read (a layer, a block of samples) */
+static void chunk_dims(const sweep_t *s, const hsize_t *dims, int rank, size_t elem,
+                       hsize_t *chunk) {
+  (void)s;
+  const hsize_t width = dims[rank - 1], rows = dims[rank - 2];
+  hsize_t r = (hsize_t)((1u << 20) / (elem * (width > 0 ? width : 1)));
+  r = r < 1 ? 1 : r > rows ? rows : r;
+  for (int i = 0; i < rank; i++) chunk[i] = 1;
+  chunk[rank - 2] = r > 0 ? r : 1;
+  chunk[rank - 1] = width > 0 ? width : 1;
+}
+
 int ls_sw_create_output(sweep_t *s) {
   const ls_dataset_t *d = &s->data;
   const hsize_t H = (hsize_t)s->cfg->hidden;
@@ -158,6 +171,8 @@ int ls_sw_create_output(sweep_t *s) {
   rc |= ls_sw_write_str_attr(s, "backend", s->be->iface->name);
   rc |= ls_sw_write_str_attr(s, "pool", ls_pool_name(s->sel.pool));
   rc |= ls_sw_write_str_attr(s, "out_dtype", s->o->out_dtype ? s->o->out_dtype : "float32");
+  int64_t level = s->o->compress;
+  rc |= ls_h5out_attr_i64(&s->out.h5, "/", "compress", &level, 1);
   rc |= ls_sw_write_str_attr(s, "hooks", hooks);
   rc |= ls_sw_write_str_attr(s, "command", s->o->command ? s->o->command : "");
   int64_t nranks = s->size;
@@ -188,7 +203,10 @@ int ls_sw_create_output(sweep_t *s) {
                        (hsize_t)ls_sw_hook_width(s, h)};
     /* router_logits: float32 whatever --out-dtype (logits are small and compared) */
     hid_t t = router ? H5Tcopy(H5T_IEEE_F32LE) : H5Tcopy(ftype);
-    rc = ls_h5out_create_dataset(&s->out.h5, name, t, 3, dims);
+    hsize_t chunk[3];
+    chunk_dims(s, dims, 3, H5Tget_size(t), chunk);
+    rc = ls_h5out_create_dataset_chunked(&s->out.h5, name, t, 3, dims,
+                                         s->o->compress ? chunk : NULL, s->o->compress);
     H5Tclose(t);
     if (router) {
       for (int i = 0; i < s->sel.n_moe_sel; i++) sel[i] = s->sel.moe_layers[i];
@@ -215,8 +233,10 @@ int ls_sw_create_output(sweep_t *s) {
     free(ml);
   }
   if (rc == LS_OK && ((s->sel.hooks >> LS_HOOK_FINAL_NORM) & 1)) {
-    hsize_t dims[2] = {(hsize_t)s->sh.n_out_rows, H};
-    rc = ls_h5out_create_dataset(&s->out.h5, "/final_norm", ftype, 2, dims);
+    hsize_t dims[2] = {(hsize_t)s->sh.n_out_rows, H}, chunk[2];
+    chunk_dims(s, dims, 2, H5Tget_size(ftype), chunk);
+    rc = ls_h5out_create_dataset_chunked(&s->out.h5, "/final_norm", ftype, 2, dims,
+                                         s->o->compress ? chunk : NULL, s->o->compress);
   }
   H5Tclose(ftype);
   if (rc) return LS_ERR;
@@ -437,8 +457,9 @@ int ls_sw_writer_start(sweep_t *s) {
   MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, s->comm);
   if (!all) {
     if (s->rank == 0)
-      ls_info("writes: collective HDF5 after each layer (the datasets' raw data has no fixed "
-              "place in the file)");
+      ls_info("writes: collective HDF5 after each layer (%s)",
+              s->o->compress ? "--compress: chunked, deflated datasets"
+                             : "the datasets' raw data has no fixed place in the file");
     return LS_OK;
   }
   int rc = ls_writer_start(&s->out.writer, s->o->out_path);

@@ -30,6 +30,8 @@ typedef struct {
   int preload_weights;      /* read every computed layer into backend memory before the
                              * layer loop (benchmarks; needs memory for all of them) */
   const char *out_dtype;    /* stored activations: "float32" (default), "float16", "bfloat16" */
+  int compress;             /* 0 (default): contiguous activation datasets; 1..9: chunked
+                             * (a layer x about 1 MiB of rows), deflate at that level */
   double stall_timeout;     /* seconds without progress that end the job; < 0 auto (max(600 s,
                              * 20x the slowest layer)), 0 off */
   int precise_gemm;         /* CPU: GEMM sums in double over 128-term float32 chunks */

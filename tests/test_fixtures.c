@@ -1108,6 +1108,57 @@ static void test_bytes_read_and_profile(void **state) {
   ls_dataset_free(&d);
 }
 
+/* ---- --compress: chunked, deflated datasets hold the same values ---------------------------- */
+static void test_compress(void **state) {
+  (void)state;
+  const char *model = "qwen2_moe_shared_bf16", *hooks = "all,router_logits";
+  char plain[4400], packed[4400];
+  out_path(plain, sizeof plain, "cmp_plain");
+  out_path(packed, sizeof packed, "cmp_packed");
+  int rc[2];
+  rc[0] = sweep(model, "prompts.jsonl", plain, hooks, "all", "none", 29, MPI_COMM_WORLD);
+  {
+    char mdir[4200], dpath[4200];
+    snprintf(mdir, sizeof mdir, "%s/%s", fixtures, model);
+    snprintf(dpath, sizeof dpath, "%s/prompts.jsonl", fixtures);
+    ls_run_opts_t o;
+    ls_run_opts_default(&o);
+    o.model_dir = mdir; o.data_path = dpath; o.out_path = packed; o.hooks = hooks;
+    o.pool = "none"; o.microbatch_tokens = 29; o.force = 1; o.progress = 0; o.threads = 1;
+    o.backend = backend; o.dtype = dtype; o.command = "test_fixtures"; o.compress = 6;
+    rc[1] = ls_sweep_run(&o, MPI_COMM_WORLD);
+  }
+  assert_int_equal(rc[0], 0);
+  assert_int_equal(rc[1], 0);
+  if (rank != 0) return;
+  compare_outputs(plain, packed, hooks, 1);
+  /* every activation dataset chunked (a layer x a block of rows, whole rows), deflated */
+  hid_t f = H5Fopen(packed, H5F_ACC_RDONLY, H5P_DEFAULT);
+  assert_true(f >= 0);
+  for (int h = 0; h < N_HOOKS; h++) {
+    char name[64];
+    snprintf(name, sizeof name, "/%s", hook_names[h]);
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT), p = H5Dget_create_plist(d);
+    hsize_t chunk[3] = {0, 0, 0}, dims[3];
+    const int nd = H5Pget_chunk(p, 3, chunk);
+    hid_t sp = H5Dget_space(d);
+    H5Sget_simple_extent_dims(sp, dims, NULL);
+    if (H5Pget_layout(p) != H5D_CHUNKED || (nd == 3 && chunk[0] != 1) || chunk[nd - 1] != dims[nd - 1])
+      fail_msg("%s %s: not chunked as one layer x rows x the whole width", packed, name);
+    int deflate = 0;
+    for (int i = 0; i < H5Pget_nfilters(p); i++) {
+      unsigned flags, cd[4];
+      size_t ncd = 4;
+      deflate |= H5Pget_filter2(p, (unsigned)i, &flags, &ncd, cd, 0, NULL, NULL) == H5Z_FILTER_DEFLATE;
+    }
+    if (!deflate) fail_msg("%s %s: no deflate filter", packed, name);
+    H5Sclose(sp);
+    H5Pclose(p);
+    H5Dclose(d);
+  }
+  H5Fclose(f);
+}
+
 /* ---- FP8 checkpoints: the activations of the dequantized model ------------------------------- */
 /* qwen3_moe_fp8 (F8_E4M3 weights, 16x32 block scales) and qwen3_moe_fp8_dequant (the same
  * weights dequantized by the fixture generator in float32, an ordinary F32 checkpoint):
@@ -1171,6 +1222,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_more_ranks_than_prompts),
       cmocka_unit_test(test_bytes_read_and_profile),
       cmocka_unit_test(test_fp8_dequant),
+      cmocka_unit_test(test_compress),
   };
   /* every rank runs every test (the sweeps are collective); rank 0 asserts */
   int failed = cmocka_run_group_tests(tests, NULL, NULL);
