@@ -52,6 +52,7 @@
 #include "dataset.h"
 #include "hooks.h"
 #include "ls_common.h"
+#include "ops_cpu.h" /* ls_cpu_probe_row_align */
 #include "registry.h"
 #include "safetensors.h"
 #include "sweep.h"
@@ -1191,6 +1192,19 @@ int main(int argc, char **argv) {
   snprintf(tmp, sizeof tmp, "%s", tp ? tp : "/tmp");
   const char *be = getenv("LS_TEST_BACKEND"), *dt = getenv("LS_TEST_DTYPE");
   if (getenv("LS_TEST_FEW_MODELS")) n_loop = 2;
+  /* LS_TEST_MIN_ALIGN: the CPU backend's row alignment must be at least this (the run is
+   * meant to test the padded row layout: OPENBLAS_CORETYPE=Haswell gives 12) */
+  const char *min_align = getenv("LS_TEST_MIN_ALIGN");
+  if (min_align && ls_cpu_probe_row_align() < atoi(min_align)) {
+    if (rank == 0)
+      fprintf(stderr, "test_fixtures: the CPU backend's row alignment is %d, below "
+              "LS_TEST_MIN_ALIGN=%s: the padded layout would not be tested\n",
+              ls_cpu_probe_row_align(), min_align);
+    MPI_Finalize();
+    return 1;
+  }
+  if (min_align && rank == 0)
+    printf("test_fixtures with row alignment %d\n", ls_cpu_probe_row_align());
   if (be && strcmp(be, "cuda") == 0) {
     char why[1024] = "";
     const ls_backend_entry_t *cuda = ls_backend_lookup("cuda");
