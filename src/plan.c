@@ -125,17 +125,27 @@ static void shard_prompts(const int64_t *offsets, int64_t n, int P, int64_t *bou
 
 /* The first padded row of each of `size` ranks' shards (and the total) in the whole
  * dataset's row order: the rows a checkpoint of that many ranks holds in each file. */
-int ls_shard_row_starts(const ls_dataset_t *d, int size, int align, int64_t *rows) {
+int ls_shard_row_starts(const ls_dataset_t *d, int size, int align, int compact, int64_t *rows) {
   int64_t *bounds = ls_malloc(sizeof(int64_t) * (size_t)(size + 1), "shard bounds");
   if (!bounds) return LS_ERR;
   shard_prompts(d->offsets, d->n, size, bounds);
   int64_t g = 0, p = 0;
-  const int64_t A = align;
+  const int64_t A = compact ? 1 : align; /* compact: the real rows only */
   for (int r = 0; r <= size; r++) {
     for (; p < bounds[r]; p++) g += (ls_dataset_len(d, p) + A - 1) / A * A;
     rows[r] = g;
   }
   free(bounds);
+  return LS_OK;
+}
+
+int ls_shard_storage(ls_shard_t *sh, const ls_dataset_t *d, int compact) {
+  sh->compact = compact && sh->align > 1;
+  sh->soff = ls_malloc(sizeof(int64_t) * (size_t)(sh->n_prompts + 1), "row layout");
+  if (!sh->soff) return LS_ERR;
+  for (int64_t i = 0; i <= sh->n_prompts; i++)
+    sh->soff[i] = sh->compact ? d->offsets[sh->p0 + i] - sh->t0 : sh->poff[i];
+  sh->n_store = sh->soff[sh->n_prompts];
   return LS_OK;
 }
 
@@ -205,7 +215,7 @@ int ls_shard_build(ls_shard_t *sh, const ls_dataset_t *d, int rank, int size, in
 }
 
 void ls_shard_free(ls_shard_t *sh) {
-  free(sh->bounds); free(sh->poff); free(sh->mb_p); free(sh->seq_start); free(sh->seq_len);
+  free(sh->bounds); free(sh->poff); free(sh->soff); free(sh->mb_p); free(sh->seq_start); free(sh->seq_len);
   free(sh->seq_start_off); free(sh->pos); free(sh->mb_max_len);
   memset(sh, 0, sizeof *sh);
 }
@@ -221,7 +231,7 @@ int ls_sw_plan(sweep_t *s) {
   /* memory and disk estimates; refuse what cannot fit */
   const double H = c->hidden;
   const ls_backend_t *be = s->be;
-  double resid = (double)sh->n_rows * H * 4;
+  double resid = (double)(sh->n_store + (sh->compact ? sh->T_max : 0)) * H * 4;
   double scratch = (double)ls_family_scratch_floats(s->fam, c, sh->T_max) * 4;
   double wconv = (double)ls_sw_layer_weight_bytes(&s->model, s->be) * (s->o->preload_weights ? s->sel.n_run : 1);
   double staging = 2.0 * (double)s->model.max_layer_bytes;

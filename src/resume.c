@@ -27,7 +27,7 @@ void ls_sw_install_signals(void) {
  * filled from the device when `fill`. NULL after a message. */
 static float *residual_host(sweep_t *s, int fill) {
   if (s->be->host_visible || s->buf.x_on_host) return s->buf.x;
-  const size_t bytes = sizeof(float) * (size_t)max64(s->sh.n_rows, 1) * (size_t)s->cfg->hidden;
+  const size_t bytes = sizeof(float) * (size_t)max64(s->sh.n_store, 1) * (size_t)s->cfg->hidden;
   if (!s->buf.x_ckpt) s->buf.x_ckpt = s->be->iface->host_alloc(s->be, bytes, "checkpoint staging");
   float *h = s->buf.x_ckpt;
   if (h && fill &&
@@ -42,7 +42,7 @@ static int save_checkpoint(sweep_t *s, int next) {
   if (ls_sw_drain_writes(s)) return LS_ERR;
   COLLECTIVE_STEP(s, ls_sw_write_router_stats(s, next));
   s->ck.meta.layer_next = next;
-  const size_t n = (size_t)s->sh.n_rows * (size_t)s->cfg->hidden;
+  const size_t n = (size_t)s->sh.n_store * (size_t)s->cfg->hidden;
   float *xh = residual_host(s, 1);
   int rc = ls_agree(xh ? LS_OK : LS_ERR, s->comm);
   if (rc == LS_OK) rc = ls_ckpt_save(s->ck.dir, s->comm, &s->ck.meta, xh, n);
@@ -114,7 +114,7 @@ void ls_sw_fingerprints(sweep_t *s) {
   m->options_fp = ls_fnv1a(h, s->sel.layers, sizeof(int) * (size_t)s->sel.n_sel);
   snprintf(m->model_desc, sizeof m->model_desc, "%s", s->o->model_dir);
   /* until one has been timed, assume a checkpoint writes 0.5 GB/s */
-  double bytes = (double)s->sh.n_rows * s->cfg->hidden * 4, mx = 0;
+  double bytes = (double)s->sh.n_store * s->cfg->hidden * 4, mx = 0;
   MPI_Allreduce(&bytes, &mx, 1, MPI_DOUBLE, MPI_MAX, s->comm);
   s->ck.cost_s = mx / 0.5e9;
   const char *fl = getenv("LS_FAULT_WRITE_LAYER");
@@ -123,8 +123,8 @@ void ls_sw_fingerprints(sweep_t *s) {
 
 
 /* A checkpoint of another rank count: its files are consecutive slices of the dataset's
- * padded rows (the row layout depends on the row alignment only, checked equal), so this
- * rank reads its own slice from the saved ranks' files that hold it. */
+ * stored rows (the layout depends on the row alignment and the backend only, both checked
+ * equal), so this rank reads its own slice from the saved ranks' files that hold it. */
 static int load_resharded(sweep_t *s, const ls_ckpt_meta_t *saved, float *xh) {
   if (saved->ranks < 1 || saved->ranks > (1 << 20)) {
     if (s->rank == 0) ls_error("%s: the checkpoint's rank count %d is not valid", s->ck.dir, saved->ranks);
@@ -133,8 +133,8 @@ static int load_resharded(sweep_t *s, const ls_ckpt_meta_t *saved, float *xh) {
   int64_t *old_rows = ls_malloc(sizeof(int64_t) * (size_t)(saved->ranks + 1), "checkpoint layout");
   int64_t *now = ls_malloc(sizeof(int64_t) * (size_t)(s->size + 1), "checkpoint layout");
   int rc = old_rows && now ? LS_OK : LS_ERR;
-  if (rc == LS_OK) rc = ls_shard_row_starts(&s->data, saved->ranks, s->sh.align, old_rows);
-  if (rc == LS_OK) rc = ls_shard_row_starts(&s->data, s->size, s->sh.align, now);
+  if (rc == LS_OK) rc = ls_shard_row_starts(&s->data, saved->ranks, s->sh.align, s->sh.compact, old_rows);
+  if (rc == LS_OK) rc = ls_shard_row_starts(&s->data, s->size, s->sh.align, s->sh.compact, now);
   if (ls_agree(rc, s->comm)) {
     free(old_rows);
     free(now);
@@ -143,7 +143,7 @@ static int load_resharded(sweep_t *s, const ls_ckpt_meta_t *saved, float *xh) {
   ls_ckpt_meta_t was = s->ck.meta; /* the saved run's fingerprint: its rank count */
   was.ranks = saved->ranks;
   rc = ls_ckpt_load_rows_elastic(s->ck.dir, s->comm, saved, ls_ckpt_fp(&was), old_rows,
-                                 now[s->rank], s->sh.n_rows, (size_t)s->cfg->hidden, xh);
+                                 now[s->rank], s->sh.n_store, (size_t)s->cfg->hidden, xh);
   if (rc == LS_OK && s->rank == 0)
     ls_info("the checkpoint was taken with %d ranks: the residual stream is re-sharded over %d",
             saved->ranks, s->size);
@@ -183,7 +183,7 @@ int ls_sw_try_resume(sweep_t *s) {
   }
   if (found == 1 && exists) {
     s->ck.meta.layer_next = saved.layer_next;
-    const size_t n = (size_t)s->sh.n_rows * (size_t)s->cfg->hidden;
+    const size_t n = (size_t)s->sh.n_store * (size_t)s->cfg->hidden;
     float *xh = residual_host(s, 0);
     if (ls_agree(xh ? LS_OK : LS_ERR, s->comm)) return -1;
     if (saved.ranks == s->size) {

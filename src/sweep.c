@@ -59,18 +59,21 @@ static int alloc_buffers(sweep_t *s) {
    * stream itself (OLMo-2 has no pre-norm) reads up to ls_round_rows(T) rows of it, the
    * padding rows past the shard's end included (zeroed below; their results are never
    * used) */
-  const size_t resid_rows = (size_t)max64(sh->n_rows, 1) + LS_ROW_PAD;
+  const size_t resid_rows = (size_t)max64(sh->n_store, 1) + LS_ROW_PAD;
   const size_t resid_bytes = sizeof(float) * resid_rows * H;
   int rc = LS_OK;
   if (bf->x_on_host) {
     bf->x = f->host_alloc(be, resid_bytes, "residual stream (host)");
-    bf->xd = f->alloc(be, sizeof(float) * (size_t)ls_round_rows(sh->T_max) * H, "microbatch staging");
-    if (!bf->xd) rc = LS_ERR;
   } else {
     bf->x = f->alloc(be, resid_bytes, "residual stream");
   }
+  if (bf->x_on_host || sh->compact) { /* the block works on a padded copy of each microbatch */
+    bf->xd = f->alloc(be, sizeof(float) * ((size_t)ls_round_rows(sh->T_max) + LS_ROW_PAD) * H,
+                      "microbatch staging");
+    if (!bf->xd) rc = LS_ERR;
+  }
   if (bf->x && be->host_visible)
-    memset(bf->x + (size_t)sh->n_rows * H, 0, sizeof(float) * (resid_rows - (size_t)sh->n_rows) * H);
+    memset(bf->x + (size_t)sh->n_store * H, 0, sizeof(float) * (resid_rows - (size_t)sh->n_store) * H);
   bf->scratch = f->alloc(be, sizeof(float) * ls_family_scratch_floats(s->fam, c, sh->T_max), "block scratch");
   bf->wbuf_bytes = ls_sw_layer_weight_bytes(&s->model, be);
   const int preload = s->o->preload_weights;
@@ -300,15 +303,16 @@ static int embed(sweep_t *s) {
   for (int64_t i = 0; i < sh->n_prompts && rc == LS_OK; i++) {
     const int64_t len = ls_dataset_len(d, sh->p0 + i);
     const int32_t *tok = d->tokens + d->offsets[sh->p0 + i];
-    /* padding rows repeat the prompt's last token (finite, never seen by real rows) */
-    for (int64_t r = sh->poff[i]; r < sh->poff[i + 1] && rc == LS_OK; r++) {
-      int64_t t = r - sh->poff[i] < len ? r - sh->poff[i] : len - 1;
+    /* padding rows repeat the prompt's last token (finite, never seen by real rows);
+     * compact storage holds none */
+    for (int64_t r = sh->soff[i]; r < sh->soff[i + 1] && rc == LS_OK; r++) {
+      int64_t t = r - sh->soff[i] < len ? r - sh->soff[i] : len - 1;
       int32_t *hit = bsearch(&tok[t], mine, (size_t)n_mine, sizeof(int32_t), cmp_i32);
       float *xr = xh + (size_t)staged * H;
       memcpy(xr, table + (size_t)(hit - mine) * H, sizeof(float) * H);
       if (pos_tab) /* token + position, as transformers adds them (float32) */
         for (size_t j = 0; j < H; j++) xr[j] += pos_tab[(size_t)t * H + j];
-      if (++staged == chunk_rows || r + 1 == sh->n_rows) {
+      if (++staged == chunk_rows || r + 1 == sh->n_store) {
         rc = put_rows(s, staged0, xh, staged);
         staged0 += staged;
         staged = 0;
@@ -391,18 +395,40 @@ static int64_t batch_of(const sweep_t *s, int mb, ls_batch_t *b) {
   return sh->poff[i0];
 }
 
-/* The backend rows of a microbatch's residual stream: in place, or staged in from the
- * host (stage_out copies them back after the block changed them). */
-static float *stage_in(sweep_t *s, int64_t row0, int T) {
+/* Compact storage: the real rows of microbatch mb between the stored stream and the
+ * padded staging buffer (to_staging 1: into it; the padding rows keep whatever they held,
+ * finite values real rows never see). */
+static void compact_copy(sweep_t *s, int mb, int to_staging) {
+  const ls_shard_t *sh = &s->sh;
   const size_t H = (size_t)s->cfg->hidden;
+  const int64_t i0 = sh->mb_p[mb] - sh->p0, i1 = sh->mb_p[mb + 1] - sh->p0;
+  for (int64_t i = i0; i < i1; i++) {
+    float *st = s->buf.x + (size_t)sh->soff[i] * H;
+    float *pd = s->buf.xd + (size_t)(sh->poff[i] - sh->poff[i0]) * H;
+    const size_t bytes = sizeof(float) * H * (size_t)(sh->soff[i + 1] - sh->soff[i]);
+    if (to_staging) memcpy(pd, st, bytes);
+    else memcpy(st, pd, bytes);
+  }
+}
+
+/* The backend rows of microbatch mb's residual stream (T rows from stored row row0): in
+ * place, staged in from the host, or laid out padded from compact storage (stage_out
+ * copies them back after the block changed them). */
+static float *stage_in(sweep_t *s, int mb, int64_t row0, int T) {
+  const size_t H = (size_t)s->cfg->hidden;
+  if (s->sh.compact) {
+    compact_copy(s, mb, 1);
+    return s->buf.xd;
+  }
   if (!s->buf.x_on_host) return s->buf.x + (size_t)row0 * H;
   s->be->iface->to_device(s->be, s->buf.xd, s->buf.x + (size_t)row0 * H, sizeof(float) * H * (size_t)T);
   return s->buf.xd;
 }
 
-static void stage_out(sweep_t *s, int64_t row0, int T) {
+static void stage_out(sweep_t *s, int mb, int64_t row0, int T) {
   const size_t H = (size_t)s->cfg->hidden;
-  if (s->buf.x_on_host)
+  if (s->sh.compact) compact_copy(s, mb, 0);
+  else if (s->buf.x_on_host)
     s->be->iface->to_host(s->be, s->buf.x + (size_t)row0 * H, s->buf.xd, sizeof(float) * H * (size_t)T);
 }
 
@@ -474,7 +500,7 @@ static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
     for (int mb = 0; mb < s->sh.n_mb; mb++) {
       ls_batch_t b;
       int64_t row0 = batch_of(s, mb, &b);
-      float *x = stage_in(s, row0, b.T);
+      float *x = stage_in(s, mb, row0, b.T);
       hook_ctx_t hk = {s, mb, &b, 0, L};
       if (sel >= 0) on_hook(&hk, LS_HOOK_RESIDUAL_PRE, x, s->cfg->hidden);
       const int lr = s->cfg->local_rope && ls_config_rope(s->cfg, L) == &s->cfg->rope_local;
@@ -485,7 +511,7 @@ static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
       s->fam->forward(&blk, x);
       if (sel >= 0) on_hook(&hk, LS_HOOK_RESIDUAL_POST, x, s->cfg->hidden);
       double ts = ls_now();
-      stage_out(s, row0, b.T);
+      stage_out(s, mb, row0, b.T);
       th += hk.t + ls_now() - ts;
       ls_wpipe_progress(wp);
     }
@@ -515,7 +541,7 @@ static int run_final_norm(sweep_t *s) {
   for (int mb = 0; mb < s->sh.n_mb; mb++) {
     ls_batch_t b;
     int64_t row0 = batch_of(s, mb, &b);
-    s->fam->final_norm(s->be, s->cfg, s->buf.scratch, stage_in(s, row0, b.T),
+    s->fam->final_norm(s->be, s->cfg, s->buf.scratch, stage_in(s, mb, row0, b.T),
                        s->buf.final_norm_w, s->buf.final_bias_w, b.T);
     capture(s, LS_HOOK_FINAL_NORM, s->buf.scratch, mb, &b);
   }
@@ -849,7 +875,9 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   int align = 1;
   MPI_Allreduce(&s->be->row_align, &align, 1, MPI_INT, MPI_MAX, comm);
   if (ls_agree(ls_shard_build(&s->sh, &s->data, s->rank, s->size, align, o->microbatch_tokens,
-                              s->sel.pool), comm))
+                              s->sel.pool) ||
+                   ls_shard_storage(&s->sh, &s->data, s->be->host_visible),
+               comm))
     goto out;
   if (ls_sw_plan(s)) goto out;
   if (o->plan_only) { rc = LS_OK; goto out; }

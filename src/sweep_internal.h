@@ -53,6 +53,13 @@ typedef struct {
   int align;
   int64_t *poff;      /* (n_prompts + 1) padded row offsets */
   int64_t n_rows;     /* padded rows of this rank */
+  /* Storage of the residual stream between layers: with compact (row alignment > 1 on a
+   * host-memory backend) only the real rows are kept, prompt i at rows soff[i] ..
+   * soff[i] + len_i, and each microbatch is laid out padded in the staging buffer for the
+   * block: padding costs no memory in proportion to the prompt count. Else soff = poff. */
+  int compact;
+  int64_t *soff;      /* (n_prompts + 1) stored row offsets */
+  int64_t n_store;    /* stored rows of this rank */
   /* microbatches: prompts [mb_p[i], mb_p[i+1]) */
   int n_mb;
   int64_t *mb_p;
@@ -72,7 +79,8 @@ typedef struct {
                        * host memory when x_on_host */
   int x_on_host;      /* the residual stream does not fit in backend memory: it lives
                        * on the host and each microbatch is staged through xd */
-  float *xd;          /* (T_max, H) staging for one microbatch when x_on_host */
+  float *xd;          /* (T_max, H) staging for one microbatch when x_on_host or the
+                       * stream is stored compact */
   float *x_ckpt;      /* (n_rows, H) page-locked host copy for checkpoints of a device
                        * residual stream, allocated at the first checkpoint, kept */
   float *scratch;     /* the family's block scratch for T_max rows */
@@ -177,7 +185,9 @@ int ls_shard_build(ls_shard_t *sh, const ls_dataset_t *d, int rank, int size, in
                    int64_t microbatch_tokens, ls_pool_t pool);
 void ls_shard_free(ls_shard_t *sh);
 /* rows (size + 1) <- the first padded row of each rank's shard in the dataset's row order */
-int ls_shard_row_starts(const ls_dataset_t *d, int size, int align, int64_t *rows);
+int ls_shard_row_starts(const ls_dataset_t *d, int size, int align, int compact, int64_t *rows);
+/* sh->compact and its stored row offsets (after ls_shard_build) */
+int ls_shard_storage(ls_shard_t *sh, const ls_dataset_t *d, int compact);
 int ls_sw_plan(sweep_t *s);
 size_t ls_sw_layer_weight_bytes(const ls_model_t *m, const ls_backend_t *be);
 void ls_sw_carve_layer(const ls_model_t *m, const ls_backend_t *be, int layer, void *base,
