@@ -119,6 +119,11 @@ typedef struct {
   void (*add)(ls_backend_t *be, float *y, const float *x, size_t n);
   /* x (n) <- 0 */
   void (*zero)(ls_backend_t *be, float *x, size_t n);
+  /* Steering edits on rows of x (.., H): rows idx[0..n) (backend int32; NULL: rows 0..n-1)
+   * get x += alpha v (ablate 0) or x -= (x . v) v (ablate 1, v a unit vector: the
+   * component along v removed; the dot product summed in a fixed order per row) */
+  void (*edit_rows)(ls_backend_t *be, float *x, int H, const int32_t *idx, int n,
+                    const float *v, float alpha, int ablate);
   /* Per-head concatenation (multi-head latent attention): out (T, n_heads, d_out), head h
    * of row t = [a's head, b's head, zeros up to d_out]; a's head is da floats at
    * a + (t * na + h') * sa with na = n_heads, h' = h (or na = 1, h' = 0 when a_shared: one

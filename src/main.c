@@ -66,6 +66,9 @@ static const char *usage_run =
     "  --out-dtype T             stored activations: float32, float16 (half the file; a value\n"
     "                            beyond 65504 stops the run) or bfloat16 (half the file,\n"
     "                            float32's range; read back as float32) (default: float32)\n"
+    "  --steer FILE.json         edits applied inside the forward at a layer's hook point:\n"
+    "                            [{\"layer\", \"hook\", \"op\": \"add\"|\"ablate\", \"alpha\",\n"
+    "                            \"vector\", \"positions\": \"all\"|\"last\"}] (default: none)\n"
     "  --compress LEVEL          deflate (gzip) level 1-9 for the activation datasets, stored\n"
     "                            in chunks of one layer x about 1 MiB of rows; writes are then\n"
     "                            collective (not overlapped) (default: 0, contiguous, none)\n"
@@ -155,7 +158,7 @@ static void join_argv(int argc, char **argv, char *buf, size_t cap) {
 
 /* ---- commands ---------------------------------------------------------------------------- */
 enum { O_MODEL = 256, O_DATA, O_OUT, O_HOOKS, O_LAYERS, O_POOL, O_MB, O_THREADS, O_LONG,
-       O_FORCE, O_PROGRESS, O_SUMMARY, O_RESUME, O_CKPT_EVERY, O_CKPT_DIR, O_BACKEND, O_DTYPE, O_PRELOAD, O_OVERLAP, O_OUT_DTYPE, O_STALL, O_PRECISE, O_COMPRESS, O_HELP };
+       O_FORCE, O_PROGRESS, O_SUMMARY, O_RESUME, O_CKPT_EVERY, O_CKPT_DIR, O_BACKEND, O_DTYPE, O_PRELOAD, O_OVERLAP, O_OUT_DTYPE, O_STALL, O_PRECISE, O_COMPRESS, O_STEER, O_HELP };
 
 static int cmd_run(int argc, char **argv, int plan_only) {
   static const struct option opts[] = {
@@ -176,6 +179,7 @@ static int cmd_run(int argc, char **argv, int plan_only) {
       {"overlap-writes", required_argument, 0, O_OVERLAP},
       {"out-dtype", required_argument, 0, O_OUT_DTYPE},
       {"compress", required_argument, 0, O_COMPRESS},
+      {"steer", required_argument, 0, O_STEER},
       {"stall-timeout", required_argument, 0, O_STALL},
       {"precise-gemm", no_argument, 0, O_PRECISE},
       {0, 0, 0, 0}};
@@ -221,6 +225,7 @@ static int cmd_run(int argc, char **argv, int plan_only) {
       case O_DTYPE: o.dtype = optarg; break;
       case O_PRELOAD: o.preload_weights = 1; break;
       case O_OUT_DTYPE: o.out_dtype = optarg; break;
+      case O_STEER: o.steer = optarg; break;
       case O_COMPRESS:
         if (parse_long("--compress", optarg, 0, 9, &v)) return 2;
         o.compress = (int)v;

@@ -173,6 +173,18 @@ int ls_sw_create_output(sweep_t *s) {
   rc |= ls_sw_write_str_attr(s, "out_dtype", s->o->out_dtype ? s->o->out_dtype : "float32");
   int64_t level = s->o->compress;
   rc |= ls_h5out_attr_i64(&s->out.h5, "/", "compress", &level, 1);
+  rc |= ls_sw_write_str_attr(s, "steer", s->steer.canon ? s->steer.canon : "[]");
+  if (rc == LS_OK && s->steer.n > 0) { /* the edits' vectors (unit for ablate), rank 0 */
+    const size_t W = (size_t)s->cfg->hidden;
+    float *v = ls_malloc(sizeof(float) * W * (size_t)s->steer.n, "steering");
+    if (!v) return LS_ERR;
+    for (int k = 0; k < s->steer.n; k++) memcpy(v + (size_t)k * W, s->steer.e[k].v, sizeof(float) * W);
+    hsize_t dims[2] = {(hsize_t)s->steer.n, (hsize_t)W}, start[2] = {0, 0};
+    hsize_t count[2] = {s->rank == 0 ? dims[0] : 0, s->rank == 0 ? dims[1] : 0};
+    rc = ls_h5out_create_dataset(&s->out.h5, "/steer/vectors", H5T_IEEE_F32LE, 2, dims);
+    if (rc == LS_OK) rc = ls_h5out_write(&s->out.h5, "/steer/vectors", H5T_NATIVE_FLOAT, 2, start, count, v);
+    free(v);
+  }
   rc |= ls_sw_write_str_attr(s, "hooks", hooks);
   rc |= ls_sw_write_str_attr(s, "command", s->o->command ? s->o->command : "");
   int64_t nranks = s->size;

@@ -111,7 +111,13 @@ void ls_sw_fingerprints(sweep_t *s) {
                  (int)s->be->wtype, (int)s->be->caps, (int)s->out.out_dt, s->o->precise_gemm};
   h = ls_fnv1a(LS_FNV_INIT, opts, sizeof opts);
   h = ls_fnv1a(h, s->be->iface->name, strlen(s->be->iface->name));
-  m->options_fp = ls_fnv1a(h, s->sel.layers, sizeof(int) * (size_t)s->sel.n_sel);
+  h = ls_fnv1a(h, s->sel.layers, sizeof(int) * (size_t)s->sel.n_sel);
+  if (s->steer.n > 0) { /* the edits change the residual stream */
+    h = ls_fnv1a(h, s->steer.canon, strlen(s->steer.canon));
+    for (int k = 0; k < s->steer.n; k++)
+      h = ls_fnv1a(h, s->steer.e[k].v, sizeof(float) * (size_t)s->cfg->hidden);
+  }
+  m->options_fp = h;
   snprintf(m->model_desc, sizeof m->model_desc, "%s", s->o->model_dir);
   /* until one has been timed, assume a checkpoint writes 0.5 GB/s */
   double bytes = (double)s->sh.n_store * s->cfg->hidden * 4, mx = 0;

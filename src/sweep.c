@@ -89,6 +89,17 @@ static int alloc_buffers(sweep_t *s) {
   if (!bf->x || !bf->scratch || !bf->wbuf || !bf->lw || (preload && !bf->lw_all) ||
       !bf->final_norm_w || (has_bias && !bf->final_bias_w))
     rc = LS_ERR;
+  if (s->steer.n > 0 && rc == LS_OK) { /* --steer: the vectors, a row list */
+    s->steer_v = ls_calloc((size_t)s->steer.n, sizeof(float *), "steering");
+    s->steer_idx = f->alloc(be, sizeof(int32_t) * (size_t)ls_round_rows(sh->T_max), "steering");
+    s->steer_idx_h = ls_malloc(sizeof(int32_t) * (size_t)ls_round_rows(sh->T_max), "steering");
+    if (!s->steer_v || !s->steer_idx || !s->steer_idx_h) rc = LS_ERR;
+    for (int k = 0; k < s->steer.n && rc == LS_OK; k++) {
+      s->steer_v[k] = f->alloc(be, sizeof(float) * H, "steering vector");
+      if (!s->steer_v[k] || f->to_device(be, s->steer_v[k], s->steer.e[k].v, sizeof(float) * H))
+        rc = LS_ERR;
+    }
+  }
   if (s->fam->host_scratch_bytes && rc == LS_OK) {
     bf->host_scratch = ls_aligned_alloc(s->fam->host_scratch_bytes(c, sh->T_max), "MoE routing");
     if (!bf->host_scratch) rc = LS_ERR;
@@ -370,8 +381,31 @@ typedef struct {
   int layer;
 } hook_ctx_t;
 
+/* --steer: the edits of layer L at hook point h on the microbatch's rows (T, H) */
+static void apply_edits(sweep_t *s, int L, ls_hook_t h, float *rows, const ls_batch_t *b) {
+  const ls_backend_iface_t *f = s->be->iface;
+  for (int k = 0; k < s->steer.n; k++) {
+    const ls_edit_t *e = &s->steer.e[k];
+    if (e->layer != L || e->hook != (int)h) continue;
+    if (!e->last) { /* every row (padding rows too: real rows never see them) */
+      f->edit_rows(s->be, rows, s->cfg->hidden, NULL, b->T, s->steer_v[k], e->alpha, e->ablate);
+      continue;
+    }
+    for (int q = 0; q < b->n_seq; q++) /* each prompt's last real row */
+      s->steer_idx_h[q] = b->seq_start_h[q] +
+                          (b->seq_len_h ? b->seq_len_h[q] : b->seq_start_h[q + 1] - b->seq_start_h[q]) - 1;
+    f->to_device(s->be, s->steer_idx, s->steer_idx_h, sizeof(int32_t) * (size_t)b->n_seq);
+    f->edit_rows(s->be, rows, s->cfg->hidden, s->steer_idx, b->n_seq, s->steer_v[k], e->alpha,
+                 e->ablate);
+  }
+}
+
+/* A hook point of a block: the --steer edits made there first, then (selected layers) the
+ * captures, which so record the edited value. */
 static void on_hook(void *ctx, ls_hook_t h, float *rows, int width) {
   hook_ctx_t *k = ctx;
+  if (width == k->s->cfg->hidden) apply_edits(k->s, k->layer, h, rows, k->b);
+  if (k->s->sel.sel_index[k->layer] < 0) return;
   if (!((k->s->sel.hooks >> h) & 1) || width != ls_sw_hook_width(k->s, h)) return;
   if (h == LS_HOOK_ROUTER_LOGITS && k->s->sel.moe_index[k->layer] < 0) return;
   double t0 = ls_now();
@@ -502,14 +536,15 @@ static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
       int64_t row0 = batch_of(s, mb, &b);
       float *x = stage_in(s, mb, row0, b.T);
       hook_ctx_t hk = {s, mb, &b, 0, L};
-      if (sel >= 0) on_hook(&hk, LS_HOOK_RESIDUAL_PRE, x, s->cfg->hidden);
+      const int points = sel >= 0 || ls_steer_at_layer(&s->steer, L); /* hooks called */
+      if (points) on_hook(&hk, LS_HOOK_RESIDUAL_PRE, x, s->cfg->hidden);
       const int lr = s->cfg->local_rope && ls_config_rope(s->cfg, L) == &s->cfg->rope_local;
       const ls_block_t blk = {s->be, s->cfg, L, lw, s->buf.cos_d[lr], s->buf.sin_d[lr], &b,
-                              s->buf.scratch, s->sh.T_max, sel >= 0 ? on_hook : NULL, &hk,
+                              s->buf.scratch, s->sh.T_max, points ? on_hook : NULL, &hk,
                               s->buf.host_scratch,
                               pf->expert_rows ? pf->expert_rows + (size_t)L * s->cfg->n_experts : NULL};
       s->fam->forward(&blk, x);
-      if (sel >= 0) on_hook(&hk, LS_HOOK_RESIDUAL_POST, x, s->cfg->hidden);
+      if (points) on_hook(&hk, LS_HOOK_RESIDUAL_POST, x, s->cfg->hidden);
       double ts = ls_now();
       stage_out(s, mb, row0, b.T);
       th += hk.t + ls_now() - ts;
@@ -575,8 +610,12 @@ static void sweep_free(sweep_t *s) {
       f->free(be, bf->seq_start_d); f->free(be, bf->seq_len_d); f->free(be, bf->pos_d);
       for (int k = 0; k < 2; k++) { f->free(be, bf->cos_d[k]); f->free(be, bf->sin_d[k]); }
     }
+    for (int k = 0; k < s->steer.n && s->steer_v; k++) f->free(be, s->steer_v[k]);
+    f->free(be, s->steer_idx);
     ls_backend_free(be);
   }
+  free(s->steer_v); free(s->steer_idx_h);
+  ls_steer_free(&s->steer);
   for (int k = 0; k < 2; k++) { free(bf->cos_tab[k]); free(bf->sin_tab[k]); }
   free(bf->lw); free(bf->lw_all); free(bf->host_scratch);
   ls_shard_free(&s->sh);
@@ -703,6 +742,7 @@ static int guard_outputs(sweep_t *s) {
   rc |= ls_guard_add(&g, path);
   for (int i = 0; i < s->model.st.n_files; i++) rc |= ls_guard_add(&g, s->model.st.files[i].path);
   rc |= ls_guard_add(&g, o->data_path);
+  for (int i = 0; i < s->steer.n_inputs; i++) rc |= ls_guard_add(&g, s->steer.inputs[i]);
   if (rc == LS_OK) rc = ls_guard_check_file(&g, o->out_path, "--out");
   if (rc == LS_OK) rc = ls_guard_check_file(&g, o->summary_json, "--summary-json");
   char lock[4200];
@@ -847,6 +887,7 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   const ls_config_t *c = s->cfg;
   ls_profile_t *pf = &s->prof;
   if (select_layers(s)) goto out;
+  if (ls_steer_load(o->steer, c->hidden, c->n_layers, comm, &s->steer)) goto out;
   pf->t_load = ls_calloc((size_t)c->n_layers, sizeof(double), "profile");
   pf->t_forward = ls_calloc((size_t)c->n_layers, sizeof(double), "profile");
   pf->t_hooks = ls_calloc((size_t)c->n_layers, sizeof(double), "profile");

@@ -30,6 +30,7 @@ typedef struct {
   int preload_weights;      /* read every computed layer into backend memory before the
                              * layer loop (benchmarks; needs memory for all of them) */
   const char *out_dtype;    /* stored activations: "float32" (default), "float16", "bfloat16" */
+  const char *steer;        /* --steer FILE.json (NULL: no edits) */
   int compress;             /* 0 (default): contiguous activation datasets; 1..9: chunked
                              * (a layer x about 1 MiB of rows), deflate at that level */
   double stall_timeout;     /* seconds without progress that end the job; < 0 auto (max(600 s,

@@ -23,6 +23,7 @@
 #include "lock.h"
 #include "ls_common.h"
 #include "model.h"
+#include "steer.h"
 #include "sweep.h"
 #include "weights.h"
 #include "watchdog.h"
@@ -153,6 +154,9 @@ typedef struct {
   ls_profile_t prof;
   ls_ckstate_t ck;
   ls_watchdog_t wd;       /* ends the job when a rank or link is lost (--stall-timeout) */
+  ls_steer_t steer;       /* --steer edits */
+  float **steer_v;        /* (steer.n) each edit's vector in backend memory */
+  int32_t *steer_idx, *steer_idx_h; /* (T_max) rows of a "last" edit: backend, host */
 } sweep_t;
 
 static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }

@@ -280,10 +280,13 @@ static double h5_attr_f64(const char *path, const char *obj, const char *name) {
 typedef struct { float *v; int64_t shape[3]; int ndim; } expected_t;
 
 /* tensor `name` of <model>/expected.safetensors (float32); found 0 when it is not there */
+static const char *expected_dir; /* NULL: <model>/; else this fixture directory (steer) */
+
 static expected_t read_expected(const char *model, const char *name, int *found) {
   expected_t e = {0};
   char path[4200];
-  snprintf(path, sizeof path, "%s/%s/expected.safetensors", fixtures, model);
+  snprintf(path, sizeof path, "%s/%s/expected.safetensors", fixtures,
+           expected_dir ? expected_dir : model);
   FILE *f = fopen(path, "rb");
   if (!f) fail_msg("%s: cannot open (tensor %s)", path, name);
   fseek(f, 0, SEEK_END);
@@ -1109,6 +1112,55 @@ static void test_bytes_read_and_profile(void **state) {
   ls_dataset_free(&d);
 }
 
+/* ---- --steer: edits inside the forward, against transformers with hooks making them -------- */
+/* tests/fixtures/steer (gen_fixtures.py): on llama_gqa_f32, an add at residual_pre of layer 0
+ * (every token), an ablation at attn_out of layer 1 and an add at its mlp_out (the last
+ * token; both vectors read from vectors.h5), an ablation at residual_post of the last
+ * layer (last token). Every hook within tol of transformers, the same file bit for bit at
+ * another microbatching, and the edits recorded in the output. */
+static void test_steer(void **state) {
+  (void)state;
+  char a[4400], b[4400], path[4200];
+  out_path(a, sizeof a, "steer_a");
+  out_path(b, sizeof b, "steer_b");
+  snprintf(path, sizeof path, "%s/steer/steer.json", fixtures);
+  int rc[2];
+  for (int k = 0; k < 2; k++) {
+    char mdir[4200], dpath[4200];
+    snprintf(mdir, sizeof mdir, "%s/llama_gqa_f32", fixtures);
+    snprintf(dpath, sizeof dpath, "%s/prompts.jsonl", fixtures);
+    ls_run_opts_t o;
+    ls_run_opts_default(&o);
+    o.model_dir = mdir; o.data_path = dpath; o.out_path = k ? b : a; o.hooks = "all";
+    o.pool = "none"; o.microbatch_tokens = k ? 1 : REF_MB; o.force = 1; o.progress = 0;
+    o.threads = 1; o.backend = backend; o.dtype = dtype; o.command = "test_fixtures";
+    o.steer = path;
+    rc[k] = ls_sweep_run(&o, MPI_COMM_WORLD);
+  }
+  assert_int_equal(rc[0], 0);
+  assert_int_equal(rc[1], 0);
+  if (rank != 0) return;
+  ls_dataset_t d = load_prompts();
+  expected_dir = "steer";
+  expect_t x = {.model = "llama_gqa_f32", .out = a, .hooks = "all", .pool = "none", .d = &d};
+  check_vs_expected(&x);
+  expected_dir = NULL;
+  compare_outputs(a, b, "all", 1);
+  char attr[4096];
+  h5_attr_str(a, "/", "steer", attr, sizeof attr);
+  if (!strstr(attr, "\"hook\":\"attn_out\",\"op\":\"ablate\"") || !strstr(attr, "\"layer\":2"))
+    fail_msg("%s: the steer attribute does not record the edits: %s", a, attr);
+  hsize_t dims[3];
+  int nd;
+  float *v = h5_read(a, "/steer/vectors", H5T_NATIVE_FLOAT, sizeof(float), dims, &nd);
+  if (!v || nd != 2 || dims[0] != 4 || dims[1] != 64) fail_msg("%s: /steer/vectors is not [4, 64]", a);
+  double n1 = 0;
+  for (int i = 0; i < 64; i++) n1 += (double)v[64 + i] * v[64 + i];
+  if (fabs(n1 - 1) > 1e-6) fail_msg("%s: the ablated direction is stored with norm^2 %g, not 1", a, n1);
+  free(v);
+  ls_dataset_free(&d);
+}
+
 /* ---- --compress: chunked, deflated datasets hold the same values ---------------------------- */
 static void test_compress(void **state) {
   (void)state;
@@ -1237,6 +1289,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_bytes_read_and_profile),
       cmocka_unit_test(test_fp8_dequant),
       cmocka_unit_test(test_compress),
+      cmocka_unit_test(test_steer),
   };
   /* every rank runs every test (the sweeps are collective); rank 0 asserts */
   int failed = cmocka_run_group_tests(tests, NULL, NULL);

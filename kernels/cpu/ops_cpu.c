@@ -283,6 +283,24 @@ void ls_cpu_pool(float *pooled, const float *x, const int32_t *seq_start,
   }
 }
 
+/* ---- steering edits ------------------------------------------------------------------------ */
+/* the dot product in double, in index order */
+void ls_cpu_edit_rows(float *x, int H, const int32_t *idx, int n, const float *v, float alpha,
+                      int ablate) {
+#pragma omp parallel for schedule(static)
+  for (int i = 0; i < n; i++) {
+    float *r = x + (size_t)(idx ? idx[i] : i) * H;
+    if (ablate) {
+      double d = 0;
+      for (int j = 0; j < H; j++) d += (double)r[j] * v[j];
+      const float df = (float)d;
+      for (int j = 0; j < H; j++) r[j] -= df * v[j];
+    } else {
+      for (int j = 0; j < H; j++) r[j] += alpha * v[j];
+    }
+  }
+}
+
 /* ---- multi-head latent attention: heads put together ----------------------------------- */
 void ls_cpu_concat_heads(float *out, int d_out, const float *a, int da, int sa, int a_shared,
                          const float *b, int db, int sb, int b_shared, int T, int n_heads) {
@@ -433,6 +451,10 @@ static void cpu_add(ls_backend_t *be, float *y, const float *x, size_t n) { ls_c
 static void cpu_zero(ls_backend_t *be, float *x, size_t n) {
   if (n) memset(x, 0, sizeof(float) * n);
 }
+static void cpu_edit_rows(ls_backend_t *be, float *x, int H, const int32_t *idx, int n,
+                          const float *v, float alpha, int ablate) {
+  ls_cpu_edit_rows(x, H, idx, n, v, alpha, ablate);
+}
 static void cpu_concat_heads(ls_backend_t *be, float *out, int d_out, const float *a, int da,
                              int sa, int a_shared, const float *b, int db, int sb, int b_shared,
                              int T, int n_heads) {
@@ -478,6 +500,7 @@ static const ls_backend_iface_t cpu_iface = {
     .shift = cpu_shift,
     .add = cpu_add,
     .zero = cpu_zero,
+    .edit_rows = cpu_edit_rows,
     .concat_heads = cpu_concat_heads,
     .gather = cpu_gather,
     .scatter_add = cpu_scatter_add,

@@ -35,6 +35,8 @@ void ls_cpu_geglu(float *gate, const float *up, size_t n);
 void ls_cpu_gelu(float *x, size_t n, int approximate);
 void ls_cpu_shift(float *x, float b, size_t n);
 void ls_cpu_add(float *y, const float *x, size_t n);
+void ls_cpu_edit_rows(float *x, int H, const int32_t *idx, int n, const float *v, float alpha,
+                      int ablate);
 void ls_cpu_concat_heads(float *out, int d_out, const float *a, int da, int sa, int a_shared,
                          const float *b, int db, int sb, int b_shared, int T, int n_heads);
 void ls_cpu_gather(float *dst, const float *src, const int32_t *idx, int n, int W);

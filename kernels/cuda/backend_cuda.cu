@@ -350,6 +350,13 @@ static void cu_zero(ls_backend_t *be, float *x, size_t n) {
   if (!c->err) CU(c, ls_cu_zero(c->stream, x, n));
 }
 
+static void cu_edit_rows(ls_backend_t *be, float *x, int H, const int32_t *idx, int n,
+                         const float *v, float alpha, int ablate) {
+  cu_ctx_t *c = ctx_of(be);
+  forget_xin(c);
+  if (!c->err) CU(c, ls_cu_edit_rows(c->stream, x, H, idx, n, v, alpha, ablate));
+}
+
 static void cu_concat_heads(ls_backend_t *be, float *out, int d_out, const float *a, int da,
                             int sa, int a_shared, const float *b, int db, int sb, int b_shared,
                             int T, int n_heads) {
@@ -475,6 +482,7 @@ static const ls_backend_iface_t cuda_iface = {
     /* .shift = */ cu_shift,
     /* .add = */ cu_add,
     /* .zero = */ cu_zero,
+    /* .edit_rows = */ cu_edit_rows,
     /* .concat_heads = */ cu_concat_heads,
     /* .gather = */ cu_gather,
     /* .scatter_add = */ cu_scatter_add,

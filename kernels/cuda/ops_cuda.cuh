@@ -56,6 +56,9 @@ cudaError_t ls_cu_convert(cudaStream_t st, void *dst, int dst_type, const void *
  * row idx[i] of src; row idx[i] of dst += wts[i] * row i of src (idx[i] < 0: skipped) */
 cudaError_t ls_cu_gather(cudaStream_t st, float *dst, const float *src, const int32_t *idx,
                          int n, int W);
+/* steering: rows idx[0..n) (NULL: 0..n-1) of x (.., H) += alpha v, or (ablate) -= (x.v) v */
+cudaError_t ls_cu_edit_rows(cudaStream_t st, float *x, int H, const int32_t *idx, int n,
+                            const float *v, float alpha, int ablate);
 /* x (n) <- 0 */
 cudaError_t ls_cu_zero(cudaStream_t st, float *x, size_t n);
 /* out (T, n_heads, d_out) <- per head [a's head (da), b's head (db; b NULL: zeros), zeros]

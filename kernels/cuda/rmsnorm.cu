@@ -1,4 +1,4 @@
-/* rmsnorm.cu: the row norms. rmsnorm: out (T, H) = w (H) * x * rsqrt(mean(x^2) + eps),
+/* rmsnorm.cu: the row norms (and the steering edits, which share their row reduction). rmsnorm: out (T, H) = w (H) * x * rsqrt(mean(x^2) + eps),
  * as ls_cpu_rmsnorm; layernorm: out = (x - mean) * rsqrt(var + eps) * w + b, as
  * ls_cpu_layernorm (two passes: the mean, shifted by the row's first element, then the
  * squared deviations).
@@ -100,5 +100,29 @@ cudaError_t ls_cu_layernorm(cudaStream_t st, float *out, const float *x, const f
   const int threads = H >= 256 ? 256 : (H + 31) / 32 * 32;
   LS_LAUNCH(layernorm_kernel, dim3((unsigned)T), dim3((unsigned)threads), 0, st, out, x, w, b,
             H, eps);
+  return LS_CU_LAST_ERROR();
+}
+
+/* ---- steering edits (ls_cpu_edit_rows): one block per edited row ---------------------------- */
+static __global__ void __launch_bounds__(256)
+    edit_rows_kernel(float *__restrict__ x, int H, const int32_t *__restrict__ idx, int n,
+                     const float *__restrict__ v, float alpha, int ablate) {
+  __shared__ float red[32];
+  float *r = x + (size_t)(idx ? idx[blockIdx.x] : (int)blockIdx.x) * (size_t)H;
+  const int tid = (int)threadIdx.x, nt = (int)blockDim.x;
+  if (ablate) {
+    float d = 0.0f;
+    for (int j = tid; j < H; j += nt) d += r[j] * v[j];
+    d = rmsnorm_block_sum(d, red);
+    for (int j = tid; j < H; j += nt) r[j] -= d * v[j];
+  } else {
+    for (int j = tid; j < H; j += nt) r[j] += alpha * v[j];
+  }
+}
+
+cudaError_t ls_cu_edit_rows(cudaStream_t st, float *x, int H, const int32_t *idx, int n,
+                            const float *v, float alpha, int ablate) {
+  if (n <= 0 || H <= 0) return cudaSuccess;
+  LS_LAUNCH(edit_rows_kernel, dim3((unsigned)n), dim3(256), 0, st, x, H, idx, n, v, alpha, ablate);
   return LS_CU_LAST_ERROR();
 }

@@ -526,6 +526,26 @@ bad option.router_logits_no_moe_layer "$(o router_nomoe)" "$LS_BIN" run \
   --model "$LS_FIXTURES/qwen3_moe_sparse_step" --data "$FXDATA" --out "$(o router_nomoe)" \
   --hooks all,router_logits --layers 0,2
 
+# ---- --steer edits: validated up front, one line naming the file and the entry -----------------
+st=$T/c/steer
+mkdir -p "$st"
+vec64="$(printf '0.1%.0s,' $(seq 1 63))0.1" # 64 numbers
+printf '[{"layer": 0, "hook": "mlp_in", "op": "add", "vector": [%s]}]\n' "$vec64" >"$st/hook.json"
+WANT=("$st/hook.json" "entry 0" hook)
+bad option.steer_bad_hook "$(o steer_hook)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o steer_hook)" --steer "$st/hook.json"
+printf '[{"layer": 0, "hook": "attn_out", "op": "add", "vector": [1, 2, 3]}]\n' >"$st/len.json"
+WANT=("$st/len.json" "entry 0" "3 values" "hidden_size is 64")
+bad option.steer_bad_length "$(o steer_len)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o steer_len)" --steer "$st/len.json"
+printf '[{"layer": 5, "hook": "attn_out", "op": "add", "vector": [%s]}]\n' "$vec64" >"$st/layer.json"
+WANT=("$st/layer.json" "layer 5" "2 layers")
+bad option.steer_bad_layer "$(o steer_layer)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o steer_layer)" --steer "$st/layer.json"
+printf '[{"layer": 0, "hook": "attn_out", "op": "ablate", "vector": {"file": "nothere.h5", "dataset": "/d"}}]\n' >"$st/file.json"
+WANT=("$st/file.json" "entry 0" "$st/nothere.h5")
+bad option.steer_missing_file "$(o steer_file)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o steer_file)" --steer "$st/file.json"
+# the steering file is an input: never overwritten
+WANT=("$st/hook.json")
+bad guard.out_is_steer_file "$st/hook.json" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$st/hook.json" --force --steer "$st/hook.json"
+
 # ---- dataset -------------------------------------------------------------------------------------------
 D=$T/c/data
 mkdir -p "$D"

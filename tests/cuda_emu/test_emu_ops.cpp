@@ -13,8 +13,8 @@
  *   convert: to f32 bit-identical to ls_convert_to_f32; to bf16 bit-identical to
  *     round-to-nearest-even (ref_bf16 below); NaN stays NaN; every f16 and bf16 value
  *     and f32 specials, subnormals and ties;
- *   gather, scatter_add (index lists with gaps), zero, concat_heads: bit-identical to
- *     the CPU ops;
+ *   gather, scatter_add (index lists with gaps), zero, concat_heads, edit_rows (add):
+ *     bit-identical to the CPU ops; edit_rows (ablate) within rtol;
  *   FP8 dequantization: every code of F8_E4M3 and F8_E5M2 in several block shapes,
  *     float32 bit-identical to ls_cpu_dequant_fp8, bf16 its round-to-nearest-even;
  *   launches of nothing (T = 0, n = 0) return cudaSuccess without launching.
@@ -573,6 +573,35 @@ static void test_concat_heads(void **state) {
   report("concat_heads");
 }
 
+/* edit_rows (steering) against the CPU op: add (bit-identical: one float multiply-add per
+ * element), ablate (the dot product's order differs: rtol), every row and a row list */
+static void test_edit_rows(void **state) {
+  for (int H : {1, 37, 64, 1000})
+    for (int ablate = 0; ablate < 2; ablate++)
+      for (int listed = 0; listed < 2; listed++) {
+        char ctx[96];
+        snprintf(ctx, sizeof ctx, "edit_rows H=%d ablate=%d listed=%d", H, ablate, listed);
+        const int T = 9;
+        fbuf x((size_t)T * H, 0), ref((size_t)T * H, 0), v(H, 0);
+        x.fill(-2.0f, 2.0f);
+        ref.copy_from(x);
+        v.fill(-1.0f, 1.0f);
+        if (ablate) {
+          double nn = 0;
+          for (int i = 0; i < H; i++) nn += (double)v.p[i] * v.p[i];
+          for (int i = 0; i < H; i++) v.p[i] = (float)(v.p[i] / std::sqrt(nn));
+        }
+        const int32_t rows[3] = {8, 0, 4};
+        const int32_t *idx = listed ? rows : nullptr;
+        const int n = listed ? 3 : T;
+        CHECK_CU(ls_cu_edit_rows(g_st, x.p, H, idx, n, v.p, 1.5f, ablate));
+        g_be->iface->edit_rows(g_be, ref.p, H, idx, n, v.p, 1.5f, ablate);
+        check_close(ctx, x.p, ref.p, (size_t)T * H, (size_t)H, ablate ? 1e-5 : 0.0, ablate ? 1e-6 : 0.0);
+        check_canary(ctx, x);
+      }
+  report("edit_rows");
+}
+
 /* every FP8 code, as F8_E4M3 and F8_E5M2, in weights of several block shapes (partial
  * edge blocks): float32 output bit-identical to the CPU op, bf16 the CPU result rounded
  * to nearest even */
@@ -788,6 +817,7 @@ int main(void) {
       cmocka_unit_test(test_pool),        cmocka_unit_test(test_convert),
       cmocka_unit_test(test_empty),       cmocka_unit_test(test_moe_rows),
       cmocka_unit_test(test_dequant_fp8), cmocka_unit_test(test_concat_heads),
+      cmocka_unit_test(test_edit_rows),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
