@@ -416,6 +416,25 @@ static void test_moe_ops(void **state) {
   gpu32->iface->free(gpu32, dg); gpu32->iface->free(gpu32, dd);
   free(src); free(wts); free(g_ref); free(d_ref);
 
+  /* edit_rows (steering): add bit-identical, ablate within float32 rounding */
+  for (int ablate = 0; ablate < 2; ablate++) {
+    const int T = 17, H = 300;
+    float *x = rand_buf((size_t)T * H, 2.0f), *v = rand_buf((size_t)H, 1.0f);
+    double nn = 0;
+    for (int i = 0; i < H; i++) nn += (double)v[i] * v[i];
+    if (ablate)
+      for (int i = 0; i < H; i++) v[i] = (float)(v[i] / sqrt(nn));
+    int32_t rows[3] = {16, 3, 0};
+    float *dx = dev_from(gpu32, x, sizeof(float) * (size_t)T * H), *dv = dev_from(gpu32, v, sizeof(float) * (size_t)H);
+    int32_t *dr = dev_from(gpu32, rows, sizeof rows);
+    cpu->iface->edit_rows(cpu, x, H, rows, 3, v, 0.75f, ablate);
+    gpu32->iface->edit_rows(gpu32, dx, H, dr, 3, dv, 0.75f, ablate);
+    float *gx = to_host(gpu32, dx, (size_t)T * H);
+    check_rows(ablate ? "edit_rows ablate" : "edit_rows add", gx, x, (size_t)T, (size_t)H, ablate ? 1e-6 : 0);
+    free(gx); free(x); free(v);
+    gpu32->iface->free(gpu32, dx); gpu32->iface->free(gpu32, dv); gpu32->iface->free(gpu32, dr);
+  }
+
   /* concat_heads (MLA k: a shared rope part and per-head nope parts, zero padding) */
   {
     const int T = 33, nh = 16, da = 64, db = 128, dout = 200;
