@@ -94,7 +94,7 @@ static const char *usage_make_model =
     "usage: layersweep make-model --out DIR [options]\n"
     "\n"
     "  --out DIR             directory to write (created; refused if it holds a model)\n"
-    "  --arch A              llama, mistral or qwen2 (default: llama)\n"
+    "  --arch A              llama, mistral, qwen2 or mixtral (default: llama)\n"
     "  --hidden N            hidden_size (default: 256)\n"
     "  --intermediate N      intermediate_size (default: 688)\n"
     "  --layers N            num_hidden_layers (default: 4)\n"
@@ -109,6 +109,8 @@ static const char *usage_make_model =
     "  --rope-theta X        rope_theta (default: 10000)\n"
     "  --init-std X          weight standard deviation (default: 0.02)\n"
     "  --sliding-window N    Mistral sliding_window (default: none)\n"
+    "  --experts N           mixtral: experts per layer (default: 8)\n"
+    "  --top-k K             mixtral: experts per token (default: 2)\n"
     "  --tie                 tie_word_embeddings (no lm_head tensor)\n"
     "  --force               overwrite an existing model directory\n"
     "  --help                this text\n";
@@ -281,7 +283,8 @@ static int cmd_run(int argc, char **argv, int plan_only) {
 
 static int cmd_make_model(int argc, char **argv) {
   enum { M_OUT = 300, M_ARCH, M_HIDDEN, M_INTER, M_LAYERS, M_HEADS, M_KV, M_HD, M_VOCAB, M_MAXPOS,
-         M_DTYPE, M_SHARDS, M_SEED, M_THETA, M_STD, M_WINDOW, M_TIE, M_FORCE, M_HELP };
+         M_DTYPE, M_SHARDS, M_SEED, M_THETA, M_STD, M_WINDOW, M_TIE, M_FORCE, M_EXPERTS, M_TOPK,
+         M_HELP };
   static const struct option opts[] = {
       {"out", required_argument, 0, M_OUT},        {"arch", required_argument, 0, M_ARCH},
       {"hidden", required_argument, 0, M_HIDDEN},  {"intermediate", required_argument, 0, M_INTER},
@@ -292,6 +295,7 @@ static int cmd_make_model(int argc, char **argv) {
       {"seed", required_argument, 0, M_SEED},      {"rope-theta", required_argument, 0, M_THETA},
       {"init-std", required_argument, 0, M_STD},   {"sliding-window", required_argument, 0, M_WINDOW},
       {"tie", no_argument, 0, M_TIE},              {"force", no_argument, 0, M_FORCE},
+      {"experts", required_argument, 0, M_EXPERTS}, {"top-k", required_argument, 0, M_TOPK},
       {"help", no_argument, 0, M_HELP},            {0, 0, 0, 0}};
   ls_make_model_opts_t o;
   ls_make_model_default(&o);
@@ -325,6 +329,8 @@ static int cmd_make_model(int argc, char **argv) {
       case M_MAXPOS: field = &o.max_pos; hi = INT_MAX; break;
       case M_SHARDS: field = &o.shards; hi = 99999; break;
       case M_WINDOW: field = &o.sliding_window; hi = INT_MAX; break;
+      case M_EXPERTS: field = &o.n_experts; hi = 4096; break;
+      case M_TOPK: field = &o.top_k; hi = 4096; break;
       default:
         ls_error("%s: unknown or incomplete option; see `layersweep make-model --help`",
                  argv[optind - 1]);

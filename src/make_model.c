@@ -1,4 +1,4 @@
-/* make_model.c: `layersweep make-model`: write a random Llama / Mistral / Qwen2
+/* make_model.c: `layersweep make-model`: write a random Llama / Mistral / Qwen2 / Mixtral
  * family model as a real Hugging Face directory (config.json + safetensors, single
  * file or sharded with model.safetensors.index.json). Used by the demo, the tests
  * and the benchmarks; transformers loads these directories as they are. */
@@ -34,6 +34,8 @@ void ls_make_model_default(ls_make_model_opts_t *o) {
   o->seed = 1234;
   o->rope_theta = 10000.0;
   o->init_std = 0.02;
+  o->n_experts = 8;
+  o->top_k = 2;
 }
 
 /* ---- deterministic normal samples (splitmix64 + Box-Muller) ---------------------------- */
@@ -84,6 +86,10 @@ static int write_config(const ls_make_model_opts_t *o, const char *arch_name, co
     else cJSON_AddNullToObject(c, "sliding_window");
   }
   if (strcmp(type, "qwen2") == 0) cJSON_AddBoolToObject(c, "use_sliding_window", 0);
+  if (strcmp(type, "mixtral") == 0) {
+    cJSON_AddNumberToObject(c, "num_local_experts", o->n_experts);
+    cJSON_AddNumberToObject(c, "num_experts_per_tok", o->top_k);
+  }
   char *text = cJSON_Print(c);
   cJSON_Delete(c);
   char path[4200];
@@ -197,12 +203,17 @@ int ls_make_model(const ls_make_model_opts_t *o) {
   static const struct { const char *key, *arch, *type; } archs[] = {
       {"llama", "LlamaForCausalLM", "llama"},
       {"mistral", "MistralForCausalLM", "mistral"},
-      {"qwen2", "Qwen2ForCausalLM", "qwen2"}};
+      {"qwen2", "Qwen2ForCausalLM", "qwen2"},
+      {"mixtral", "MixtralForCausalLM", "mixtral"}};
   int a = -1;
-  for (int i = 0; i < 3; i++)
+  for (int i = 0; i < 4; i++)
     if (strcmp(o->arch, archs[i].key) == 0) a = i;
   if (a < 0) {
-    ls_error("make-model: --arch must be llama, mistral or qwen2 (got \"%s\")", o->arch);
+    ls_error("make-model: --arch must be llama, mistral, qwen2 or mixtral (got \"%s\")", o->arch);
+    return LS_ERR;
+  }
+  if (a == 3 && (o->top_k < 1 || o->top_k > o->n_experts)) {
+    ls_error("make-model: --top-k %d must be between 1 and --experts %d", o->top_k, o->n_experts);
     return LS_ERR;
   }
   ls_dtype_t dt;

@@ -7,13 +7,14 @@
 
 typedef struct {
   const char *out_dir;
-  const char *arch;   /* llama | mistral | qwen2 */
+  const char *arch;   /* llama | mistral | qwen2 | mixtral */
   int hidden, intermediate, n_layers, n_heads, n_kv_heads, head_dim, vocab, max_pos;
   const char *dtype;  /* bf16 | f16 | f32 */
   int shards;
   uint64_t seed;
   double rope_theta, init_std;
   int tie_embeddings, sliding_window, force;
+  int n_experts, top_k; /* mixtral: experts per layer, per token (intermediate: each expert's) */
 } ls_make_model_opts_t;
 
 void ls_make_model_default(ls_make_model_opts_t *o);

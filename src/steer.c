@@ -2,6 +2,7 @@
 #include "steer.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <hdf5.h>
 #include <math.h>
 #include <stdio.h>
@@ -28,9 +29,15 @@ static int vector_from_h5(const char *path, int k, const char *file, const char 
   H5Eget_auto2(H5E_DEFAULT, &fn, &data);
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
   int rc = LS_ERR;
-  hid_t f = H5Fopen(file, H5F_ACC_RDONLY, H5P_DEFAULT), d = -1, sp = -1, ms = -1;
-  if (f < 0) {
-    ls_error("%s: entry %d: cannot open the vector file %s as HDF5", path, k, file);
+  hid_t f = -1, d = -1, sp = -1, ms = -1;
+  FILE *probe = fopen(file, "rb");
+  if (!probe) {
+    ls_error("%s: entry %d: cannot read the vector file %s: %s", path, k, file, strerror(errno));
+    goto done;
+  }
+  fclose(probe);
+  if ((f = H5Fopen(file, H5F_ACC_RDONLY, H5P_DEFAULT)) < 0) {
+    ls_error("%s: entry %d: the vector file %s is not an HDF5 file", path, k, file);
     goto done;
   }
   if ((d = H5Dopen2(f, dset, H5P_DEFAULT)) < 0) {
