@@ -198,7 +198,8 @@ int ls_h5out_create_dataset_chunked(ls_h5out_t *h, const char *name, hid_t type,
                                     const hsize_t *dims, const hsize_t *chunk, int level) {
   hid_t space = H5I_INVALID_HID, lcpl = H5I_INVALID_HID, dcpl = H5I_INVALID_HID,
         dset = H5I_INVALID_HID;
-  LS_H5_TRY(space = H5Screate_simple(rank, dims, NULL), "dataspace create");
+  LS_H5_TRY(space = rank == 0 ? H5Screate(H5S_SCALAR) : H5Screate_simple(rank, dims, NULL),
+            "dataspace create");
   lcpl = H5Pcreate(H5P_LINK_CREATE);
   H5Pset_create_intermediate_group(lcpl, 1);
   dcpl = H5Pcreate(H5P_DATASET_CREATE);
@@ -230,7 +231,7 @@ int ls_h5out_dim_scale(ls_h5out_t *h, const char *scale, const char *dimname,
                        const char *const *dsets, const int *idx) {
   hid_t s = H5I_INVALID_HID, d = H5I_INVALID_HID;
   LS_H5_TRY(s = H5Dopen2(h->file, scale, H5P_DEFAULT), "dimension scale open");
-  LS_H5_TRY(H5DSset_scale(s, dimname), "dimension scale");
+  if (H5DSis_scale(s) <= 0) LS_H5_TRY(H5DSset_scale(s, dimname), "dimension scale");
   for (int i = 0; dsets[i]; i++) {
     LS_H5_TRY(d = H5Dopen2(h->file, dsets[i], H5P_DEFAULT), "dataset open");
     LS_H5_TRY(H5DSattach_scale(d, s, (unsigned)idx[i]), "dimension scale attach");
@@ -304,11 +305,13 @@ int ls_h5out_raw_offset(ls_h5out_t *h, const char *name, uint64_t *offset) {
 int ls_h5out_write(ls_h5out_t *h, const char *name, hid_t mem_type, int rank,
                    const hsize_t *start, const hsize_t *count, const void *buf) {
   hid_t dset = H5I_INVALID_HID, fspace = H5I_INVALID_HID, mspace = H5I_INVALID_HID;
-  hsize_t n = 1;
+  hsize_t n = rank == 0 ? count != NULL : 1;
   for (int i = 0; i < rank; i++) n *= count[i];
   LS_H5_TRY(dset = H5Dopen2(h->file, name, H5P_DEFAULT), "dataset open");
   LS_H5_TRY(fspace = H5Dget_space(dset), "get dataspace");
-  if (n == 0) {
+  if (rank == 0 && n) { /* a scalar */
+    LS_H5_TRY(mspace = H5Screate(H5S_SCALAR), "memory dataspace");
+  } else if (n == 0) {
     H5Sselect_none(fspace);
     mspace = H5Screate(H5S_NULL);
     H5Sselect_none(mspace);

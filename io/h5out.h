@@ -43,7 +43,8 @@ int ls_h5out_attr_f64(ls_h5out_t *h, const char *obj_path, const char *name, con
  * float16), or bfloat16 as an HDF5 float of 1 sign, 8 exponent (bias 127) and 7 mantissa
  * bits (h5py and HDF5 read it back as float32, exactly). Close it with H5Tclose. */
 hid_t ls_h5out_float_type(ls_dtype_t dt);
-/* Create a dataset (intermediate groups created) of the given type and dims. */
+/* Create a dataset (intermediate groups created) of the given type and dims (rank 0: a
+ * scalar). */
 int ls_h5out_create_dataset(ls_h5out_t *h, const char *name, hid_t type, int rank,
                             const hsize_t *dims);
 /* The file offset of a dataset's raw data (contiguous, allocated at creation, as
@@ -61,13 +62,14 @@ int ls_h5out_drop_datasets(ls_h5out_t *h, const char *scale, const char *const *
                            const int *idx);
 /* Unlink dataset `name` (collective). */
 int ls_h5out_unlink(ls_h5out_t *h, const char *name);
-/* Make dataset `scale` a dimension scale named dimname (netCDF / xarray read it as the
- * dimension of that name), and attach it to dimension idx of each dataset in `dsets`
+/* Make dataset `scale` a dimension scale named dimname unless it is one already (netCDF /
+ * xarray read it as the dimension of that name), and attach it to dimension idx of each dataset in `dsets`
  * (NULL-ended). Collective. */
 int ls_h5out_dim_scale(ls_h5out_t *h, const char *scale, const char *dimname,
                        const char *const *dsets, const int *idx);
 /* Write a block of a dataset: start/count per dimension (count may be all zero on
- * ranks with nothing to write; they still take part). */
+ * ranks with nothing to write; they still take part). A scalar dataset (created with rank
+ * 0): the ranks passing count non-NULL write it, the others pass NULL. */
 int ls_h5out_write(ls_h5out_t *h, const char *name, hid_t mem_type, int rank,
                    const hsize_t *start, const hsize_t *count, const void *buf);
 

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "dtype.h"
+#include "ls_fixed.h"
 
 typedef enum { LS_POOL_LAST = 0, LS_POOL_MEAN = 1, LS_POOL_NONE = 2 } ls_pool_t;
 
@@ -46,6 +47,12 @@ typedef struct {
  * rows share the call. */
 #define LS_ROW_PAD 48
 static inline int ls_round_rows(int T) { return (T + LS_ROW_PAD - 1) / LS_ROW_PAD * LS_ROW_PAD; }
+
+/* gram_fixed's scratch: three digit matrices of LS_GRAM_CHUNK rows and one H x H float64
+ * product (ls_fixed.h) */
+static inline size_t ls_gram_scratch_bytes(int H) {
+  return sizeof(double) * ((size_t)3 * LS_GRAM_CHUNK * (size_t)H + (size_t)H * (size_t)H);
+}
 
 typedef struct {
   const char *name;
@@ -146,6 +153,15 @@ typedef struct {
    * LS_POOL_NONE pooled (sum of seq_len, H) <- the real rows, packed. */
   void (*pool)(ls_backend_t *be, float *pooled, const float *x, const int32_t *seq_start,
                const int32_t *seq_len, int n_seq, int H, ls_pool_t mode);
+  /* --reduce cov / pca: the exact Gram matrix of rows in fixed point (src/common/ls_fixed.h).
+   * Row i's value in column j is q_ij = rint(x_ij 2^shift[j]), |q| <= 2^LS_FX_BITS by the
+   * caller's choice of shift; for every j <= k, acc[3 (j H + k) ..] (192-bit two's
+   * complement, 3 limbs, least significant first) += sum over the n rows of q_ij q_ik.
+   * Exact, so the result does not depend on how rows are split between calls. x (n, H)
+   * float32, shift (H) int32, acc (H, H, 3) and scratch (ls_gram_scratch_bytes(H)) are
+   * backend memory. */
+  void (*gram_fixed)(ls_backend_t *be, uint64_t *acc, const float *x, int n, int H,
+                     const int32_t *shift, void *scratch);
   /* optional (NULL: ops are synchronous): wait for everything enqueued; LS_ERR (said
    * once) if any op or copy failed since the last sync */
   int (*sync)(ls_backend_t *be);

@@ -69,6 +69,15 @@ static const char *usage_run =
     "  --steer FILE.json         edits applied inside the forward at a layer's hook point:\n"
     "                            [{\"layer\", \"hook\", \"op\": \"add\"|\"ablate\", \"alpha\",\n"
     "                            \"vector\", \"positions\": \"all\"|\"last\"}] (default: none)\n"
+    "  --reduce LIST             statistics of the captured rows, per hook and layer, exact and\n"
+    "                            bit-identical for any rank count, in /reductions: mean, cov\n"
+    "                            (unbiased covariance), pca:K (top K components), diffmeans\n"
+    "                            (class means by \"label\"; label 1 - label 0) (default: none)\n"
+    "  --no-store                keep only the --reduce results, not the activations\n"
+    "                            (default: off, activations stored)\n"
+    "  --project FILE:DATASET    store activations projected on K directions ([K, H], or\n"
+    "                            [layers, K, H], e.g. run1.h5:/reductions/residual_post/\n"
+    "                            pca_components) instead of H-wide (default: none)\n"
     "  --compress LEVEL          deflate (gzip) level 1-9 for the activation datasets, stored\n"
     "                            in chunks of one layer x about 1 MiB of rows; writes are then\n"
     "                            collective (not overlapped) (default: 0, contiguous, none)\n"
@@ -160,7 +169,7 @@ static void join_argv(int argc, char **argv, char *buf, size_t cap) {
 
 /* ---- commands ---------------------------------------------------------------------------- */
 enum { O_MODEL = 256, O_DATA, O_OUT, O_HOOKS, O_LAYERS, O_POOL, O_MB, O_THREADS, O_LONG,
-       O_FORCE, O_PROGRESS, O_SUMMARY, O_RESUME, O_CKPT_EVERY, O_CKPT_DIR, O_BACKEND, O_DTYPE, O_PRELOAD, O_OVERLAP, O_OUT_DTYPE, O_STALL, O_PRECISE, O_COMPRESS, O_STEER, O_HELP };
+       O_FORCE, O_PROGRESS, O_SUMMARY, O_RESUME, O_CKPT_EVERY, O_CKPT_DIR, O_BACKEND, O_DTYPE, O_PRELOAD, O_OVERLAP, O_OUT_DTYPE, O_STALL, O_PRECISE, O_COMPRESS, O_STEER, O_REDUCE, O_NO_STORE, O_PROJECT, O_HELP };
 
 static int cmd_run(int argc, char **argv, int plan_only) {
   static const struct option opts[] = {
@@ -182,6 +191,9 @@ static int cmd_run(int argc, char **argv, int plan_only) {
       {"out-dtype", required_argument, 0, O_OUT_DTYPE},
       {"compress", required_argument, 0, O_COMPRESS},
       {"steer", required_argument, 0, O_STEER},
+      {"reduce", required_argument, 0, O_REDUCE},
+      {"no-store", no_argument, 0, O_NO_STORE},
+      {"project", required_argument, 0, O_PROJECT},
       {"stall-timeout", required_argument, 0, O_STALL},
       {"precise-gemm", no_argument, 0, O_PRECISE},
       {0, 0, 0, 0}};
@@ -228,6 +240,9 @@ static int cmd_run(int argc, char **argv, int plan_only) {
       case O_PRELOAD: o.preload_weights = 1; break;
       case O_OUT_DTYPE: o.out_dtype = optarg; break;
       case O_STEER: o.steer = optarg; break;
+      case O_REDUCE: o.reduce = optarg; break;
+      case O_NO_STORE: o.no_store = 1; break;
+      case O_PROJECT: o.project = optarg; break;
       case O_COMPRESS:
         if (parse_long("--compress", optarg, 0, 9, &v)) return 2;
         o.compress = (int)v;

@@ -45,7 +45,7 @@ static int dimension_scales(sweep_t *s) {
   char names[LS_HOOK_COUNT][64];
   int n = 0, nl = 0;
   const char *layered[LS_HOOK_COUNT + 1];
-  for (int h = 0; h < LS_HOOK_COUNT; h++) {
+  for (int h = 0; h < LS_HOOK_COUNT && !s->o->no_store; h++) {
     if (!((s->sel.hooks >> h) & 1) || h == LS_HOOK_ROUTER_LOGITS) continue; /* own axes */
     snprintf(names[n], sizeof names[n], "/%s", ls_hook_name(h));
     const int per_layer = h != LS_HOOK_FINAL_NORM;
@@ -62,7 +62,7 @@ static int dimension_scales(sweep_t *s) {
   layered[nl] = NULL;
   /* the row axis: the hidden-wide hooks and router_logits (which has its own layer axis,
    * the selected MoE layers, and an expert axis) */
-  const int router = (s->sel.hooks >> LS_HOOK_ROUTER_LOGITS) & 1;
+  const int router = (s->sel.hooks >> LS_HOOK_ROUTER_LOGITS) & 1 && !s->o->no_store;
   const char *rows[LS_HOOK_COUNT + 1];
   for (int i = 0; i <= n; i++) rows[i] = acts[i];
   if (router) {
@@ -77,10 +77,15 @@ static int dimension_scales(sweep_t *s) {
   int rc = coordinate(s, "layer", (hsize_t)s->sel.n_sel, 0, root ? (hsize_t)s->sel.n_sel : 0,
                       sel, layered, ax_layer);
   free(sel);
+  /* --project: the activations' last axis is the directions', not hidden */
+  const char *none[1] = {NULL};
   if (rc == LS_OK)
-    rc = coordinate(s, "hidden", H, 0, root ? H : 0, NULL, acts, ax_hidden);
-  if (rc == LS_OK && router) {
-    const char *rl[2] = {"/router_logits", NULL};
+    rc = coordinate(s, "hidden", H, 0, root ? H : 0, NULL, s->proj.K ? none : acts, ax_hidden);
+  if (rc == LS_OK && s->proj.K)
+    rc = coordinate(s, "direction", (hsize_t)s->proj.K, 0, root ? (hsize_t)s->proj.K : 0, NULL,
+                    acts, ax_hidden);
+  if (rc == LS_OK && (s->sel.hooks >> LS_HOOK_ROUTER_LOGITS) & 1) {
+    const char *rl[2] = {router ? "/router_logits" : NULL, NULL};
     int z[1] = {0}, two[1] = {2};
     int64_t *ml = ls_malloc(sizeof(int64_t) * (size_t)(s->sel.n_moe_sel + 1), "layers");
     if (!ml) return LS_ERR;
@@ -186,6 +191,20 @@ int ls_sw_create_output(sweep_t *s) {
     free(v);
   }
   rc |= ls_sw_write_str_attr(s, "hooks", hooks);
+  int64_t stored = !s->o->no_store;
+  rc |= ls_h5out_attr_i64(&s->out.h5, "/", "activations_stored", &stored, 1);
+  rc |= ls_sw_write_str_attr(s, "project", s->proj.K ? s->proj.canon : "");
+  if (rc == LS_OK && s->proj.K) { /* the directions used, float64 as read */
+    const hsize_t K = (hsize_t)s->proj.K, n = (hsize_t)s->proj.n_sets;
+    hsize_t dims[3] = {n, K, H}, start[3] = {0, 0, 0};
+    hsize_t count[3] = {s->rank == 0 ? n : 0, s->rank == 0 ? K : 0, s->rank == 0 ? H : 0};
+    const int nd = s->proj.per_layer ? 3 : 2;
+    rc = ls_h5out_create_dataset(&s->out.h5, "/project/directions", H5T_IEEE_F64LE, nd,
+                                 nd == 3 ? dims : dims + 1);
+    if (rc == LS_OK)
+      rc = ls_h5out_write(&s->out.h5, "/project/directions", H5T_NATIVE_DOUBLE, nd,
+                          nd == 3 ? start : start + 1, nd == 3 ? count : count + 1, s->proj.dirs);
+  }
   rc |= ls_sw_write_str_attr(s, "command", s->o->command ? s->o->command : "");
   int64_t nranks = s->size;
   rc |= ls_h5out_attr_i64(&s->out.h5, "/", "n_ranks", &nranks, 1);
@@ -206,13 +225,13 @@ int ls_sw_create_output(sweep_t *s) {
   if (!sel) return LS_ERR;
   for (int i = 0; i < s->sel.n_sel; i++) sel[i] = s->sel.layers[i];
   const hid_t ftype = ls_h5out_float_type(s->out.out_dt); /* --out-dtype */
-  for (int h = 0; h < LS_HOOK_COUNT && rc == LS_OK; h++) {
+  for (int h = 0; h < LS_HOOK_COUNT && rc == LS_OK && !s->o->no_store; h++) {
     if (!((s->sel.hooks >> h) & 1) || !ls_hook_layered(h)) continue;
     char name[64];
     snprintf(name, sizeof name, "/%s", ls_hook_name(h));
     const int router = h == LS_HOOK_ROUTER_LOGITS;
     hsize_t dims[3] = {(hsize_t)ls_sw_hook_layers(s, h), (hsize_t)s->sh.n_out_rows,
-                       (hsize_t)ls_sw_hook_width(s, h)};
+                       (hsize_t)ls_sw_store_width(s, h)};
     /* router_logits: float32 whatever --out-dtype (logits are small and compared) */
     hid_t t = router ? H5Tcopy(H5T_IEEE_F32LE) : H5Tcopy(ftype);
     hsize_t chunk[3];
@@ -244,8 +263,9 @@ int ls_sw_create_output(sweep_t *s) {
     }
     free(ml);
   }
-  if (rc == LS_OK && ((s->sel.hooks >> LS_HOOK_FINAL_NORM) & 1)) {
-    hsize_t dims[2] = {(hsize_t)s->sh.n_out_rows, H}, chunk[2];
+  if (rc == LS_OK && ((s->sel.hooks >> LS_HOOK_FINAL_NORM) & 1) && !s->o->no_store) {
+    hsize_t dims[2] = {(hsize_t)s->sh.n_out_rows, (hsize_t)ls_sw_store_width(s, LS_HOOK_FINAL_NORM)},
+            chunk[2];
     chunk_dims(s, dims, 2, H5Tget_size(ftype), chunk);
     rc = ls_h5out_create_dataset_chunked(&s->out.h5, "/final_norm", ftype, 2, dims,
                                          s->o->compress ? chunk : NULL, s->o->compress);
@@ -293,6 +313,7 @@ int ls_sw_create_output(sweep_t *s) {
     H5Tclose(t);
   }
   if (rc == LS_OK) rc = dimension_scales(s);
+  if (rc == LS_OK) rc = ls_sw_reduce_create(s);
   if (rc == LS_OK) rc = ls_h5out_flush(&s->out.h5);
   return ls_agree(rc, s->comm);
 }
@@ -303,7 +324,7 @@ int ls_sw_create_output(sweep_t *s) {
 static int narrow_rows(sweep_t *s, ls_hook_t h, int layer) {
   if (s->out.out_dt == LS_DT_F32 || h == LS_HOOK_ROUTER_LOGITS) return LS_OK;
   float mx = 0;
-  const size_t n = (size_t)s->sh.out_rows * (size_t)s->cfg->hidden;
+  const size_t n = (size_t)s->sh.out_rows * (size_t)ls_sw_store_width(s, h);
   const size_t over = ls_narrow_f32_inplace(s->buf.out_host[h], s->out.out_dt, n, &mx);
   if (over == 0) return LS_OK;
   char where[48];
@@ -316,7 +337,7 @@ static int narrow_rows(sweep_t *s, ls_hook_t h, int layer) {
 }
 
 int ls_sw_write_hook(sweep_t *s, ls_hook_t h, int sel) {
-  const hsize_t H = (hsize_t)ls_sw_hook_width(s, h);
+  const hsize_t H = (hsize_t)ls_sw_store_width(s, h);
   const int layer = h == LS_HOOK_FINAL_NORM ? -1
                     : h == LS_HOOK_ROUTER_LOGITS ? s->sel.moe_layers[sel] : s->sel.layers[sel];
   if (s->out.fault_layer >= 0 && layer >= 0 && layer == s->out.fault_layer) {
@@ -436,9 +457,9 @@ int ls_sw_check_output(sweep_t *s) {
   for (int h = 0; h < LS_HOOK_COUNT; h++) {
     char name[64];
     snprintf(name, sizeof name, "/%s", ls_hook_name(h));
-    const hsize_t W = (hsize_t)ls_sw_hook_width(s, h);
+    const hsize_t W = (hsize_t)ls_sw_store_width(s, h);
     int nd = ls_h5out_dataset_dims(&s->out.h5, name, dims, 4);
-    int want = (s->sel.hooks >> h) & 1;
+    int want = (s->sel.hooks >> h) & 1 && !s->o->no_store;
     int ok = !want ? nd < 0
              : h == LS_HOOK_FINAL_NORM ? nd == 2 && dims[0] == R && dims[1] == W
                                        : nd == 3 && dims[0] == (hsize_t)ls_sw_hook_layers(s, h) &&
@@ -455,7 +476,7 @@ int ls_sw_check_output(sweep_t *s) {
 int ls_sw_writer_start(sweep_t *s) {
   s->out.in_flight = -1;
   s->out.overlap = 0;
-  if (!s->o->overlap_writes || s->sel.n_sel == 0) return LS_OK;
+  if (!s->o->overlap_writes || s->sel.n_sel == 0 || s->o->no_store) return LS_OK;
   const uint32_t probe = 1;
   int ok = *(const unsigned char *)&probe == 1;
   for (int h = 0; h < LS_HOOK_COUNT; h++) {
@@ -509,7 +530,7 @@ int ls_sw_write_layer(sweep_t *s, int L, int sel) {
   if (!s->out.overlap) {
     /* every collective step is agreed on before the next, so a failure on any rank stops
      * all of them at the same point, reported once */
-    for (int h = 0; h < LS_HOOK_COUNT; h++)
+    for (int h = 0; h < LS_HOOK_COUNT && !s->o->no_store; h++)
       if ((s->sel.hooks & (1u << h)) && ls_hook_layered(h) && ls_sw_hook_index(s, h, L) >= 0)
         COLLECTIVE_STEP(s, ls_sw_write_hook(s, h, ls_sw_hook_index(s, h, L)));
     /* the marker goes in only after the rows are on disk */
@@ -534,7 +555,7 @@ int ls_sw_write_layer(sweep_t *s, int L, int sel) {
     const int at = ls_hook_layered(h) ? ls_sw_hook_index(s, h, L) : -1;
     if (!((s->sel.hooks >> h) & 1) || at < 0 || s->sh.out_rows == 0) continue;
     const size_t es = h == LS_HOOK_ROUTER_LOGITS ? sizeof(float) : ls_dtype_size(s->out.out_dt);
-    const size_t row = es * (size_t)ls_sw_hook_width(s, h);
+    const size_t row = es * (size_t)ls_sw_store_width(s, h);
     const uint64_t first = (uint64_t)at * (uint64_t)s->sh.n_out_rows + (uint64_t)s->sh.out_row0;
     p[n].offset = s->out.raw_off[h] + first * row;
     p[n].buf = s->buf.out_host[h];

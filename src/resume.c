@@ -117,6 +117,13 @@ void ls_sw_fingerprints(sweep_t *s) {
     for (int k = 0; k < s->steer.n; k++)
       h = ls_fnv1a(h, s->steer.e[k].v, sizeof(float) * (size_t)s->cfg->hidden);
   }
+  h = ls_fnv1a(h, s->red.spec.canon, strlen(s->red.spec.canon));
+  const int store[2] = {s->o->no_store, s->proj.K};
+  h = ls_fnv1a(h, store, sizeof store);
+  if (s->proj.K > 0) {
+    h = ls_fnv1a(h, s->proj.canon, strlen(s->proj.canon));
+    h = ls_fnv1a(h, &s->proj.fp, sizeof s->proj.fp);
+  }
   m->options_fp = h;
   snprintf(m->model_desc, sizeof m->model_desc, "%s", s->o->model_dir);
   /* until one has been timed, assume a checkpoint writes 0.5 GB/s */

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "guard.h"
+#include "host_blas.h"
 #include "registry.h"
 #include "sweep_internal.h"
 
@@ -112,7 +113,7 @@ static int alloc_buffers(sweep_t *s) {
     if (!bf->out[h] || !bf->out_host[h]) rc = LS_ERR;
     /* overlapped writes: the writer's copy (swapped with out_host, and out on a host
      * backend: allocated as those are) */
-    if (s->o->overlap_writes && ls_hook_layered(h) && rc == LS_OK) {
+    if (s->o->overlap_writes && !s->o->no_store && ls_hook_layered(h) && rc == LS_OK) {
       bf->out_alt[h] = be->host_visible ? f->alloc(be, bytes, "hook output (writer)")
                                         : f->host_alloc(be, bytes, "hook output (writer)");
       if (!bf->out_alt[h]) rc = LS_ERR;
@@ -480,6 +481,25 @@ static int finish_layer(sweep_t *s, unsigned mask) {
   return ls_agree(rc, s->comm);
 }
 
+/* After a selected layer's rows of the hooks in mask are on the host (L -1: final_norm):
+ * --reduce over them, then --project replaces them by their projections. Collective. */
+static int post_process(sweep_t *s, unsigned mask, int L) {
+  for (int h = 0; h < LS_HOOK_COUNT; h++) {
+    if (!((mask >> h) & 1)) continue;
+    const int at = L < 0 ? 0 : ls_sw_hook_index(s, h, L);
+    if (at < 0) continue;
+    if (ls_sw_reduce_hook(s, h, at, L)) return LS_ERR;
+    if (s->proj.K > 0 && h != LS_HOOK_ROUTER_LOGITS && !s->o->no_store) {
+      const int set = L < 0 ? 0 : s->proj.set_of_layer[L];
+      const size_t H = (size_t)s->cfg->hidden, K = (size_t)s->proj.K;
+      ls_host_project(s->proj_tmp, s->buf.out_host[h], s->proj.Dt + (size_t)set * H * K,
+                      s->sh.out_rows, (int)H, (int)K);
+      memcpy(s->buf.out_host[h], s->proj_tmp, sizeof(float) * K * (size_t)s->sh.out_rows);
+    }
+  }
+  return LS_OK;
+}
+
 /* --preload-weights: every layer still to compute is read, broadcast and converted
  * before the layer loop, which then never waits for weights. */
 static int preload_layers(sweep_t *s, ls_wpipe_t *wp) {
@@ -553,6 +573,9 @@ static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
     unsigned mask = sel >= 0 ? s->sel.hooks & ~(1u << LS_HOOK_FINAL_NORM) : 0;
     if (s->sel.moe_index && s->sel.moe_index[L] < 0) mask &= ~(1u << LS_HOOK_ROUTER_LOGITS);
     if (finish_layer(s, mask)) return LS_ERR;
+    double tr = ls_now();
+    if (sel >= 0 && post_process(s, mask, L)) return LS_ERR;
+    th += ls_now() - tr;
     if (pf->expert_rows && ls_config_is_moe(s->cfg, L)) /* exact integer sums */
       MPI_Allreduce(MPI_IN_PLACE, pf->expert_rows + (size_t)L * s->cfg->n_experts,
                     s->cfg->n_experts, MPI_INT64_T, MPI_SUM, s->comm);
@@ -580,14 +603,16 @@ static int run_final_norm(sweep_t *s) {
                        s->buf.final_norm_w, s->buf.final_bias_w, b.T);
     capture(s, LS_HOOK_FINAL_NORM, s->buf.scratch, mb, &b);
   }
-  if (finish_layer(s, 1u << LS_HOOK_FINAL_NORM)) return LS_ERR;
-  COLLECTIVE_STEP(s, ls_sw_write_hook(s, LS_HOOK_FINAL_NORM, 0));
+  if (finish_layer(s, 1u << LS_HOOK_FINAL_NORM) || post_process(s, 1u << LS_HOOK_FINAL_NORM, -1))
+    return LS_ERR;
+  if (!s->o->no_store) COLLECTIVE_STEP(s, ls_sw_write_hook(s, LS_HOOK_FINAL_NORM, 0));
   return LS_OK;
 }
 
 /* ---- entry point --------------------------------------------------------------------------------------- */
 static void sweep_free(sweep_t *s) {
   ls_bufs_t *bf = &s->buf;
+  ls_sw_reduce_free(s); /* its backend buffers before the backend goes */
   if (s->be) {
     ls_backend_t *be = s->be;
     const ls_backend_iface_t *f = be->iface;
@@ -614,7 +639,8 @@ static void sweep_free(sweep_t *s) {
     f->free(be, s->steer_idx);
     ls_backend_free(be);
   }
-  free(s->steer_v); free(s->steer_idx_h);
+  free(s->steer_v); free(s->steer_idx_h); free(s->proj_tmp);
+  ls_project_free(&s->proj);
   ls_steer_free(&s->steer);
   for (int k = 0; k < 2; k++) { free(bf->cos_tab[k]); free(bf->sin_tab[k]); }
   free(bf->lw); free(bf->lw_all); free(bf->host_scratch);
@@ -743,6 +769,7 @@ static int guard_outputs(sweep_t *s) {
   for (int i = 0; i < s->model.st.n_files; i++) rc |= ls_guard_add(&g, s->model.st.files[i].path);
   rc |= ls_guard_add(&g, o->data_path);
   for (int i = 0; i < s->steer.n_inputs; i++) rc |= ls_guard_add(&g, s->steer.inputs[i]);
+  if (s->proj.K > 0) rc |= ls_guard_add(&g, s->proj.file);
   if (rc == LS_OK) rc = ls_guard_check_file(&g, o->out_path, "--out");
   if (rc == LS_OK) rc = ls_guard_check_file(&g, o->summary_json, "--summary-json");
   char lock[4200];
@@ -806,6 +833,16 @@ static int check_options(sweep_t *s) {
     names_with(LS_BE_BF16, alt, sizeof alt);
     ls_error("--dtype bf16: the %s backend has no bf16 mode (it computes in float32); use "
              "--dtype float32 (or auto)%s%s", e->name, alt[0] ? ", or " : "", alt);
+    return LS_ERR;
+  }
+  if (ls_reduce_parse(o->reduce, &s->red.spec)) return LS_ERR;
+  if (o->no_store && !s->red.spec.what) {
+    ls_error("--no-store keeps nothing without --reduce; add --reduce LIST (e.g. mean,pca:16) "
+             "or drop --no-store");
+    return LS_ERR;
+  }
+  if (o->no_store && o->project) {
+    ls_error("--project changes the stored activations, and --no-store stores none; drop one");
     return LS_ERR;
   }
   if (o->microbatch_tokens < 1) {
@@ -888,6 +925,9 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   ls_profile_t *pf = &s->prof;
   if (select_layers(s)) goto out;
   if (ls_steer_load(o->steer, c->hidden, c->n_layers, comm, &s->steer)) goto out;
+  if (ls_project_load(o->project, c->hidden, c->n_layers, s->sel.layers, s->sel.n_sel,
+                      (s->sel.hooks >> LS_HOOK_FINAL_NORM) & 1, comm, &s->proj))
+    goto out;
   pf->t_load = ls_calloc((size_t)c->n_layers, sizeof(double), "profile");
   pf->t_forward = ls_calloc((size_t)c->n_layers, sizeof(double), "profile");
   pf->t_hooks = ls_calloc((size_t)c->n_layers, sizeof(double), "profile");
@@ -923,6 +963,12 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   if (ls_sw_plan(s)) goto out;
   if (o->plan_only) { rc = LS_OK; goto out; }
   if (ls_agree(alloc_buffers(s), comm)) goto out;
+  if (ls_agree(ls_sw_reduce_setup(s), comm)) goto out;
+  if (s->proj.K > 0 &&
+      ls_agree((s->proj_tmp = ls_malloc(sizeof(float) * (size_t)s->proj.K *
+                                        (size_t)max64(s->sh.out_rows, 1), "projection"))
+                   ? LS_OK : LS_ERR, comm))
+    goto out;
   s->out.done_marks = ls_malloc(sizeof(int64_t) * (size_t)(s->sel.n_sel + 1), "markers");
   if (ls_agree(s->out.done_marks ? LS_OK : LS_ERR, comm)) goto out;
   for (int i = 0; i < s->sel.n_sel; i++) s->out.done_marks[i] = -1;

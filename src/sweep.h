@@ -36,6 +36,9 @@ typedef struct {
   double stall_timeout;     /* seconds without progress that end the job; < 0 auto (max(600 s,
                              * 20x the slowest layer)), 0 off */
   int precise_gemm;         /* CPU: GEMM sums in double over 128-term float32 chunks */
+  const char *reduce;       /* --reduce LIST: "mean,cov,pca:K,diffmeans" (NULL: none) */
+  int no_store;             /* --no-store: keep the reductions only, not the activations */
+  const char *project;      /* --project FILE:DATASET (NULL: activations stored as they are) */
   int overlap_writes;       /* default 1: a layer's rows are written by a thread while the
                              * next layer computes (a second host output buffer) */
 } ls_run_opts_t;

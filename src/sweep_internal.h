@@ -23,6 +23,8 @@
 #include "lock.h"
 #include "ls_common.h"
 #include "model.h"
+#include "project.h"
+#include "reduce.h"
 #include "steer.h"
 #include "sweep.h"
 #include "weights.h"
@@ -157,6 +159,9 @@ typedef struct {
   ls_steer_t steer;       /* --steer edits */
   float **steer_v;        /* (steer.n) each edit's vector in backend memory */
   int32_t *steer_idx, *steer_idx_h; /* (T_max) rows of a "last" edit: backend, host */
+  ls_reduce_t red;        /* --reduce */
+  ls_project_t proj;      /* --project */
+  float *proj_tmp;        /* (out_rows, K) projected rows */
 } sweep_t;
 
 static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -164,6 +169,10 @@ static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 /* Hook h's row width: hidden, or n_experts for router_logits. */
 static inline int ls_sw_hook_width(const sweep_t *s, int h) {
   return h == LS_HOOK_ROUTER_LOGITS ? s->cfg->n_experts : s->cfg->hidden;
+}
+/* Hook h's stored row width: --project's K for the hidden-wide hooks, else the width. */
+static inline int ls_sw_store_width(const sweep_t *s, int h) {
+  return s->proj.K > 0 && h != LS_HOOK_ROUTER_LOGITS ? s->proj.K : ls_sw_hook_width(s, h);
 }
 /* Length of hook h's layer axis (1 for final_norm, which has none). */
 static inline int ls_sw_hook_layers(const sweep_t *s, int h) {
@@ -220,6 +229,13 @@ int ls_sw_check_output(sweep_t *s);
 /* Collective, resuming with another rank count: /profile's datasets and /rank re-made for
  * this run's ranks (the earlier runs' timings are dropped), n_ranks updated */
 int ls_sw_reshape_profile(sweep_t *s);
+/* reduce.c (reduce.h): collective. setup after the plan; create with the output (after
+ * its coordinates); reduce_hook for hook h's rows at position `at` of its layer axis
+ * (layer: the model layer, -1 final_norm), before they are narrowed or projected. */
+int ls_sw_reduce_setup(sweep_t *s);
+int ls_sw_reduce_create(sweep_t *s);
+int ls_sw_reduce_hook(sweep_t *s, int h, int at, int layer);
+void ls_sw_reduce_free(sweep_t *s);
 /* report.c */
 void ls_sw_progress(sweep_t *s, int layer, double elapsed);
 /* LS_ERR (said) when the --summary-json file could not be written */

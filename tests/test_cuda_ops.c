@@ -387,6 +387,71 @@ static void test_load_weight(void **state) {
  * FP8 block dequantization (E4M3 / E5M2, partial edge blocks) from host and device
  * memory: float32 weights bit-identical; bf16 weights read back through a GEMM with an
  * identity input, within bf16 rounding */
+/* gram_fixed (--reduce cov): the 192-bit limbs of every j <= k equal the exact sum of
+ * q_ij q_ik computed here with 128-bit products, on both backends, over two GEMM chunks
+ * and a wide dynamic range (outliers of 1e4 beside values of 1e-3) */
+static void add_i128(uint64_t *acc, __int128 p) {
+  const uint64_t w[3] = {(uint64_t)p, (uint64_t)((unsigned __int128)p >> 64),
+                         p < 0 ? ~(uint64_t)0 : 0};
+  ls_fx_add3(acc, w);
+}
+
+static void test_gram(void **state) {
+  const int n = LS_GRAM_CHUNK + 283, H = 70;
+  float *x = rand_buf((size_t)n * H, 1.0f);
+  for (int i = 0; i < n; i++) {
+    x[(size_t)i * H + 5] *= 1e-3f;
+    if (i % 97 == 0) x[(size_t)i * H + 11] = 1.0e4f * (i % 2 ? -1.0f : 1.0f);
+  }
+  for (int j = 0; j < H; j++) x[(size_t)3 * H + j] = 0.0f; /* a zero row */
+  int32_t shift[70];
+  for (int j = 0; j < H; j++) {
+    float m = 0;
+    for (int i = 0; i < n; i++) m = fmaxf(m, fabsf(x[(size_t)i * H + j]));
+    shift[j] = ls_fx_shift_of(m);
+  }
+  const size_t WW = (size_t)H * H;
+  uint64_t *ref = calloc(3 * WW, sizeof(uint64_t));
+  int64_t *q = malloc(sizeof(int64_t) * (size_t)n * H);
+  assert_non_null(ref);
+  assert_non_null(q);
+  for (size_t e = 0; e < (size_t)n * H; e++) {
+    q[e] = (int64_t)nearbyint(ldexp((double)x[e], shift[e % H]));
+    assert_true(q[e] <= ((int64_t)1 << LS_FX_BITS) && q[e] >= -((int64_t)1 << LS_FX_BITS));
+  }
+  for (int j = 0; j < H; j++)
+    for (int k = j; k < H; k++)
+      for (int i = 0; i < n; i++)
+        add_i128(ref + 3 * ((size_t)j * H + k), (__int128)q[(size_t)i * H + j] * q[(size_t)i * H + k]);
+  ls_backend_t *bes[2] = {cpu, gpu32};
+  for (int b = 0; b < 2; b++) {
+    ls_backend_t *be = bes[b];
+    const ls_backend_iface_t *f = be->iface;
+    uint64_t *acc = f->alloc(be, sizeof(uint64_t) * 3 * WW, "test");
+    float *dx = dev_from(be, x, sizeof(float) * (size_t)n * H);
+    int32_t *ds = dev_from(be, shift, sizeof shift);
+    void *scr = f->alloc(be, ls_gram_scratch_bytes(H), "test");
+    assert_non_null(acc);
+    assert_non_null(scr);
+    f->zero(be, (float *)acc, 6 * WW);
+    /* two calls (a split the result must not see) */
+    f->gram_fixed(be, acc, dx, 700, H, ds, scr);
+    f->gram_fixed(be, acc, dx + (size_t)700 * H, n - 700, H, ds, scr);
+    uint64_t *got = malloc(sizeof(uint64_t) * 3 * WW);
+    assert_non_null(got);
+    assert_int_equal(f->to_host(be, got, acc, sizeof(uint64_t) * 3 * WW), 0);
+    if (f->sync) assert_int_equal(f->sync(be), 0);
+    for (int j = 0; j < H; j++)
+      for (int k = j; k < H; k++)
+        if (memcmp(got + 3 * ((size_t)j * H + k), ref + 3 * ((size_t)j * H + k), 24) != 0)
+          fail_msg("gram_fixed (%s): entry (%d, %d) differs from the exact sum", f->name, j, k);
+    printf("  %-60s exact (%d x %d, %d rows)\n", b ? "gram_fixed (cuda)" : "gram_fixed (cpu)", H, H, n);
+    free(got);
+    f->free(be, acc); f->free(be, dx); f->free(be, ds); f->free(be, scr);
+  }
+  free(ref); free(q); free(x);
+}
+
 static void test_moe_ops(void **state) {
   const int R = 50, n = 37, W = 300;
   float *src = rand_buf((size_t)R * W, 2.0f), *wts = rand_buf((size_t)n, 1.0f);
@@ -629,6 +694,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_elementwise), cmocka_unit_test(test_pool),
       cmocka_unit_test(test_load_weight), cmocka_unit_test(test_bcast),
       cmocka_unit_test(test_block),       cmocka_unit_test(test_moe_ops),
+      cmocka_unit_test(test_gram),
   };
   int failed = cmocka_run_group_tests(tests, NULL, NULL);
   ls_backend_free(gpu16);

@@ -381,6 +381,50 @@ done:
   return align;
 }
 
+/* ---- exact Gram matrix (--reduce cov) ---------------------------------------------- */
+/* G (H, H) = A^T B for A, B (K, H) row-major: column blocks in parallel, each one dgemm
+ * (OpenBLAS runs single-threaded here, see ls_backend_cpu_new). Every product and partial
+ * sum is an integer below 2^53 (ls_fixed.h), so any summation order gives the same G. */
+static void gram_gemm(double *G, const double *A, const double *B, int K, int H) {
+  const int nb = 64, blocks = (H + nb - 1) / nb;
+#pragma omp parallel for schedule(dynamic)
+  for (int c = 0; c < blocks; c++) {
+    const int c0 = c * nb, w = H - c0 < nb ? H - c0 : nb;
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, H, w, K, 1.0, A, H, B + c0, H, 0.0,
+                G + c0, H);
+  }
+}
+
+void ls_cpu_gram_fixed(uint64_t *acc, const float *x, int n, int H, const int32_t *shift,
+                       void *scratch) {
+  const size_t CH = LS_GRAM_CHUNK, Hs = (size_t)H;
+  double *Q = scratch, *G = Q + 3 * CH * Hs;
+  for (int r0 = 0; r0 < n; r0 += LS_GRAM_CHUNK) {
+    const int K = n - r0 < LS_GRAM_CHUNK ? n - r0 : LS_GRAM_CHUNK;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < K; i++)
+      for (int j = 0; j < H; j++) {
+        int64_t d[3];
+        ls_fx_digits((int64_t)nearbyint(ldexp((double)x[(size_t)(r0 + i) * Hs + j], shift[j])), d);
+        for (int a = 0; a < 3; a++) Q[(size_t)a * CH * Hs + (size_t)i * Hs + j] = (double)d[a];
+      }
+    /* q q' = sum over digit pairs (a, b) of d_a d'_b 2^(20 (a + b)); a pair a < b stands
+     * for (a, b) and (b, a): G[j, k] + G[k, j] */
+    for (int a = 0; a < 3; a++)
+      for (int b = a; b < 3; b++) {
+        gram_gemm(G, Q + (size_t)a * CH * Hs, Q + (size_t)b * CH * Hs, K, H);
+        const int sym = a != b, s = LS_FX_DIGIT * (a + b);
+#pragma omp parallel for schedule(dynamic, 16)
+        for (int j = 0; j < H; j++)
+          for (int k = j; k < H; k++) {
+            int64_t v = (int64_t)G[(size_t)j * Hs + k];
+            if (sym) v += (int64_t)G[(size_t)k * Hs + j];
+            ls_fx_add_shifted(acc + 3 * ((size_t)j * Hs + k), v, s);
+          }
+      }
+  }
+}
+
 /* ---- the backend table ------------------------------------------------------------ */
 typedef struct {
   int threads, max_seq;
@@ -472,6 +516,10 @@ static void cpu_pool(ls_backend_t *be, float *pooled, const float *x, const int3
                      const int32_t *seq_len, int n_seq, int H, ls_pool_t mode) {
   ls_cpu_pool(pooled, x, seq_start, seq_len, n_seq, H, mode);
 }
+static void cpu_gram_fixed(ls_backend_t *be, uint64_t *acc, const float *x, int n, int H,
+                           const int32_t *shift, void *scratch) {
+  ls_cpu_gram_fixed(acc, x, n, H, shift, scratch);
+}
 static void cpu_destroy(ls_backend_t *be) {
   cpu_ctx_t *c = be->ctx;
   free(c->scratch);
@@ -505,6 +553,7 @@ static const ls_backend_iface_t cpu_iface = {
     .gather = cpu_gather,
     .scatter_add = cpu_scatter_add,
     .pool = cpu_pool,
+    .gram_fixed = cpu_gram_fixed,
     .sync = NULL,
     .destroy = cpu_destroy,
 };

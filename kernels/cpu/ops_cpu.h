@@ -45,6 +45,9 @@ void ls_cpu_scatter_add(float *dst, const float *src, const int32_t *idx, const 
 /* dst (rows, cols) float32 <- FP8 src times its block scales (backend.h load_weight_fp8) */
 void ls_cpu_dequant_fp8(float *dst, const void *src, const float *scale, ls_dtype_t dt,
                         int64_t rows, int64_t cols, int br, int bc);
+/* backend.h gram_fixed: exact fixed-point Gram matrix (float64 GEMMs of 20-bit digits) */
+void ls_cpu_gram_fixed(uint64_t *acc, const float *x, int n, int H, const int32_t *shift,
+                       void *scratch);
 void ls_cpu_pool(float *pooled, const float *x, const int32_t *seq_start,
                  const int32_t *seq_len, int n_seq, int H, ls_pool_t mode);
 /* Smallest row alignment at which OpenBLAS sgemm gives a row the same result wherever

@@ -432,6 +432,31 @@ static int cu_bcast_wait(ls_backend_t *be, int slot) {
 static const ls_bcast_iface_t cuda_bcast = {cu_bcast, cu_bcast_wait, NULL};
 
 /* ---- lifetime ---------------------------------------------------------------------------------- */
+/* ls_cpu_gram_fixed's steps: digits, six digit-pair DGEMMs (exact), accumulate. Row-major
+ * digits Q_a (K, H) are column-major H x K; cuBLAS's G = Q_a Q_b^T (H x H column-major) is
+ * the transpose of the row-major Q_a^T Q_b, and the accumulation only uses G + G^T or a
+ * symmetric G, so either reading is the same. */
+static void cu_gram_fixed(ls_backend_t *be, uint64_t *acc, const float *x, int n, int H,
+                          const int32_t *shift, void *scratch) {
+  cu_ctx_t *c = ctx_of(be);
+  forget_xin(c);
+  const size_t plane = (size_t)LS_GRAM_CHUNK * (size_t)H;
+  double *Q = (double *)scratch, *G = Q + 3 * plane;
+  const double one = 1.0, zero = 0.0;
+  for (int r0 = 0; r0 < n && !c->err; r0 += LS_GRAM_CHUNK) {
+    const int K = n - r0 < LS_GRAM_CHUNK ? n - r0 : LS_GRAM_CHUNK;
+    if (CU(c, ls_cu_gram_digits(c->stream, Q, x + (size_t)r0 * H, shift, K, H))) return;
+    for (int a = 0; a < 3; a++)
+      for (int b = a; b < 3; b++) {
+        if (BLAS(c, cublasDgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_T, H, H, K, &one, Q + a * plane, H,
+                                Q + b * plane, H, &zero, G, H)))
+          return;
+        if (CU(c, ls_cu_gram_accumulate(c->stream, acc, G, H, a != b, LS_FX_DIGIT * (a + b))))
+          return;
+      }
+  }
+}
+
 static void cu_destroy(ls_backend_t *be) {
   cu_ctx_t *c = ctx_of(be);
   if (!c->err && c->stream) cudaStreamSynchronize(c->stream);
@@ -487,6 +512,7 @@ static const ls_backend_iface_t cuda_iface = {
     /* .gather = */ cu_gather,
     /* .scatter_add = */ cu_scatter_add,
     /* .pool = */ cu_pool,
+    /* .gram_fixed = */ cu_gram_fixed,
     /* .sync = */ cu_sync,
     /* .bcast = */ &cuda_bcast,
     /* .destroy = */ cu_destroy,

@@ -43,6 +43,13 @@ cudaError_t ls_cu_shift(cudaStream_t st, float *x, float b, size_t n);
 cudaError_t ls_cu_add(cudaStream_t st, float *y, const float *x, size_t n);
 /* y (T, n) += b (n) on every row */
 cudaError_t ls_cu_add_bias(cudaStream_t st, float *y, const float *b, int T, int n);
+/* gram_fixed (gram.cu): Q (3, LS_GRAM_CHUNK, H) <- the three 20-bit digits of rint(x 2^shift)
+ * for rows 0 .. K-1 of x (K <= LS_GRAM_CHUNK); acc (H, H, 3 limbs) += (G (+ G^T when
+ * sym)) 2^s on j <= k (ls_fixed.h) */
+cudaError_t ls_cu_gram_digits(cudaStream_t st, double *Q, const float *x, const int32_t *shift,
+                              int K, int H);
+cudaError_t ls_cu_gram_accumulate(cudaStream_t st, uint64_t *acc, const double *G, int H, int sym,
+                                  int s);
 /* pooled <- pool of x (T, H) per sequence, as kernels/backend.h `pool` (mode: 0 last
  * real row, 1 mean over real rows, 2 real rows packed) */
 cudaError_t ls_cu_pool(cudaStream_t st, float *pooled, const float *x, const int32_t *seq_start,

@@ -8,4 +8,5 @@
 #include "pool.cu"
 #include "convert.cu"
 #include "moe.cu"
+#include "gram.cu"
 #include "attention.cu" /* tested by its author's test, not by test_emu_ops */

@@ -1090,6 +1090,59 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t transa, cublasOp
   return CUBLAS_STATUS_SUCCESS;
 }
 
+/* The float64 GEMM of gram_fixed (--reduce cov): column-major C (m x n) = alpha op(A)
+ * op(B) + beta C, every op combination, A / B / C checked as device spans that do not
+ * overlap C. */
+cublasStatus_t cublasDgemm(cublasHandle_t h, cublasOperation_t transa, cublasOperation_t transb,
+                           int m, int n, int k, const double *alpha, const double *A, int lda,
+                           const double *B, int ldb, const double *beta, double *C, int ldc) {
+  const char *api = "cublasDgemm";
+  init();
+  INJECT("cublasDgemm", CUBLAS_STATUS_EXECUTION_FAILED);
+  check_blas(api, h);
+  const bool ta = transa != CUBLAS_OP_N, tb = transb != CUBLAS_OP_N;
+  const int ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
+  if (m < 0 || n < 0 || k < 0 || lda < std::max(1, ar) || ldb < std::max(1, br) ||
+      ldc < std::max(1, m))
+    return CUBLAS_STATUS_INVALID_VALUE;
+  if (!alpha || !beta || in_arena(alpha) || in_arena(beta))
+    misuse(api, "alpha %s / beta %s must be host memory (CUBLAS_POINTER_MODE_HOST)",
+           describe(alpha).c_str(), describe(beta).c_str());
+  op_t op = begin_op(api, h->stream, "cublasDgemm");
+  if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+  const size_t a_el = (size_t)lda * (size_t)(ac - 1) + (size_t)ar;
+  const size_t b_el = (size_t)ldb * (size_t)(bc - 1) + (size_t)br;
+  const size_t c_el = (size_t)ldc * (size_t)(n - 1) + (size_t)m;
+  auto *dc = dev_span(api, "C", C, c_el * 8);
+  const uintptr_t c0 = (uintptr_t)C, c1 = c0 + c_el * 8;
+  dev_op_t run(api);
+  if (k > 0) {
+    auto *da = dev_span(api, "A", A, a_el * 8);
+    auto *db = dev_span(api, "B", B, b_el * 8);
+    if (((uintptr_t)A < c1 && c0 < (uintptr_t)A + a_el * 8) ||
+        ((uintptr_t)B < c1 && c0 < (uintptr_t)B + b_el * 8))
+      misuse(api, "C %s overlaps A %s or B %s", describe(C).c_str(), describe(A).c_str(),
+             describe(B).c_str());
+    dev_touch(api, op, A, da->second, false);
+    dev_touch(api, op, B, db->second, false);
+    open_alloc(da);
+    open_alloc(db);
+  }
+  dev_touch(api, op, C, dc->second, true);
+  open_alloc(dc);
+  if (k == 0) {
+    for (int j = 0; j < n; j++)
+      for (int i = 0; i < m; i++) {
+        double *c = C + (size_t)j * ldc + i;
+        *c = *beta == 0.0 ? 0.0 : *beta * *c;
+      }
+    return CUBLAS_STATUS_SUCCESS;
+  }
+  cblas_dgemm(CblasColMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n,
+              k, *alpha, A, lda, B, ldb, *beta, C, ldc);
+  return CUBLAS_STATUS_SUCCESS;
+}
+
 /* =============================== NCCL ======================================================== */
 
 const char *ncclGetErrorString(ncclResult_t r) {
