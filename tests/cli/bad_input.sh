@@ -546,6 +546,18 @@ bad option.steer_missing_file "$(o steer_file)" "$LS_BIN" run --model "$BASE" --
 WANT=("$st/hook.json")
 bad guard.out_is_steer_file "$st/hook.json" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$st/hook.json" --force --steer "$st/hook.json"
 
+# ---- --reduce / --no-store / --project: refused before any work, one line -----------------------
+bad option.reduce_unknown "$(o red_unknown)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o red_unknown)" --reduce mean,median
+bad option.reduce_pca_no_k "$(o red_pca)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o red_pca)" --reduce pca
+bad option.reduce_pca_too_many "$(o red_pcak)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o red_pcak)" --reduce pca:100000
+bad option.no_store_alone "$(o nostore)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o nostore)" --no-store
+nolab=$T/c/nolabels.jsonl
+printf '%s\n' '{"input_ids": [1, 2, 3]}' '{"input_ids": [4, 5]}' >"$nolab"
+bad option.diffmeans_no_labels "$(o red_nolab)" "$LS_BIN" run --model "$BASE" --data "$nolab" --out "$(o red_nolab)" --reduce diffmeans
+bad option.project_not_file_dataset "$(o proj_spec)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o proj_spec)" --project nofile.h5
+bad option.project_missing_file "$(o proj_file)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o proj_file)" --project "$T/c/absent.h5:/x"
+bad option.project_not_hdf5 "$(o proj_h5)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o proj_h5)" --project "$DATA:/x"
+
 # ---- dataset -------------------------------------------------------------------------------------------
 D=$T/c/data
 mkdir -p "$D"

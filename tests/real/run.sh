@@ -89,6 +89,30 @@ rm -f "$out/precise.h5"
   || { cat "$out/precise.log"; exit 1; }
 "$vpy" "$here/check_real.py" "$out/precise.h5" --json "$out/table_precise.json" | tail -n 3
 step "layersweep --precise-gemm + check"
+
+# ---- 6. --reduce on real activations (outliers of 2.4e4 at position 0): every reduction
+# against numpy on the stored rows, and /reductions bit-identical at 2 ranks
+"$vpy" -c 'import json, sys
+for i, l in enumerate(open(sys.argv[1])):
+    o = json.loads(l); o["label"] = i % 2; print(json.dumps(o))' "$here/prompts.jsonl" >"$out/labeled.jsonl"
+rargs=(run --model "$cache/model" --data "$out/labeled.jsonl" --hooks residual_post,mlp_out,final_norm
+       --pool none --layers 0,11,20,29 --progress off --checkpoint-every off --force
+       --reduce mean,cov,pca:8,diffmeans)
+"$ls_bin" "${rargs[@]}" --out "$out/red1.h5" >"$out/red1.log" 2>&1 || { cat "$out/red1.log"; exit 1; }
+mpirun --oversubscribe -np 2 "$ls_bin" "${rargs[@]}" --microbatch-tokens 37 --out "$out/red2.h5" \
+  >"$out/red2.log" 2>&1 || { cat "$out/red2.log"; exit 1; }
+"$vpy" "$here/../cli/check_reduce.py" "$out/red1.h5"
+"$vpy" -c 'import sys, h5py, numpy as np
+a, b = h5py.File(sys.argv[1]), h5py.File(sys.argv[2]); n = 0
+def cmp(name, o):
+    global n
+    if isinstance(o, h5py.Dataset):
+        x, y = o[()], b["reductions/" + name][()]
+        if x.tobytes() != y.tobytes(): sys.exit("[real] /reductions/%s differs at 2 ranks" % name)
+        n += 1
+a["reductions"].visititems(cmp); print("[real] /reductions bit-identical at 2 ranks (%d datasets)" % n)' \
+  "$out/red1.h5" "$out/red2.h5"
+step "--reduce vs numpy, 1 and 2 ranks"
 t_last=$t_start
 step "total"
 echo "[real] OK: layersweep matches transformers' float64 forward on SmolLM2-135M (1 and 2 ranks)"
