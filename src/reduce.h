@@ -10,7 +10,7 @@
  * (final_norm: no layer axis). Every sum is exact (src/common/ls_fixed.h: fixed point at
  * 2^-60 of each column's largest value, 128- and 192-bit integers), so the results are
  * bit-identical for any rank count and microbatch size; the Gram matrix is float64 GEMMs
- * of 20-bit digits on the backend (exact), and rank 0 forms mean, covariance and the
+ * of 20-bit digits on the backend (exact integers), and rank 0 forms mean, covariance and the
  * eigenvectors (LAPACK dsyevr) from the merged integers. */
 #ifndef LS_REDUCE_H
 #define LS_REDUCE_H

@@ -387,9 +387,11 @@ static void test_load_weight(void **state) {
  * FP8 block dequantization (E4M3 / E5M2, partial edge blocks) from host and device
  * memory: float32 weights bit-identical; bf16 weights read back through a GEMM with an
  * identity input, within bf16 rounding */
-/* gram_fixed (--reduce cov): the 192-bit limbs of every j <= k equal the exact sum of
- * q_ij q_ik computed here with 128-bit products, on both backends, over two GEMM chunks
- * and a wide dynamic range (outliers of 1e4 beside values of 1e-3) */
+/* gram_fixed (--reduce cov): the 192-bit limbs of every j <= k equal the exact sum over
+ * rows of q_ij q_ik less its digit pairs below 2^40 (ls_fixed.h), computed here with
+ * 128-bit products, on both backends, over two GEMM chunks and a wide dynamic range
+ * (outliers of 1e4 beside values of 1e-3); the dropped part is below 2^59 for every row
+ * (2^-61 of the largest product, 2^120) */
 static void add_i128(uint64_t *acc, __int128 p) {
   const uint64_t w[3] = {(uint64_t)p, (uint64_t)((unsigned __int128)p >> 64),
                          p < 0 ? ~(uint64_t)0 : 0};
@@ -421,8 +423,18 @@ static void test_gram(void **state) {
   }
   for (int j = 0; j < H; j++)
     for (int k = j; k < H; k++)
-      for (int i = 0; i < n; i++)
-        add_i128(ref + 3 * ((size_t)j * H + k), (__int128)q[(size_t)i * H + j] * q[(size_t)i * H + k]);
+      for (int i = 0; i < n; i++) {
+        const int64_t a = q[(size_t)i * H + j], b = q[(size_t)i * H + k];
+        int64_t da[3], db[3];
+        ls_fx_digits(a, da);
+        ls_fx_digits(b, db);
+        /* the dropped pairs: d0 d0', d0 d1' and d1 d0' */
+        const __int128 low = (__int128)da[0] * db[0] +
+                             (((__int128)da[0] * db[1] + (__int128)da[1] * db[0]) << LS_FX_DIGIT);
+        const __int128 full = (__int128)a * b;
+        assert_true(low < ((__int128)1 << 59) && low > -((__int128)1 << 59));
+        add_i128(ref + 3 * ((size_t)j * H + k), full - low);
+      }
   ls_backend_t *bes[2] = {cpu, gpu32};
   for (int b = 0; b < 2; b++) {
     ls_backend_t *be = bes[b];

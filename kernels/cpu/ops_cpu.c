@@ -382,15 +382,16 @@ done:
 }
 
 /* ---- exact Gram matrix (--reduce cov) ---------------------------------------------- */
-/* G (H, H) = A^T B for A, B (K, H) row-major: column blocks in parallel, each one dgemm
- * (OpenBLAS runs single-threaded here, see ls_backend_cpu_new). Every product and partial
- * sum is an integer below 2^53 (ls_fixed.h), so any summation order gives the same G. */
-static void gram_gemm(double *G, const double *A, const double *B, int K, int H) {
+/* G (H, H) = A^T B for A, B (K, H) row-major (sym: A = B, only j <= k computed): column
+ * blocks in parallel, each one dgemm (OpenBLAS runs single-threaded here, see
+ * ls_backend_cpu_new). Every product and partial sum is an integer below 2^53
+ * (ls_fixed.h), so any summation order gives the same G. */
+static void gram_gemm(double *G, const double *A, const double *B, int K, int H, int sym) {
   const int nb = 64, blocks = (H + nb - 1) / nb;
 #pragma omp parallel for schedule(dynamic)
   for (int c = 0; c < blocks; c++) {
-    const int c0 = c * nb, w = H - c0 < nb ? H - c0 : nb;
-    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, H, w, K, 1.0, A, H, B + c0, H, 0.0,
+    const int c0 = c * nb, w = H - c0 < nb ? H - c0 : nb, rows = sym ? c0 + w : H;
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, w, K, 1.0, A, H, B + c0, H, 0.0,
                 G + c0, H);
   }
 }
@@ -410,18 +411,19 @@ void ls_cpu_gram_fixed(uint64_t *acc, const float *x, int n, int H, const int32_
       }
     /* q q' = sum over digit pairs (a, b) of d_a d'_b 2^(20 (a + b)); a pair a < b stands
      * for (a, b) and (b, a): G[j, k] + G[k, j] */
-    for (int a = 0; a < 3; a++)
-      for (int b = a; b < 3; b++) {
-        gram_gemm(G, Q + (size_t)a * CH * Hs, Q + (size_t)b * CH * Hs, K, H);
-        const int sym = a != b, s = LS_FX_DIGIT * (a + b);
+    for (int p = 0; p < LS_GRAM_PAIRS; p++) {
+      int a, b;
+      ls_gram_pair(p, &a, &b);
+      const int sym = a != b, s = LS_FX_DIGIT * (a + b);
+      gram_gemm(G, Q + (size_t)a * CH * Hs, Q + (size_t)b * CH * Hs, K, H, !sym);
 #pragma omp parallel for schedule(dynamic, 16)
-        for (int j = 0; j < H; j++)
-          for (int k = j; k < H; k++) {
-            int64_t v = (int64_t)G[(size_t)j * Hs + k];
-            if (sym) v += (int64_t)G[(size_t)k * Hs + j];
-            ls_fx_add_shifted(acc + 3 * ((size_t)j * Hs + k), v, s);
-          }
-      }
+      for (int j = 0; j < H; j++)
+        for (int k = j; k < H; k++) {
+          int64_t v = (int64_t)G[(size_t)j * Hs + k];
+          if (sym) v += (int64_t)G[(size_t)k * Hs + j];
+          ls_fx_add_shifted(acc + 3 * ((size_t)j * Hs + k), v, s);
+        }
+    }
   }
 }
 

@@ -432,7 +432,7 @@ static int cu_bcast_wait(ls_backend_t *be, int slot) {
 static const ls_bcast_iface_t cuda_bcast = {cu_bcast, cu_bcast_wait, NULL};
 
 /* ---- lifetime ---------------------------------------------------------------------------------- */
-/* ls_cpu_gram_fixed's steps: digits, six digit-pair DGEMMs (exact), accumulate. Row-major
+/* ls_cpu_gram_fixed's steps: digits, the digit-pair DGEMMs / DSYRKs (exact), accumulate. Row-major
  * digits Q_a (K, H) are column-major H x K; cuBLAS's G = Q_a Q_b^T (H x H column-major) is
  * the transpose of the row-major Q_a^T Q_b, and the accumulation only uses G + G^T or a
  * symmetric G, so either reading is the same. */
@@ -446,14 +446,18 @@ static void cu_gram_fixed(ls_backend_t *be, uint64_t *acc, const float *x, int n
   for (int r0 = 0; r0 < n && !c->err; r0 += LS_GRAM_CHUNK) {
     const int K = n - r0 < LS_GRAM_CHUNK ? n - r0 : LS_GRAM_CHUNK;
     if (CU(c, ls_cu_gram_digits(c->stream, Q, x + (size_t)r0 * H, shift, K, H))) return;
-    for (int a = 0; a < 3; a++)
-      for (int b = a; b < 3; b++) {
-        if (BLAS(c, cublasDgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_T, H, H, K, &one, Q + a * plane, H,
-                                Q + b * plane, H, &zero, G, H)))
-          return;
-        if (CU(c, ls_cu_gram_accumulate(c->stream, acc, G, H, a != b, LS_FX_DIGIT * (a + b))))
-          return;
-      }
+    for (int p = 0; p < LS_GRAM_PAIRS; p++) {
+      int a, b;
+      ls_gram_pair(p, &a, &b);
+      /* a == b: the symmetric product, its lower column-major triangle (the row-major j <= k) */
+      if (a == b ? BLAS(c, cublasDsyrk(c->blas, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, H, K, &one,
+                                       Q + a * plane, H, &zero, G, H))
+                 : BLAS(c, cublasDgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_T, H, H, K, &one,
+                                       Q + a * plane, H, Q + b * plane, H, &zero, G, H)))
+        return;
+      if (CU(c, ls_cu_gram_accumulate(c->stream, acc, G, H, a != b, LS_FX_DIGIT * (a + b))))
+        return;
+    }
   }
 }
 

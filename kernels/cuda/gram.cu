@@ -1,6 +1,6 @@
 /* gram.cu: the exact fixed-point Gram matrix of --reduce cov (backend.h gram_fixed,
  * src/common/ls_fixed.h), with ls_cpu_gram_fixed's arithmetic: rows quantized and split
- * into three 20-bit digits as float64 matrices, cuBLAS DGEMMs of digit pairs (exact:
+ * into three 20-bit digits as float64 matrices, cuBLAS DGEMM / DSYRK of digit pairs (exact:
  * every partial sum an integer below 2^53, whatever order cuBLAS sums in), and each
  * product added to the 192-bit limbs. One thread per element, so no two threads touch
  * one accumulator. */

@@ -9,7 +9,11 @@
  * For the Gram matrix q is split into three signed 20-bit digits (ls_fx_digits), so that
  * a float64 GEMM over up to LS_GRAM_CHUNK rows of digits is exact (|digit products| <=
  * 2^40.0001, times 1024 rows < 2^53), and each digit pair's GEMM is added to the limbs
- * shifted by 20 (a + b) bits. Header-only, for host and device code. */
+ * shifted by 20 (a + b) bits. The pairs with a + b < 2 (d0 d0', d0 d1', d1 d0') are left
+ * out: together below 2^59 against products up to 2^120, i.e. 2^-61 of the columns'
+ * largest product, the size of q's own rounding; each row's contribution stays a fixed
+ * function of the row, so sums remain exact integers and order-independent, and four
+ * GEMMs (two of them symmetric) do the work of nine. Header-only, for host and device. */
 #ifndef LS_FIXED_H
 #define LS_FIXED_H
 
@@ -53,6 +57,13 @@ LS_FX_FN void ls_fx_digits(int64_t q, int64_t d[3]) {
     q = (q - r) / ((int64_t)1 << LS_FX_DIGIT); /* exact */
   }
   d[2] = q;
+}
+
+/* The digit pairs (a <= b) of the Gram matrix, in the order they are computed */
+#define LS_GRAM_PAIRS 4
+LS_FX_FN void ls_gram_pair(int p, int *a, int *b) {
+  *a = p == 0 ? 0 : p == 3 ? 2 : 1;
+  *b = p == 1 ? 1 : 2;
 }
 
 /* a (192-bit two's complement, 3 limbs) += v 2^s, 0 <= s < 128 */

@@ -1143,6 +1143,42 @@ cublasStatus_t cublasDgemm(cublasHandle_t h, cublasOperation_t transa, cublasOpe
   return CUBLAS_STATUS_SUCCESS;
 }
 
+/* The symmetric product of gram_fixed: column-major C (n x n) = alpha op(A) op(A)^T + beta
+ * C on the uplo triangle only (the other is left as it was) */
+cublasStatus_t cublasDsyrk(cublasHandle_t h, cublasFillMode_t uplo, cublasOperation_t trans, int n,
+                           int k, const double *alpha, const double *A, int lda,
+                           const double *beta, double *C, int ldc) {
+  const char *api = "cublasDsyrk";
+  init();
+  INJECT("cublasDsyrk", CUBLAS_STATUS_EXECUTION_FAILED);
+  check_blas(api, h);
+  const bool t = trans != CUBLAS_OP_N;
+  const int ar = t ? k : n, ac = t ? n : k;
+  if (n < 0 || k < 0 || lda < std::max(1, ar) || ldc < std::max(1, n))
+    return CUBLAS_STATUS_INVALID_VALUE;
+  if (!alpha || !beta || in_arena(alpha) || in_arena(beta))
+    misuse(api, "alpha %s / beta %s must be host memory (CUBLAS_POINTER_MODE_HOST)",
+           describe(alpha).c_str(), describe(beta).c_str());
+  op_t op = begin_op(api, h->stream, "cublasDsyrk");
+  if (n == 0) return CUBLAS_STATUS_SUCCESS;
+  const size_t a_el = (size_t)lda * (size_t)(ac - 1) + (size_t)ar;
+  const size_t c_el = (size_t)ldc * (size_t)(n - 1) + (size_t)n;
+  auto *dc = dev_span(api, "C", C, c_el * 8);
+  dev_op_t run(api);
+  if (k > 0) {
+    auto *da = dev_span(api, "A", A, a_el * 8);
+    if ((uintptr_t)A < (uintptr_t)C + c_el * 8 && (uintptr_t)C < (uintptr_t)A + a_el * 8)
+      misuse(api, "C %s overlaps A %s", describe(C).c_str(), describe(A).c_str());
+    dev_touch(api, op, A, da->second, false);
+    open_alloc(da);
+  }
+  dev_touch(api, op, C, dc->second, true);
+  open_alloc(dc);
+  cblas_dsyrk(CblasColMajor, uplo == CUBLAS_FILL_MODE_LOWER ? CblasLower : CblasUpper,
+              t ? CblasTrans : CblasNoTrans, n, k, *alpha, A, lda, *beta, C, ldc);
+  return CUBLAS_STATUS_SUCCESS;
+}
+
 /* =============================== NCCL ======================================================== */
 
 const char *ncclGetErrorString(ncclResult_t r) {
