@@ -78,6 +78,11 @@ static const char *usage_run =
     "  --project FILE:DATASET    store activations projected on K directions ([K, H], or\n"
     "                            [layers, K, H], e.g. run1.h5:/reductions/residual_post/\n"
     "                            pca_components) instead of H-wide (default: none)\n"
+    "  --verify N                recompute N prompts (spread over the data) at every layer on\n"
+    "                            the CPU (GEMM sums in double) from the same weights; the\n"
+    "                            largest row-wise relative error per layer and hook goes to\n"
+    "                            /verify; a warning above tolerance (default: 0, off)\n"
+    "  --verify-strict           with --verify: stop the run above tolerance (default: off)\n"
     "  --compress LEVEL          deflate (gzip) level 1-9 for the activation datasets, stored\n"
     "                            in chunks of one layer x about 1 MiB of rows; writes are then\n"
     "                            collective (not overlapped) (default: 0, contiguous, none)\n"
@@ -169,7 +174,7 @@ static void join_argv(int argc, char **argv, char *buf, size_t cap) {
 
 /* ---- commands ---------------------------------------------------------------------------- */
 enum { O_MODEL = 256, O_DATA, O_OUT, O_HOOKS, O_LAYERS, O_POOL, O_MB, O_THREADS, O_LONG,
-       O_FORCE, O_PROGRESS, O_SUMMARY, O_RESUME, O_CKPT_EVERY, O_CKPT_DIR, O_BACKEND, O_DTYPE, O_PRELOAD, O_OVERLAP, O_OUT_DTYPE, O_STALL, O_PRECISE, O_COMPRESS, O_STEER, O_REDUCE, O_NO_STORE, O_PROJECT, O_HELP };
+       O_FORCE, O_PROGRESS, O_SUMMARY, O_RESUME, O_CKPT_EVERY, O_CKPT_DIR, O_BACKEND, O_DTYPE, O_PRELOAD, O_OVERLAP, O_OUT_DTYPE, O_STALL, O_PRECISE, O_COMPRESS, O_STEER, O_REDUCE, O_NO_STORE, O_PROJECT, O_VERIFY, O_VERIFY_STRICT, O_HELP };
 
 static int cmd_run(int argc, char **argv, int plan_only) {
   static const struct option opts[] = {
@@ -194,6 +199,8 @@ static int cmd_run(int argc, char **argv, int plan_only) {
       {"reduce", required_argument, 0, O_REDUCE},
       {"no-store", no_argument, 0, O_NO_STORE},
       {"project", required_argument, 0, O_PROJECT},
+      {"verify", required_argument, 0, O_VERIFY},
+      {"verify-strict", no_argument, 0, O_VERIFY_STRICT},
       {"stall-timeout", required_argument, 0, O_STALL},
       {"precise-gemm", no_argument, 0, O_PRECISE},
       {0, 0, 0, 0}};
@@ -243,6 +250,11 @@ static int cmd_run(int argc, char **argv, int plan_only) {
       case O_REDUCE: o.reduce = optarg; break;
       case O_NO_STORE: o.no_store = 1; break;
       case O_PROJECT: o.project = optarg; break;
+      case O_VERIFY:
+        if (parse_long("--verify", optarg, 0, 1 << 20, &v)) return 2;
+        o.verify = (int)v;
+        break;
+      case O_VERIFY_STRICT: o.verify_strict = 1; break;
       case O_COMPRESS:
         if (parse_long("--compress", optarg, 0, 9, &v)) return 2;
         o.compress = (int)v;

@@ -314,6 +314,7 @@ int ls_sw_create_output(sweep_t *s) {
   }
   if (rc == LS_OK) rc = dimension_scales(s);
   if (rc == LS_OK) rc = ls_sw_reduce_create(s);
+  if (rc == LS_OK) rc = ls_sw_verify_create(s);
   if (rc == LS_OK) rc = ls_h5out_flush(&s->out.h5);
   return ls_agree(rc, s->comm);
 }

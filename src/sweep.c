@@ -136,19 +136,19 @@ static int alloc_buffers(sweep_t *s) {
   return rc;
 }
 
-/* Layer L in the backend's format at base (wbuf_bytes), converted from the raw
+/* Layer L in backend be's format at base (wbuf_bytes), converted from the raw
  * checkpoint bytes (host memory, or backend memory when the layer came by a device
  * broadcast); w (n_slots) points into it. */
-static int convert_layer(sweep_t *s, int layer, const void *raw, int raw_on_device, void *base,
-                         void **w) {
+int ls_sw_convert_layer(sweep_t *s, ls_backend_t *be, int layer, const void *raw,
+                        int raw_on_device, void *base, void **w) {
   const ls_model_t *m = &s->model;
-  ls_sw_carve_layer(m, s->be, layer, base, w);
+  ls_sw_carve_layer(m, be, layer, base, w);
   for (int i = 0; i < m->n_slots; i++) {
     const ls_wslot_t *ws = ls_model_slot(m, layer, i);
     if (!ws->spec.present) continue;
     const char *src = (const char *)raw + ws->offset;
     if (ls_dtype_is_fp8(ws->dtype)) { /* dequantized at load: scales packed after the weight */
-      if (s->be->iface->load_weight_fp8(s->be, w[i], src,
+      if (be->iface->load_weight_fp8(be, w[i], src,
                                         (const float *)((const char *)raw + ws->scale_offset),
                                         ws->dtype, ws->spec.shape[0], ws->spec.shape[1],
                                         s->cfg->fp8_block[0], s->cfg->fp8_block[1],
@@ -156,10 +156,10 @@ static int convert_layer(sweep_t *s, int layer, const void *raw, int raw_on_devi
         return LS_ERR;
       continue;
     }
-    if (s->be->iface->load_weight(s->be, w[i], src, ws->dtype, (size_t)ws->numel,
+    if (be->iface->load_weight(be, w[i], src, ws->dtype, (size_t)ws->numel,
                                   ws->spec.kind == LS_WK_MATRIX, raw_on_device))
       return LS_ERR;
-    if (ws->spec.kind == LS_WK_NORM_P1) s->be->iface->shift(s->be, w[i], 1.0f, (size_t)ws->numel);
+    if (ws->spec.kind == LS_WK_NORM_P1) be->iface->shift(be, w[i], 1.0f, (size_t)ws->numel);
   }
   return LS_OK;
 }
@@ -406,6 +406,7 @@ static void apply_edits(sweep_t *s, int L, ls_hook_t h, float *rows, const ls_ba
 static void on_hook(void *ctx, ls_hook_t h, float *rows, int width) {
   hook_ctx_t *k = ctx;
   if (width == k->s->cfg->hidden) apply_edits(k->s, k->layer, h, rows, k->b);
+  if (k->s->vf.n > 0) ls_sw_verify_capture(k->s, h, rows, width, k->mb, k->b);
   if (k->s->sel.sel_index[k->layer] < 0) return;
   if (!((k->s->sel.hooks >> h) & 1) || width != ls_sw_hook_width(k->s, h)) return;
   if (h == LS_HOOK_ROUTER_LOGITS && k->s->sel.moe_index[k->layer] < 0) return;
@@ -511,7 +512,7 @@ static int preload_layers(sweep_t *s, ls_wpipe_t *wp) {
     /* a conversion failure on one rank stops all of them here, before the next
      * broadcast (which every rank must enter) */
     if (!raw ||
-        ls_agree(convert_layer(s, L, raw, wp->on_device,
+        ls_agree(ls_sw_convert_layer(s, s->be, L, raw, wp->on_device,
                                (char *)s->buf.wbuf + (size_t)L * s->buf.wbuf_bytes,
                                s->buf.lw_all + (size_t)L * ns),
                  s->comm) ||
@@ -542,7 +543,11 @@ static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
       lw = s->buf.lw_all + (size_t)L * (size_t)s->model.n_slots;
     } else {
       const void *raw = ls_wpipe_acquire(wp, L);
-      if (!raw || ls_agree(convert_layer(s, L, raw, wp->on_device, s->buf.wbuf, lw), s->comm) ||
+      /* rank 0 also converts the raw host bytes for --verify's oracle before they go */
+      if (!raw ||
+          ls_agree(ls_sw_convert_layer(s, s->be, L, raw, wp->on_device, s->buf.wbuf, lw) ||
+                       ls_sw_verify_convert(s, L, s->rank == 0 ? wp->raw[L % 2] : NULL),
+                   s->comm) ||
           ls_wpipe_release(wp, L))
         return LS_ERR;
     }
@@ -556,7 +561,7 @@ static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
       int64_t row0 = batch_of(s, mb, &b);
       float *x = stage_in(s, mb, row0, b.T);
       hook_ctx_t hk = {s, mb, &b, 0, L};
-      const int points = sel >= 0 || ls_steer_at_layer(&s->steer, L); /* hooks called */
+      const int points = sel >= 0 || ls_steer_at_layer(&s->steer, L) || s->vf.n > 0; /* hooks called */
       if (points) on_hook(&hk, LS_HOOK_RESIDUAL_PRE, x, s->cfg->hidden);
       const int lr = s->cfg->local_rope && ls_config_rope(s->cfg, L) == &s->cfg->rope_local;
       const ls_block_t blk = {s->be, s->cfg, L, lw, s->buf.cos_d[lr], s->buf.sin_d[lr], &b,
@@ -574,6 +579,7 @@ static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
     if (s->sel.moe_index && s->sel.moe_index[L] < 0) mask &= ~(1u << LS_HOOK_ROUTER_LOGITS);
     if (finish_layer(s, mask)) return LS_ERR;
     double tr = ls_now();
+    if (ls_sw_verify_layer(s, L)) return LS_ERR;
     if (sel >= 0 && post_process(s, mask, L)) return LS_ERR;
     th += ls_now() - tr;
     if (pf->expert_rows && ls_config_is_moe(s->cfg, L)) /* exact integer sums */
@@ -613,6 +619,7 @@ static int run_final_norm(sweep_t *s) {
 static void sweep_free(sweep_t *s) {
   ls_bufs_t *bf = &s->buf;
   ls_sw_reduce_free(s); /* its backend buffers before the backend goes */
+  ls_sw_verify_free(s);
   if (s->be) {
     ls_backend_t *be = s->be;
     const ls_backend_iface_t *f = be->iface;
@@ -845,6 +852,18 @@ static int check_options(sweep_t *s) {
     ls_error("--project changes the stored activations, and --no-store stores none; drop one");
     return LS_ERR;
   }
+  if (o->verify && o->steer) {
+    ls_error("--verify recomputes layers without the --steer edits; run them separately");
+    return LS_ERR;
+  }
+  if (o->verify && o->preload_weights) {
+    ls_error("--verify converts each layer as it streams; it does not work with --preload-weights");
+    return LS_ERR;
+  }
+  if (o->verify_strict && !o->verify) {
+    ls_error("--verify-strict needs --verify N (the prompts to check)");
+    return LS_ERR;
+  }
   if (o->microbatch_tokens < 1) {
     ls_error("--microbatch-tokens must be at least 1 (got %lld)", (long long)o->microbatch_tokens);
     return LS_ERR;
@@ -963,7 +982,7 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   if (ls_sw_plan(s)) goto out;
   if (o->plan_only) { rc = LS_OK; goto out; }
   if (ls_agree(alloc_buffers(s), comm)) goto out;
-  if (ls_agree(ls_sw_reduce_setup(s), comm)) goto out;
+  if (ls_agree(ls_sw_reduce_setup(s), comm) || ls_agree(ls_sw_verify_setup(s), comm)) goto out;
   if (s->proj.K > 0 &&
       ls_agree((s->proj_tmp = ls_malloc(sizeof(float) * (size_t)s->proj.K *
                                         (size_t)max64(s->sh.out_rows, 1), "projection"))

@@ -26,6 +26,7 @@
 #include "project.h"
 #include "reduce.h"
 #include "steer.h"
+#include "verify.h"
 #include "sweep.h"
 #include "weights.h"
 #include "watchdog.h"
@@ -162,6 +163,7 @@ typedef struct {
   ls_reduce_t red;        /* --reduce */
   ls_project_t proj;      /* --project */
   float *proj_tmp;        /* (out_rows, K) projected rows */
+  ls_verify_t vf;         /* --verify */
 } sweep_t;
 
 static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -236,6 +238,20 @@ int ls_sw_reduce_setup(sweep_t *s);
 int ls_sw_reduce_create(sweep_t *s);
 int ls_sw_reduce_hook(sweep_t *s, int h, int at, int layer);
 void ls_sw_reduce_free(sweep_t *s);
+/* verify.c (verify.h): setup (collective, after the buffers), create (with the output),
+ * capture (a hook point), convert (rank 0, while it holds layer L's raw host bytes), layer
+ * (collective, after layer L's rows are on the host) */
+int ls_sw_verify_setup(sweep_t *s);
+int ls_sw_verify_create(sweep_t *s);
+void ls_sw_verify_capture(sweep_t *s, int h, const float *rows, int width, int mb,
+                          const ls_batch_t *b);
+int ls_sw_verify_convert(sweep_t *s, int L, const void *raw);
+int ls_sw_verify_layer(sweep_t *s, int L);
+void ls_sw_verify_free(sweep_t *s);
+/* sweep.c: layer L in backend be's format at base from its raw checkpoint bytes (host
+ * memory, or backend memory when raw_on_device); w (n_slots) points into it */
+int ls_sw_convert_layer(sweep_t *s, ls_backend_t *be, int layer, const void *raw,
+                        int raw_on_device, void *base, void **w);
 /* report.c */
 void ls_sw_progress(sweep_t *s, int layer, double elapsed);
 /* LS_ERR (said) when the --summary-json file could not be written */

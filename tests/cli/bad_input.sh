@@ -551,6 +551,9 @@ bad option.reduce_unknown "$(o red_unknown)" "$LS_BIN" run --model "$BASE" --dat
 bad option.reduce_pca_no_k "$(o red_pca)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o red_pca)" --reduce pca
 bad option.reduce_pca_too_many "$(o red_pcak)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o red_pcak)" --reduce pca:100000
 bad option.no_store_alone "$(o nostore)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o nostore)" --no-store
+bad option.verify_strict_alone "$(o vstrict)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o vstrict)" --verify-strict
+bad option.verify_not_a_number "$(o vnan)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o vnan)" --verify some
+bad option.verify_with_preload "$(o vpre)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o vpre)" --verify 2 --preload-weights
 nolab=$T/c/nolabels.jsonl
 printf '%s\n' '{"input_ids": [1, 2, 3]}' '{"input_ids": [4, 5]}' >"$nolab"
 bad option.diffmeans_no_labels "$(o red_nolab)" "$LS_BIN" run --model "$BASE" --data "$nolab" --out "$(o red_nolab)" --reduce diffmeans

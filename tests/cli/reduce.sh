@@ -8,6 +8,7 @@
 #   4. --project on pass 1's per-layer PCA components: stored [layers, rows, K];
 #   5. pass 2 steers with pass 1's diff_of_means: the steered layers' rows change, the
 #      earlier ones do not;
+#   7. --verify against the CPU oracle at 1 and 3 ranks; an injected error warns or stops;
 #   6. with a Python that has numpy and h5py (LS_TEST_PYTHON, else python3 if it has
 #      them): every reduction and projection against numpy on the stored rows
 #      (tests/cli/check_reduce.py; CI runs it on the real checkpoint, tests/real/run.sh).
@@ -84,6 +85,26 @@ if sweep 1 "$tmp/steer.h5" --hooks residual_post --pool none --steer "$tmp/steer
   elif [ $d -eq 1 ]; then ok "pass 2 steered with pass 1's diff_of_means: layers 1-2 changed, layer 0 not"
   else bad "steer compare ($(head -2 "$tmp/sd.log"))"; fi
 else bad "steer run ($(tail -2 "$tmp/steer.h5.log"))"; fi
+# 7. --verify: every layer of 5 sampled prompts against the CPU oracle (1 and 3 ranks:
+# rank 0 gathers the rows), below the float32 tolerance; an injected 1% error at layer 1
+# (LS_FAULT_VERIFY_LAYER) warns, and stops the run with --verify-strict
+verrs() { h5dump -d /verify/max_rel_error "$1" 2>/dev/null | sed -n '/DATA {/,/}/p' | head -n -1 |
+          sed -n 's/^ *([0-9]*,[0-9]*): *//p' | tr ',' '\n' | sed '/^ *$/d'; }
+for np in 1 3; do
+  if sweep $np "$tmp/verify$np.h5" --hooks residual_post --verify 5 --verify-strict; then
+    e=$(verrs "$tmp/verify$np.h5")
+    if [ "$(wc -l <<<"$e")" = 9 ] && awk '{ if (!($1 + 0 >= 0 && $1 + 0 < 1e-4) || $1 ~ /nan/) b = 1 } END { exit b }' <<<"$e"; then
+      ok "--verify 5 at np $np: 3 layers x 3 hooks within 1e-4 (worst $(sort -g <<<"$e" | tail -n 1))"
+    else bad "--verify at np $np: $(tr '\n' ' ' <<<"$e")"; fi
+  else bad "--verify run np $np ($(tail -2 "$tmp/verify$np.h5.log"))"; fi
+done
+if LS_FAULT_VERIFY_LAYER=1 sweep 2 "$tmp/vf.h5" --hooks residual_post --verify 5 &&
+   grep -q "warning: --verify: layer 1 residual_post" "$tmp/vf.h5.log"; then ok "--verify: an injected 1% error warns"
+else bad "--verify: no warning for an injected error ($(tail -2 "$tmp/vf.h5.log"))"; fi
+if ! LS_FAULT_VERIFY_LAYER=1 sweep 2 "$tmp/vfs.h5" --hooks residual_post --verify 5 --verify-strict &&
+   grep -q "error: --verify-strict: layer 1 residual_post" "$tmp/vfs.h5.log" &&
+   h5dump -a /status "$tmp/vfs.h5" | grep -q partial; then ok "--verify-strict: an injected error stops the run, file partial"
+else bad "--verify-strict did not stop the run ($(tail -2 "$tmp/vfs.h5.log"))"; fi
 # 6. numpy
 py=${LS_TEST_PYTHON:-python3}
 if "$py" -c 'import numpy, h5py' 2>/dev/null; then

@@ -7,6 +7,8 @@
 #   - --preload-weights (every layer broadcast and converted before the layer loop), on
 #     1 rank and under mpirun -np 2 (the NCCL broadcast path of rank 1);
 #   - --checkpoint-every 1 (the residual stream copied from the device at each layer);
+#   - --verify 3 --verify-strict on 1 and 2 ranks: the CUDA backend's layers against the CPU
+#     oracle (/verify/max_rel_error below 1e-4 everywhere);
 #   - a write failure injected at the last layer (LS_FAULT_WRITE_LAYER) after
 #     checkpoints, then --resume (the checkpoint copied back to the device), with the
 #     residual stream on the device and in host memory (LS_TEST_RESIDUAL_ON_HOST=1).
@@ -69,6 +71,26 @@ for model in llama_gqa_f32 qwen2_bias_sharded; do
   else
     check "$model: --backend cuda --checkpoint-every 1" $rc "$out" "$ref" "$tmp/log"
   fi
+
+  # --verify: the CUDA backend's rows of 3 prompts at every layer against the CPU oracle
+  # (1 and 2 ranks: the gather), within the float32 tolerance, none missing
+  for np in 1 2; do
+    name="$model: --backend cuda --verify 3, $np rank(s)"
+    out="$tmp/${model}_verify$np.h5"
+    launch=()
+    [ $np = 2 ] && launch=("${MPIRUN[@]}")
+    timeout 300 "${launch[@]}" "$ls" run "${args[@]}" --backend cuda --verify 3 --verify-strict \
+      --out "$out" >"$tmp/log" 2>&1
+    rc=$?
+    errs=$(h5dump -d /verify/max_rel_error "$out" 2>/dev/null | sed -n '/DATA {/,/}/p' | head -n -1 |
+           sed -n 's/^ *([0-9]*,[0-9]*): *//p' | tr ',' '\n' | sed '/^ *$/d')
+    if [ $rc != 0 ]; then fail "$name" "exit status $rc: $(grep -v '^layer\|^plan\|^  ' "$tmp/log" | tail -n 3)"
+    elif [ -z "$errs" ] || ! awk '{ if (!($1 + 0 >= 0 && $1 + 0 < 1e-4) || $1 ~ /nan/) bad = 1 } END { exit bad }' <<<"$errs"; then
+      fail "$name" "max_rel_error not all in [0, 1e-4): $(tr '\n' ' ' <<<"$errs")"
+    else
+      check "$name (worst $(sort -g <<<"$errs" | tail -n 1))" $rc "$out" "$ref" "$tmp/log"
+    fi
+  done
 
   for where in device host; do
     env=()
