@@ -102,6 +102,8 @@ static const char *usage_run =
     "                            each minute of work, under 2% of the time) or off\n"
     "                            (default: auto)\n"
     "  --checkpoint-dir DIR      where checkpoints go (default: OUT.ckpt beside the output)\n"
+    "  --assume-ranks N          plan: also predict the time at N ranks (default: the ranks\n"
+    "                            of this job)\n"
     "  --help                    this text\n";
 
 static const char *usage_make_model =
@@ -174,7 +176,7 @@ static void join_argv(int argc, char **argv, char *buf, size_t cap) {
 
 /* ---- commands ---------------------------------------------------------------------------- */
 enum { O_MODEL = 256, O_DATA, O_OUT, O_HOOKS, O_LAYERS, O_POOL, O_MB, O_THREADS, O_LONG,
-       O_FORCE, O_PROGRESS, O_SUMMARY, O_RESUME, O_CKPT_EVERY, O_CKPT_DIR, O_BACKEND, O_DTYPE, O_PRELOAD, O_OVERLAP, O_OUT_DTYPE, O_STALL, O_PRECISE, O_COMPRESS, O_STEER, O_REDUCE, O_NO_STORE, O_PROJECT, O_VERIFY, O_VERIFY_STRICT, O_HELP };
+       O_FORCE, O_PROGRESS, O_SUMMARY, O_RESUME, O_CKPT_EVERY, O_CKPT_DIR, O_BACKEND, O_DTYPE, O_PRELOAD, O_OVERLAP, O_OUT_DTYPE, O_STALL, O_PRECISE, O_COMPRESS, O_STEER, O_REDUCE, O_NO_STORE, O_PROJECT, O_VERIFY, O_VERIFY_STRICT, O_ASSUME_RANKS, O_HELP };
 
 static int cmd_run(int argc, char **argv, int plan_only) {
   static const struct option opts[] = {
@@ -201,6 +203,7 @@ static int cmd_run(int argc, char **argv, int plan_only) {
       {"project", required_argument, 0, O_PROJECT},
       {"verify", required_argument, 0, O_VERIFY},
       {"verify-strict", no_argument, 0, O_VERIFY_STRICT},
+      {"assume-ranks", required_argument, 0, O_ASSUME_RANKS},
       {"stall-timeout", required_argument, 0, O_STALL},
       {"precise-gemm", no_argument, 0, O_PRECISE},
       {0, 0, 0, 0}};
@@ -255,6 +258,10 @@ static int cmd_run(int argc, char **argv, int plan_only) {
         o.verify = (int)v;
         break;
       case O_VERIFY_STRICT: o.verify_strict = 1; break;
+      case O_ASSUME_RANKS:
+        if (parse_long("--assume-ranks", optarg, 1, 1 << 20, &v)) return 2;
+        o.assume_ranks = (int)v;
+        break;
       case O_COMPRESS:
         if (parse_long("--compress", optarg, 0, 9, &v)) return 2;
         o.compress = (int)v;

@@ -1,6 +1,7 @@
 /* report.c: what a sweep tells its user: progress per layer (a bar on a terminal,
  * plain lines otherwise) and the end-of-run profile summary (and its JSON form). */
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -57,6 +58,17 @@ static int write_summary_json(const sweep_t *s, const double *mn, const double *
   cJSON_AddNumberToObject(j, "embedding_bytes_read", (double)s->prof.embed_bytes);
   cJSON_AddNumberToObject(j, "checkpoints", s->prof.n_ckpt);
   cJSON_AddNumberToObject(j, "checkpoint_s", s->prof.t_ckpt);
+  if (s->pred.valid) {
+    cJSON *pr = cJSON_AddObjectToObject(j, "predicted_s");
+    cJSON_AddNumberToObject(pr, "layer_loop", s->pred.wall_s);
+    cJSON_AddNumberToObject(j, "layer_loop_s", s->prof.t_loop);
+    cJSON_AddNumberToObject(pr, "read", s->pred.read_s);
+    cJSON_AddNumberToObject(pr, "bcast", s->pred.bcast_s);
+    cJSON_AddNumberToObject(pr, "convert", s->pred.load_s);
+    cJSON_AddNumberToObject(pr, "forward", s->pred.forward_s);
+    cJSON_AddNumberToObject(pr, "write", s->pred.write_s);
+    cJSON_AddStringToObject(j, "predicted_bottleneck", s->pred.bottleneck);
+  }
   cJSON *ph = cJSON_AddObjectToObject(j, "phase_s");
   for (int i = 0; i < 8; i++) {
     cJSON *p = cJSON_AddObjectToObject(ph, phase_names[i]);
@@ -105,6 +117,9 @@ int ls_sw_print_summary(sweep_t *s, const ls_wpipe_t *wp) {
           "GEMM %.1f GFLOP/s overall, %.1f GFLOP/s in forward\n", (long long)s->data.n,
           (long long)s->data.n_tokens, n, s->prof.t_total, (double)s->data.n_tokens / s->prof.t_total,
           flops / s->prof.t_total / 1e9, flops / (mx[4] > 0 ? mx[4] : 1e-9) / 1e9);
+  /* this run's layers: read (rank 0), broadcast wait, conversion (load less the waits),
+   * forward, write (the slowest rank's) */
+  ls_sw_print_prediction(s, mx[0], mx[2], fmax(mx[3] - mx[1] - mx[2], 0), mx[4], mx[6]);
   int rc = s->o->summary_json ? write_summary_json(s, mn, mx, flops) : LS_OK;
   return ls_agree(rc, s->comm);
 }

@@ -979,7 +979,7 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
                    ls_shard_storage(&s->sh, &s->data, s->be->host_visible),
                comm))
     goto out;
-  if (ls_sw_plan(s)) goto out;
+  if (ls_sw_plan(s) || ls_sw_predict(s)) goto out;
   if (o->plan_only) { rc = LS_OK; goto out; }
   if (ls_agree(alloc_buffers(s), comm)) goto out;
   if (ls_agree(ls_sw_reduce_setup(s), comm) || ls_agree(ls_sw_verify_setup(s), comm)) goto out;
@@ -997,6 +997,7 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
     resumed = ls_sw_try_resume(s);
     if (resumed < 0) goto out;
     if (resumed == 2) { rc = LS_OK; goto out; } /* already complete */
+    ls_sw_predict_refresh(s);
   }
   if (!resumed) {
     ls_error_defer(1); /* a failure every rank sees is reported once */
@@ -1011,7 +1012,9 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   ls_sw_install_signals();
   s->ck.last = s->start;
   s->prof.stats_next = s->start; /* earlier runs wrote theirs at their checkpoints */
+  double t_loop0 = ls_now();
   int lr = run_layers(s, &wp);
+  pf->t_loop = ls_now() - t_loop0;
   if (lr == LS_STOPPED) { rc = LS_STOPPED; goto out; }
   ls_watchdog_beat(&s->wd, "final norm", -1);
   if (lr || ls_sw_drain_writes(s) || run_final_norm(s)) goto out;

@@ -39,6 +39,7 @@ typedef struct {
   const char *reduce;       /* --reduce LIST: "mean,cov,pca:K,diffmeans" (NULL: none) */
   int no_store;             /* --no-store: keep the reductions only, not the activations */
   const char *project;      /* --project FILE:DATASET (NULL: activations stored as they are) */
+  int assume_ranks;         /* plan --assume-ranks N: also predict the time at N ranks */
   int verify;               /* --verify N: prompts recomputed on the CPU oracle at every layer */
   int verify_strict;        /* --verify-strict: an error above the tolerance stops the run */
   int overlap_writes;       /* default 1: a layer's rows are written by a thread while the

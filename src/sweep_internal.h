@@ -123,6 +123,7 @@ typedef struct {
 typedef struct {
   double *t_load, *t_forward, *t_hooks, *t_write; /* (n_layers) */
   double t_embed, t_total, t_preload;
+  double t_loop;          /* the layer loop's seconds (this run's layers) */
   int64_t *expert_rows;   /* (n_layers, n_experts) MoE models: real rows routed to each
                            * expert, summed over ranks after each layer (this run's layers) */
   int stats_next;         /* the first layer whose expert_rows are not in the file yet */
@@ -138,6 +139,15 @@ typedef struct {
   double since_s;         /* layer time since then (max over ranks) */
   double cost_s;          /* (estimated) seconds one checkpoint takes */
 } ls_ckstate_t;
+
+/* predict.c: the plan's time model (rates measured by short probes, phases predicted) */
+typedef struct {
+  int valid;
+  double gemm_rate, conv_rate, disk_rate, bcast_rate, write_rate; /* FLOP/s, bytes/s */
+  double read_s, bcast_s, load_s, forward_s, write_s, wall_s;     /* over the layers to run */
+  const char *bottleneck;
+  double probe_s;
+} ls_predict_t;
 
 typedef struct {
   const ls_run_opts_t *o;
@@ -164,6 +174,7 @@ typedef struct {
   ls_project_t proj;      /* --project */
   float *proj_tmp;        /* (out_rows, K) projected rows */
   ls_verify_t vf;         /* --verify */
+  ls_predict_t pred;      /* the plan's time prediction */
 } sweep_t;
 
 static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -252,6 +263,12 @@ void ls_sw_verify_free(sweep_t *s);
  * memory, or backend memory when raw_on_device); w (n_slots) points into it */
 int ls_sw_convert_layer(sweep_t *s, ls_backend_t *be, int layer, const void *raw,
                         int raw_on_device, void *base, void **w);
+/* predict.c: collective, after the plan: probes, then the prediction printed (rank 0);
+ * refresh after a resume moved s->start; print: rank 0, the summary's comparison line */
+int ls_sw_predict(sweep_t *s);
+void ls_sw_predict_refresh(sweep_t *s);
+void ls_sw_print_prediction(const sweep_t *s, double read_s, double bcast_s, double load_s,
+                            double forward_s, double write_s);
 /* report.c */
 void ls_sw_progress(sweep_t *s, int layer, double elapsed);
 /* LS_ERR (said) when the --summary-json file could not be written */

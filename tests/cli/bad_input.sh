@@ -554,6 +554,7 @@ bad option.no_store_alone "$(o nostore)" "$LS_BIN" run --model "$BASE" --data "$
 bad option.verify_strict_alone "$(o vstrict)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o vstrict)" --verify-strict
 bad option.verify_not_a_number "$(o vnan)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o vnan)" --verify some
 bad option.verify_with_preload "$(o vpre)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o vpre)" --verify 2 --preload-weights
+bad option.assume_ranks_zero "$(o aranks)" "$LS_BIN" plan --model "$BASE" --data "$DATA" --out "$(o aranks)" --assume-ranks 0
 nolab=$T/c/nolabels.jsonl
 printf '%s\n' '{"input_ids": [1, 2, 3]}' '{"input_ids": [4, 5]}' >"$nolab"
 bad option.diffmeans_no_labels "$(o red_nolab)" "$LS_BIN" run --model "$BASE" --data "$nolab" --out "$(o red_nolab)" --reduce diffmeans

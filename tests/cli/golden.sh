@@ -428,7 +428,7 @@ printf '%s\n' "$failed_cases" >"$T/failed_cases"
 # datasets, their dimension-scale attributes, each dataset's DIMENSION_LIST) and the
 # out_dtype, compress and steer attributes. New in the output but not in the golden file is
 # then not a failure.
-ADDED_RE='^((attr|dataset) /(layer|hidden|sample|token|sample_edge|rank|layer_computed)(/(CLASS|NAME|REFERENCE_LIST))?|attr /.*/DIMENSION_LIST|attr /(out_dtype|compress|steer))$'
+ADDED_RE='^((attr|dataset) /(layer|hidden|sample|token|sample_edge|rank|layer_computed)(/(CLASS|NAME|REFERENCE_LIST))?|attr /.*/DIMENSION_LIST|attr /(out_dtype|compress|steer|activations_stored|project))$'
 awk -v OFS='\t' -v added="$ADDED_RE" '
   FILENAME == ARGV[1] { if (NF) skip[$1] = 1; next }
   FILENAME == ARGV[2] { k = $1 " " $2 " " $3; g[k] = $4; gcase[k] = $1; what[k] = $2 " " $3; next }
