@@ -8,7 +8,9 @@
  * file names (no '/', no "..", not absolute); symlinks inside the directory are
  * allowed (the Hugging Face cache layout: snapshots/<rev>/x -> ../../blobs/<hash>).
  * Tensor bytes are read with pread on demand; only what the caller asks for is
- * resident. */
+ * resident. Large reads of bytes not in the page cache go around it (O_DIRECT, aligned
+ * 16 MiB requests): buffered reads with the default readahead reach a third of the
+ * disk's rate (tests/bench/bench_read.sh); LS_READ_DIRECT=0 turns that off. */
 #ifndef LS_SAFETENSORS_H
 #define LS_SAFETENSORS_H
 
@@ -41,6 +43,8 @@ typedef struct {
   int fd;
   uint64_t size;
   uint64_t header_len; /* 8 + JSON header bytes */
+  int direct;          /* large uncached reads: 0 not tried yet, 1 through dfd (O_DIRECT), -1 buffered */
+  int dfd;
 } ls_st_file_t;
 
 typedef struct {

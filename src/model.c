@@ -247,23 +247,36 @@ void ls_model_close(ls_model_t *m) {
 /* ---- raw reads (rank 0) -------------------------------------------------------------------- */
 /* NaN or Inf in a weight poisons every activation after it: refuse the checkpoint,
  * naming the tensor (element index counted from first_elem). */
+/* the first index in [0, n) of a 16-bit (or 32-bit) value v with (v & mask) == mask, or
+ * UINT64_MAX: blocks without one are passed at memory speed (a vectorized OR over the
+ * block), a block with one is searched */
+#define FINITE_BLOCK 4096
+#define FIRST_MATCH(T, v, n, mask, out)                                           \
+  do {                                                                            \
+    (out) = UINT64_MAX;                                                           \
+    for (uint64_t b0 = 0; b0 < (n) && (out) == UINT64_MAX; b0 += FINITE_BLOCK) {  \
+      const uint64_t b1 = (n) - b0 < FINITE_BLOCK ? (n) : b0 + FINITE_BLOCK;      \
+      unsigned hit = 0;                                                           \
+      for (uint64_t i = b0; i < b1; i++) hit |= ((T)((v)[i] & (mask)) == (T)(mask)); \
+      for (uint64_t i = b0; hit && i < b1; i++)                                   \
+        if ((T)((v)[i] & (mask)) == (T)(mask)) { (out) = i; break; }             \
+    }                                                                             \
+  } while (0)
+
 static int check_finite(const ls_model_t *m, const ls_st_tensor_t *t, const void *raw,
                         uint64_t n, uint64_t first_elem) {
   uint64_t bad = UINT64_MAX;
   if (ls_dtype_is_fp8(t->dtype)) { /* E4M3: S.1111.111 is NaN; E5M2: exponent 11111 */
     const uint8_t *v = raw;
-    const int e4 = t->dtype == LS_DT_F8_E4M3;
-    for (uint64_t i = 0; i < n && bad == UINT64_MAX; i++)
-      if (e4 ? (v[i] & 0x7fu) == 0x7fu : (v[i] & 0x7cu) == 0x7cu) bad = i;
+    if (t->dtype == LS_DT_F8_E4M3) FIRST_MATCH(uint8_t, v, n, 0x7fu, bad);
+    else FIRST_MATCH(uint8_t, v, n, 0x7cu, bad);
   } else if (t->dtype == LS_DT_F32) {
     const uint32_t *v = raw;
-    for (uint64_t i = 0; i < n && bad == UINT64_MAX; i++)
-      if ((v[i] & 0x7f800000u) == 0x7f800000u) bad = i;
+    FIRST_MATCH(uint32_t, v, n, 0x7f800000u, bad);
   } else {
     const uint16_t *v = raw;
-    const uint16_t exp = t->dtype == LS_DT_BF16 ? 0x7f80u : 0x7c00u;
-    for (uint64_t i = 0; i < n && bad == UINT64_MAX; i++)
-      if ((v[i] & exp) == exp) bad = i;
+    if (t->dtype == LS_DT_BF16) FIRST_MATCH(uint16_t, v, n, 0x7f80u, bad);
+    else FIRST_MATCH(uint16_t, v, n, 0x7c00u, bad);
   }
   if (bad == UINT64_MAX) return LS_OK;
   ls_error("%s: tensor %s has a NaN or Inf value (element %llu); the checkpoint is corrupt: "

@@ -271,6 +271,67 @@ static void test_read_range_bounds(void **state) {
   ls_st_close(&m);
 }
 
+/* Large reads not in the page cache go through O_DIRECT in aligned 16 MiB chunks read ahead
+ * by two threads (io/safetensors.c read_span): a 40 MiB tensor at an odd offset, evicted
+ * from the page cache, read whole and in unaligned pieces across chunk edges, every byte
+ * as written; and the same once cached (buffered path) and with LS_READ_DIRECT=0. */
+static void test_direct_reads(void **state) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/model.safetensors", g_dir);
+  const int64_t big = ((int64_t)40 << 20) + 6;
+  const ls_st_wtensor_t t[2] = {{"a", LS_DT_U8, 1, {3}}, {"b", LS_DT_U8, 1, {big}}};
+  ls_st_writer_t w;
+  assert_int_equal(ls_st_writer_open(&w, path, t, 2, NULL), 0);
+  unsigned char *bytes = malloc((size_t)big), *got = malloc((size_t)big);
+  assert_non_null(bytes);
+  assert_non_null(got);
+  uint64_t x = 12345;
+  for (int64_t i = 0; i < big; i++) {
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    bytes[i] = (unsigned char)(x >> 56);
+  }
+  const unsigned char three[3] = {1, 2, 3};
+  assert_int_equal(ls_st_writer_put(&w, 0, 0, three, 3), 0);
+  assert_int_equal(ls_st_writer_put(&w, 1, 0, bytes, (uint64_t)big), 0);
+  assert_int_equal(ls_st_writer_close(&w), 0);
+  for (int pass = 0; pass < 3; pass++) {
+    if (pass == 2) setenv("LS_READ_DIRECT", "0", 1);
+    ls_st_model_t m;
+    expect_open_ok(&m);
+    const ls_st_tensor_t *b = ls_st_find(&m, "b");
+    assert_non_null(b);
+    assert_true(b->offset % 4096 != 0); /* not aligned: the bounce path */
+    if (pass == 0) { /* out of the page cache: the O_DIRECT path */
+      int fd = open(path, O_RDONLY);
+      assert_true(fd >= 0);
+      assert_int_equal(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+      close(fd);
+    }
+    memset(got, 0, (size_t)big);
+    assert_int_equal(ls_st_read(&m, b, got), 0);
+    assert_memory_equal(got, bytes, (size_t)big);
+    const uint64_t pieces[4][2] = {{1, (16u << 20) + 77}, {(16u << 20) - 5, 9u << 20},
+                                   {(uint64_t)big - (5u << 20) - 1, (5u << 20) + 1},
+                                   {4093, 4u << 20}};
+    for (int k = 0; k < 4; k++) {
+      if (pass == 0) {
+        int fd = open(path, O_RDONLY);
+        posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+        close(fd);
+      }
+      memset(got, 0, (size_t)pieces[k][1]);
+      assert_int_equal(ls_st_read_range(&m, b, pieces[k][0], pieces[k][1], got), 0);
+      assert_memory_equal(got, bytes + pieces[k][0], (size_t)pieces[k][1]);
+    }
+    if (pass == 0) assert_int_equal(m.files[0].direct, 1); /* the O_DIRECT path was taken */
+    ls_st_close(&m);
+  }
+  unsetenv("LS_READ_DIRECT");
+  free(bytes);
+  free(got);
+  unlink(path);
+}
+
 static void test_truncated_after_open(void **state) {
   write_st("model.safetensors", "{" T_A "," T_B "}", 16);
   ls_st_model_t m;
@@ -889,6 +950,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       T(test_roundtrip),
       T(test_read_range_bounds),
+      T(test_direct_reads),
       T(test_truncated_after_open),
       T(test_raw_valid_with_metadata),
       T(test_writer_rejects),
