@@ -1266,7 +1266,8 @@ static int norm_apply(const norm_t *n, buf_t *io, buf_t *tmp, pcre2_match_data *
         int32_t cp;
         i += (size_t)utf8_dec((const unsigned char *)io->p + i, &cp);
         if (n->type == N_STRIP_ACCENTS) {
-          if (utf8proc_category(cp) == UTF8PROC_CATEGORY_MN) continue;
+          const utf8proc_category_t k = utf8proc_category(cp); /* any mark: Mn, Mc, Me */
+          if (k == UTF8PROC_CATEGORY_MN || k == UTF8PROC_CATEGORY_MC || k == UTF8PROC_CATEGORY_ME) continue;
         } else if (cp == 0x130) { /* İ: Rust's full lowercase mapping is i + U+0307 */
           LS_CHECK(buf_put(tmp, "i\xcc\x87", 3));
           continue;
