@@ -55,7 +55,7 @@ static void write_text(const char *s) { write_file(s, strlen(s)); }
 static void load_ok(int64_t max_len, ls_dataset_t *d) {
   capture_t c;
   capture_begin(&c);
-  int rc = ls_dataset_load(g_path, VOCAB, max_len, d);
+  int rc = ls_dataset_load(g_path, VOCAB, max_len, NULL, d);
   size_t len;
   char *msg = capture_end(&c, &len);
   if (rc != 0 || len) fprintf(stderr, "dataset rejected (rc %d): %s\n", rc, msg);
@@ -71,7 +71,7 @@ static void expect_bad_vocab(int vocab, int64_t max_len, int line, const char *w
   memset(&d, 0xab, sizeof d);
   capture_t c;
   capture_begin(&c);
-  int rc = ls_dataset_load(g_path, vocab, max_len, &d);
+  int rc = ls_dataset_load(g_path, vocab, max_len, NULL, &d);
   size_t len;
   char *msg = capture_end(&c, &len);
   char where[4300];
@@ -251,7 +251,7 @@ static void test_huge_line(void **state) {
   ls_dataset_t d;
   capture_t c;
   capture_begin(&c);
-  int rc = ls_dataset_load(g_path, V, 0, &d);
+  int rc = ls_dataset_load(g_path, V, 0, NULL, &d);
   size_t len;
   char *msg = capture_end(&c, &len);
   if (rc) fprintf(stderr, "%s\n", msg);
@@ -322,7 +322,7 @@ static void test_bad_id_vocab(void **state) {
   /* with a bigger vocab the same file is fine */
   write_text("{\"input_ids\": [0, 255]}\n{\"input_ids\": [3, 256]}\n");
   ls_dataset_t d;
-  assert_int_equal(ls_dataset_load(g_path, 257, 0, &d), 0);
+  assert_int_equal(ls_dataset_load(g_path, 257, 0, NULL, &d), 0);
   assert_int_equal(d.tokens[3], 256);
   ls_dataset_free(&d);
 }
@@ -402,7 +402,7 @@ static void test_attention_mask(void **state) {
   ls_dataset_t d;
   capture_t c;
   capture_begin(&c);
-  int rc = ls_dataset_load(g_path, VOCAB, 3, &d); /* max_len 3: real tokens count, not padding */
+  int rc = ls_dataset_load(g_path, VOCAB, 3, NULL, &d); /* max_len 3: real tokens count, not padding */
   size_t len;
   char *msg = capture_end(&c, &len);
   assert_int_equal(rc, 0);

@@ -48,7 +48,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int64_t n_unlimited = -1;
   for (size_t k = 0; k < sizeof max_lens / sizeof max_lens[0]; k++) {
     ls_dataset_t d;
-    if (ls_dataset_load(path, VOCAB, max_lens[k], &d) == LS_OK) {
+    if (ls_dataset_load(path, VOCAB, max_lens[k], NULL, &d) == LS_OK) {
       check(&d, max_lens[k]);
       if (max_lens[k] == 0) n_unlimited = d.n;
       else FUZZ_ASSERT(d.n == n_unlimited, "max_len %lld accepted a file that max_len 0 refused",
