@@ -8,6 +8,7 @@
 #include "tokenizer.h"
 
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -413,6 +414,12 @@ static const char *type_of(const cJSON *o) {
   return cJSON_IsString(t) ? t->valuestring : NULL;
 }
 
+/* 1 when v is a JSON number that is an integer id in [0, MAX_ID) */
+static int is_id(const cJSON *v) {
+  return cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble < (double)MAX_ID &&
+         v->valuedouble == floor(v->valuedouble);
+}
+
 /* optional bool field: dflt when absent or null */
 static int get_bool(ld_t *L, const cJSON *o, const char *key, int dflt, int *out, const char *where) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
@@ -684,9 +691,7 @@ static int load_bpe(ld_t *L, ls_tokenizer_t *t, const cJSON *m) {
   if (strmap_init(&t->vocab, (size_t)nv)) return fail(L, "out of memory");
   const cJSON *e;
   cJSON_ArrayForEach(e, vocab) {
-    if (!cJSON_IsNumber(e) || e->valuedouble != (double)(int64_t)e->valuedouble ||
-        e->valuedouble < 0 || e->valuedouble >= (double)MAX_ID)
-      return fail(L, "model.vocab: the id of a token is not an integer in [0, 2^30)");
+    if (!is_id(e)) return fail(L, "model.vocab: the id of a token is not an integer in [0, 2^30)");
     size_t n = strlen(e->string);
     if (n > MAX_TOKEN_BYTES) return fail(L, "model.vocab: a token of %zu bytes (at most %d)", n, MAX_TOKEN_BYTES);
     const int32_t id = (int32_t)e->valuedouble;
@@ -815,9 +820,7 @@ static int load_added(ld_t *L, ls_tokenizer_t *t, const cJSON *list) {
     const int i = t->n_added;
     const cJSON *c = cJSON_GetObjectItemCaseSensitive(e, "content");
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(e, "id");
-    if (!cJSON_IsObject(e) || !cJSON_IsString(c) || !cJSON_IsNumber(id) ||
-        id->valuedouble != (double)(int64_t)id->valuedouble || id->valuedouble < 0 ||
-        id->valuedouble >= (double)MAX_ID) {
+    if (!cJSON_IsObject(e) || !cJSON_IsString(c) || !is_id(id)) {
       rc = fail(L, "added_tokens[%d] needs \"content\" (a string) and \"id\" (an integer in [0, 2^30))", i);
       break;
     }
@@ -868,9 +871,7 @@ static int push_ids(ld_t *L, int32_t *dst, int *n, const cJSON *ids, const char 
   if (!cJSON_IsArray(ids)) return fail(L, "%s: \"ids\" must be a list", where);
   const cJSON *e;
   cJSON_ArrayForEach(e, ids) {
-    if (!cJSON_IsNumber(e) || e->valuedouble != (double)(int64_t)e->valuedouble ||
-        e->valuedouble < 0 || e->valuedouble >= (double)MAX_ID)
-      return fail(L, "%s: an id is not an integer in [0, 2^30)", where);
+    if (!is_id(e)) return fail(L, "%s: an id is not an integer in [0, 2^30)", where);
     if (*n >= MAX_TEMPLATE) return fail(L, "%s: more than %d special tokens", where, MAX_TEMPLATE);
     dst[(*n)++] = (int32_t)e->valuedouble;
   }
@@ -893,12 +894,10 @@ static int load_post(ld_t *L, ls_tokenizer_t *t, const cJSON *o, int depth) {
     const cJSON *cls = cJSON_GetObjectItemCaseSensitive(o, "cls");
     const cJSON *sep = cJSON_GetObjectItemCaseSensitive(o, "sep");
     if (!cJSON_IsArray(cls) || !cJSON_IsArray(sep) || cJSON_GetArraySize(cls) != 2 ||
-        cJSON_GetArraySize(sep) != 2 || !cJSON_IsNumber(cJSON_GetArrayItem(cls, 1)) ||
-        !cJSON_IsNumber(cJSON_GetArrayItem(sep, 1)))
-      return fail(L, "post_processor %s needs \"cls\" and \"sep\" as [token, id]", type);
+        cJSON_GetArraySize(sep) != 2 || !is_id(cJSON_GetArrayItem(cls, 1)) ||
+        !is_id(cJSON_GetArrayItem(sep, 1)))
+      return fail(L, "post_processor %s needs \"cls\" and \"sep\" as [token, id in [0, 2^30)]", type);
     double c = cJSON_GetArrayItem(cls, 1)->valuedouble, s = cJSON_GetArrayItem(sep, 1)->valuedouble;
-    if (c < 0 || c >= (double)MAX_ID || s < 0 || s >= (double)MAX_ID || c != (int64_t)c || s != (int64_t)s)
-      return fail(L, "post_processor %s: an id is not an integer in [0, 2^30)", type);
     if (t->n_prefix >= MAX_TEMPLATE || t->n_suffix >= MAX_TEMPLATE)
       return fail(L, "post_processor: more than %d special tokens", MAX_TEMPLATE);
     /* a Sequence applies processors in turn: each wraps what the last produced */
@@ -1529,11 +1528,11 @@ static int pre_apply(ls_tok_ctx_t *c, const pre_t *p, pieces_t **in, buf_t **src
   buf_t *w = &c->word;
   for (size_t i = 0; i < (*in)->n; i++) {
     const piece_t pc = (*in)->v[i];
-    const char *s = (*src)->p + pc.off;
     if (pc.token >= 0) { /* an added token passes through */
       if (push_piece(*out, 0, 0, pc.token, 0)) return oom(c);
       continue;
     }
+    const char *s = (*src)->p + pc.off;
     switch (p->type) {
       case P_BYTELEVEL: {
         w->n = 0;
@@ -1782,7 +1781,7 @@ static int bpe_cached(ls_tok_ctx_t *c, const char *w, size_t n) {
   }
   const size_t key_off = c->cache_keys.n;
   if (buf_put(&c->cache_keys, w, n)) return LS_OK;
-  memcpy(c->cache_ids + c->cache_ids_n, c->ids + before, got * sizeof(int32_t));
+  if (got) memcpy(c->cache_ids + c->cache_ids_n, c->ids + before, got * sizeof(int32_t));
   c->cache[i] = (centry_t){h, (uint32_t)key_off, (uint32_t)n, (uint32_t)c->cache_ids_n, (uint32_t)got};
   c->cache_ids_n += got;
   c->cache_n++;
