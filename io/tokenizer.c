@@ -695,6 +695,11 @@ static int load_bpe(ld_t *L, ls_tokenizer_t *t, const cJSON *m) {
     size_t n = strlen(e->string);
     if (n > MAX_TOKEN_BYTES) return fail(L, "model.vocab: a token of %zu bytes (at most %d)", n, MAX_TOKEN_BYTES);
     const int32_t id = (int32_t)e->valuedouble;
+    if (strmap_get(&t->vocab, e->string, n) >= 0) {
+      char shown[80];
+      return fail(L, "model.vocab: token \"%s\" is given twice; keep one",
+                  ls_printable(shown, sizeof shown, e->string));
+    }
     if (strmap_put(&t->vocab, e->string, n, id)) return fail(L, "out of memory");
     if (id + 1 > t->id_bound) t->id_bound = id + 1;
   }
@@ -1008,7 +1013,13 @@ int ls_tokenizer_load_mem(const char *json, size_t len, const char *config_json,
     fail(&L, "not valid JSON (or not an object); is this a Hugging Face tokenizer.json?");
     goto bad;
   }
+  /* duplicate keys are refused (Python's json would keep the last one); model.vocab,
+   * with up to millions of keys, is checked as it is hashed (ls_json_duplicate_key is
+   * quadratic in an object's keys), the rest here */
+  cJSON *model_w = cJSON_GetObjectItemCaseSensitive(root, "model");
+  cJSON *vocab_w = cJSON_IsObject(model_w) ? cJSON_DetachItemFromObjectCaseSensitive(model_w, "vocab") : NULL;
   const char *dup = ls_json_duplicate_key(root);
+  if (vocab_w) cJSON_AddItemToObject(model_w, "vocab", vocab_w);
   if (dup) {
     char shown[80];
     fail(&L, "key \"%s\" is given twice; keep one", ls_printable(shown, sizeof shown, dup));

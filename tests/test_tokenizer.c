@@ -134,6 +134,9 @@ static void test_refused(void **state) {
   refused("{\"model\": {\"type\": \"BPE\", \"vocab\": {}, \"merges\": []}, \"added_tokens\": [{\"id\": 1}]}",
           "added_tokens[0]");
   refused("{\"model\": {\"type\": \"BPE\", \"vocab\": {}, \"merges\": []}, \"model\": {}}", "given twice");
+  refused("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"a\": 2}, \"merges\": []}}",
+          "token \"a\" is given twice");
+  refused("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 1e300}, \"merges\": []}}", "not an integer");
 }
 
 /* ---- a pathological regex hits PCRE2's limits: an error, not a hang ---------------------- */
