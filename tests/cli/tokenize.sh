@@ -94,6 +94,18 @@ for tk in llama3_split_bytelevel sp_metaspace_bytefallback; do
   else bad "run.$tk.max_tokens" "--max-tokens 5 did not keep the first 5 ids of each prompt"; fi
 done
 
+# 2 ranks: the same file as 1 rank (text tokenized on rank 0, the ids broadcast)
+tk=llama3_split_bytelevel
+if command -v mpirun >/dev/null; then
+  mpirun --oversubscribe --allow-run-as-root -np 2 "$LS_BIN" run --model "$T/model.$tk" --data "$T/$tk.text.jsonl" \
+    --out "$T/$tk.np2.h5" --pool none --hooks residual_post,final_norm --threads 1 --progress off >"$T/np2.log" 2>&1
+  same=1
+  for ds in /residual_post /final_norm /samples/input_ids /samples/offsets; do
+    h5diff -d 0 "$T/$tk.none.text.h5" "$T/$tk.np2.h5" "$ds" "$ds" >/dev/null 2>&1 || same=0
+  done
+  [ "$same" = 1 ] && ok "run.$tk.np2_equals_np1" || bad "run.$tk.np2_equals_np1" "2 ranks differ from 1: $(grep error "$T/np2.log")"
+fi
+
 # ---- 3. bad inputs: exactly one error line each -------------------------------------------
 M=$T/model.llama3_split_bytelevel
 one_error() { # name want cmd...
