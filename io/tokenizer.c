@@ -957,19 +957,114 @@ static int load_post(ld_t *L, ls_tokenizer_t *t, const cJSON *o, int depth) {
               ls_printable(shown, sizeof shown, type));
 }
 
-/* tokenizer_config.json: transformers (5.x) drops its add_bos_token / add_eos_token when
- * tokenizer.json exists, and a missing post-processor becomes "$A" (no special tokens):
- * tokenizer.json's post_processor alone decides. The file is only checked to be an
- * object, so that a broken one is not silently used by the Python side and not here. */
-static int load_config(ld_t *L, const char *cfg_json) {
-  if (!cfg_json) return LS_OK;
-  cJSON *cfg = cJSON_Parse(cfg_json);
-  int ok = cJSON_IsObject(cfg);
-  cJSON_Delete(cfg);
-  return ok ? LS_OK : fail(L, "tokenizer_config.json beside it is not a JSON object");
+/* tokenizer_config.json's special token: "s" or {"content": "s"} */
+static const char *config_str(const cJSON *cfg, const char *key) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, key);
+  if (cJSON_IsObject(v)) v = cJSON_GetObjectItemCaseSensitive(v, "content");
+  return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
-static void describe_policy(ls_tokenizer_t *t) {
+static int config_bool(const cJSON *cfg, const char *key, int dflt) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, key);
+  return cJSON_IsBool(v) ? cJSON_IsTrue(v) : dflt;
+}
+
+static void set_item(cJSON *o, const char *key, cJSON *v) {
+  if (cJSON_GetObjectItemCaseSensitive(o, key)) cJSON_ReplaceItemInObjectCaseSensitive(o, key, v);
+  else cJSON_AddItemToObject(o, key, v);
+}
+
+/* transformers 5 loads a tokenizer.json through the class tokenizer_config.json names:
+ * the generic ones (PreTrainedTokenizerFast, TokenizersBackend, or none) use the file as
+ * it is, but a model class with its own __init__ rebuilds the tokenizer from the file's
+ * vocab and merges with the class's own normalizer, pre-tokenizer and BPE flags
+ * (keeping the file's post-processor). Those of the families layersweep runs are
+ * replayed here (transformers/models/<family>/tokenization_<family>.py); another class
+ * is named in a warning. tokenizer_config.json's add_bos_token / add_eos_token are
+ * dropped by transformers when tokenizer.json exists, and so here. */
+static const char *const QWEN2_RE =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+    "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
+static int apply_class(ld_t *L, cJSON *root, const char *cfg_json, char *note, size_t note_cap) {
+  note[0] = '\0';
+  if (!cfg_json) return LS_OK;
+  cJSON *cfg = cJSON_Parse(cfg_json);
+  if (!cJSON_IsObject(cfg)) {
+    cJSON_Delete(cfg);
+    return fail(L, "tokenizer_config.json beside it is not a JSON object");
+  }
+  const char *cls = config_str(cfg, "tokenizer_class");
+  char name[96] = "";
+  if (cls) snprintf(name, sizeof name, "%s", cls);
+  const size_t nl = strlen(name);
+  if (nl > 4 && strcmp(name + nl - 4, "Fast") == 0) name[nl - 4] = '\0'; /* LlamaTokenizerFast */
+  cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+  const char *mtype = type_of(model);
+  char norm[256] = "", pre[1024] = "";
+  const char *unk = NULL;
+  int fuse = 0, bytefb = 0, known = 1;
+  const int aps0 = config_bool(cfg, "add_prefix_space", 0);
+  if (!cls || !strcmp(name, "PreTrainedTokenizer") || !strcmp(name, "TokenizersBackend") ||
+      !strcmp(name, "PreTrainedTokenizerBase") || (mtype && strcmp(mtype, "BPE") != 0)) {
+    known = 0; /* generic: the file as it is (a non-BPE model is refused later anyway) */
+  } else if (!strcmp(name, "LlamaTokenizer")) {
+    const int aps = config_bool(cfg, "add_prefix_space", 1), legacy = config_bool(cfg, "legacy", 0);
+    snprintf(pre, sizeof pre, "{\"type\": \"Metaspace\", \"replacement\": \"\\u2581\", "
+             "\"prepend_scheme\": \"%s\", \"split\": false}", !aps ? "never" : legacy ? "always" : "first");
+    fuse = bytefb = 1;
+  } else if (!strcmp(name, "GemmaTokenizer")) {
+    snprintf(norm, sizeof norm, "{\"type\": \"Replace\", \"pattern\": {\"String\": \" \"}, \"content\": \"\\u2581\"}");
+    snprintf(pre, sizeof pre, "{\"type\": \"Split\", \"pattern\": {\"String\": \" \"}, \"behavior\": "
+             "\"MergedWithPrevious\", \"invert\": false}");
+    unk = config_str(cfg, "unk_token");
+    if (!unk) unk = "<unk>";
+    fuse = bytefb = 1;
+  } else if (!strcmp(name, "GPT2Tokenizer") || !strcmp(name, "GPTNeoXTokenizer")) {
+    if (!strcmp(name, "GPTNeoXTokenizer")) snprintf(norm, sizeof norm, "{\"type\": \"NFC\"}");
+    snprintf(pre, sizeof pre, "{\"type\": \"ByteLevel\", \"add_prefix_space\": %s}", aps0 ? "true" : "false");
+  } else if (!strcmp(name, "Qwen2Tokenizer")) {
+    snprintf(norm, sizeof norm, "{\"type\": \"NFC\"}");
+    cJSON *seq = cJSON_CreateObject(), *list = cJSON_AddArrayToObject(seq, "pretokenizers");
+    cJSON_AddStringToObject(seq, "type", "Sequence");
+    cJSON *sp = cJSON_CreateObject(), *pat = cJSON_AddObjectToObject(sp, "pattern");
+    cJSON_AddStringToObject(sp, "type", "Split");
+    cJSON_AddStringToObject(pat, "Regex", QWEN2_RE);
+    cJSON_AddStringToObject(sp, "behavior", "Isolated");
+    cJSON_AddItemToArray(list, sp);
+    cJSON *bl = cJSON_CreateObject();
+    cJSON_AddStringToObject(bl, "type", "ByteLevel");
+    cJSON_AddBoolToObject(bl, "add_prefix_space", aps0);
+    cJSON_AddBoolToObject(bl, "use_regex", 0);
+    cJSON_AddItemToArray(list, bl);
+    char *txt = cJSON_PrintUnformatted(seq);
+    cJSON_Delete(seq);
+    if (!txt) { cJSON_Delete(cfg); return fail(L, "out of memory"); }
+    snprintf(pre, sizeof pre, "%s", txt);
+    free(txt);
+  } else {
+    known = 0;
+    char shown[100];
+    ls_warn("%s: tokenizer_config.json names tokenizer_class %s; transformers may rebuild that "
+            "class's tokenizer from the vocab: the ids here follow tokenizer.json as it is",
+            L->file, ls_printable(shown, sizeof shown, cls));
+  }
+  if (known && cJSON_IsObject(model)) {
+    set_item(root, "normalizer", norm[0] ? cJSON_Parse(norm) : cJSON_CreateNull());
+    set_item(root, "pre_tokenizer", cJSON_Parse(pre));
+    set_item(model, "unk_token", unk ? cJSON_CreateString(unk) : cJSON_CreateNull());
+    set_item(model, "fuse_unk", cJSON_CreateBool(fuse));
+    set_item(model, "byte_fallback", cJSON_CreateBool(bytefb));
+    set_item(model, "ignore_merges", cJSON_CreateFalse());
+    set_item(model, "continuing_subword_prefix", cJSON_CreateNull());
+    set_item(model, "end_of_word_suffix", cJSON_CreateNull());
+    snprintf(note, note_cap, "; as transformers' %s", name);
+  }
+  cJSON_Delete(cfg);
+  return LS_OK;
+}
+
+static void describe_policy(ls_tokenizer_t *t, const char *note) {
   char *p = t->policy;
   size_t cap = sizeof t->policy, o = 0;
   for (int i = 0; i < t->n_prefix && o < cap; i++)
@@ -978,8 +1073,8 @@ static void describe_policy(ls_tokenizer_t *t) {
   for (int i = 0; i < t->n_suffix && o < cap; i++)
     o += (size_t)snprintf(p + o, cap - o, " + %d", t->suffix_ids[i]);
   if (o < cap)
-    snprintf(p + o, cap - o, " (bos/eos ids around each prompt: %d before, %d after)",
-             t->n_prefix, t->n_suffix);
+    snprintf(p + o, cap - o, " (bos/eos ids around each prompt: %d before, %d after%s)",
+             t->n_prefix, t->n_suffix, note);
 }
 
 static void init_bytes(ls_tokenizer_t *t) {
@@ -1030,6 +1125,8 @@ int ls_tokenizer_load_mem(const char *json, size_t len, const char *config_json,
     fail(&L, "no \"model\" object; is this a Hugging Face tokenizer.json?");
     goto bad;
   }
+  char cls_note[128];
+  if (apply_class(&L, root, config_json, cls_note, sizeof cls_note)) goto bad;
   if (load_bpe(&L, t, model)) goto bad;
   const cJSON *n = cJSON_GetObjectItemCaseSensitive(root, "normalizer");
   if (n && !cJSON_IsNull(n)) {
@@ -1042,12 +1139,11 @@ int ls_tokenizer_load_mem(const char *json, size_t len, const char *config_json,
   if (load_added(&L, t, cJSON_GetObjectItemCaseSensitive(root, "added_tokens"))) goto bad;
   const cJSON *post = cJSON_GetObjectItemCaseSensitive(root, "post_processor");
   if (load_post(&L, t, post, 0)) goto bad;
-  if (load_config(&L, config_json)) goto bad;
   for (int i = 0; i < t->n_prefix; i++)
     if (t->prefix_ids[i] + 1 > t->id_bound) t->id_bound = t->prefix_ids[i] + 1;
   for (int i = 0; i < t->n_suffix; i++)
     if (t->suffix_ids[i] + 1 > t->id_bound) t->id_bound = t->suffix_ids[i] + 1;
-  describe_policy(t);
+  describe_policy(t, cls_note);
   cJSON_Delete(root);
   *out = t;
   return LS_OK;

@@ -10,7 +10,11 @@
  * RobertaProcessing, BertProcessing, Sequence; added tokens with lstrip / rstrip /
  * single_word / normalized. BOS / EOS come from tokenizer.json's post_processor alone:
  * transformers 5 drops tokenizer_config.json's add_bos_token / add_eos_token when
- * tokenizer.json exists.
+ * tokenizer.json exists. When tokenizer_config.json names a model class that transformers
+ * rebuilds from the vocab and merges (LlamaTokenizer, GemmaTokenizer, GPT2Tokenizer,
+ * GPTNeoXTokenizer, Qwen2Tokenizer, and their Fast names), that class's normalizer,
+ * pre-tokenizer and BPE flags replace the file's, as AutoTokenizer does; another such
+ * class is named in a warning and the file is used as it is.
  * Anything else (Unigram, WordPiece, WordLevel, other components) is refused by name.
  *
  * The files are treated as hostile: every field is checked, sizes are capped, regexes
