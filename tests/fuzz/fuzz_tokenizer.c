@@ -1,8 +1,9 @@
 /* fuzz_tokenizer.c: libFuzzer target for io/tokenizer.c (tokenizer.json + texts).
  *
- * Input: [tokenizer.json] NUL [text], or without a NUL the whole input as a text for a
- * fixed byte-level tokenizer (so that both halves are explored). The JSON is loaded with
- * ls_tokenizer_load_mem (no tokenizer_config.json); when it loads, the text (if valid
+ * Input: [tokenizer.json] NUL [text], or [tokenizer.json] NUL {tokenizer_config.json} NUL
+ * [text] (the middle part starts with '{'), or without a NUL the whole input as a text for
+ * a fixed byte-level tokenizer (so that every part is explored). The JSON is loaded with
+ * ls_tokenizer_load_mem; when it loads, the text (if valid
  * UTF-8) and a few fixed hostile texts are encoded. Checked: a load failure leaves no
  * tokenizer; every id is in [0, id_bound); encoding twice gives the same ids (the word
  * cache changes nothing); invalid UTF-8 is refused, never encoded. Seeds: the committed
@@ -53,7 +54,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     init = 1;
   }
   const uint8_t *nul = memchr(data, 0, size);
-  char *json = NULL;
+  char *json = NULL, *cfg = NULL;
   const char *text;
   size_t json_n, text_n;
   if (nul) {
@@ -64,13 +65,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     json[json_n] = '\0';
     text = (const char *)nul + 1;
     text_n = size - json_n - 1;
+    const char *nul2 = text_n && text[0] == '{' ? memchr(text, 0, text_n) : NULL;
+    if (nul2) { /* a tokenizer_config.json */
+      const size_t cn = (size_t)(nul2 - text);
+      cfg = malloc(cn + 1);
+      if (!cfg) { free(json); return 0; }
+      memcpy(cfg, text, cn);
+      cfg[cn] = '\0';
+      text = nul2 + 1;
+      text_n -= cn + 1;
+    }
   } else {
     json_n = strlen(FIXED);
     text = (const char *)data;
     text_n = size;
   }
   ls_tokenizer_t *t = (ls_tokenizer_t *)1;
-  int rc = ls_tokenizer_load_mem(json ? json : FIXED, json_n, NULL, "fuzz.json", &t);
+  int rc = ls_tokenizer_load_mem(json ? json : FIXED, json_n, cfg, "fuzz.json", &t);
+  free(cfg);
   if (rc != LS_OK) {
     FUZZ_ASSERT(t == NULL, "failed load left a tokenizer");
     free(json);

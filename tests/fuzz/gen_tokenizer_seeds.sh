@@ -16,5 +16,12 @@ for d in gpt2_bytelevel llama3_split_bytelevel qwen2_nfc_split sp_metaspace_byte
   { cat "$fx/$d/tokenizer.json"; printf '\0'; printf '%s' "${texts[$((i % 3))]}"; } >"$out/$d"
   i=$((i + 1))
 done
+# with a tokenizer_config.json naming a class transformers rebuilds
+for pair in sp_llama2_replace_prepend:LlamaTokenizer gemma_replace_split_prev:GemmaTokenizerFast \
+            llama3_split_bytelevel:Qwen2Tokenizer nfkc_bytelevel:GPT2Tokenizer; do
+  d=${pair%%:*}; c=${pair#*:}
+  { cat "$fx/$d/tokenizer.json"; printf '\0{"tokenizer_class": "%s", "legacy": true, "add_prefix_space": true}\0' "$c";
+    printf '%s' "${texts[0]}"; } >"$out/class_$c"
+done
 printf 'a b ab <s>  x' >"$out/text_only_ascii"
 printf '\xe2\x96\x81\xf0\x9f\x98\x80 \xff\xfe bad utf-8' >"$out/text_only_bad_utf8"
