@@ -6,7 +6,8 @@
 #
 # Corpus: this repository's C/headers/Markdown/shell files, cut into texts of about 1000
 # characters at line ends, repeated to LS_BENCH_MB MiB (default 16), as JSONL {"text"}.
-# Tokenizers: the real one (real_anthropic_0_20: 65000 tokens, NFKC + ByteLevel), and two
+# Tokenizers: the real ones (real_anthropic_0_20: 65000 tokens, NFKC + ByteLevel;
+# real_smollm2_135m_gguf: SmolLM2's 49152 tokens, ByteLevel), and two
 # trained fixtures: llama3_split_bytelevel (Split regex + ByteLevel) and
 # sp_llama2_replace_prepend (no pre-tokenizer: each text is one BPE word).
 #
@@ -50,7 +51,7 @@ with open(out, "w", encoding="utf-8") as fo:
 PYEOF
 echo "corpus $(wc -l <"$T/corpus.jsonl") texts, $(du -m "$T/corpus.jsonl" | cut -f1) MiB, threads $THREADS, $(date -u +%F)"
 
-for tk in real_anthropic_0_20 llama3_split_bytelevel sp_llama2_replace_prepend; do
+for tk in real_anthropic_0_20 real_smollm2_135m_gguf llama3_split_bytelevel sp_llama2_replace_prepend; do
   best=
   for rep in 1 2 3; do
     t0=$(date +%s.%N)
