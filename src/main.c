@@ -406,14 +406,15 @@ static const char *usage_tokenize =
     "Tokenize text prompts with the model's own tokenizer (DIR/tokenizer.json, as\n"
     "transformers' AutoTokenizer.from_pretrained(DIR)(text)[\"input_ids\"]: BOS/EOS included).\n"
     "  --model DIR       directory with tokenizer.json (+ tokenizer_config.json); weights\n"
-    "                    are not needed\n"
+    "                    are not needed (required)\n"
     "  --data FILE       JSONL with a \"text\" string on every line (other fields are kept),\n"
     "                    or a .txt file of one prompt per line (blank lines skipped)\n"
+    "                    (required)\n"
     "  --out FILE        JSONL to write: each line with \"input_ids\" added (refused if it\n"
-    "                    exists, see --force, or is an input)\n"
+    "                    exists, see --force, or is an input) (required)\n"
     "  --keep-text       keep the \"text\" field (default: off: it is dropped)\n"
     "  --threads N       tokenizer threads (default: the CPUs online)\n"
-    "  --force           overwrite an existing --out\n"
+    "  --force           overwrite an existing --out (default: off)\n"
     "  --help            this text\n";
 
 static int cmd_tokenize(int argc, char **argv) {
