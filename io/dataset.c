@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,11 +15,36 @@
 
 #include "ls_common.h"
 #include "ls_json.h"
+#include "tokenizer.h"
+
+/* Texts waiting to be tokenized: a chunk is tokenized on threads when it holds
+ * CHUNK_TEXTS texts or CHUNK_BYTES bytes, and at the end. */
+#define CHUNK_TEXTS 8192
+#define CHUNK_BYTES ((size_t)32 << 20)
+#define MAX_THREADS 256
+
+typedef struct {
+  char *text;          /* the texts back to back (NUL after each) */
+  size_t n_text, cap_text;
+  size_t *off;         /* [cap] text k is text[off[k] .. off[k] + len[k]) */
+  size_t *len;
+  int64_t *lineno;     /* [cap] its line */
+  int32_t **ids;       /* [cap] its ids once tokenized (malloc'd) */
+  size_t *n_ids;
+  size_t n, cap;
+  int64_t first;       /* prompt index of text 0 */
+} pending_t;
 
 typedef struct {
   int64_t n, cap_n, n_tok, cap_tok, cap_label, cap_id; /* capacities grow geometrically */
   int64_t mask_dropped, mask_prompts; /* padding tokens dropped by attention_mask, prompts */
   int64_t first_line; /* line of the first prompt (label / id presence is taken from it) */
+  int kind;           /* 0 none yet, 1 input_ids prompts, 2 text prompts */
+  const ls_dataset_text_t *topt; /* NULL: no text input */
+  ls_tokenizer_t *tok;           /* loaded at the first text */
+  ls_tok_ctx_t *ctx[MAX_THREADS];
+  int threads;
+  pending_t pend;
 } grow_t;
 
 static int grow(void **p, int64_t *cap, int64_t need, size_t elem, const char *what) {
@@ -115,11 +141,12 @@ static int utf8_valid(const unsigned char *s) {
   return 1;
 }
 
-/* 1 when the raw text of the line's "id" string holds a \u0000 escape: cJSON would
- * decode it to a NUL and silently cut the id there. */
-static int id_has_nul_escape(const char *line) {
-  for (const char *p = strstr(line, "\"id\""); p; p = strstr(p + 1, "\"id\"")) {
-    const char *q = p + 4;
+/* 1 when the raw text of the line's string field key ("\"id\"", "\"text\"") holds a
+ * \u0000 escape: cJSON would decode it to a NUL and silently cut the string there. */
+static int has_nul_escape(const char *line, const char *key) {
+  const size_t kn = strlen(key);
+  for (const char *p = strstr(line, key); p; p = strstr(p + 1, key)) {
+    const char *q = p + kn;
     while (*q == ' ' || *q == '\t') q++;
     if (*q != ':') continue;
     q++;
@@ -132,6 +159,192 @@ static int id_has_nul_escape(const char *line) {
     }
   }
   return 0;
+}
+
+/* ---- text prompts: tokenized in chunks, on threads ------------------------------------- */
+static int pend_add(const char *path, grow_t *g, const char *t, size_t n, int64_t lineno,
+                    int64_t prompt) {
+  pending_t *p = &g->pend;
+  if (p->n == 0) p->first = prompt;
+  if (p->n == p->cap) {
+    size_t cap = p->cap ? 2 * p->cap : 1024;
+    size_t *o = realloc(p->off, cap * sizeof *o);
+    if (o) p->off = o;
+    size_t *l = realloc(p->len, cap * sizeof *l);
+    if (l) p->len = l;
+    int64_t *ln = realloc(p->lineno, cap * sizeof *ln);
+    if (ln) p->lineno = ln;
+    int32_t **ids = realloc(p->ids, cap * sizeof *ids);
+    if (ids) p->ids = ids;
+    size_t *ni = realloc(p->n_ids, cap * sizeof *ni);
+    if (ni) p->n_ids = ni;
+    if (!o || !l || !ln || !ids || !ni) {
+      ls_error("%s: out of memory holding texts to tokenize", path);
+      return LS_ERR;
+    }
+    p->cap = cap;
+  }
+  if (p->n_text + n + 1 > p->cap_text) {
+    size_t cap = p->cap_text ? p->cap_text : (size_t)1 << 20;
+    while (cap < p->n_text + n + 1) cap *= 2;
+    char *q = realloc(p->text, cap);
+    if (!q) {
+      ls_error("%s: out of memory holding texts to tokenize", path);
+      return LS_ERR;
+    }
+    p->text = q;
+    p->cap_text = cap;
+  }
+  memcpy(p->text + p->n_text, t, n);
+  p->text[p->n_text + n] = '\0';
+  p->off[p->n] = p->n_text;
+  p->len[p->n] = n;
+  p->lineno[p->n] = lineno;
+  p->ids[p->n] = NULL;
+  p->n_ids[p->n] = 0;
+  p->n_text += n + 1;
+  p->n++;
+  return LS_OK;
+}
+
+typedef struct {
+  grow_t *g;
+  int worker;
+  size_t next_fail; /* first text that failed (p->n: none) */
+  char err[256];
+} tok_job_t;
+
+static void *tok_worker(void *arg) {
+  tok_job_t *j = arg;
+  pending_t *p = &j->g->pend;
+  const size_t nw = (size_t)j->g->threads, k0 = p->n * (size_t)j->worker / nw,
+               k1 = p->n * (size_t)(j->worker + 1) / nw;
+  ls_tok_ctx_t *c = j->g->ctx[j->worker];
+  j->next_fail = p->n;
+  for (size_t k = k0; k < k1; k++) {
+    const int32_t *ids;
+    size_t n;
+    if (ls_tokenizer_encode(c, p->text + p->off[k], p->len[k], &ids, &n) != LS_OK) {
+      j->next_fail = k;
+      snprintf(j->err, sizeof j->err, "%s", ls_tok_ctx_error(c));
+      break;
+    }
+    if (!(p->ids[k] = malloc((n ? n : 1) * sizeof(int32_t)))) {
+      j->next_fail = k;
+      snprintf(j->err, sizeof j->err, "out of memory");
+      break;
+    }
+    memcpy(p->ids[k], ids, n * sizeof(int32_t));
+    p->n_ids[k] = n;
+  }
+  return NULL;
+}
+
+static int load_tokenizer(grow_t *g) {
+  if (g->tok) return LS_OK;
+  if (ls_tokenizer_load(g->topt->model_dir, &g->tok)) return LS_ERR;
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  g->threads = g->topt->threads > 0 ? g->topt->threads : cpus > 0 ? (int)cpus : 1;
+  if (g->threads > MAX_THREADS) g->threads = MAX_THREADS;
+  for (int i = 0; i < g->threads; i++)
+    if (!(g->ctx[i] = ls_tok_ctx_new(g->tok))) {
+      ls_error("out of memory creating the tokenizer's buffers");
+      return LS_ERR;
+    }
+  return LS_OK;
+}
+
+/* Tokenize the pending texts and append them as prompts. */
+static int flush_texts(const char *path, int vocab, int64_t max_len, ls_dataset_t *d, grow_t *g) {
+  pending_t *p = &g->pend;
+  if (p->n == 0) return LS_OK;
+  if (load_tokenizer(g)) return LS_ERR;
+  tok_job_t jobs[MAX_THREADS];
+  pthread_t th[MAX_THREADS];
+  int spawned[MAX_THREADS] = {0};
+  for (int w = 0; w < g->threads; w++) jobs[w] = (tok_job_t){g, w, p->n, ""};
+  for (int w = 1; w < g->threads; w++) /* a thread that cannot start: its share runs here */
+    if (!(spawned[w] = pthread_create(&th[w], NULL, tok_worker, &jobs[w]) == 0)) tok_worker(&jobs[w]);
+  tok_worker(&jobs[0]);
+  for (int w = 1; w < g->threads; w++)
+    if (spawned[w]) pthread_join(th[w], NULL);
+  size_t bad = p->n;
+  const char *why = "";
+  for (int w = 0; w < g->threads; w++)
+    if (jobs[w].next_fail < bad) { bad = jobs[w].next_fail; why = jobs[w].err; }
+  int rc = LS_OK;
+  if (bad < p->n) {
+    ls_error("%s:%lld: cannot tokenize the text: %s", path, (long long)p->lineno[bad], why);
+    rc = LS_ERR;
+  }
+  for (size_t k = 0; k < p->n && rc == LS_OK; k++) {
+    const int64_t lineno = p->lineno[k], i = p->first + (int64_t)k;
+    int64_t len = (int64_t)p->n_ids[k];
+    if (len == 0) {
+      ls_error("%s:%lld: the text tokenizes to no tokens (an empty text, and the tokenizer adds "
+               "no BOS); remove the line", path, (long long)lineno);
+      rc = LS_ERR;
+      break;
+    }
+    if (g->topt->max_tokens > 0 && len > g->topt->max_tokens) {
+      len = g->topt->max_tokens;
+      d->n_truncated++;
+    }
+    if (max_len > 0 && len > max_len) {
+      ls_error("%s:%lld: the text is %lld tokens, more than the model's max_position_embeddings "
+               "%lld; pass --max-tokens %lld to cut it, or --allow-long-prompts (RoPE models only)",
+               path, (long long)lineno, (long long)len, (long long)max_len, (long long)max_len);
+      rc = LS_ERR;
+      break;
+    }
+    for (int64_t j = 0; j < len; j++)
+      if (p->ids[k][j] >= vocab) {
+        ls_error("%s:%lld: the tokenizer gave id %d, >= the model's vocab_size %d: tokenizer.json "
+                 "does not belong to this model", path, (long long)lineno, p->ids[k][j], vocab);
+        rc = LS_ERR;
+        break;
+      }
+    if (rc) break;
+    if (grow((void **)&d->tokens, &g->cap_tok, g->n_tok + len, sizeof(int32_t), "tokens")) {
+      rc = LS_ERR;
+      break;
+    }
+    memcpy(d->tokens + g->n_tok, p->ids[k], (size_t)len * sizeof(int32_t));
+    g->n_tok += len;
+    d->offsets[i + 1] = g->n_tok;
+    d->n_tokens = g->n_tok;
+  }
+  for (size_t k = 0; k < p->n; k++) free(p->ids[k]);
+  p->n = 0;
+  p->n_text = 0;
+  return rc;
+}
+
+static void grow_free(grow_t *g) {
+  for (int i = 0; i < g->threads; i++) ls_tok_ctx_free(g->ctx[i]);
+  ls_tokenizer_free(g->tok);
+  pending_t *p = &g->pend;
+  for (size_t k = 0; k < p->n; k++) free(p->ids[k]);
+  free(p->text); free(p->off); free(p->len); free(p->lineno); free(p->ids); free(p->n_ids);
+}
+
+/* One line of a .txt file: the whole line is a text prompt. */
+static int txt_line(const char *path, int64_t lineno, const char *line, size_t n, ls_dataset_t *d,
+                    grow_t *g) {
+  if (!g->topt) {
+    ls_error("%s: a .txt file holds text prompts, which need the model's tokenizer", path);
+    return LS_ERR;
+  }
+  const int64_t i = d->n;
+  if (grow((void **)&d->offsets, &g->cap_n, i + 2, sizeof(int64_t), "offsets")) return LS_ERR;
+  if (i == 0) {
+    d->offsets[0] = 0;
+    g->first_line = lineno;
+    g->kind = 2;
+  }
+  if (n > 0 && line[n - 1] == '\r') n--; /* a CRLF file */
+  d->n = i + 1;
+  return pend_add(path, g, line, n, lineno, i);
 }
 
 /* Parse one line into d (appending). Returns LS_OK or LS_ERR after a message. */
@@ -153,8 +366,34 @@ static int parse_line(const char *path, int64_t lineno, const char *line, int vo
     goto done;
   }
   const cJSON *ids = cJSON_GetObjectItemCaseSensitive(o, "input_ids");
-  if (!ids || !cJSON_IsArray(ids)) {
-    ls_error("%s:%lld: missing \"input_ids\" array of token ids", path, (long long)lineno);
+  const cJSON *text = cJSON_GetObjectItemCaseSensitive(o, "text");
+  if (!ids && text && g->topt) {
+    ids = NULL; /* a text prompt (a line with input_ids uses them; its text is metadata) */
+  } else if (!ids || !cJSON_IsArray(ids)) {
+    ls_error("%s:%lld: missing \"input_ids\" array of token ids%s", path, (long long)lineno,
+             g->topt && !ids ? " (or a \"text\" string)" : "");
+    goto done;
+  }
+  const int kind = ids ? 1 : 2;
+  if (g->kind && kind != g->kind) {
+    ls_error("%s:%lld: a %s prompt, but line %lld (the first prompt) has %s; give \"input_ids\" "
+             "on every line or \"text\" on every line", path, (long long)lineno,
+             kind == 1 ? "\"input_ids\"" : "\"text\"", (long long)g->first_line,
+             g->kind == 1 ? "\"input_ids\"" : "\"text\"");
+    goto done;
+  }
+  if (kind == 2 && !cJSON_IsString(text)) {
+    ls_error("%s:%lld: \"text\" must be a string", path, (long long)lineno);
+    goto done;
+  }
+  if (kind == 2 && has_nul_escape(line, "\"text\"")) {
+    ls_error("%s:%lld: \"text\" contains a NUL character (\\u0000); remove it", path,
+             (long long)lineno);
+    goto done;
+  }
+  if (kind == 2 && cJSON_GetObjectItemCaseSensitive(o, "attention_mask")) {
+    ls_error("%s:%lld: \"attention_mask\" goes with \"input_ids\", not with \"text\"; remove it",
+             path, (long long)lineno);
     goto done;
   }
   /* fields that would change what the tokens mean are refused, not ignored */
@@ -165,6 +404,8 @@ static int parse_line(const char *path, int64_t lineno, const char *line, int vo
                "token types); remove the field", path, (long long)lineno, refused[r]);
       goto done;
     }
+  int64_t len = 0;
+  if (kind == 1) { /* ---- input_ids: checked and appended now */
   int64_t n_ids = cJSON_GetArraySize(ids);
   if (n_ids == 0) {
     ls_error("%s:%lld: empty prompt (input_ids is []); remove the line or give it tokens", path,
@@ -212,7 +453,11 @@ static int parse_line(const char *path, int64_t lineno, const char *line, int vo
       g->mask_prompts++;
     }
   }
-  const int64_t len = last - first;
+  if (g->topt && g->topt->max_tokens > 0 && last - first > g->topt->max_tokens) {
+    last = first + g->topt->max_tokens; /* --max-tokens: the first tokens are kept */
+    d->n_truncated++;
+  }
+  len = last - first;
   if (max_len > 0 && len > max_len) {
     ls_error("%s:%lld: prompt has %lld tokens, more than the model's max_position_embeddings "
              "%lld; shorten it or pass --allow-long-prompts (RoPE models only)", path, (long long)lineno,
@@ -237,6 +482,7 @@ static int parse_line(const char *path, int64_t lineno, const char *line, int vo
     if (at >= first && at < last) d->tokens[g->n_tok + j++] = (int32_t)v; /* padding: not kept */
     at++;
   }
+  } /* kind == 1 */
   const cJSON *label = cJSON_GetObjectItemCaseSensitive(o, "label");
   const cJSON *id = cJSON_GetObjectItemCaseSensitive(o, "id");
   int64_t i = d->n;
@@ -244,6 +490,7 @@ static int parse_line(const char *path, int64_t lineno, const char *line, int vo
     d->has_label = label != NULL;
     d->has_id = id != NULL;
     g->first_line = lineno;
+    g->kind = kind;
   } else if ((label != NULL) != d->has_label || (id != NULL) != d->has_id) {
     int lab = (label != NULL) != d->has_label;
     int here = lab ? label != NULL : id != NULL;
@@ -269,7 +516,7 @@ static int parse_line(const char *path, int64_t lineno, const char *line, int vo
       goto done;
     }
     /* stored exactly as given: h5py's .asstr() must read every id back */
-    if (id_has_nul_escape(line)) {
+    if (has_nul_escape(line, "\"id\"")) {
       ls_error("%s:%lld: \"id\" contains a NUL character (\\u0000); ids are stored as "
                "strings and must not", path, (long long)lineno);
       goto done;
@@ -284,6 +531,11 @@ static int parse_line(const char *path, int64_t lineno, const char *line, int vo
     strcpy(d->ids + (size_t)i * LS_DATASET_MAX_ID, id->valuestring);
   }
   if (i == 0) d->offsets[0] = 0;
+  if (kind == 2) { /* tokenized with the chunk (flush_texts) */
+    d->n = i + 1;
+    rc = pend_add(path, g, text->valuestring, strlen(text->valuestring), lineno, i);
+    goto done;
+  }
   g->n_tok += len;
   d->offsets[i + 1] = g->n_tok;
   d->n = i + 1;
@@ -294,8 +546,11 @@ done:
   return rc;
 }
 
-int ls_dataset_load(const char *path, int vocab, int64_t max_len, ls_dataset_t *d) {
+int ls_dataset_load(const char *path, int vocab, int64_t max_len, const ls_dataset_text_t *text,
+                    ls_dataset_t *d) {
   memset(d, 0, sizeof *d);
+  const size_t plen = strlen(path);
+  const int is_txt = plen > 4 && strcasecmp(path + plen - 4, ".txt") == 0;
   /* O_NONBLOCK: a FIFO with no writer yet must not block the open forever; a pipe (e.g.
    * --data <(zcat data.gz)) is then read normally, one without a writer is empty */
   int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -316,7 +571,9 @@ int ls_dataset_load(const char *path, int vocab, int64_t max_len, ls_dataset_t *
     close(fd);
     return LS_ERR;
   }
-  grow_t g = {0};
+  static grow_t g0;
+  grow_t g = g0;
+  g.topt = text;
   char *line = NULL;
   size_t cap = 0, n = 0;
   int64_t lineno = 0;
@@ -338,11 +595,24 @@ int ls_dataset_load(const char *path, int vocab, int64_t max_len, ls_dataset_t *
       break;
     }
     if (blank(line)) continue;
-    if (parse_line(path, lineno, line, vocab, max_len, d, &g) != LS_OK) {
+    if ((is_txt ? txt_line(path, lineno, line, n, d, &g)
+                : parse_line(path, lineno, line, vocab, max_len, d, &g)) != LS_OK) {
+      rc = LS_ERR;
+      break;
+    }
+    if ((g.pend.n >= CHUNK_TEXTS || g.pend.n_text >= CHUNK_BYTES) &&
+        flush_texts(path, vocab, max_len, d, &g) != LS_OK) {
       rc = LS_ERR;
       break;
     }
   }
+  if (rc == LS_OK && r != -1 && flush_texts(path, vocab, max_len, d, &g) != LS_OK) rc = LS_ERR;
+  if (rc == LS_OK && g.tok) {
+    d->from_text = 1;
+    snprintf(d->tok_sha256, sizeof d->tok_sha256, "%s", ls_tokenizer_sha256(g.tok));
+    snprintf(d->tok_policy, sizeof d->tok_policy, "%s", ls_tokenizer_policy(g.tok));
+  }
+  grow_free(&g);
   if (rc == LS_OK && r == -1) {
     ls_error("%s: read error: %s", path, strerror(errno));
     rc = LS_ERR;
@@ -353,8 +623,12 @@ int ls_dataset_load(const char *path, int vocab, int64_t max_len, ls_dataset_t *
   if (rc == LS_OK && g.mask_dropped)
     ls_info("%s: attention_mask: dropped %lld padding tokens of %lld prompts", path,
             (long long)g.mask_dropped, (long long)g.mask_prompts);
+  if (rc == LS_OK && d->n_truncated)
+    ls_info("%s: --max-tokens %lld: cut %lld prompts", path, (long long)text->max_tokens,
+            (long long)d->n_truncated);
   if (rc == LS_OK && d->n == 0) {
-    ls_error("%s: dataset is empty; expected one {\"input_ids\": [...]} object per line", path);
+    ls_error("%s: dataset is empty; expected one {\"input_ids\": [...]} %sobject per line", path,
+             text ? "or {\"text\": \"...\"} " : "");
     rc = LS_ERR;
   }
   if (rc != LS_OK) ls_dataset_free(d);

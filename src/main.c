@@ -12,6 +12,7 @@
 #include "make_model.h"
 #include "registry.h"
 #include "sweep.h"
+#include "tokenize.h"
 
 static const char *usage_main =
     "usage: layersweep <command> [options]\n"
@@ -24,6 +25,8 @@ static const char *usage_main =
     "  plan         print the plan of a sweep (sharding, memory, output size) and stop\n"
     "  make-model   write a random Llama/Mistral/Qwen2-family model directory\n"
     "  make-data    write a random JSONL dataset of token ids\n"
+    "  tokenize     JSONL {\"text\": ...} lines (or a .txt file) -> JSONL with \"input_ids\"\n"
+    "               from the model's own tokenizer.json (no weights needed)\n"
     "  info         what an output file holds: status, layers complete, datasets, the\n"
     "               command, the profile (exit 1 for a partial file); --plot FILE.svg\n"
     "               draws the time per layer\n"
@@ -40,7 +43,12 @@ static const char *usage_run =
     "  --model DIR               Hugging Face model directory (config.json + safetensors,\n"
     "                            single file or sharded with model.safetensors.index.json)\n"
     "  --data FILE               JSONL, one prompt per line: {\"input_ids\": [..],\n"
-    "                            \"label\": int (optional), \"id\": \"str\" (optional)}\n"
+    "                            \"label\": int (optional), \"id\": \"str\" (optional)}, or\n"
+    "                            {\"text\": \"..\"} lines (not mixed with input_ids lines), or a\n"
+    "                            .txt file of one prompt per line: texts are tokenized with\n"
+    "                            the model's tokenizer.json (as transformers' AutoTokenizer)\n"
+    "  --max-tokens N            cut every prompt to its first N tokens (default: none: a\n"
+    "                            prompt longer than the model allows is refused)\n"
     "  --out FILE                HDF5 output file (refused if it exists, see --force)\n"
     "  --hooks LIST              residual_pre,attn_out,mlp_out,residual_post,final_norm or all,\n"
     "                            and router_logits (MoE models; not part of all)\n"
@@ -176,7 +184,8 @@ static void join_argv(int argc, char **argv, char *buf, size_t cap) {
 
 /* ---- commands ---------------------------------------------------------------------------- */
 enum { O_MODEL = 256, O_DATA, O_OUT, O_HOOKS, O_LAYERS, O_POOL, O_MB, O_THREADS, O_LONG,
-       O_FORCE, O_PROGRESS, O_SUMMARY, O_RESUME, O_CKPT_EVERY, O_CKPT_DIR, O_BACKEND, O_DTYPE, O_PRELOAD, O_OVERLAP, O_OUT_DTYPE, O_STALL, O_PRECISE, O_COMPRESS, O_STEER, O_REDUCE, O_NO_STORE, O_PROJECT, O_VERIFY, O_VERIFY_STRICT, O_ASSUME_RANKS, O_HELP };
+       O_FORCE, O_PROGRESS, O_SUMMARY, O_RESUME, O_CKPT_EVERY, O_CKPT_DIR, O_BACKEND, O_DTYPE, O_PRELOAD, O_OVERLAP, O_OUT_DTYPE, O_STALL, O_PRECISE, O_COMPRESS, O_STEER, O_REDUCE, O_NO_STORE, O_PROJECT, O_VERIFY, O_VERIFY_STRICT, O_ASSUME_RANKS, O_HELP,
+       O_MAX_TOKENS };
 
 static int cmd_run(int argc, char **argv, int plan_only) {
   static const struct option opts[] = {
@@ -206,6 +215,7 @@ static int cmd_run(int argc, char **argv, int plan_only) {
       {"assume-ranks", required_argument, 0, O_ASSUME_RANKS},
       {"stall-timeout", required_argument, 0, O_STALL},
       {"precise-gemm", no_argument, 0, O_PRECISE},
+      {"max-tokens", required_argument, 0, O_MAX_TOKENS},
       {0, 0, 0, 0}};
   ls_run_opts_t o;
   ls_run_opts_default(&o);
@@ -236,6 +246,10 @@ static int cmd_run(int argc, char **argv, int plan_only) {
         o.threads = (int)v;
         break;
       case O_LONG: o.allow_long_prompts = 1; break;
+      case O_MAX_TOKENS:
+        if (parse_long("--max-tokens", optarg, 1, INT_MAX, &v)) return 2;
+        o.max_tokens = v;
+        break;
       case O_FORCE: o.force = 1; break;
       case O_PROGRESS:
         if (strcmp(optarg, "auto") == 0) o.progress = -1;
@@ -420,6 +434,61 @@ static int cmd_make_data(int argc, char **argv) {
   return ls_make_data(&o) == LS_OK ? 0 : 1;
 }
 
+static const char *usage_tokenize =
+    "usage: layersweep tokenize --model DIR --data FILE --out FILE [options]\n"
+    "\n"
+    "Tokenize text prompts with the model's own tokenizer (DIR/tokenizer.json, as\n"
+    "transformers' AutoTokenizer.from_pretrained(DIR)(text)[\"input_ids\"]: BOS/EOS included).\n"
+    "  --model DIR       directory with tokenizer.json (+ tokenizer_config.json); weights\n"
+    "                    are not needed (required)\n"
+    "  --data FILE       JSONL with a \"text\" string on every line (other fields are kept),\n"
+    "                    or a .txt file of one prompt per line (blank lines skipped)\n"
+    "                    (required)\n"
+    "  --out FILE        JSONL to write: each line with \"input_ids\" added (refused if it\n"
+    "                    exists, see --force, or is an input) (required)\n"
+    "  --keep-text       keep the \"text\" field (default: off: it is dropped)\n"
+    "  --threads N       tokenizer threads (default: the CPUs online)\n"
+    "  --force           overwrite an existing --out (default: off)\n"
+    "  --help            this text\n";
+
+static int cmd_tokenize(int argc, char **argv) {
+  enum { T_MODEL = 500, T_DATA, T_OUT, T_KEEP, T_THREADS, T_FORCE, T_HELP };
+  static const struct option opts[] = {
+      {"model", required_argument, 0, T_MODEL}, {"data", required_argument, 0, T_DATA},
+      {"out", required_argument, 0, T_OUT},     {"keep-text", no_argument, 0, T_KEEP},
+      {"threads", required_argument, 0, T_THREADS}, {"force", no_argument, 0, T_FORCE},
+      {"help", no_argument, 0, T_HELP},         {0, 0, 0, 0}};
+  ls_tokenize_opts_t o = {0};
+  int c;
+  long v;
+  optind = 1;
+  opterr = 0; /* we report bad options ourselves, in one line */
+  while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    switch (c) {
+      case T_MODEL: o.model_dir = optarg; break;
+      case T_DATA: o.data_path = optarg; break;
+      case T_OUT: o.out_path = optarg; break;
+      case T_KEEP: o.keep_text = 1; break;
+      case T_FORCE: o.force = 1; break;
+      case T_THREADS: if (parse_long("--threads", optarg, 1, 256, &v)) return 2; o.threads = (int)v; break;
+      case T_HELP: fputs(usage_tokenize, stdout); return 0;
+      default:
+        ls_error("%s: unknown or incomplete option; see `layersweep tokenize --help`",
+                 argv[optind - 1]);
+        return 2;
+    }
+  }
+  if (optind < argc) {
+    ls_error("unexpected argument \"%s\"; see `layersweep tokenize --help`", argv[optind]);
+    return 2;
+  }
+  if (!o.model_dir || !o.data_path || !o.out_path) {
+    ls_error("tokenize needs --model DIR, --data FILE and --out FILE; see `layersweep tokenize --help`");
+    return 2;
+  }
+  return ls_tokenize_main(&o) == LS_OK ? 0 : 1;
+}
+
 /* `layersweep backends`: the registry, probed as --backend NAME would probe it. */
 static int cmd_backends(void) {
   static const struct { unsigned bit; const char *name; } caps[] = {
@@ -491,6 +560,7 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "run") == 0 || strcmp(cmd, "plan") == 0) ls_backends_preinit(argv);
   if (strcmp(cmd, "make-model") == 0) return cmd_make_model(argc - 1, argv + 1);
   if (strcmp(cmd, "make-data") == 0) return cmd_make_data(argc - 1, argv + 1);
+  if (strcmp(cmd, "tokenize") == 0) return cmd_tokenize(argc - 1, argv + 1);
   if (strcmp(cmd, "backends") == 0) return cmd_backends();
   if (strcmp(cmd, "info") == 0) return cmd_info(argc - 1, argv + 1);
   if (strcmp(cmd, "run") != 0 && strcmp(cmd, "plan") != 0) {

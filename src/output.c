@@ -312,6 +312,24 @@ int ls_sw_create_output(sweep_t *s) {
     free(buf);
     H5Tclose(t);
   }
+  /* /samples/input_ids [n_tokens]: what went in, every pooling mode; prompt i is
+   * input_ids[offsets[i] : offsets[i + 1]] (offsets: the running sum of /samples/length) */
+  if (rc == LS_OK) {
+    hsize_t nt = (hsize_t)d->n_tokens, t0 = (hsize_t)d->offsets[s->sh.p0];
+    hsize_t tc = (hsize_t)(d->offsets[s->sh.p0 + s->sh.n_prompts] - d->offsets[s->sh.p0]);
+    rc = ls_h5out_create_dataset(&s->out.h5, "/samples/input_ids", H5T_STD_I32LE, 1, &nt);
+    rc |= ls_h5out_write(&s->out.h5, "/samples/input_ids", H5T_NATIVE_INT32, 1, &t0, &tc,
+                         d->tokens + t0);
+  }
+  if (rc == LS_OK && d->from_text) { /* text input: the tokenizer that made the ids */
+    rc |= ls_sw_write_str_attr(s, "input", "text, tokenized with the model's tokenizer.json");
+    rc |= ls_sw_write_str_attr(s, "tokenizer_sha256", d->tok_sha256);
+    rc |= ls_sw_write_str_attr(s, "tokenizer_special_tokens", d->tok_policy);
+  }
+  if (rc == LS_OK && (d->from_text || s->o->max_tokens > 0)) {
+    int64_t mt[2] = {s->o->max_tokens, d->n_truncated}; /* --max-tokens (0: none), prompts cut */
+    rc = ls_h5out_attr_i64(&s->out.h5, "/", "max_tokens", mt, 2);
+  }
   if (rc == LS_OK) rc = dimension_scales(s);
   if (rc == LS_OK) rc = ls_sw_reduce_create(s);
   if (rc == LS_OK) rc = ls_sw_verify_create(s);

@@ -22,9 +22,15 @@ int ls_sw_load_dataset(sweep_t *s) {
       ls_warn("--allow-long-prompts has no effect on %s: its %d learned positions are all it "
               "has", s->cfg->arch_name, s->cfg->max_pos);
     int64_t max_len = s->o->allow_long_prompts && !learned ? 0 : s->cfg->max_pos;
-    rc = ls_dataset_load(s->o->data_path, s->cfg->vocab, max_len, d);
+    const ls_dataset_text_t text = {s->o->model_dir, s->o->max_tokens, s->o->threads};
+    rc = ls_dataset_load(s->o->data_path, s->cfg->vocab, max_len, &text, d);
   }
   if (ls_agree(rc, s->comm)) return LS_ERR; /* rank 0 printed why */
+  /* text input: the tokenizer's identity goes into the file's attributes (every rank) */
+  MPI_Bcast(&d->from_text, 1, MPI_INT, 0, s->comm);
+  MPI_Bcast(d->tok_sha256, sizeof d->tok_sha256, MPI_CHAR, 0, s->comm);
+  MPI_Bcast(d->tok_policy, sizeof d->tok_policy, MPI_CHAR, 0, s->comm);
+  MPI_Bcast(&d->n_truncated, 1, MPI_INT64_T, 0, s->comm);
   int64_t hdr[4] = {d->n, d->n_tokens, d->has_label, d->has_id};
   MPI_Bcast(hdr, 4, MPI_INT64_T, 0, s->comm);
   if (s->rank != 0) {

@@ -775,6 +775,10 @@ static int guard_outputs(sweep_t *s) {
   rc |= ls_guard_add(&g, path);
   for (int i = 0; i < s->model.st.n_files; i++) rc |= ls_guard_add(&g, s->model.st.files[i].path);
   rc |= ls_guard_add(&g, o->data_path);
+  snprintf(path, sizeof path, "%s/tokenizer.json", o->model_dir); /* text input */
+  rc |= ls_guard_add(&g, path);
+  snprintf(path, sizeof path, "%s/tokenizer_config.json", o->model_dir);
+  rc |= ls_guard_add(&g, path);
   for (int i = 0; i < s->steer.n_inputs; i++) rc |= ls_guard_add(&g, s->steer.inputs[i]);
   if (s->proj.K > 0) rc |= ls_guard_add(&g, s->proj.file);
   if (rc == LS_OK) rc = ls_guard_check_file(&g, o->out_path, "--out");

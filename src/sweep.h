@@ -44,6 +44,7 @@ typedef struct {
   int verify_strict;        /* --verify-strict: an error above the tolerance stops the run */
   int overlap_writes;       /* default 1: a layer's rows are written by a thread while the
                              * next layer computes (a second host output buffer) */
+  int64_t max_tokens;       /* > 0: prompts cut to their first max_tokens tokens (0: none) */
 } ls_run_opts_t;
 
 void ls_run_opts_default(ls_run_opts_t *o);

@@ -24,6 +24,7 @@
 
 #include "dataset.h"
 #include "ls_common.h"
+#include "tokenizer.h"
 
 #define VOCAB 256
 
@@ -55,7 +56,7 @@ static void write_text(const char *s) { write_file(s, strlen(s)); }
 static void load_ok(int64_t max_len, ls_dataset_t *d) {
   capture_t c;
   capture_begin(&c);
-  int rc = ls_dataset_load(g_path, VOCAB, max_len, d);
+  int rc = ls_dataset_load(g_path, VOCAB, max_len, NULL, d);
   size_t len;
   char *msg = capture_end(&c, &len);
   if (rc != 0 || len) fprintf(stderr, "dataset rejected (rc %d): %s\n", rc, msg);
@@ -71,7 +72,7 @@ static void expect_bad_vocab(int vocab, int64_t max_len, int line, const char *w
   memset(&d, 0xab, sizeof d);
   capture_t c;
   capture_begin(&c);
-  int rc = ls_dataset_load(g_path, vocab, max_len, &d);
+  int rc = ls_dataset_load(g_path, vocab, max_len, NULL, &d);
   size_t len;
   char *msg = capture_end(&c, &len);
   char where[4300];
@@ -251,7 +252,7 @@ static void test_huge_line(void **state) {
   ls_dataset_t d;
   capture_t c;
   capture_begin(&c);
-  int rc = ls_dataset_load(g_path, V, 0, &d);
+  int rc = ls_dataset_load(g_path, V, 0, NULL, &d);
   size_t len;
   char *msg = capture_end(&c, &len);
   if (rc) fprintf(stderr, "%s\n", msg);
@@ -322,7 +323,7 @@ static void test_bad_id_vocab(void **state) {
   /* with a bigger vocab the same file is fine */
   write_text("{\"input_ids\": [0, 255]}\n{\"input_ids\": [3, 256]}\n");
   ls_dataset_t d;
-  assert_int_equal(ls_dataset_load(g_path, 257, 0, &d), 0);
+  assert_int_equal(ls_dataset_load(g_path, 257, 0, NULL, &d), 0);
   assert_int_equal(d.tokens[3], 256);
   ls_dataset_free(&d);
 }
@@ -402,7 +403,7 @@ static void test_attention_mask(void **state) {
   ls_dataset_t d;
   capture_t c;
   capture_begin(&c);
-  int rc = ls_dataset_load(g_path, VOCAB, 3, &d); /* max_len 3: real tokens count, not padding */
+  int rc = ls_dataset_load(g_path, VOCAB, 3, NULL, &d); /* max_len 3: real tokens count, not padding */
   size_t len;
   char *msg = capture_end(&c, &len);
   assert_int_equal(rc, 0);
@@ -467,6 +468,142 @@ static void test_id_text(void **state) {
   }
 }
 
+/* ---- text prompts (the model's tokenizer) ------------------------------------------------ */
+static char g_tok[4096];
+
+static const ls_dataset_text_t *text_opts(int64_t max_tokens, int threads) {
+  static ls_dataset_text_t t;
+  const char *fx = getenv("LS_FIXTURES");
+  snprintf(g_tok, sizeof g_tok, "%s/tokenizers/llama3_split_bytelevel", fx ? fx : "tests/fixtures");
+  t = (ls_dataset_text_t){g_tok, max_tokens, threads};
+  return &t;
+}
+
+/* prompt i of d must be the tokenizer's ids of text, cut to max_tokens */
+static void check_prompt(const ls_dataset_t *d, int64_t i, ls_tok_ctx_t *c, const char *text,
+                         int64_t max_tokens) {
+  const int32_t *ids;
+  size_t n;
+  assert_int_equal(ls_tokenizer_encode(c, text, strlen(text), &ids, &n), LS_OK);
+  if (max_tokens > 0 && (int64_t)n > max_tokens) n = (size_t)max_tokens;
+  assert_int_equal(ls_dataset_len(d, i), (int64_t)n);
+  for (size_t k = 0; k < n; k++) assert_int_equal(d->tokens[d->offsets[i] + (int64_t)k], ids[k]);
+}
+
+static void test_text_prompts(void **state) {
+  /* 20000 lines: three chunks of 8192, on 2 threads; labels and ids kept in order */
+  FILE *f = fopen(g_path, "wb");
+  assert_non_null(f);
+  for (int i = 0; i < 20000; i++)
+    fprintf(f, "{\"text\": \"line %d: it's \\u00e9t\\u00e9 \\ud83d\\ude00 %s\", \"label\": %d, \"id\": \"p%d\"}\n", i,
+            i % 3 ? "words words" : "", i % 7, i);
+  fclose(f);
+  ls_dataset_t d;
+  capture_t cap;
+  capture_begin(&cap);
+  int rc = ls_dataset_load(g_path, 1024, 0, text_opts(0, 2), &d);
+  size_t len;
+  free(capture_end(&cap, &len));
+  assert_int_equal(rc, 0);
+  assert_int_equal(d.n, 20000);
+  assert_int_equal(d.from_text, 1);
+  assert_int_equal(strlen(d.tok_sha256), 64);
+  ls_tokenizer_t *t;
+  assert_int_equal(ls_tokenizer_load(g_tok, &t), LS_OK);
+  assert_string_equal(d.tok_sha256, ls_tokenizer_sha256(t));
+  ls_tok_ctx_t *c = ls_tok_ctx_new(t);
+  char text[256];
+  for (int i = 0; i < 20000; i++) {
+    snprintf(text, sizeof text, "line %d: it's \xc3\xa9t\xc3\xa9 \xf0\x9f\x98\x80 %s", i, i % 3 ? "words words" : "");
+    check_prompt(&d, i, c, text, 0);
+    assert_int_equal(d.labels[i], i % 7);
+    snprintf(text, sizeof text, "p%d", i);
+    assert_string_equal(d.ids + (size_t)i * LS_DATASET_MAX_ID, text);
+  }
+  assert_int_equal(d.offsets[d.n], d.n_tokens);
+  ls_dataset_free(&d);
+  /* --max-tokens 4, and a .txt file (CRLF, blank lines skipped) */
+  snprintf(g_path, sizeof g_path, "%s/prompts.txt", g_dir);
+  write_text("Hello world, a longer line of text\r\n\n   \nsecond\n\xe6\x95\xb0\xe6\x8d\xae a b c d e f");
+  capture_begin(&cap);
+  rc = ls_dataset_load(g_path, 1024, 0, text_opts(4, 1), &d);
+  char *msg = capture_end(&cap, &len);
+  assert_int_equal(rc, 0);
+  assert_non_null(strstr(msg, "--max-tokens 4: cut "));
+  free(msg);
+  assert_int_equal(d.n, 3);
+  assert_true(d.n_truncated >= 2); /* the first and the last at least */
+  check_prompt(&d, 0, c, "Hello world, a longer line of text", 4);
+  check_prompt(&d, 1, c, "second", 4);
+  check_prompt(&d, 2, c, "\xe6\x95\xb0\xe6\x8d\xae a b c d e f", 4);
+  ls_dataset_free(&d);
+  /* input_ids lines are cut by --max-tokens too */
+  snprintf(g_path, sizeof g_path, "%s/prompts.jsonl", g_dir);
+  write_text("{\"input_ids\": [1, 2, 3, 4, 5, 6]}\n{\"input_ids\": [7], \"text\": \"metadata\"}\n");
+  capture_begin(&cap);
+  rc = ls_dataset_load(g_path, VOCAB, 0, text_opts(4, 1), &d);
+  free(capture_end(&cap, &len));
+  assert_int_equal(rc, 0);
+  assert_int_equal(d.from_text, 0);
+  assert_int_equal(ls_dataset_len(&d, 0), 4);
+  assert_int_equal(ls_dataset_len(&d, 1), 1);
+  assert_int_equal(d.tokens[4], 7);
+  ls_dataset_free(&d);
+  ls_tok_ctx_free(c);
+  ls_tokenizer_free(t);
+}
+
+static void expect_bad_text(int64_t max_len, int line, const char *want) {
+  ls_dataset_t d;
+  capture_t c;
+  capture_begin(&c);
+  int rc = ls_dataset_load(g_path, 1024, max_len, text_opts(0, 2), &d);
+  size_t len;
+  char *msg = capture_end(&c, &len);
+  char where[4300];
+  snprintf(where, sizeof where, "%s:%d: ", g_path, line);
+  int one_line = len > 0 && strchr(msg, '\n') == msg + len - 1;
+  if (rc != -1 || !one_line || !strstr(msg, where) || !strstr(msg, want))
+    fprintf(stderr, "wanted one line with '%s' and '%s'; got rc %d: %s\n", where, want, rc, msg);
+  assert_int_equal(rc, -1);
+  assert_true(one_line);
+  assert_non_null(strstr(msg, where));
+  assert_non_null(strstr(msg, want));
+  free(msg);
+  assert_null(d.tokens);
+  assert_null(d.offsets);
+}
+
+static void test_text_bad(void **state) {
+  write_text("{\"text\": \"a\"}\n{\"text\": \"b\"}\n{\"input_ids\": [1]}\n");
+  expect_bad_text(0, 3, "line 1 (the first prompt) has \"text\"");
+  write_text("{\"input_ids\": [1]}\n\n{\"text\": \"b\"}\n");
+  expect_bad_text(0, 3, "a \"text\" prompt, but line 1");
+  write_text("{\"text\": \"a\"}\n{\"text\": 5}\n");
+  expect_bad_text(0, 2, "\"text\" must be a string");
+  write_text("{\"text\": \"a\\u0000b\"}\n");
+  expect_bad_text(0, 1, "NUL");
+  write_text("{\"text\": \"ok\"}\n{\"text\": \"bad \xff utf-8\"}\n");
+  expect_bad_text(0, 2, "not valid UTF-8");
+  write_text("{\"text\": \"a\", \"attention_mask\": [1]}\n");
+  expect_bad_text(0, 1, "attention_mask");
+  write_text("{\"text\": \"one two three four five six seven eight\"}\n");
+  expect_bad_text(4, 1, "--max-tokens 4");
+  write_text("{\"label\": 1}\n");
+  expect_bad_text(0, 1, "(or a \"text\" string)");
+  /* a tokenizer id the model does not have */
+  write_text("{\"text\": \"Hello world\"}\n");
+  ls_dataset_t d;
+  capture_t c;
+  capture_begin(&c);
+  int rc = ls_dataset_load(g_path, 10, 0, text_opts(0, 1), &d);
+  size_t len;
+  char *msg = capture_end(&c, &len);
+  assert_int_equal(rc, -1);
+  assert_non_null(strstr(msg, "does not belong to this model"));
+  free(msg);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup_dir, teardown_dir)
 
 int main(void) {
@@ -493,6 +630,8 @@ int main(void) {
       T(test_bad_too_long),
       T(test_attention_mask),
       T(test_id_text),
+      T(test_text_prompts),
+      T(test_text_bad),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -380,7 +380,7 @@ static ls_dataset_t load_prompts(void) {
   char path[4200];
   snprintf(path, sizeof path, "%s/prompts.jsonl", fixtures);
   ls_dataset_t d;
-  assert_int_equal(ls_dataset_load(path, 1 << 30, 0, &d), 0);
+  assert_int_equal(ls_dataset_load(path, 1 << 30, 0, NULL, &d), 0);
   return d;
 }
 
@@ -1049,7 +1049,7 @@ static void test_more_ranks_than_prompts(void **state) {
   MPI_Bcast(&ok, 1, MPI_INT, 0, MPI_COMM_WORLD);
   assert_true(ok);
   ls_dataset_t d;
-  assert_int_equal(ls_dataset_load(data, 1 << 30, 0, &d), 0);
+  assert_int_equal(ls_dataset_load(data, 1 << 30, 0, NULL, &d), 0);
   assert_int_equal(d.n, n);
   assert_true(d.n < size); /* so at least size - n ranks have no prompt */
   static const int64_t mbs[] = {REF_MB};

@@ -3,7 +3,9 @@
  * The input is written to <scratch>/model/prompts.jsonl (ls_dataset_load reads from a
  * path) and loaded with vocab 1000 and max_len 0 (unlimited) and 64. On success the
  * packed arrays must be consistent: offsets start at 0, increase strictly (no empty
- * prompt) and end at n_tokens, every token is in [0, vocab), ids are terminated. */
+ * prompt) and end at n_tokens, every token is in [0, vocab), ids are terminated.
+ * A third load tokenizes "text" lines with a small byte-level tokenizer.json written
+ * beside the data, on 2 threads, with --max-tokens 8: the same checks, prompts <= 8. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,11 +38,22 @@ static void check(const ls_dataset_t *d, int64_t max_len) {
   }
 }
 
+static const char TOKENIZER[] =
+    "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2, \"\\u0120\": 3}, "
+    "\"merges\": [\"a b\"]}, \"pre_tokenizer\": {\"type\": \"ByteLevel\"}, \"added_tokens\": "
+    "[{\"id\": 4, \"content\": \"<s>\", \"special\": true}], \"post_processor\": {\"type\": "
+    "\"TemplateProcessing\", \"single\": [{\"SpecialToken\": {\"id\": \"<s>\", \"type_id\": 0}}, "
+    "{\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}], \"special_tokens\": {\"<s>\": {\"id\": "
+    "\"<s>\", \"ids\": [4], \"tokens\": [\"<s>\"]}}}}";
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static char path[PATH_MAX];
   if (!path[0]) {
     ls_error_set_quiet(getenv("LS_FUZZ_VERBOSE") == NULL); /* errors on: triage */
     fuzz_scratch_init();
+    char tp[PATH_MAX];
+    fuzz_path(tp, sizeof tp, fuzz_model_dir, "tokenizer.json");
+    fuzz_write_file(tp, TOKENIZER, sizeof TOKENIZER - 1);
     fuzz_path(path, sizeof path, fuzz_model_dir, "prompts.jsonl");
   }
   fuzz_write_file(path, data, size);
@@ -48,7 +61,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int64_t n_unlimited = -1;
   for (size_t k = 0; k < sizeof max_lens / sizeof max_lens[0]; k++) {
     ls_dataset_t d;
-    if (ls_dataset_load(path, VOCAB, max_lens[k], &d) == LS_OK) {
+    if (ls_dataset_load(path, VOCAB, max_lens[k], NULL, &d) == LS_OK) {
       check(&d, max_lens[k]);
       if (max_lens[k] == 0) n_unlimited = d.n;
       else FUZZ_ASSERT(d.n == n_unlimited, "max_len %lld accepted a file that max_len 0 refused",
@@ -58,6 +71,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       FUZZ_ASSERT(d.n == 0 && d.tokens == NULL && d.offsets == NULL,
                   "failed load left data behind");
     }
+  }
+  const ls_dataset_text_t text = {fuzz_model_dir, 8, 2};
+  ls_dataset_t d;
+  if (ls_dataset_load(path, VOCAB, 0, &text, &d) == LS_OK) {
+    check(&d, 8);
+    ls_dataset_free(&d);
+  } else {
+    FUZZ_ASSERT(d.n == 0 && d.tokens == NULL && d.offsets == NULL, "failed load left data behind");
   }
   return 0;
 }
