@@ -41,24 +41,6 @@ static const char *clean(const char *s, char *buf, size_t cap) {
   return buf;
 }
 
-/* Read exactly n bytes at off. Returns 0, -1 on an I/O error (errno set) or 1 on EOF. */
-static int pread_full(int fd, void *dst, uint64_t n, uint64_t off) {
-  char *p = dst;
-  while (n > 0) {
-    size_t chunk = n > ((uint64_t)1 << 30) ? ((size_t)1 << 30) : (size_t)n;
-    ssize_t r = pread(fd, p, chunk, (off_t)off);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    if (r == 0) return 1;
-    p += r;
-    n -= (uint64_t)r;
-    off += (uint64_t)r;
-  }
-  return 0;
-}
-
 static int pwrite_full(int fd, const void *src, uint64_t n, uint64_t off) {
   const char *p = src;
   while (n > 0) {
@@ -350,29 +332,37 @@ static int open_shard(ls_st_model_t *m, int fi, const char *index_path) {
     ls_error("%s/%s: path too long", m->dir, f->name);
     return LS_ERR;
   }
-  /* O_NONBLOCK: a FIFO or device planted in the directory must not block the open; it
-   * is refused by the S_ISREG check below (no effect on regular-file reads) */
-  f->fd = open(f->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (f->fd < 0) {
-    if (index_path)
-      ls_error("%s: cannot open shard listed in %s: %s; re-download the missing shard",
-               f->path, index_path, strerror(errno));
-    else
-      ls_error("%s: cannot open: %s", f->path, strerror(errno));
-    return LS_ERR;
+  if (m->remote) {
+    if (ls_src_open_url(&f->src, f->path, 0) != LS_OK) return LS_ERR;
+  } else {
+    /* O_NONBLOCK: a FIFO or device planted in the directory must not block the open; it
+     * is refused by the S_ISREG check below (no effect on regular-file reads) */
+    int fd = open(f->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+      if (index_path)
+        ls_error("%s: cannot open shard listed in %s: %s; re-download the missing shard",
+                 f->path, index_path, strerror(errno));
+      else
+        ls_error("%s: cannot open: %s", f->path, strerror(errno));
+      return LS_ERR;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+      ls_error("%s: fstat failed: %s", f->path, strerror(errno));
+      close(fd);
+      return LS_ERR;
+    }
+    ls_src_from_fd(&f->src, fd, (uint64_t)st.st_size);
+    if (!S_ISREG(st.st_mode)) {
+      ls_error("%s: not a regular file; point --model at a Hugging Face model directory", f->path);
+      return LS_ERR;
+    }
   }
-  struct stat st;
-  if (fstat(f->fd, &st) != 0) {
-    ls_error("%s: fstat failed: %s", f->path, strerror(errno));
-    return LS_ERR;
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ls_error("%s: not a regular file; point --model at a Hugging Face model directory", f->path);
-    return LS_ERR;
-  }
-  f->size = (uint64_t)st.st_size;
+  f->size = f->src.size;
   unsigned char lenbuf[8];
-  if (f->size < 8 || pread_full(f->fd, lenbuf, 8, 0) != 0) {
+  int r8 = f->size < 8 ? 1 : ls_src_pread(&f->src, lenbuf, 8, 0);
+  if (r8 == LS_SRC_REPORTED) return LS_ERR;
+  if (r8 != 0) {
     ls_error("%s: file is %" PRIu64 " bytes, too short for a safetensors header; " HINT_REDOWNLOAD,
              f->path, f->size);
     return LS_ERR;
@@ -390,22 +380,22 @@ static int open_shard(ls_st_model_t *m, int fi, const char *index_path) {
     return LS_ERR;
   }
   f->header_len = 8 + hlen;
-  char *hdr = malloc((size_t)hlen);
-  if (!hdr) {
+  f->header = malloc((size_t)f->header_len);
+  if (!f->header) {
     ls_error("%s: out of memory for a %" PRIu64 "-byte header", f->path, hlen);
     return LS_ERR;
   }
-  int r = pread_full(f->fd, hdr, hlen, 8);
+  memcpy(f->header, lenbuf, 8);
+  char *hdr = (char *)f->header + 8;
+  int r = ls_src_pread(&f->src, hdr, hlen, 8);
+  if (r == LS_SRC_REPORTED) return LS_ERR;
   if (r != 0) {
     ls_error("%s: reading the header failed: %s", f->path,
              r < 0 ? strerror(errno) : "file changed or truncated while reading");
-    free(hdr);
     return LS_ERR;
   }
-  int rc = ls_st_parse_header(hdr, (size_t)hlen, f->size, f->path, fi, &m->tensors,
-                              &m->n_tensors);
-  free(hdr);
-  return rc;
+  return ls_st_parse_header(hdr, (size_t)hlen, f->size, f->path, fi, &m->tensors,
+                            &m->n_tensors);
 }
 
 /* A shard name from the index must be a bare file name inside the directory. */
@@ -438,7 +428,7 @@ static int cmp_wm_tensor(const void *a, const void *b) {
 
 static int open_index(ls_st_model_t *m, const char *ipath) {
   size_t tlen = 0;
-  char *text = ls_read_text_file(ipath, INDEX_MAX_BYTES, &tlen);
+  char *text = ls_src_read_text(ipath, INDEX_MAX_BYTES, &tlen);
   if (!text) return LS_ERR;
   cJSON *root = NULL;
   wm_entry_t *ents = NULL;
@@ -491,7 +481,7 @@ static int open_index(ls_st_model_t *m, const char *ipath) {
     goto done;
   }
   for (i = 0; i < ns; i++) {
-    m->files[i].fd = -1;
+    m->files[i].src.fd = -1;
     memcpy(m->files[i].name, names[i], strlen(names[i]) + 1);
   }
   m->n_files = ns;
@@ -558,7 +548,7 @@ static int open_single(ls_st_model_t *m) {
     ls_error("%s: out of memory", m->dir);
     return LS_ERR;
   }
-  m->files[0].fd = -1;
+  m->files[0].src.fd = -1;
   memcpy(m->files[0].name, SINGLE_NAME, sizeof SINGLE_NAME);
   m->n_files = 1;
   LS_CHECK(open_shard(m, 0, NULL));
@@ -574,16 +564,16 @@ int ls_st_open_dir(const char *dir, ls_st_model_t *m) {
     return LS_ERR;
   }
   memcpy(m->dir, dir, strlen(dir) + 1);
+  m->remote = ls_src_is_url(dir);
   char path[4096 + 64];
-  struct stat st;
-  int rc;
+  int rc, ex;
   snprintf(path, sizeof path, "%s/%s", dir, INDEX_NAME);
-  if (lstat(path, &st) == 0) {
-    rc = open_index(m, path);
+  if ((ex = ls_src_exists(path)) != 0) {
+    rc = ex < 0 ? LS_ERR : open_index(m, path);
   } else {
     snprintf(path, sizeof path, "%s/%s", dir, SINGLE_NAME);
-    if (lstat(path, &st) == 0) {
-      rc = open_single(m);
+    if ((ex = ls_src_exists(path)) != 0) {
+      rc = ex < 0 ? LS_ERR : open_single(m);
     } else {
       ls_error("%s: no " SINGLE_NAME " or " INDEX_NAME "; point --model at a Hugging Face model "
                "directory", dir);
@@ -599,8 +589,10 @@ int ls_st_open_dir(const char *dir, ls_st_model_t *m) {
 
 void ls_st_close(ls_st_model_t *m) {
   if (!m) return;
-  for (int i = 0; i < m->n_files; i++)
-    if (m->files[i].fd >= 0) close(m->files[i].fd);
+  for (int i = 0; i < m->n_files; i++) {
+    ls_src_close(&m->files[i].src);
+    free(m->files[i].header);
+  }
   free(m->files);
   free(m->tensors);
   memset(m, 0, sizeof *m);
@@ -632,7 +624,9 @@ int ls_st_read_range(ls_st_model_t *m, const ls_st_tensor_t *t, uint64_t off, ui
     return LS_ERR;
   }
   if (n == 0) return LS_OK;
-  int r = pread_full(f->fd, dst, n, t->offset + off);
+  ls_st_file_t *fw = &m->files[t->file];
+  int r = ls_src_pread(&fw->src, dst, n, t->offset + off);
+  if (r == LS_SRC_REPORTED) return LS_ERR;
   if (r != 0) {
     ls_error("%s: tensor '%s': %s; check the file and " HINT_REDOWNLOAD, f->path,
              clean(t->name, nb, sizeof nb),
@@ -640,6 +634,25 @@ int ls_st_read_range(ls_st_model_t *m, const ls_st_tensor_t *t, uint64_t off, ui
     return LS_ERR;
   }
   m->bytes_read += n;
+  return LS_OK;
+}
+
+int ls_st_read_spans(ls_st_model_t *m, int file, const ls_src_span_t *spans, int n) {
+  if (file < 0 || file >= m->n_files) {
+    ls_error("%s: read of a file that does not belong to this model", m->dir);
+    return LS_ERR;
+  }
+  ls_st_file_t *f = &m->files[file];
+  for (int i = 0; i < n; i++)
+    if (spans[i].off > f->size || spans[i].len > f->size - spans[i].off) {
+      ls_error("%s: read of bytes [%" PRIu64 ", +%" PRIu64 ") past the end of the file "
+               "(internal error)", f->path, spans[i].off, spans[i].len);
+      return LS_ERR;
+    }
+  if (ls_src_read_spans(&f->src, spans, n, f->path) != LS_OK) return LS_ERR;
+  for (int i = 0; i < n; i++)
+    for (int k = 0; k < spans[i].n_segs; k++)
+      if (spans[i].segs[k].dst) m->bytes_read += spans[i].segs[k].len;
   return LS_OK;
 }
 

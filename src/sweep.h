@@ -8,7 +8,7 @@
 #include <stdint.h>
 
 typedef struct {
-  const char *model_dir;
+  const char *model_dir;    /* a directory, an http(s) URL or a hub id (io/hub.h) */
   const char *data_path;
   const char *out_path;
   const char *hooks;        /* default "residual_post" */
@@ -41,6 +41,8 @@ typedef struct {
   const char *project;      /* --project FILE:DATASET (NULL: activations stored as they are) */
   int verify;               /* --verify N: prompts recomputed on the CPU oracle at every layer */
   int verify_strict;        /* --verify-strict: an error above the tolerance stops the run */
+  const char *http_cache;   /* --http-cache DIR or "off" (NULL: the default directory) */
+  int64_t http_cache_max;   /* --http-cache-max bytes (< 0: 50 GiB) */
   int overlap_writes;       /* default 1: a layer's rows are written by a thread while the
                              * next layer computes (a second host output buffer) */
 } ls_run_opts_t;
