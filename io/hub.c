@@ -102,8 +102,9 @@ static int resolve_url(const char *arg, ls_location_t *loc) {
     ls_error("--model %s: not a valid http(s) URL (expected e.g. "
              "https://host/path/to/model-dir)", shown);
   } else if (curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK && user) {
-    ls_error("--model %s: credentials in the URL are not accepted (they would end up in "
-             "logs and in the output file); give a token with HF_TOKEN instead", shown);
+    ls_error("--model: credentials in the URL (user:password@%s) are not accepted: they "
+             "would end up in logs and in the output file; give a token with HF_TOKEN instead",
+             ls_printable(pb, sizeof pb, host));
   } else if ((curl_url_get(u, CURLUPART_QUERY, &query, 0) == CURLUE_OK && query) ||
              (curl_url_get(u, CURLUPART_FRAGMENT, &frag, 0) == CURLUE_OK && frag)) {
     ls_error("--model %s: the URL of a model directory takes no ?query or #fragment", shown);
