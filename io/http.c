@@ -271,6 +271,7 @@ typedef struct {
   uint64_t cr_first, cr_last, cr_total;
   int64_t clen;
   uint64_t got;           /* body bytes of a 206 delivered */
+  uint64_t net;           /* of them, not yet counted in g.st */
   int no_range, overflow, io_err;
 } xfer_t;
 
@@ -365,9 +366,7 @@ static size_t on_body(char *p, size_t size, size_t nmemb, void *arg) {
     }
   }
   x->got += n;
-  pthread_mutex_lock(&g.mu);
-  g.st.net_bytes += n;
-  pthread_mutex_unlock(&g.mu);
+  x->net += n;
   return n;
 }
 
@@ -419,12 +418,15 @@ static int exchange(int k, ls_http_file_t *f, xfer_t *x, char *why, size_t cap) 
     curl_easy_setopt(h, CURLOPT_USERAGENT, "layersweep/" LS_VERSION);
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(h, CURLOPT_BUFFERSIZE, 512L << 10); /* fewer, larger body callbacks */
     x->status = 0;
     x->location[0] = '\0';
     CURLcode cc = curl_easy_perform(h);
     curl_slist_free_all(hdrs);
     pthread_mutex_lock(&g.mu);
     g.st.requests++;
+    g.st.net_bytes += x->net;
+    x->net = 0;
     pthread_mutex_unlock(&g.mu);
     const char *shown = ls_printable(pb, sizeof pb, f->url);
     if (x->no_range) {

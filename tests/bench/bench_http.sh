@@ -16,6 +16,7 @@ ls=$BUILD/layersweep
 command -v nginx >/dev/null || { echo "nginx not installed (launch/install-deps)"; exit 1; }
 T=$(mktemp -d "${TMPDIR:-/tmp}/bench_http.XXXXXX")
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+mkdir -p "$T/www"
 "$ls" make-model --out "$T/www/m" --hidden 1024 --intermediate 2816 --layers 8 --heads 16 \
   --kv-heads 8 --vocab 32000 --dtype bf16 --shards 2 >/dev/null 2>&1 || { echo "make-model failed"; exit 1; }
 "$ls" make-data --out "$T/d.jsonl" --n 4 --min-len 8 --max-len 16 --vocab 32000 >/dev/null 2>&1
