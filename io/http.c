@@ -372,13 +372,23 @@ static size_t on_body(char *p, size_t size, size_t nmemb, void *arg) {
 
 enum { XR_OK, XR_RETRY, XR_FATAL, XR_MISSING };
 
+/* Where f's redirects led (reused by the next requests); "" forgets it, NULL keeps it. */
+static void set_loc(ls_http_file_t *f, const char *url) {
+  if (!url) return;
+  pthread_mutex_lock(&g.mu);
+  snprintf(f->loc, sizeof f->loc, "%s", url);
+  pthread_mutex_unlock(&g.mu);
+}
+
 /* One request of f (following redirects here), on connection k. Returns XR_*; why (a
  * retry's reason or a fatal message, both naming the URL) in why[]. */
 static int exchange(int k, ls_http_file_t *f, xfer_t *x, char *why, size_t cap) {
   CURL *h = g.h[k];
   char url[URL_MAX];
+  pthread_mutex_lock(&g.mu); /* f->loc is shared by the connections of a batch */
   snprintf(url, sizeof url, "%s", f->loc[0] ? f->loc : f->url);
   int from_loc = f->loc[0] != 0;
+  pthread_mutex_unlock(&g.mu);
   char pb[512];
   for (int hop = 0; hop <= MAX_REDIRECTS; hop++) {
     char origin[URL_MAX];
@@ -473,7 +483,7 @@ static int exchange(int k, ls_http_file_t *f, xfer_t *x, char *why, size_t cap) 
     }
     if (st == 404 || st == 410) {
       if (from_loc) { /* a redirect target that expired: ask the original URL again */
-        f->loc[0] = '\0';
+        set_loc(f, "");
         snprintf(why, cap, "%s: HTTP %ld at the redirected location", shown, st);
         return XR_RETRY;
       }
@@ -483,7 +493,7 @@ static int exchange(int k, ls_http_file_t *f, xfer_t *x, char *why, size_t cap) 
     }
     if (st == 401 || st == 403) {
       if (from_loc) {
-        f->loc[0] = '\0';
+        set_loc(f, "");
         snprintf(why, cap, "%s: HTTP %ld at the redirected location", shown, st);
         return XR_RETRY;
       }
@@ -501,7 +511,7 @@ static int exchange(int k, ls_http_file_t *f, xfer_t *x, char *why, size_t cap) 
         snprintf(why, cap, "%s: HTTP %ld to a HEAD request; expected 200", shown, st);
         return XR_FATAL;
       }
-      if (hop > 0) snprintf(f->loc, sizeof f->loc, "%s", url);
+      set_loc(f, hop > 0 ? url : NULL);
       return XR_OK;
     }
     if (st != 206) {
@@ -510,7 +520,7 @@ static int exchange(int k, ls_http_file_t *f, xfer_t *x, char *why, size_t cap) 
       return XR_FATAL;
     }
     /* 206: the range and the file are checked by the caller */
-    if (hop > 0) snprintf(f->loc, sizeof f->loc, "%s", url);
+    set_loc(f, hop > 0 ? url : NULL);
     return XR_OK;
   }
   snprintf(why, cap, "%s: more than %d redirects", ls_printable(pb, sizeof pb, f->url),
