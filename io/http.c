@@ -71,7 +71,7 @@ int ls_http_parse_size(const char *s, int64_t *out) {
   char *end;
   errno = 0;
   unsigned long long v = strtoull(s, &end, 10);
-  if (end == s || errno || s[0] == '-') return LS_ERR;
+  if (end == s || errno || !isdigit((unsigned char)s[0])) return LS_ERR;
   int shift = 0;
   if (*end) {
     switch (toupper((unsigned char)*end)) {
