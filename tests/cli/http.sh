@@ -159,6 +159,17 @@ if [ $rc = 0 ] && [ "$b" = 0 ] && [ -s "$LOG" ] && msg=$(same_as "$T/ref.h5" "$T
 else
   fail "cache hit" "exit $rc, $b body bytes served, ${msg:-}"
 fi
+# two ranks: rank 0 alone reads over HTTP and broadcasts; the same file
+if command -v mpirun >/dev/null 2>&1; then
+  : >"$LOG"
+  mpirun --oversubscribe --allow-run-as-root -np 2 $ls run --model "$U/plain" "${args[@]}" \
+    --out "$T/np2.h5" --http-cache off 2>"$T/np2.log"
+  rc=$?
+  b=$(served)
+  [ $rc = 0 ] && [ "$b" -lt $((model_bytes / 4)) ] && msg=$(same_as "$T/ref.h5" "$T/np2.h5") &&
+    pass "mpirun -np 2 over the URL: bit-identical, $b body bytes served" ||
+    fail "mpirun -np 2" "exit $rc, $b bytes ${msg:-} $(grep error "$T/np2.log" | head -n 1)"
+fi
 # a bound smaller than the model keeps the cache under it
 : >"$LOG"
 $ls run --model "$U/plain" "${args[@]}" --out "$T/small.h5" --http-cache "$T/cacheS" --http-cache-max 3M \
