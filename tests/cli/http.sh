@@ -7,12 +7,14 @@
 #                 (another host name, as the hub redirects to its CDN; HF_ENDPOINT here)
 #   /norange/     with max_ranges 0 (answers a Range request with 200 and the whole file)
 #   /slow/, /chg/ rate-limited, for the faults in the middle of a sweep
+#   /badrange/, /short/  the index answered with a wrong Content-Range / a short body
 # Checks: every dataset bit-identical to the local run (h5diff); body bytes served (the
 # access log's $body_bytes_sent) well under the checkpoint size (the data uses 300 of
 # 50000 vocabulary rows); a second run served from the range cache (zero body bytes);
 # the token sent to the endpoint's host only and written nowhere; a hub id found in the
 # local Hugging Face cache reads nothing from the network; a 404 and a server without
-# ranges refused in one line naming the URL; nginx killed mid-sweep: the run fails with
+# ranges, a wrong Content-Range and a short body refused in one line naming the URL;
+# nginx killed mid-sweep: the run fails with
 # a partial file, nginx restarted, --resume completes bit-identical; a file changed on
 # the server between runs: its cached ranges dropped, --resume refused; a change in the
 # middle of a run refused.
@@ -58,8 +60,9 @@ $ls make-model --out "$T/m" --vocab 50000 --shards 3 --layers 8 --seed 11 >/dev/
   $ls make-data --out "$T/d.jsonl" --n 48 --min-len 4 --max-len 40 --vocab 300 >/dev/null 2>&1 ||
   { echo "FAIL setup: make-model / make-data"; exit 1; }
 W=$T/www
-for d in plain cdn norange slow chg chg2; do mkdir -p "$W/$d" && cp "$T/m"/* "$W/$d/"; done
+for d in plain cdn norange slow chg chg2 badrange short; do mkdir -p "$W/$d" && cp "$T/m"/* "$W/$d/"; done
 model_bytes=$(cat "$T/m"/* | wc -c)
+isz=$(stat -c %s "$T/m/model.safetensors.index.json")
 
 PORT=
 start_nginx() { # (re)start on $PORT (picked the first time)
@@ -93,6 +96,13 @@ http {
     location /slow/ { limit_rate 3m; }
     location /chg/ { limit_rate 3m; }
     location /chg2/ { limit_rate 3m; }
+    # GETs of the index answered 206 with a Content-Range one byte off / a body of one byte
+    location = /badrange/model.safetensors.index.json {
+      if (\$request_method = GET) { add_header Content-Range "bytes 1-$isz/$isz"; return 206 "x"; }
+    }
+    location = /short/model.safetensors.index.json {
+      if (\$request_method = GET) { add_header Content-Range "bytes 0-$((isz - 1))/$isz"; return 206 "x"; }
+    }
     location ~ ^/org/tiny/resolve/main/(.*)\$ { return 302 http://localhost:$port/cdn/\$1; }
   }
 }
@@ -250,6 +260,13 @@ HF_ENDPOINT=$U HF_TOKEN=$TOKEN HF_HUB_CACHE=$T/emptyhub $ls run --model org/miss
 one_error "404 of a hub id" "$T/nf2.log" "$U/org/missing/resolve/v2/config.json" 404
 $ls run --model "$U/norange" "${args[@]}" --out "$T/nr.h5" 2>"$T/nr.log"
 one_error "no range support" "$T/nr.log" "$U/norange/" "does not honour range requests"
+$ls run --model "$U/badrange" "${args[@]}" --out "$T/br.h5" 2>"$T/br.log"
+one_error "wrong Content-Range" "$T/br.log" "$U/badrange/model.safetensors.index.json" "wrong Content-Range"
+LS_HTTP_RETRIES=1 $ls run --model "$U/short" "${args[@]}" --out "$T/sh.h5" 2>"$T/sh.log"
+# the byte received is kept; the retry asks for the rest and gets byte 0 again: refused
+grep -q "warning: $U/short/model.safetensors.index.json: short read: 1 of $isz bytes of the range; retry 1 of 1" "$T/sh.log" &&
+  pass "short body: retried, said in one line" || fail "short body retry" "$(head -c 400 "$T/sh.log")"
+one_error "short body" "$T/sh.log" "$U/short/model.safetensors.index.json" "wrong Content-Range"
 LS_HTTP_RETRIES=2 $ls run --model "http://127.0.0.1:1/m" "${args[@]}" --out "$T/cr.h5" 2>"$T/cr.log"
 one_error "connection refused (after retries)" "$T/cr.log" "http://127.0.0.1:1/m/config.json" "gave up after 2 retries"
 [ "$(grep -c 'retry [12] of 2' "$T/cr.log")" = 2 ] && pass "each retry said in one line" ||
