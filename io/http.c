@@ -272,6 +272,7 @@ typedef struct {
   int64_t clen;
   uint64_t got;           /* body bytes of a 206 delivered */
   uint64_t net;           /* of them, not yet counted in g.st */
+  int probe;              /* a GET of byte 0 instead of a HEAD: size and ETag from it */
   int no_range, overflow, io_err;
 } xfer_t;
 
@@ -370,7 +371,7 @@ static size_t on_body(char *p, size_t size, size_t nmemb, void *arg) {
   return n;
 }
 
-enum { XR_OK, XR_RETRY, XR_FATAL, XR_MISSING };
+enum { XR_OK, XR_RETRY, XR_FATAL, XR_MISSING, XR_NOHEAD };
 
 /* Where f's redirects led (reused by the next requests); "" forgets it, NULL keeps it. */
 static void set_loc(ls_http_file_t *f, const char *url) {
@@ -507,6 +508,7 @@ static int exchange(int k, ls_http_file_t *f, xfer_t *x, char *why, size_t cap) 
       return XR_RETRY;
     }
     if (x->head) {
+      if (st == 405 || st == 501) return XR_NOHEAD; /* the caller asks for byte 0 instead */
       if (st != 200) {
         snprintf(why, cap, "%s: HTTP %ld to a HEAD request; expected 200", shown, st);
         return XR_FATAL;
@@ -546,6 +548,9 @@ static int request(ls_http_file_t *f, xfer_t *x, int missing_ok, char *why, size
                  PRIu64 "-%" PRIu64 "; refusing a wrong Content-Range", shown, start, end,
                  x->have_crange ? "" : "no Content-Range, or ", x->cr_first, x->cr_last);
         r = XR_FATAL;
+      } else if (x->probe) { /* the file's size and ETag, from a GET of its first byte */
+        f->size = x->cr_total;
+        snprintf(f->etag, sizeof f->etag, "%s", x->etag);
       } else if (x->cr_total != f->size || (f->etag[0] && x->etag[0] && strcmp(f->etag, x->etag))) {
         snprintf(why, cap, "%s: the file changed on the server during the run (size %" PRIu64
                  " -> %" PRIu64 ", ETag %s -> %s); rerun when the model is stable", shown,
@@ -558,7 +563,8 @@ static int request(ls_http_file_t *f, xfer_t *x, int missing_ok, char *why, size
       }
     }
     if (r == XR_OK) { rc = LS_OK; break; }
-    if (r == XR_MISSING) { rc = missing_ok && x->head ? 1 : LS_ERR; break; }
+    if (r == XR_MISSING) { rc = missing_ok && (x->head || x->probe) ? 1 : LS_ERR; break; }
+    if (r == XR_NOHEAD) { rc = 2; break; }
     if (r == XR_FATAL) break;
     if (attempt >= g.retries) {
       size_t l = strlen(why);
@@ -786,6 +792,18 @@ int ls_http_open(ls_src_t *s, const char *url, int missing_ok) {
   x.piece_fd = -1;
   char why[2048];
   int rc = request(f, &x, missing_ok, why, sizeof why);
+  if (rc == 2) { /* no HEAD here (405, 501): the first byte, by a range request */
+    unsigned char b0;
+    ls_src_seg_t seg = {0, 1, &b0};
+    ls_src_span_t sp = {0, 1, &seg, 1};
+    memset(&x, 0, sizeof x);
+    x.len = 1;
+    x.span = &sp;
+    x.piece_fd = -1;
+    x.probe = 1;
+    rc = request(f, &x, missing_ok, why, sizeof why);
+    x.clen = rc == LS_OK ? (int64_t)f->size : -1;
+  }
   if (rc != LS_OK) {
     if (rc < 0) ls_error("%s", why);
     free(f);
@@ -798,7 +816,7 @@ int ls_http_open(ls_src_t *s, const char *url, int missing_ok) {
     return LS_ERR;
   }
   f->size = (uint64_t)x.clen;
-  snprintf(f->etag, sizeof f->etag, "%s", x.etag);
+  if (!x.probe) snprintf(f->etag, sizeof f->etag, "%s", x.etag);
   cache_open_file(f);
   s->http = f;
   s->size = f->size;

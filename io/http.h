@@ -1,6 +1,8 @@
 /* http.h: remote model files over HTTP(S) with libcurl (rank 0 only).
  *
- * Every read is a range request (a server answering 200 instead of 206 is refused):
+ * A file's size and ETag come from a HEAD (or, from a server refusing HEAD with 405 / 501,
+ * from a range GET of its first byte). Every read is a range request (a server answering
+ * 200 instead of 206 is refused):
  * keep-alive connections, one persistent easy handle per connection, a batch of spans
  * spread over a few connections (a large span split into parts). Redirects are followed
  * here, not by curl, so that the Hugging Face token (HF_TOKEN, else the token file the

@@ -8,6 +8,7 @@
 #   /norange/     with max_ranges 0 (answers a Range request with 200 and the whole file)
 #   /slow/, /chg/ rate-limited, for the faults in the middle of a sweep
 #   /badrange/, /short/  the index answered with a wrong Content-Range / a short body
+#   /nohead/      HEAD refused with 405 (size and ETag then come from a range GET)
 # Checks: every dataset bit-identical to the local run (h5diff); body bytes served (the
 # access log's $body_bytes_sent) well under the checkpoint size (the data uses 300 of
 # 50000 vocabulary rows); a second run served from the range cache (zero body bytes);
@@ -60,7 +61,7 @@ $ls make-model --out "$T/m" --vocab 50000 --shards 3 --layers 8 --seed 11 >/dev/
   $ls make-data --out "$T/d.jsonl" --n 48 --min-len 4 --max-len 40 --vocab 300 >/dev/null 2>&1 ||
   { echo "FAIL setup: make-model / make-data"; exit 1; }
 W=$T/www
-for d in plain cdn norange slow chg chg2 badrange short; do mkdir -p "$W/$d" && cp "$T/m"/* "$W/$d/"; done
+for d in plain cdn norange slow chg chg2 badrange short nohead; do mkdir -p "$W/$d" && cp "$T/m"/* "$W/$d/"; done
 model_bytes=$(cat "$T/m"/* | wc -c)
 isz=$(stat -c %s "$T/m/model.safetensors.index.json")
 
@@ -93,6 +94,7 @@ http {
     listen 127.0.0.1:$port;
     root $W;
     location /norange/ { max_ranges 0; }
+    location /nohead/ { if (\$request_method = HEAD) { return 405; } }
     location /slow/ { limit_rate 3m; }
     location /chg/ { limit_rate 3m; }
     location /chg2/ { limit_rate 3m; }
@@ -169,6 +171,11 @@ if [ $rc = 0 ] && [ "$b" = 0 ] && [ -s "$LOG" ] && msg=$(same_as "$T/ref.h5" "$T
 else
   fail "cache hit" "exit $rc, $b body bytes served, ${msg:-}"
 fi
+# a server refusing HEAD (405): each file's size and ETag from a GET of its first byte
+$ls run --model "$U/nohead" "${args[@]}" --out "$T/nohead.h5" --http-cache off 2>"$T/nohead.log"
+rc=$?
+[ $rc = 0 ] && msg=$(same_as "$T/ref.h5" "$T/nohead.h5") && pass "a server without HEAD (405): bit-identical" ||
+  fail "no HEAD" "exit $rc ${msg:-} $(grep error "$T/nohead.log" | head -n 1)"
 # two ranks: rank 0 alone reads over HTTP and broadcasts; the same file
 if command -v mpirun >/dev/null 2>&1; then
   : >"$LOG"
