@@ -176,6 +176,12 @@ $ls run --model "$U/nohead" "${args[@]}" --out "$T/nohead.h5" --http-cache off 2
 rc=$?
 [ $rc = 0 ] && msg=$(same_as "$T/ref.h5" "$T/nohead.h5") && pass "a server without HEAD (405): bit-identical" ||
   fail "no HEAD" "exit $rc ${msg:-} $(grep error "$T/nohead.log" | head -n 1)"
+# without --http-cache the ranges go to $XDG_CACHE_HOME/layersweep/http
+: >"$LOG"
+$ls run --model "$U/plain" "${args[@]}" --out "$T/dflt.h5" >/dev/null 2>&1 &&
+  [ -f "$XDG_CACHE_HOME/layersweep/http/$(ls "$XDG_CACHE_HOME/layersweep/http" | head -n 1)/meta" ] &&
+  [ "$(served)" -gt 0 ] && pass "default cache directory \$XDG_CACHE_HOME/layersweep/http" ||
+  fail "default cache dir" "nothing under $XDG_CACHE_HOME/layersweep/http"
 # two ranks: rank 0 alone reads over HTTP and broadcasts; the same file
 if command -v mpirun >/dev/null 2>&1; then
   : >"$LOG"
