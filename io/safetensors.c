@@ -6,18 +6,15 @@
  * Everything read from disk is treated as hostile: every number is range-checked,
  * every product overflow-checked, and the tensor spans must tile the data area
  * exactly. Error messages are one line naming the file and tensor, plus a hint. */
-#define _GNU_SOURCE /* O_DIRECT */
 #include "safetensors.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -42,24 +39,6 @@ static const char *clean(const char *s, char *buf, size_t cap) {
   if (s[i] && j + 4 <= cap) { memcpy(buf + j, "...", 3); j += 3; }
   buf[j] = '\0';
   return buf;
-}
-
-/* Read exactly n bytes at off. Returns 0, -1 on an I/O error (errno set) or 1 on EOF. */
-static int pread_full(int fd, void *dst, uint64_t n, uint64_t off) {
-  char *p = dst;
-  while (n > 0) {
-    size_t chunk = n > ((uint64_t)1 << 30) ? ((size_t)1 << 30) : (size_t)n;
-    ssize_t r = pread(fd, p, chunk, (off_t)off);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    if (r == 0) return 1;
-    p += r;
-    n -= (uint64_t)r;
-    off += (uint64_t)r;
-  }
-  return 0;
 }
 
 static int pwrite_full(int fd, const void *src, uint64_t n, uint64_t off) {
@@ -353,29 +332,37 @@ static int open_shard(ls_st_model_t *m, int fi, const char *index_path) {
     ls_error("%s/%s: path too long", m->dir, f->name);
     return LS_ERR;
   }
-  /* O_NONBLOCK: a FIFO or device planted in the directory must not block the open; it
-   * is refused by the S_ISREG check below (no effect on regular-file reads) */
-  f->fd = open(f->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (f->fd < 0) {
-    if (index_path)
-      ls_error("%s: cannot open shard listed in %s: %s; re-download the missing shard",
-               f->path, index_path, strerror(errno));
-    else
-      ls_error("%s: cannot open: %s", f->path, strerror(errno));
-    return LS_ERR;
+  if (m->remote) {
+    if (ls_src_open_url(&f->src, f->path, 0) != LS_OK) return LS_ERR;
+  } else {
+    /* O_NONBLOCK: a FIFO or device planted in the directory must not block the open; it
+     * is refused by the S_ISREG check below (no effect on regular-file reads) */
+    int fd = open(f->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+      if (index_path)
+        ls_error("%s: cannot open shard listed in %s: %s; re-download the missing shard",
+                 f->path, index_path, strerror(errno));
+      else
+        ls_error("%s: cannot open: %s", f->path, strerror(errno));
+      return LS_ERR;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+      ls_error("%s: fstat failed: %s", f->path, strerror(errno));
+      close(fd);
+      return LS_ERR;
+    }
+    ls_src_from_fd(&f->src, fd, (uint64_t)st.st_size);
+    if (!S_ISREG(st.st_mode)) {
+      ls_error("%s: not a regular file; point --model at a Hugging Face model directory", f->path);
+      return LS_ERR;
+    }
   }
-  struct stat st;
-  if (fstat(f->fd, &st) != 0) {
-    ls_error("%s: fstat failed: %s", f->path, strerror(errno));
-    return LS_ERR;
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ls_error("%s: not a regular file; point --model at a Hugging Face model directory", f->path);
-    return LS_ERR;
-  }
-  f->size = (uint64_t)st.st_size;
+  f->size = f->src.size;
   unsigned char lenbuf[8];
-  if (f->size < 8 || pread_full(f->fd, lenbuf, 8, 0) != 0) {
+  int r8 = f->size < 8 ? 1 : ls_src_pread(&f->src, lenbuf, 8, 0);
+  if (r8 == LS_SRC_REPORTED) return LS_ERR;
+  if (r8 != 0) {
     ls_error("%s: file is %" PRIu64 " bytes, too short for a safetensors header; " HINT_REDOWNLOAD,
              f->path, f->size);
     return LS_ERR;
@@ -393,22 +380,22 @@ static int open_shard(ls_st_model_t *m, int fi, const char *index_path) {
     return LS_ERR;
   }
   f->header_len = 8 + hlen;
-  char *hdr = malloc((size_t)hlen);
-  if (!hdr) {
+  f->header = malloc((size_t)f->header_len);
+  if (!f->header) {
     ls_error("%s: out of memory for a %" PRIu64 "-byte header", f->path, hlen);
     return LS_ERR;
   }
-  int r = pread_full(f->fd, hdr, hlen, 8);
+  memcpy(f->header, lenbuf, 8);
+  char *hdr = (char *)f->header + 8;
+  int r = ls_src_pread(&f->src, hdr, hlen, 8);
+  if (r == LS_SRC_REPORTED) return LS_ERR;
   if (r != 0) {
     ls_error("%s: reading the header failed: %s", f->path,
              r < 0 ? strerror(errno) : "file changed or truncated while reading");
-    free(hdr);
     return LS_ERR;
   }
-  int rc = ls_st_parse_header(hdr, (size_t)hlen, f->size, f->path, fi, &m->tensors,
-                              &m->n_tensors);
-  free(hdr);
-  return rc;
+  return ls_st_parse_header(hdr, (size_t)hlen, f->size, f->path, fi, &m->tensors,
+                            &m->n_tensors);
 }
 
 /* A shard name from the index must be a bare file name inside the directory. */
@@ -441,7 +428,7 @@ static int cmp_wm_tensor(const void *a, const void *b) {
 
 static int open_index(ls_st_model_t *m, const char *ipath) {
   size_t tlen = 0;
-  char *text = ls_read_text_file(ipath, INDEX_MAX_BYTES, &tlen);
+  char *text = ls_src_read_text(ipath, INDEX_MAX_BYTES, &tlen);
   if (!text) return LS_ERR;
   cJSON *root = NULL;
   wm_entry_t *ents = NULL;
@@ -494,7 +481,7 @@ static int open_index(ls_st_model_t *m, const char *ipath) {
     goto done;
   }
   for (i = 0; i < ns; i++) {
-    m->files[i].fd = -1;
+    m->files[i].src.fd = -1;
     memcpy(m->files[i].name, names[i], strlen(names[i]) + 1);
   }
   m->n_files = ns;
@@ -561,7 +548,7 @@ static int open_single(ls_st_model_t *m) {
     ls_error("%s: out of memory", m->dir);
     return LS_ERR;
   }
-  m->files[0].fd = -1;
+  m->files[0].src.fd = -1;
   memcpy(m->files[0].name, SINGLE_NAME, sizeof SINGLE_NAME);
   m->n_files = 1;
   LS_CHECK(open_shard(m, 0, NULL));
@@ -577,16 +564,16 @@ int ls_st_open_dir(const char *dir, ls_st_model_t *m) {
     return LS_ERR;
   }
   memcpy(m->dir, dir, strlen(dir) + 1);
+  m->remote = ls_src_is_url(dir);
   char path[4096 + 64];
-  struct stat st;
-  int rc;
+  int rc, ex;
   snprintf(path, sizeof path, "%s/%s", dir, INDEX_NAME);
-  if (lstat(path, &st) == 0) {
-    rc = open_index(m, path);
+  if ((ex = ls_src_exists(path)) != 0) {
+    rc = ex < 0 ? LS_ERR : open_index(m, path);
   } else {
     snprintf(path, sizeof path, "%s/%s", dir, SINGLE_NAME);
-    if (lstat(path, &st) == 0) {
-      rc = open_single(m);
+    if ((ex = ls_src_exists(path)) != 0) {
+      rc = ex < 0 ? LS_ERR : open_single(m);
     } else {
       ls_error("%s: no " SINGLE_NAME " or " INDEX_NAME "; point --model at a Hugging Face model "
                "directory", dir);
@@ -603,8 +590,8 @@ int ls_st_open_dir(const char *dir, ls_st_model_t *m) {
 void ls_st_close(ls_st_model_t *m) {
   if (!m) return;
   for (int i = 0; i < m->n_files; i++) {
-    if (m->files[i].fd >= 0) close(m->files[i].fd);
-    if (m->files[i].direct == 1) close(m->files[i].dfd);
+    ls_src_close(&m->files[i].src);
+    free(m->files[i].header);
   }
   free(m->files);
   free(m->tensors);
@@ -623,169 +610,6 @@ const ls_st_tensor_t *ls_st_find(const ls_st_model_t *m, const char *name) {
 
 /* ---- reading ----------------------------------------------------------------- */
 
-#define DIRECT_MIN ((uint64_t)4 << 20)   /* smaller reads stay buffered */
-#define DIRECT_CHUNK ((uint64_t)16 << 20) /* one O_DIRECT request */
-#define DIRECT_ALIGN ((uint64_t)4096)
-
-/* 1 when most of the file's pages in [off, off + n) are in the page cache (or it cannot
- * tell): those reads stay buffered, which is faster than the disk */
-static int mostly_cached(const ls_st_file_t *f, uint64_t off, uint64_t n) {
-  const uint64_t a0 = off / DIRECT_ALIGN * DIRECT_ALIGN, len = off + n - a0;
-  void *map = mmap(NULL, (size_t)len, PROT_READ, MAP_SHARED, f->fd, (off_t)a0);
-  if (map == MAP_FAILED) return 1;
-  const size_t pages = (size_t)((len + 4095) / 4096);
-  unsigned char *vec = malloc(pages);
-  size_t in = pages;
-  if (vec && mincore(map, (size_t)len, vec) == 0) {
-    in = 0;
-    for (size_t i = 0; i < pages; i++) in += vec[i] & 1;
-  }
-  free(vec);
-  munmap(map, (size_t)len);
-  return in * 2 >= pages;
-}
-
-/* A second descriptor of the same open file (not a second open of the path) with O_DIRECT,
- * once; -1 after a file system that refuses it */
-static int direct_fd(ls_st_file_t *f) {
-  if (f->direct == 0) {
-    const char *env = getenv("LS_READ_DIRECT");
-    char self[64];
-    snprintf(self, sizeof self, "/proc/self/fd/%d", f->fd);
-    struct stat a, b;
-    f->direct = -1;
-    if (!(env && strcmp(env, "0") == 0)) {
-      int fd = open(self, O_RDONLY | O_DIRECT | O_CLOEXEC);
-      if (fd >= 0 && fstat(fd, &a) == 0 && fstat(f->fd, &b) == 0 && a.st_ino == b.st_ino &&
-          a.st_dev == b.st_dev) {
-        f->dfd = fd;
-        f->direct = 1;
-      } else if (fd >= 0) {
-        close(fd);
-      }
-    }
-  }
-  return f->direct == 1 ? f->dfd : -1;
-}
-
-/* O_DIRECT reads of the aligned chunks of [start, end) by DIO_THREADS threads (chunk k by
- * thread k % DIO_THREADS into buffer k % DIO_BUFS), so the disk has requests queued while
- * the caller copies finished chunks out */
-#define DIO_THREADS 2
-#define DIO_BUFS 4
-typedef struct {
-  int fd;
-  char *buf[DIO_BUFS];
-  ssize_t got[DIO_BUFS];
-  int err[DIO_BUFS];
-  int64_t chunk[DIO_BUFS]; /* the chunk a buffer holds (read), -1 free */
-  int stop;
-  uint64_t start, end;
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-} dio_t;
-
-typedef struct {
-  dio_t *d;
-  int t;
-} dio_arg_t;
-
-static void *dio_thread(void *arg) {
-  dio_t *d = ((dio_arg_t *)arg)->d;
-  const int t = ((dio_arg_t *)arg)->t;
-  for (int64_t k = t;; k += DIO_THREADS) {
-    const uint64_t a = d->start + (uint64_t)k * DIRECT_CHUNK;
-    if (a >= d->end) break;
-    const int b = (int)(k % DIO_BUFS);
-    pthread_mutex_lock(&d->mu);
-    while (d->chunk[b] >= 0 && !d->stop) pthread_cond_wait(&d->cv, &d->mu);
-    const int stop = d->stop;
-    pthread_mutex_unlock(&d->mu);
-    if (stop) break;
-    const uint64_t want = d->end - a < DIRECT_CHUNK ? d->end - a : DIRECT_CHUNK;
-    ssize_t r;
-    do r = pread(d->fd, d->buf[b], (size_t)want, (off_t)a); while (r < 0 && errno == EINTR);
-    pthread_mutex_lock(&d->mu);
-    d->got[b] = r;
-    d->err[b] = r < 0 ? errno : 0;
-    d->chunk[b] = k;
-    pthread_cond_broadcast(&d->cv);
-    pthread_mutex_unlock(&d->mu);
-    if (r < (ssize_t)want) break; /* an error or the end of the file */
-  }
-  return NULL;
-}
-
-/* n bytes at off into dst: O_DIRECT in aligned chunks, read ahead by two threads, when the
- * read is large and not cached, else buffered. 0, -1 (errno) or 1 (EOF) as pread_full. */
-static int read_span(ls_st_file_t *f, void *dst, uint64_t n, uint64_t off) {
-  int dfd = n >= DIRECT_MIN ? direct_fd(f) : -1;
-  if (dfd < 0 || mostly_cached(f, off, n)) return pread_full(f->fd, dst, n, off);
-  dio_t d;
-  memset(&d, 0, sizeof d);
-  d.fd = dfd;
-  d.start = off / DIRECT_ALIGN * DIRECT_ALIGN;
-  d.end = (off + n + DIRECT_ALIGN - 1) / DIRECT_ALIGN * DIRECT_ALIGN;
-  int ok = 1;
-  for (int b = 0; b < DIO_BUFS; b++) {
-    d.chunk[b] = -1;
-    if (!(d.buf[b] = aligned_alloc(DIRECT_ALIGN, DIRECT_CHUNK))) ok = 0;
-  }
-  pthread_mutex_init(&d.mu, NULL);
-  pthread_cond_init(&d.cv, NULL);
-  pthread_t th[DIO_THREADS];
-  dio_arg_t args[DIO_THREADS];
-  int started = 0, rc = 0, direct_failed = 0;
-  for (int t = 0; t < DIO_THREADS && ok; t++) {
-    args[t].d = &d;
-    args[t].t = t;
-    if (pthread_create(&th[t], NULL, dio_thread, &args[t]) != 0) ok = 0;
-    else started++;
-  }
-  if (!ok) direct_failed = 1;
-  char *out = dst;
-  uint64_t left = n, skip = off - d.start;
-  for (int64_t k = 0; ok && left > 0; k++) {
-    const int b = (int)(k % DIO_BUFS);
-    pthread_mutex_lock(&d.mu);
-    while (d.chunk[b] != k) pthread_cond_wait(&d.cv, &d.mu);
-    const ssize_t r = d.got[b];
-    const int e = d.err[b];
-    pthread_mutex_unlock(&d.mu);
-    if (r < 0) {
-      if (e == EINVAL) direct_failed = 1; /* alignment refused after all */
-      else { errno = e; rc = -1; }
-      break;
-    }
-    if ((uint64_t)r <= skip) { rc = 1; break; } /* the end of the file before the bytes */
-    uint64_t got = (uint64_t)r - skip;
-    if (got > left) got = left;
-    memcpy(out, d.buf[b] + skip, (size_t)got);
-    out += got;
-    left -= got;
-    skip = 0;
-    pthread_mutex_lock(&d.mu);
-    d.chunk[b] = -1;
-    pthread_cond_broadcast(&d.cv);
-    pthread_mutex_unlock(&d.mu);
-    if (left > 0 && (uint64_t)r < DIRECT_CHUNK) { rc = 1; break; }
-  }
-  pthread_mutex_lock(&d.mu);
-  d.stop = 1;
-  for (int b = 0; b < DIO_BUFS; b++) d.chunk[b] = -1; /* nothing more is consumed */
-  pthread_cond_broadcast(&d.cv);
-  pthread_mutex_unlock(&d.mu);
-  for (int t = 0; t < started; t++) pthread_join(th[t], NULL);
-  for (int b = 0; b < DIO_BUFS; b++) free(d.buf[b]);
-  pthread_mutex_destroy(&d.mu);
-  pthread_cond_destroy(&d.cv);
-  if (direct_failed) {
-    f->direct = -1;
-    return pread_full(f->fd, dst, n, off);
-  }
-  return rc;
-}
-
 int ls_st_read_range(ls_st_model_t *m, const ls_st_tensor_t *t, uint64_t off, uint64_t n,
                      void *dst) {
   char nb[96];
@@ -800,7 +624,9 @@ int ls_st_read_range(ls_st_model_t *m, const ls_st_tensor_t *t, uint64_t off, ui
     return LS_ERR;
   }
   if (n == 0) return LS_OK;
-  int r = read_span(&m->files[t->file], dst, n, t->offset + off);
+  ls_st_file_t *fw = &m->files[t->file];
+  int r = ls_src_pread(&fw->src, dst, n, t->offset + off);
+  if (r == LS_SRC_REPORTED) return LS_ERR;
   if (r != 0) {
     ls_error("%s: tensor '%s': %s; check the file and " HINT_REDOWNLOAD, f->path,
              clean(t->name, nb, sizeof nb),
@@ -808,6 +634,25 @@ int ls_st_read_range(ls_st_model_t *m, const ls_st_tensor_t *t, uint64_t off, ui
     return LS_ERR;
   }
   m->bytes_read += n;
+  return LS_OK;
+}
+
+int ls_st_read_spans(ls_st_model_t *m, int file, const ls_src_span_t *spans, int n) {
+  if (file < 0 || file >= m->n_files) {
+    ls_error("%s: read of a file that does not belong to this model", m->dir);
+    return LS_ERR;
+  }
+  ls_st_file_t *f = &m->files[file];
+  for (int i = 0; i < n; i++)
+    if (spans[i].off > f->size || spans[i].len > f->size - spans[i].off) {
+      ls_error("%s: read of bytes [%" PRIu64 ", +%" PRIu64 ") past the end of the file "
+               "(internal error)", f->path, spans[i].off, spans[i].len);
+      return LS_ERR;
+    }
+  if (ls_src_read_spans(&f->src, spans, n, f->path) != LS_OK) return LS_ERR;
+  for (int i = 0; i < n; i++)
+    for (int k = 0; k < spans[i].n_segs; k++)
+      if (spans[i].segs[k].dst) m->bytes_read += spans[i].segs[k].len;
   return LS_OK;
 }
 

@@ -8,9 +8,8 @@
  * file names (no '/', no "..", not absolute); symlinks inside the directory are
  * allowed (the Hugging Face cache layout: snapshots/<rev>/x -> ../../blobs/<hash>).
  * Tensor bytes are read with pread on demand; only what the caller asks for is
- * resident. Large reads of bytes not in the page cache go around it (O_DIRECT, aligned
- * 16 MiB requests): buffered reads with the default readahead reach a third of the
- * disk's rate (tests/bench/bench_read.sh); LS_READ_DIRECT=0 turns that off. */
+ * resident. Large local reads of bytes not in the page cache go around it (O_DIRECT,
+ * io/source.c). */
 #ifndef LS_SAFETENSORS_H
 #define LS_SAFETENSORS_H
 
@@ -18,6 +17,7 @@
 #include <stdint.h>
 
 #include "dtype.h"
+#include "source.h"
 
 
 #define LS_ST_MAX_NDIM 8
@@ -38,17 +38,17 @@ typedef struct {
 } ls_st_tensor_t;
 
 typedef struct {
-  char path[4096];     /* full path as opened (dir + "/" + name) */
+  char path[4096];     /* full path or URL as opened (dir + "/" + name) */
   char name[256];      /* bare file name */
-  int fd;
+  ls_src_t src;        /* a local file or a remote one (source.h) */
   uint64_t size;
   uint64_t header_len; /* 8 + JSON header bytes */
-  int direct;          /* large uncached reads: 0 not tried yet, 1 through dfd (O_DIRECT), -1 buffered */
-  int dfd;
+  unsigned char *header; /* (header_len) the bytes of the header, as read */
 } ls_st_file_t;
 
 typedef struct {
-  char dir[4096];
+  char dir[4096];      /* a directory, or the base URL of a remote one */
+  int remote;
   int n_files;
   ls_st_file_t *files;
   int n_tensors;
@@ -58,7 +58,8 @@ typedef struct {
 
 /* Open a model directory: model.safetensors.index.json if present (every shard it
  * names is opened and validated; every weight_map entry must exist in the shard it
- * names; a tensor name in two shards is an error), else model.safetensors. On error
+ * names; a tensor name in two shards is an error), else model.safetensors. dir may be
+ * an http(s) URL: the same files under it, read by range requests (http.h). On error
  * prints one line naming the file/tensor and returns -1 (m is left closed). */
 int ls_st_open_dir(const char *dir, ls_st_model_t *m);
 void ls_st_close(ls_st_model_t *m);
@@ -72,6 +73,10 @@ int ls_st_read_range(ls_st_model_t *m, const ls_st_tensor_t *t, uint64_t off, ui
 static inline int ls_st_read(ls_st_model_t *m, const ls_st_tensor_t *t, void *dst) {
   return ls_st_read_range(m, t, 0, t->nbytes, dst);
 }
+
+/* Read spans of file `file` (tensor bytes scattered into the caller's buffers, see
+ * source.h); counts the bytes with a destination into m->bytes_read. */
+int ls_st_read_spans(ls_st_model_t *m, int file, const ls_src_span_t *spans, int n);
 
 /* Validate one file's header. buf holds the JSON header (not NUL-terminated, len
  * bytes) of a file of file_size bytes whose data area starts at 8 + len. Appends the

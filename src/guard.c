@@ -59,8 +59,8 @@ int ls_guard_check_dir(const ls_guard_t *g, const char *dir, const char *what) {
   if (ls_guard_check_file(g, dir, what)) return LS_ERR;
   for (int i = 0; i < g->n; i++)
     if (g->v[i].dir_dev == st.st_dev && g->v[i].dir_ino == st.st_ino) {
-      ls_error("%s %s holds the input %s; checkpoints are not written beside the model or "
-               "the data: give a directory of its own", what, dir, g->v[i].path);
+      ls_error("%s %s holds the input %s; checkpoints and caches are not written beside the "
+               "model or the data: give a directory of its own", what, dir, g->v[i].path);
       return LS_ERR;
     }
   return LS_OK;

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "http.h"
 #include "info.h"
 #include "ls_common.h"
 #include "make_model.h"
@@ -37,11 +38,17 @@ static const char *usage_main =
     "Run `layersweep <command> --help` for the options of each command.\n";
 
 static const char *usage_run =
-    "usage: layersweep run --model DIR --data FILE --out FILE [options]\n"
+    "usage: layersweep run --model DIR|URL|ORG/NAME[@REV] --data FILE --out FILE [options]\n"
     "       mpirun -np P layersweep run ...   (same file as one rank)\n"
     "\n"
     "  --model DIR               Hugging Face model directory (config.json + safetensors,\n"
-    "                            single file or sharded with model.safetensors.index.json)\n"
+    "                            single file or sharded with model.safetensors.index.json);\n"
+    "                            or an http(s) URL of one (read by range requests, each byte\n"
+    "                            once); or a hub id org/name[@revision]: the local Hugging\n"
+    "                            Face cache (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/\n"
+    "                            hub) if it holds the model, else HF_ENDPOINT (default\n"
+    "                            https://huggingface.co) with HF_TOKEN (or the HF token file)\n"
+    "                            sent to that host only. A local directory wins over a hub id\n"
     "  --data FILE               JSONL, one prompt per line: {\"input_ids\": [..],\n"
     "                            \"label\": int (optional), \"id\": \"str\" (optional)}, or\n"
     "                            {\"text\": \"..\"} lines (not mixed with input_ids lines), or a\n"
@@ -112,6 +119,11 @@ static const char *usage_run =
     "  --checkpoint-dir DIR      where checkpoints go (default: OUT.ckpt beside the output)\n"
     "  --assume-ranks N          plan: also predict the time at N ranks (default: the ranks\n"
     "                            of this job)\n"
+    "  --http-cache DIR          a remote model's byte ranges are kept here, so that a second\n"
+    "                            run reads them from disk; off: no cache (default:\n"
+    "                            $XDG_CACHE_HOME/layersweep/http, else ~/.cache/layersweep/http)\n"
+    "  --http-cache-max BYTES    bound of that cache, least recently used ranges dropped first;\n"
+    "                            suffixes K, M, G, T (powers of 1024) (default: 50G)\n"
     "  --help                    this text\n";
 
 static const char *usage_make_model =
@@ -184,7 +196,7 @@ static void join_argv(int argc, char **argv, char *buf, size_t cap) {
 
 /* ---- commands ---------------------------------------------------------------------------- */
 enum { O_MODEL = 256, O_DATA, O_OUT, O_HOOKS, O_LAYERS, O_POOL, O_MB, O_THREADS, O_LONG,
-       O_FORCE, O_PROGRESS, O_SUMMARY, O_RESUME, O_CKPT_EVERY, O_CKPT_DIR, O_BACKEND, O_DTYPE, O_PRELOAD, O_OVERLAP, O_OUT_DTYPE, O_STALL, O_PRECISE, O_COMPRESS, O_STEER, O_REDUCE, O_NO_STORE, O_PROJECT, O_VERIFY, O_VERIFY_STRICT, O_ASSUME_RANKS, O_HELP,
+       O_FORCE, O_PROGRESS, O_SUMMARY, O_RESUME, O_CKPT_EVERY, O_CKPT_DIR, O_BACKEND, O_DTYPE, O_PRELOAD, O_OVERLAP, O_OUT_DTYPE, O_STALL, O_PRECISE, O_COMPRESS, O_STEER, O_REDUCE, O_NO_STORE, O_PROJECT, O_VERIFY, O_VERIFY_STRICT, O_ASSUME_RANKS, O_HTTP_CACHE, O_HTTP_CACHE_MAX, O_HELP,
        O_MAX_TOKENS };
 
 static int cmd_run(int argc, char **argv, int plan_only) {
@@ -216,6 +228,8 @@ static int cmd_run(int argc, char **argv, int plan_only) {
       {"stall-timeout", required_argument, 0, O_STALL},
       {"precise-gemm", no_argument, 0, O_PRECISE},
       {"max-tokens", required_argument, 0, O_MAX_TOKENS},
+      {"http-cache", required_argument, 0, O_HTTP_CACHE},
+      {"http-cache-max", required_argument, 0, O_HTTP_CACHE_MAX},
       {0, 0, 0, 0}};
   ls_run_opts_t o;
   ls_run_opts_default(&o);
@@ -281,6 +295,20 @@ static int cmd_run(int argc, char **argv, int plan_only) {
         o.compress = (int)v;
         break;
       case O_PRECISE: o.precise_gemm = 1; break;
+      case O_HTTP_CACHE:
+        if (!optarg[0]) {
+          ls_error("--http-cache: give a directory, or off");
+          return 2;
+        }
+        o.http_cache = optarg;
+        break;
+      case O_HTTP_CACHE_MAX:
+        if (ls_http_parse_size(optarg, &o.http_cache_max)) {
+          ls_error("--http-cache-max: expected a byte count such as 50G, 512M or 0 (no "
+                   "caching), got \"%s\"", optarg);
+          return 2;
+        }
+        break;
       case O_STALL: {
         char *end = NULL;
         double secs = strcmp(optarg, "auto") == 0 ? -1 : strtod(optarg, &end);

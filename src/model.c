@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "comm.h"
+#include "hub.h"
 #include "ls_common.h"
 
 /* ---- validation on rank 0 ------------------------------------------------------------ */
@@ -149,16 +150,24 @@ static int validate_slot(ls_model_t *m, ls_wslot_t *s) {
   return ls_dtype_is_fp8(t->dtype) ? validate_fp8(m, s, t) : LS_OK;
 }
 
-static int validate_root(ls_model_t *m, const char *dir) {
+static int validate_root(ls_model_t *m, const char *arg) {
+  ls_location_t loc;
+  if (ls_location_resolve(arg, &loc)) return LS_ERR;
+  const char *dir = loc.base;
+  snprintf(m->source, sizeof m->source, "%s",
+           loc.kind == LS_LOC_HUB ? "hub" : loc.kind == LS_LOC_URL ? "http" : "local");
+  snprintf(m->location, sizeof m->location, "%s", dir);
+  snprintf(m->hub_id, sizeof m->hub_id, "%s", loc.hub_id);
+  snprintf(m->revision, sizeof m->revision, "%s", loc.revision);
   struct stat st;
-  if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+  if (!ls_src_is_url(dir) && (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))) {
     ls_error("%s: not a directory; --model must be a Hugging Face model directory "
-             "(config.json + safetensors)", dir);
+             "(config.json + safetensors), an http(s) URL of one or a hub id org/name", dir);
     return LS_ERR;
   }
   char path[4200];
   snprintf(path, sizeof path, "%s/config.json", dir);
-  m->config_json = ls_read_text_file(path, LS_CONFIG_MAX_BYTES, NULL);
+  m->config_json = ls_src_read_text(path, LS_CONFIG_MAX_BYTES, NULL);
   if (!m->config_json || ls_config_parse(m->config_json, path, &m->cfg) ||
       build_table(m) || ls_st_open_dir(dir, &m->st))
     return LS_ERR;
@@ -231,6 +240,10 @@ int ls_model_open(ls_model_t *m, const char *dir, MPI_Comm comm) {
   ls_bcast_bytes(m->slots, sizeof *m->slots * (size_t)nl * (size_t)m->n_slots, 0, comm);
   MPI_Bcast(m->glob, sizeof m->glob, MPI_BYTE, 0, comm);
   MPI_Bcast(m->layer_bytes, nl, MPI_UINT64_T, 0, comm);
+  MPI_Bcast(m->source, sizeof m->source, MPI_CHAR, 0, comm);
+  MPI_Bcast(m->location, sizeof m->location, MPI_CHAR, 0, comm);
+  MPI_Bcast(m->hub_id, sizeof m->hub_id, MPI_CHAR, 0, comm);
+  MPI_Bcast(m->revision, sizeof m->revision, MPI_CHAR, 0, comm);
   return LS_OK;
 }
 
@@ -239,6 +252,13 @@ void ls_model_close(ls_model_t *m) {
   free(m->slots);
   free(m->layer_bytes);
   free(m->config_json);
+  free(m->rd_segs);
+  free(m->rd_spans);
+  free(m->rd_wants);
+  m->rd_segs = NULL;
+  m->rd_spans = NULL;
+  m->rd_wants = NULL;
+  m->rd_cap = 0;
   m->slots = NULL;
   m->layer_bytes = NULL;
   m->config_json = NULL;
@@ -312,29 +332,94 @@ static void take_view(const ls_wspec_t *w, const char *raw, size_t es, char *dst
     }
 }
 
+/* Bytes of other tensors up to this size between two wanted ones are read and dropped
+ * rather than starting a new range (one request instead of two over HTTP). */
+#define GAP_MAX ((uint64_t)256 << 10)
+
+typedef struct {
+  const ls_st_tensor_t *t;
+  void *dst;
+} want_t;
+
+static int cmp_want(const void *a, const void *b) {
+  const want_t *x = a, *y = b;
+  if (x->t->file != y->t->file) return x->t->file < y->t->file ? -1 : 1;
+  return x->t->offset < y->t->offset ? -1 : x->t->offset > y->t->offset;
+}
+
+/* Read wants w[0..n) (sorted by file and offset) as few spans: segments of consecutive
+ * tensors, gaps of at most gap_max dropped; one batch per file. */
+static int read_wants(ls_model_t *m, want_t *w, int n, uint64_t gap_max, ls_src_seg_t *segs,
+                      ls_src_span_t *spans) {
+  int ns = 0, np = 0, first = 0;
+  for (int i = 0; i < n; i++) {
+    const ls_st_tensor_t *t = w[i].t;
+    const ls_src_span_t *cur = np > 0 ? &spans[np - 1] : NULL;
+    const uint64_t end = cur ? cur->off + cur->len : 0;
+    const int join = cur && i > first && t->file == w[i - 1].t->file && t->offset >= end &&
+                     t->offset - end <= gap_max;
+    if (!join) {
+      if (np > 0 && t->file != w[i - 1].t->file) { /* the previous file's batch */
+        if (ls_st_read_spans(&m->st, w[i - 1].t->file, spans, np)) return LS_ERR;
+        np = ns = 0;
+        first = i;
+      }
+      spans[np++] = (ls_src_span_t){t->offset, 0, &segs[ns], 0};
+    } else if (t->offset > end) {
+      segs[ns++] = (ls_src_seg_t){end, t->offset - end, NULL};
+      spans[np - 1].n_segs++;
+      spans[np - 1].len += t->offset - end;
+    }
+    segs[ns++] = (ls_src_seg_t){t->offset, t->nbytes, w[i].dst};
+    spans[np - 1].n_segs++;
+    spans[np - 1].len += t->nbytes;
+  }
+  return np > 0 ? ls_st_read_spans(&m->st, w[n - 1].t->file, spans, np) : LS_OK;
+}
+
 int ls_model_read_layer(ls_model_t *m, int layer, void *dst) {
   char *fused = NULL;       /* the last stored tensor read whole for views */
   const ls_st_tensor_t *held = NULL;
   int rc = LS_OK;
+  /* the tensors read as they are stored (and FP8 scales): coalesced spans */
+  const int cap = 2 * m->n_slots + 1;
+  if (m->rd_cap < cap) {
+    free(m->rd_segs);
+    free(m->rd_spans);
+    free(m->rd_wants);
+    m->rd_segs = ls_malloc(sizeof *m->rd_segs * (size_t)(2 * cap), "layer reads");
+    m->rd_spans = ls_malloc(sizeof *m->rd_spans * (size_t)cap, "layer reads");
+    m->rd_wants = ls_malloc(sizeof(want_t) * (size_t)(2 * cap), "layer reads");
+    m->rd_cap = m->rd_segs && m->rd_spans && m->rd_wants ? cap : 0;
+    if (!m->rd_cap) return LS_ERR;
+  }
+  want_t *w = m->rd_wants, *order = w + cap;
+  int nw = 0;
+  for (int i = 0; i < m->n_slots; i++) {
+    const ls_wslot_t *s = ls_model_slot(m, layer, i);
+    if (!s->spec.present || s->spec.transpose || s->spec.view_count != 0) continue;
+    const ls_st_tensor_t *t = ls_st_find(&m->st, s->spec.name);
+    if (!t) return LS_ERR;
+    w[nw++] = (want_t){t, (char *)dst + s->offset};
+    if (s->scale_rows > 0) { /* FP8: its block scales */
+      char name[LS_WNAME_MAX + 16];
+      snprintf(name, sizeof name, "%s_scale_inv", s->spec.name);
+      const ls_st_tensor_t *sc = ls_st_find(&m->st, name);
+      if (!sc) return LS_ERR;
+      w[nw++] = (want_t){sc, (char *)dst + s->scale_offset};
+    }
+  }
+  memcpy(order, w, sizeof *w * (size_t)nw);
+  if (nw > 1) qsort(order, (size_t)nw, sizeof *order, cmp_want);
+  if (read_wants(m, order, nw, GAP_MAX, m->rd_segs, m->rd_spans)) return LS_ERR;
+  for (int i = 0; i < nw; i++) /* in table order: the first bad tensor is named */
+    if (check_finite(m, w[i].t, w[i].dst, (uint64_t)w[i].t->numel, 0)) return LS_ERR;
   for (int i = 0; i < m->n_slots && rc == LS_OK; i++) {
     const ls_wslot_t *s = ls_model_slot(m, layer, i);
-    if (!s->spec.present) continue;
+    if (!s->spec.present || (!s->spec.transpose && s->spec.view_count == 0)) continue;
     const ls_st_tensor_t *t = ls_st_find(&m->st, s->spec.name);
     if (!t) return LS_ERR;
     char *out = (char *)dst + s->offset;
-    if (!s->spec.transpose && s->spec.view_count == 0) {
-      rc = ls_st_read(&m->st, t, out) || check_finite(m, t, out, (uint64_t)t->numel, 0)
-               ? LS_ERR : LS_OK;
-      if (rc == LS_OK && s->scale_rows > 0) { /* FP8: its block scales */
-        char name[LS_WNAME_MAX + 16];
-        snprintf(name, sizeof name, "%s_scale_inv", s->spec.name);
-        const ls_st_tensor_t *sc = ls_st_find(&m->st, name);
-        char *so = (char *)dst + s->scale_offset;
-        rc = !sc || ls_st_read(&m->st, sc, so) || check_finite(m, sc, so, (uint64_t)sc->numel, 0)
-                 ? LS_ERR : LS_OK;
-      }
-      continue;
-    }
     if (t != held) { /* the slots of one fused tensor are consecutive: read it once */
       free(fused);
       held = NULL;
@@ -355,18 +440,48 @@ int ls_model_read_layer(ls_model_t *m, int layer, void *dst) {
 int ls_model_read_rows(ls_model_t *m, int g, const int32_t *ids, int64_t n, void *dst) {
   const ls_st_tensor_t *t = ls_st_find(&m->st, m->glob[g].spec.name);
   const uint64_t row = (uint64_t)m->cfg.hidden * ls_dtype_size(t->dtype);
-  /* coalesce runs of consecutive ids into one pread */
-  for (int64_t i = 0; i < n;) {
+  /* runs of consecutive ids are one segment each; over HTTP, runs a few rows apart share
+   * one range (the rows between are dropped), and the ranges go out in one batch */
+  const uint64_t gap_rows = m->st.remote ? (((uint64_t)64 << 10) + row - 1) / row : 0;
+  int64_t n_runs = 0;
+  for (int64_t i = 0; i < n; i++)
+    if (i == 0 || ids[i] != ids[i - 1] + 1) n_runs++;
+  ls_src_seg_t *segs = ls_malloc(sizeof *segs * (size_t)(2 * n_runs + 1), "embedding reads");
+  ls_src_span_t *spans = ls_malloc(sizeof *spans * (size_t)(n_runs + 1), "embedding reads");
+  int64_t *run0 = ls_malloc(sizeof *run0 * (size_t)(n_runs + 1), "embedding reads");
+  int rc = segs && spans && run0 ? LS_OK : LS_ERR;
+  int np = 0, ns = 0, nr = 0;
+  for (int64_t i = 0; i < n && rc == LS_OK;) {
     int64_t j = i + 1;
     while (j < n && ids[j] == ids[j - 1] + 1) j++;
-    char *rows = (char *)dst + (uint64_t)i * row;
-    if (ls_st_read_range(&m->st, t, (uint64_t)ids[i] * row, (uint64_t)(j - i) * row, rows) ||
-        check_finite(m, t, rows, (uint64_t)(j - i) * (uint64_t)m->cfg.hidden,
-                     (uint64_t)ids[i] * (uint64_t)m->cfg.hidden))
-      return LS_ERR;
+    const uint64_t off = t->offset + (uint64_t)ids[i] * row, len = (uint64_t)(j - i) * row;
+    const uint64_t end = np > 0 ? spans[np - 1].off + spans[np - 1].len : 0;
+    if (np > 0 && off >= end && (off - end) / row <= gap_rows && gap_rows > 0) {
+      if (off > end) {
+        segs[ns++] = (ls_src_seg_t){end, off - end, NULL};
+        spans[np - 1].n_segs++;
+        spans[np - 1].len += off - end;
+      }
+    } else {
+      spans[np++] = (ls_src_span_t){off, 0, &segs[ns], 0};
+    }
+    segs[ns++] = (ls_src_seg_t){off, len, (char *)dst + (uint64_t)i * row};
+    spans[np - 1].n_segs++;
+    spans[np - 1].len += len;
+    run0[nr++] = i;
     i = j;
   }
-  return LS_OK;
+  if (rc == LS_OK && np > 0) rc = ls_st_read_spans(&m->st, t->file, spans, np);
+  for (int r = 0; r < nr && rc == LS_OK; r++) {
+    const int64_t i = run0[r], j = r + 1 < nr ? run0[r + 1] : n;
+    char *rows = (char *)dst + (uint64_t)i * row;
+    rc = check_finite(m, t, rows, (uint64_t)(j - i) * (uint64_t)m->cfg.hidden,
+                      (uint64_t)ids[i] * (uint64_t)m->cfg.hidden);
+  }
+  free(segs);
+  free(spans);
+  free(run0);
+  return rc;
 }
 
 int ls_model_read_global(ls_model_t *m, int g, void *dst) {
@@ -384,14 +499,9 @@ uint64_t ls_model_fingerprint(ls_model_t *m, MPI_Comm comm) {
       const ls_st_file_t *f = &m->st.files[i];
       h = ls_fnv1a(h, f->name, strlen(f->name) + 1);
       h = ls_fnv1a(h, &f->size, sizeof f->size);
-      char buf[65536];
-      for (uint64_t off = 0; off < f->header_len;) {
-        size_t n = f->header_len - off < sizeof buf ? (size_t)(f->header_len - off) : sizeof buf;
-        ssize_t r = pread(f->fd, buf, n, (off_t)off);
-        if (r <= 0) break;
-        h = ls_fnv1a(h, buf, (size_t)r);
-        off += (uint64_t)r;
-      }
+      h = ls_fnv1a(h, f->header, (size_t)f->header_len);
+      /* a remote file: the server's ETag too (a changed file with the same header) */
+      if (m->st.remote) h = ls_fnv1a(h, f->src.etag, strlen(f->src.etag));
     }
   }
   MPI_Bcast(&h, 1, MPI_UINT64_T, 0, comm);

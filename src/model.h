@@ -36,9 +36,19 @@ typedef struct {
   uint64_t max_layer_bytes;
   uint64_t total_tensor_bytes; /* bytes of every tensor a full sweep reads */
   char *config_json;         /* config.json text (for the output file) */
+  /* where the model was read from (every rank; never a token) */
+  char source[8];            /* "local", "http" (a URL) or "hub" (a hub id) */
+  char location[4096];       /* the directory, or the base URL of the files */
+  char hub_id[256], revision[256]; /* source "hub" (also when found in the local cache) */
+  /* rank 0: one layer's reads as spans (allocated at the first read) */
+  ls_src_seg_t *rd_segs;
+  ls_src_span_t *rd_spans;
+  void *rd_wants;            /* (2 rd_cap) the tensors wanted, in table and file order */
+  int rd_cap;
 } ls_model_t;
 
-/* Collective over comm. Rank 0 reads config.json (once) and the safetensors headers,
+/* Collective over comm. `dir` is what --model names (hub.h: a directory, an http(s) URL
+ * or a hub id). Rank 0 reads config.json (once) and the safetensors headers,
  * validates every tensor of the family's table against them, and broadcasts the
  * description. On error every rank returns -1 (rank 0 printed the reason). */
 int ls_model_open(ls_model_t *m, const char *dir, MPI_Comm comm);
@@ -50,7 +60,8 @@ static inline const ls_wslot_t *ls_model_slot(const ls_model_t *m, int layer, in
 }
 
 /* Collective: fingerprint of config.json, the weight table and every safetensors
- * file's name, size and header bytes (computed by rank 0, identical on every rank). */
+ * file's name, size and header bytes, and a remote file's ETag (computed by rank 0,
+ * identical on every rank). */
 uint64_t ls_model_fingerprint(ls_model_t *m, MPI_Comm comm);
 
 /* Rank 0: read layer L's tensors (raw checkpoint bytes) into dst (layer_bytes[L]). */

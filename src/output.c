@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "http.h"
 #include "sweep_internal.h"
 
 /* ---- output file ---------------------------------------------------------------------------------- */
@@ -169,6 +170,13 @@ int ls_sw_create_output(sweep_t *s) {
   rc |= ls_sw_write_str_attr(s, "format_version", FORMAT_VERSION);
   rc |= ls_sw_write_str_attr(s, "layersweep_version", LS_VERSION);
   rc |= ls_sw_write_str_attr(s, "model_path", s->o->model_dir);
+  /* where the bytes came from: local, http (a URL) or hub (a hub id); never a token */
+  rc |= ls_sw_write_str_attr(s, "model_source", s->model.source);
+  rc |= ls_sw_write_str_attr(s, "model_location", s->model.location);
+  if (s->model.hub_id[0]) {
+    rc |= ls_sw_write_str_attr(s, "model_hub_id", s->model.hub_id);
+    rc |= ls_sw_write_str_attr(s, "model_revision", s->model.revision);
+  }
   rc |= ls_sw_write_str_attr(s, "model_config", s->model.config_json);
   rc |= ls_sw_write_str_attr(s, "model_architecture", s->cfg->arch_name);
   rc |= ls_sw_write_str_attr(s, "data_path", s->o->data_path);
@@ -440,6 +448,17 @@ int ls_sw_write_profile(sweep_t *s, const ls_wpipe_t *wp) {
   if (rc == LS_OK) rc = ls_h5out_attr_f64(&s->out.h5, "/profile", "bytes_read", &totals[0], 1);
   if (rc == LS_OK) rc = ls_h5out_attr_f64(&s->out.h5, "/profile", "embedding_bytes_read", &totals[1], 1);
   if (rc == LS_OK) rc = ls_h5out_attr_f64(&s->out.h5, "/profile", "total_s", &totals[2], 1);
+  /* a remote model: body bytes from the network (this run), the seconds with a transfer
+   * running, bytes served by the range cache */
+  ls_http_stats_t hs;
+  memset(&hs, 0, sizeof hs);
+  if (s->rank == 0) ls_http_get_stats(&hs);
+  double net[4] = {(double)hs.net_bytes, hs.net_s, (double)hs.cache_bytes, (double)hs.retries};
+  MPI_Bcast(net, 4, MPI_DOUBLE, 0, s->comm);
+  if (rc == LS_OK) rc = ls_h5out_attr_f64(&s->out.h5, "/profile", "network_bytes", &net[0], 1);
+  if (rc == LS_OK) rc = ls_h5out_attr_f64(&s->out.h5, "/profile", "network_s", &net[1], 1);
+  if (rc == LS_OK) rc = ls_h5out_attr_f64(&s->out.h5, "/profile", "http_cache_bytes", &net[2], 1);
+  if (rc == LS_OK) rc = ls_h5out_attr_f64(&s->out.h5, "/profile", "http_retries", &net[3], 1);
   return ls_agree(rc, s->comm);
 }
 

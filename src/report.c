@@ -4,8 +4,10 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
+#include "http.h"
 #include "sweep_internal.h"
 
 /* ---- progress ------------------------------------------------------------------------------------- */
@@ -56,6 +58,15 @@ static int write_summary_json(const sweep_t *s, const double *mn, const double *
   cJSON_AddNumberToObject(j, "gemm_gflops_overall", flops / s->prof.t_total / 1e9);
   cJSON_AddNumberToObject(j, "weight_bytes_read", (double)(s->model.st.bytes_read - s->prof.embed_bytes));
   cJSON_AddNumberToObject(j, "embedding_bytes_read", (double)s->prof.embed_bytes);
+  ls_http_stats_t hs;
+  ls_http_get_stats(&hs);
+  cJSON_AddStringToObject(j, "model_source", s->model.source);
+  cJSON_AddNumberToObject(j, "network_bytes", (double)hs.net_bytes);
+  cJSON_AddNumberToObject(j, "network_s", hs.net_s);
+  cJSON_AddNumberToObject(j, "network_bytes_per_s", hs.net_s > 0 ? (double)hs.net_bytes / hs.net_s : 0);
+  cJSON_AddNumberToObject(j, "http_requests", (double)hs.requests);
+  cJSON_AddNumberToObject(j, "http_retries", (double)hs.retries);
+  cJSON_AddNumberToObject(j, "http_cache_bytes", (double)hs.cache_bytes);
   cJSON_AddNumberToObject(j, "checkpoints", s->prof.n_ckpt);
   cJSON_AddNumberToObject(j, "checkpoint_s", s->prof.t_ckpt);
   if (s->pred.valid) {
@@ -113,6 +124,16 @@ int ls_sw_print_summary(sweep_t *s, const ls_wpipe_t *wp) {
   fprintf(stderr, "  weight bytes read: %.3f GiB (+ %.3f MiB embedding rows) by rank 0\n",
           (double)(s->model.st.bytes_read - s->prof.embed_bytes) / 1073741824.0,
           (double)s->prof.embed_bytes / 1048576.0);
+  if (strcmp(s->model.source, "local") != 0) {
+    ls_http_stats_t hs;
+    ls_http_get_stats(&hs);
+    /* rate = body bytes / seconds with at least one transfer running */
+    fprintf(stderr, "  network: %.3f MiB in %llu requests (%llu retries), %.3f s transferring: "
+            "%.1f MiB/s; %.3f MiB from the range cache\n", (double)hs.net_bytes / 1048576.0,
+            (unsigned long long)hs.requests, (unsigned long long)hs.retries, hs.net_s,
+            hs.net_s > 0 ? (double)hs.net_bytes / 1048576.0 / hs.net_s : 0.0,
+            (double)hs.cache_bytes / 1048576.0);
+  }
   fprintf(stderr, "  %lld prompts, %lld tokens through %d layers in %.2f s: %.0f tokens/s; model "
           "GEMM %.1f GFLOP/s overall, %.1f GFLOP/s in forward\n", (long long)s->data.n,
           (long long)s->data.n_tokens, n, s->prof.t_total, (double)s->data.n_tokens / s->prof.t_total,

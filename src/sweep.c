@@ -15,7 +15,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sys/stat.h>
+
 #include "guard.h"
+#include "http.h"
 #include "host_blas.h"
 #include "registry.h"
 #include "sweep_internal.h"
@@ -26,6 +29,7 @@ void ls_run_opts_default(ls_run_opts_t *o) {
   o->hooks = "residual_post";
   o->layers = "all";
   o->pool = "last_token";
+  o->http_cache_max = -1;
   o->backend = "auto";
   o->dtype = "auto";
   o->microbatch_tokens = 4096;
@@ -817,6 +821,31 @@ static int guard_outputs(sweep_t *s) {
   return rc;
 }
 
+/* Rank 0, before the model is opened: a remote model writes its range cache, an output
+ * too, which must not be (or hold) an input. A local --model never touches the cache. */
+static int guard_http_cache(const ls_run_opts_t *o) {
+  struct stat st;
+  if (!o->model_dir || stat(o->model_dir, &st) == 0) return LS_OK;
+  ls_http_opts_t ho = {o->http_cache, o->http_cache_max};
+  ls_http_configure(&ho);
+  char dir[4096];
+  ls_http_cache_path(dir, sizeof dir);
+  if (!dir[0]) return LS_OK;
+  ls_guard_t g = {0};
+  int rc = ls_guard_add(&g, o->data_path);
+  if (o->steer) rc |= ls_guard_add(&g, o->steer);
+  if (o->project) {
+    char pf[4096];
+    snprintf(pf, sizeof pf, "%s", o->project);
+    char *colon = strrchr(pf, ':');
+    if (colon) *colon = '\0';
+    rc |= ls_guard_add(&g, pf);
+  }
+  if (rc == LS_OK) rc = ls_guard_check_dir(&g, dir, "--http-cache");
+  ls_guard_free(&g);
+  return rc;
+}
+
 /* The options every rank checks identically (rank 0 reports). */
 static int check_options(sweep_t *s) {
   const ls_run_opts_t *o = s->o;
@@ -938,7 +967,12 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   /* from here on a lost rank or link ends the job instead of hanging it */
   if (!o->plan_only && ls_watchdog_start(&s->wd, o->stall_timeout, s->rank)) return LS_ERR;
   ls_watchdog_beat(&s->wd, "reading the model description", -1);
+  if (ls_agree(s->rank == 0 ? guard_http_cache(o) : LS_OK, comm)) {
+    ls_watchdog_stop(&s->wd);
+    return LS_ERR;
+  }
   if (ls_model_open(&s->model, o->model_dir, comm)) {
+    if (s->rank == 0) ls_http_shutdown();
     ls_watchdog_stop(&s->wd);
     return LS_ERR;
   }
@@ -1046,5 +1080,6 @@ out:
   }
   ls_lock_release(&s->out.lock);
   sweep_free(s);
+  if (s->rank == 0) ls_http_shutdown();
   return rc;
 }

@@ -8,7 +8,7 @@
 #include <stdint.h>
 
 typedef struct {
-  const char *model_dir;
+  const char *model_dir;    /* a directory, an http(s) URL or a hub id (io/hub.h) */
   const char *data_path;
   const char *out_path;
   const char *hooks;        /* default "residual_post" */
@@ -42,6 +42,8 @@ typedef struct {
   int assume_ranks;         /* plan --assume-ranks N: also predict the time at N ranks */
   int verify;               /* --verify N: prompts recomputed on the CPU oracle at every layer */
   int verify_strict;        /* --verify-strict: an error above the tolerance stops the run */
+  const char *http_cache;   /* --http-cache DIR or "off" (NULL: the default directory) */
+  int64_t http_cache_max;   /* --http-cache-max bytes (< 0: 50 GiB) */
   int overlap_writes;       /* default 1: a layer's rows are written by a thread while the
                              * next layer computes (a second host output buffer) */
   int64_t max_tokens;       /* > 0: prompts cut to their first max_tokens tokens (0: none) */

@@ -272,7 +272,7 @@ static void test_read_range_bounds(void **state) {
 }
 
 /* Large reads not in the page cache go through O_DIRECT in aligned 16 MiB chunks read ahead
- * by two threads (io/safetensors.c read_span): a 40 MiB tensor at an odd offset, evicted
+ * by two threads (io/source.c local_read): a 40 MiB tensor at an odd offset, evicted
  * from the page cache, read whole and in unaligned pieces across chunk edges, every byte
  * as written; and the same once cached (buffered path) and with LS_READ_DIRECT=0. */
 static void test_direct_reads(void **state) {
@@ -323,7 +323,7 @@ static void test_direct_reads(void **state) {
       assert_int_equal(ls_st_read_range(&m, b, pieces[k][0], pieces[k][1], got), 0);
       assert_memory_equal(got, bytes + pieces[k][0], (size_t)pieces[k][1]);
     }
-    if (pass == 0) assert_int_equal(m.files[0].direct, 1); /* the O_DIRECT path was taken */
+    if (pass == 0) assert_int_equal(m.files[0].src.direct, 1); /* the O_DIRECT path was taken */
     ls_st_close(&m);
   }
   unsetenv("LS_READ_DIRECT");

@@ -431,6 +431,42 @@ bad model.tensor_missing "$(o tensor_missing)" "$LS_BIN" run --model "$m" --data
 
 # --model is not a directory / does not exist
 WANT=("$T/c/nonexistent"); bad model.dir_missing "$(o dir_missing)" "$LS_BIN" run --model "$T/c/nonexistent" --data "$DATA" --out "$(o dir_missing)"
+
+# ---- --model as a URL or a hub id (io/hub.c): malformed ones are refused before any
+# request (no server is needed), HTTP cache options --------------------------------------
+url_bad() { # name model want...
+  local name=$1 model=$2; shift 2
+  WANT=("$@")
+  bad "$name" "$(o "$name")" "$LS_BIN" run --model "$model" --data "$DATA" --out "$(o "$name")" --http-cache off
+}
+url_bad url.no_host "http://" "http://" "not a valid http(s) URL"
+url_bad url.bad_port "http://127.0.0.1:99999999/m" "not a valid http(s) URL"
+url_bad url.credentials "https://user:secret@example.invalid/m" "credentials in the URL" HF_TOKEN
+url_bad url.query "https://example.invalid/m?rev=1" "no ?query"
+url_bad url.fragment "https://example.invalid/m#x" "no ?query or #fragment"
+url_bad url.scheme_ftp "ftp://example.invalid/m" "ftp://example.invalid/m" "only http:// and https://"
+url_bad hub.double_dash "org/name--" "org/name--" "not a hub id"
+url_bad hub.dotdot "org/..x" "org/..x" "not a hub id"
+url_bad hub.bad_char "org/na\$me" "not a hub id"
+url_bad hub.empty_name "org/" "org/" "not a hub id"
+url_bad hub.empty_revision "org/name@" "org/name@" "revision"
+url_bad hub.revision_dotdot "org/name@../x" "revision"
+if printf '%s' "$(grep -hE "$ERR_RE" "$LOGS"/url.credentials.err)" | grep -q secret; then
+  fail url.credentials_not_echoed "the error line repeats the password"
+else
+  pass url.credentials_not_echoed
+fi
+WANT=(--http-cache-max 12Q); bad opt.http_cache_max_bad "$(o hcm)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o hcm)" --http-cache-max 12Q
+WANT=(--http-cache-max -5); bad opt.http_cache_max_negative "$(o hcm2)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o hcm2)" --http-cache-max -5
+WANT=(--http-cache); bad opt.http_cache_empty "$(o hce)" "$LS_BIN" run --model "$BASE" --data "$DATA" --out "$(o hce)" --http-cache ""
+# the cache of a remote model is an output: not the data file's directory
+mkdir -p "$T/hc_guard" && cp "$DATA" "$T/hc_guard/d.jsonl"
+WANT=(--http-cache "$T/hc_guard" "$T/hc_guard/d.jsonl"); bad guard.http_cache_holds_data "$(o hcg)" "$LS_BIN" run \
+  --model "http://127.0.0.1:1/m" --data "$T/hc_guard/d.jsonl" --out "$(o hcg)" --http-cache "$T/hc_guard"
+# a local model never creates the cache directory
+good valid.local_no_http_cache "$T/out/nocache.h5" "$LS_BIN" run --model "$BASE" --data "$DATA" \
+  --out "$T/out/nocache.h5" --http-cache "$T/should_not_exist"
+[ ! -e "$T/should_not_exist" ] || fail valid.local_no_http_cache "a local run created --http-cache's directory"
 WANT=("$BASE/model.safetensors"); bad model.dir_is_file "$(o dir_is_file)" "$LS_BIN" run --model "$BASE/model.safetensors" --data "$DATA" --out "$(o dir_is_file)"
 
 # sharded: an index that names a file outside the model directory. A valid shard is put at
