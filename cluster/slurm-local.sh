@@ -22,7 +22,7 @@ case "$cmd" in
     munged -f --socket="$dir/munge/sock" --key-file="$dir/munge/key" --pid-file="$dir/munge/pid" \
       --log-file="$dir/munge/log" --seed-file="$dir/munge/seed"
     host=$(hostname)
-    cpus=$(nproc)
+    cpus=$(getconf _NPROCESSORS_ONLN) # not nproc: it answers OMP_NUM_THREADS
     mem=$(awk '/MemTotal/ { print int($2 / 1024 * 0.8) }' /proc/meminfo)
     # ports from the directory's name, so two clusters on one machine do not collide
     base=$(( 20000 + $(printf '%s' "$dir" | cksum | cut -d' ' -f1) % 20000 ))

@@ -63,8 +63,8 @@ int ls_h5out_drop_datasets(ls_h5out_t *h, const char *scale, const char *const *
 /* Unlink dataset `name` (collective). */
 int ls_h5out_unlink(ls_h5out_t *h, const char *name);
 /* Make dataset `scale` a dimension scale named dimname unless it is one already (netCDF /
- * xarray read it as the dimension of that name), and attach it to dimension idx of each dataset in `dsets`
- * (NULL-ended). Collective. */
+ * xarray read it as the dimension of that name), and attach it to dimension idx of each
+ * dataset in `dsets` (NULL-ended). Collective. */
 int ls_h5out_dim_scale(ls_h5out_t *h, const char *scale, const char *dimname,
                        const char *const *dsets, const int *idx);
 /* Write a block of a dataset: start/count per dimension (count may be all zero on

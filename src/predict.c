@@ -39,6 +39,8 @@ static int probe_backend(ls_backend_t *be, ls_dtype_t wdt, int T, int n_in, int 
   float *y = f->alloc(be, sizeof(float) * rows * (size_t)n_out, "time probe");
   void *src = raw;
   int rc = hw && raw && W && x && y ? LS_OK : LS_ERR;
+  /* the backend's GEMM scratch for these rows (grown again after the plan if need be) */
+  if (rc == LS_OK && f->reserve) rc = f->reserve(be, T, n_in > n_out ? n_in : n_out);
   if (rc == LS_OK) {
     for (size_t i = 0; i < nw; i++) hw[i] = frand();
     if (wdt == LS_DT_F32) memcpy(raw, hw, nw * 4);

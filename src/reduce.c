@@ -44,8 +44,8 @@ int ls_reduce_parse(const char *spec, ls_reduce_spec_t *r) {
     ls_error("--reduce: \"%s\" names no reduction; choose from mean, cov, pca:K, diffmeans", spec);
     return LS_ERR;
   }
-  snprintf(r->canon, sizeof r->canon, "%s%s%s%s", r->what & LS_RED_MEAN ? "mean," : "",
-           r->what & LS_RED_COV ? "cov," : "", "", r->what & LS_RED_DIFFMEANS ? "diffmeans," : "");
+  snprintf(r->canon, sizeof r->canon, "%s%s%s", r->what & LS_RED_MEAN ? "mean," : "",
+           r->what & LS_RED_COV ? "cov," : "", r->what & LS_RED_DIFFMEANS ? "diffmeans," : "");
   if (r->what & LS_RED_PCA)
     snprintf(r->canon + strlen(r->canon), sizeof r->canon - strlen(r->canon), "pca:%d,", r->pca_k);
   r->canon[strlen(r->canon) - 1] = '\0';
@@ -341,8 +341,11 @@ int ls_sw_reduce_create(sweep_t *s) {
     char comp[128], cls[128];
     red_path(comp, sizeof comp, h, "component");
     red_path(cls, sizeof cls, h, "class_labels");
+    /* the group's own axes (component, class) are attached below, the shared ones by make */
     const char *ax_w[1] = {wax}, *ax_ww[2] = {wax, wcol};
-    const char *ax_kw[2] = {comp, wax}, *ax_k[1] = {comp}, *ax_cw[2] = {cls, wax};
+    const char *ax_kw[2] = {NULL, wax}, *ax_cw[2] = {NULL, wax};
+    const int lay = ls_hook_layered(h);
+    char p1[128], p2[128];
     rc = make(s, h, "count", H5T_STD_I64LE, 0, NULL, NULL, att, n_att);
     if (rc == LS_OK) rc = make(s, h, "mean", H5T_IEEE_F64LE, 1, &W, ax_w, att, n_att);
     if (rc == LS_OK && cov) {
@@ -353,7 +356,7 @@ int ls_sw_reduce_create(sweep_t *s) {
       hsize_t d2[2] = {K, W};
       rc = coord(s, comp, K, NULL);
       if (rc == LS_OK) rc = make(s, h, "pca_components", H5T_IEEE_F64LE, 2, d2, ax_kw, att, n_att);
-      if (rc == LS_OK) rc = make(s, h, "pca_explained_variance", H5T_IEEE_F64LE, 1, &K, ax_k, att, n_att);
+      if (rc == LS_OK) rc = make(s, h, "pca_explained_variance", H5T_IEEE_F64LE, 1, &K, NULL, att, n_att);
     }
     if (rc == LS_OK && (w & LS_RED_DIFFMEANS)) {
       hsize_t d2[2] = {C, W}, start = 0, count = s->rank == 0 ? C : 0;
@@ -365,14 +368,17 @@ int ls_sw_reduce_create(sweep_t *s) {
       if (rc == LS_OK) rc = make(s, h, "class_means", H5T_IEEE_F64LE, 2, d2, ax_cw, att, n_att);
       if (rc == LS_OK && r->binary)
         rc = make(s, h, "diff_of_means", H5T_IEEE_F64LE, 1, &W, ax_w, att, n_att);
-      const char *cd[2] = {path, NULL};
-      int zero[1] = {0};
-      if (rc == LS_OK) rc = ls_h5out_dim_scale(&s->out.h5, cls, "class", cd, zero);
+      red_path(p1, sizeof p1, h, "class_means");
+      const char *cd[3] = {path, p1, NULL};
+      const int ax[2] = {0, lay};
+      if (rc == LS_OK) rc = ls_h5out_dim_scale(&s->out.h5, cls, "class", cd, ax);
     }
     if (rc == LS_OK && pca) {
-      const char *none[1] = {NULL};
-      int zero[1] = {0};
-      rc = ls_h5out_dim_scale(&s->out.h5, comp, "component", none, zero);
+      red_path(p1, sizeof p1, h, "pca_components");
+      red_path(p2, sizeof p2, h, "pca_explained_variance");
+      const char *cd[3] = {p1, p2, NULL};
+      const int ax[2] = {lay, lay};
+      rc = ls_h5out_dim_scale(&s->out.h5, comp, "component", cd, ax);
     }
     /* the group's layers, as on the hook datasets */
     if (rc == LS_OK && ls_hook_layered(h)) {

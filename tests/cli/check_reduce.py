@@ -34,6 +34,13 @@ def check_file(path):
     checked = 0
     for hook in red:
         g = red[hook]
+        # every axis named (xarray / h5netcdf refuse a mix of named and unnamed axes)
+        for name, ds in g.items():
+            if not isinstance(ds, h5py.Dataset) or ds.attrs.get("CLASS") == b"DIMENSION_SCALE":
+                continue
+            for ax in range(ds.ndim):
+                if len(ds.dims[ax]) == 0:
+                    fail(f"/reductions/{hook}/{name}: axis {ax} has no dimension scale")
         if hook not in f:
             continue
         acts = f[hook][()].astype(np.float64)

@@ -426,10 +426,11 @@ printf '%s\n' "$failed_cases" >"$T/failed_cases"
 # Objects the format gained after the golden file was recorded (metadata only: every
 # activation dataset is still compared by its bytes): the named dimensions (coordinate
 # datasets, their dimension-scale attributes, each dataset's DIMENSION_LIST) and the
-# out_dtype, compress, steer, activations_stored and project attributes, /samples/input_ids
-# (the ids that went in: the data's own). New in the output but not in the golden file is
+# out_dtype, compress, steer, activations_stored and project attributes, the model's source
+# (model_source, model_location, model_hub_id, model_revision), the network counters of
+# /profile, /samples/input_ids (the ids that went in: the data's own). New in the output but not in the golden file is
 # then not a failure.
-ADDED_RE='^((attr|dataset) /(layer|hidden|sample|token|sample_edge|rank|layer_computed)(/(CLASS|NAME|REFERENCE_LIST))?|attr /.*/DIMENSION_LIST|attr /(out_dtype|compress|steer|activations_stored|project)|dataset /samples/input_ids)$'
+ADDED_RE='^((attr|dataset) /(layer|hidden|sample|token|sample_edge|rank|layer_computed)(/(CLASS|NAME|REFERENCE_LIST))?|attr /.*/DIMENSION_LIST|attr /(out_dtype|compress|steer|activations_stored|project|model_source|model_location|model_hub_id|model_revision)|attr /profile/(network_bytes|network_s|http_cache_bytes|http_retries)|dataset /samples/input_ids)$'
 awk -v OFS='\t' -v added="$ADDED_RE" '
   FILENAME == ARGV[1] { if (NF) skip[$1] = 1; next }
   FILENAME == ARGV[2] { k = $1 " " $2 " " $3; g[k] = $4; gcase[k] = $1; what[k] = $2 " " $3; next }
