@@ -24,8 +24,15 @@ case "$cmd" in
     host=$(hostname)
     cpus=$(getconf _NPROCESSORS_ONLN) # not nproc: it answers OMP_NUM_THREADS
     mem=$(awk '/MemTotal/ { print int($2 / 1024 * 0.8) }' /proc/meminfo)
-    # ports from the directory's name, so two clusters on one machine do not collide
-    base=$(( 20000 + $(printf '%s' "$dir" | cksum | cut -d' ' -f1) % 20000 ))
+    # two ports below the ephemeral range (32768-), from the directory's name so that two
+    # clusters on one machine do not collide, moved on while either is in use
+    base=$(( 10000 + $(printf '%s' "$dir" | cksum | cut -d' ' -f1) % 20000 ))
+    for _ in $(seq 1 100); do
+      ss -Htan 2>/dev/null | awk -v a=":$base" -v b=":$((base + 1))" \
+        '{ if (substr($4, length($4) - length(a) + 1) == a || substr($4, length($4) - length(b) + 1) == b) u = 1 } END { exit !u }' ||
+        break
+      base=$(( base + 2 > 32000 ? 10000 : base + 2 ))
+    done
     cat >"$dir/slurm.conf" <<CONF
 ClusterName=lslocal
 SlurmctldHost=$host(127.0.0.1)
