@@ -66,6 +66,18 @@ LS_FX_FN void ls_gram_pair(int p, int *a, int *b) {
   *b = p == 1 ? 1 : 2;
 }
 
+/* a += b (192-bit) */
+LS_FX_FN void ls_fx_add3(uint64_t *a, const uint64_t *b) {
+  uint64_t carry = 0;
+  for (int i = 0; i < 3; i++) {
+    const uint64_t x = a[i] + b[i];
+    const uint64_t c1 = x < a[i];
+    const uint64_t y = x + carry;
+    carry = c1 | (y < x);
+    a[i] = y;
+  }
+}
+
 /* a (192-bit two's complement, 3 limbs) += v 2^s, 0 <= s < 128 */
 LS_FX_FN void ls_fx_add_shifted(uint64_t *a, int64_t v, int s) {
   const uint64_t sign = v < 0 ? ~(uint64_t)0 : 0;
@@ -81,26 +93,7 @@ LS_FX_FN void ls_fx_add_shifted(uint64_t *a, int64_t v, int s) {
     w[1] = (w[1] << s) | (w[0] >> (64 - s));
     w[0] <<= s;
   }
-  uint64_t carry = 0;
-  for (int i = 0; i < 3; i++) {
-    const uint64_t x = a[i] + w[i];
-    const uint64_t c1 = x < a[i];
-    const uint64_t y = x + carry;
-    carry = c1 | (y < x);
-    a[i] = y;
-  }
-}
-
-/* a += b (192-bit) */
-LS_FX_FN void ls_fx_add3(uint64_t *a, const uint64_t *b) {
-  uint64_t carry = 0;
-  for (int i = 0; i < 3; i++) {
-    const uint64_t x = a[i] + b[i];
-    const uint64_t c1 = x < a[i];
-    const uint64_t y = x + carry;
-    carry = c1 | (y < x);
-    a[i] = y;
-  }
+  ls_fx_add3(a, w);
 }
 
 #endif
