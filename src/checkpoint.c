@@ -73,8 +73,69 @@ static void fsync_dir(const char *dir) {
   }
 }
 
-/* Write path atomically: tmp name, fsync, rename. */
-static int write_atomic(const char *path, const void *a, size_t na, const void *b, size_t nb) {
+/* ---- rows in host memory or in pieces -------------------------------------------------- */
+#define PIECE_BYTES ((size_t)64 << 20)
+
+static size_t row_bytes(const ls_ckpt_rows_t *r) { return r->row_floats * sizeof(float); }
+
+/* Rows per piece when the stream moves through get / put, and a buffer for one. */
+static int64_t piece_rows(const ls_ckpt_rows_t *r, int64_t n_rows) {
+  int64_t k = (int64_t)(PIECE_BYTES / row_bytes(r));
+  if (k < 1) k = 1;
+  return n_rows < k ? (n_rows > 0 ? n_rows : 1) : k;
+}
+
+static int write_rows(int fd, const ls_ckpt_rows_t *r, int64_t n_rows, const char *path) {
+  if (r->x) return write_all(fd, r->x, (size_t)n_rows * row_bytes(r), path);
+  const int64_t k = piece_rows(r, n_rows);
+  float *buf = ls_malloc(row_bytes(r) * (size_t)k, "checkpoint staging");
+  int rc = buf ? LS_OK : LS_ERR;
+  for (int64_t r0 = 0; r0 < n_rows && rc == LS_OK; r0 += k) {
+    const int64_t n = n_rows - r0 < k ? n_rows - r0 : k;
+    rc = r->get(r->ctx, r0, n, buf);
+    if (rc == LS_OK) rc = write_all(fd, buf, (size_t)n * row_bytes(r), path);
+  }
+  free(buf);
+  return rc;
+}
+
+/* Rows [row0, row0 + n) of r <- the file's bytes from off (pread) or, off < 0, from where
+ * fd is (read). */
+static int read_rows(int fd, off_t off, const ls_ckpt_rows_t *r, int64_t row0, int64_t n_rows,
+                     const char *path) {
+  const int64_t k = r->x ? n_rows : piece_rows(r, n_rows);
+  float *buf = r->x ? NULL : ls_malloc(row_bytes(r) * (size_t)k, "checkpoint staging");
+  int rc = r->x || buf ? LS_OK : LS_ERR;
+  for (int64_t r0 = 0; r0 < n_rows && rc == LS_OK; r0 += k) {
+    const int64_t n = n_rows - r0 < k ? n_rows - r0 : k;
+    char *dst = r->x ? (char *)(r->x + (size_t)(row0 + r0) * r->row_floats) : (char *)buf;
+    const size_t bytes = (size_t)n * row_bytes(r);
+    if (off < 0) {
+      rc = read_all(fd, dst, bytes, path);
+    } else {
+      const off_t at = off + (off_t)((size_t)r0 * row_bytes(r));
+      for (size_t done = 0; done < bytes && rc == LS_OK;) {
+        const ssize_t got = pread(fd, dst + done, bytes - done, at + (off_t)done);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) {
+          ls_error("%s: cannot read the checkpoint rows: %s", path,
+                   got < 0 ? strerror(errno) : "file too short");
+          rc = LS_ERR;
+        } else {
+          done += (size_t)got;
+        }
+      }
+    }
+    if (rc == LS_OK && !r->x) rc = r->put(r->ctx, row0 + r0, n, buf);
+  }
+  free(buf);
+  return rc;
+}
+
+/* Write path atomically: tmp name, fsync, rename. The header a (na bytes), then n_rows of
+ * rows when rows is not NULL. */
+static int write_atomic(const char *path, const void *a, size_t na, const ls_ckpt_rows_t *rows,
+                        int64_t n_rows) {
   char tmp[4200];
   snprintf(tmp, sizeof tmp, "%s.tmp", path);
   int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -83,7 +144,7 @@ static int write_atomic(const char *path, const void *a, size_t na, const void *
     return LS_ERR;
   }
   int rc = write_all(fd, a, na, tmp);
-  if (rc == LS_OK && nb) rc = write_all(fd, b, nb, tmp);
+  if (rc == LS_OK && rows && n_rows > 0) rc = write_rows(fd, rows, n_rows, tmp);
   if (rc == LS_OK && fsync(fd) != 0) {
     ls_error("%s: fsync failed: %s", tmp, strerror(errno));
     rc = LS_ERR;
@@ -127,8 +188,8 @@ static char *meta_json(const ls_ckpt_meta_t *m) {
   return text;
 }
 
-int ls_ckpt_save(const char *dir, MPI_Comm comm, const ls_ckpt_meta_t *meta, const float *x,
-                 size_t n_floats) {
+int ls_ckpt_save(const char *dir, MPI_Comm comm, const ls_ckpt_meta_t *meta,
+                 const ls_ckpt_rows_t *rows, int64_t n_rows) {
   int rank;
   MPI_Comm_rank(comm, &rank);
   int rc = LS_OK;
@@ -152,9 +213,9 @@ int ls_ckpt_save(const char *dir, MPI_Comm comm, const ls_ckpt_meta_t *meta, con
   h.rank = rank;
   h.layer_next = meta->layer_next;
   h.fp = ls_ckpt_fp(meta);
-  h.n_floats = n_floats;
+  h.n_floats = (uint64_t)n_rows * rows->row_floats;
   ls_error_defer(1);
-  rc = write_atomic(path, &h, sizeof h, x, n_floats * sizeof(float));
+  rc = write_atomic(path, &h, sizeof h, rows, n_rows);
   if (ls_agree_report(rc, comm)) return LS_ERR;
   /* 2. the commit point: meta.json names the new layer */
   ls_error_defer(1);
@@ -272,8 +333,8 @@ int ls_ckpt_check(const ls_ckpt_meta_t *s, const ls_ckpt_meta_t *n, const char *
   return LS_ERR;
 }
 
-int ls_ckpt_load_rows(const char *dir, MPI_Comm comm, int layer_next, uint64_t fp, float *x,
-                      size_t n_floats) {
+int ls_ckpt_load_rows(const char *dir, MPI_Comm comm, int layer_next, uint64_t fp,
+                      const ls_ckpt_rows_t *rows, int64_t n_rows) {
   int rank;
   MPI_Comm_rank(comm, &rank);
   char path[4200];
@@ -285,11 +346,11 @@ int ls_ckpt_load_rows(const char *dir, MPI_Comm comm, int layer_next, uint64_t f
     ls_error("%s: missing checkpoint file: %s", path, strerror(errno));
   } else if (read_all(fd, &h, sizeof h, path) == LS_OK) {
     if (memcmp(h.magic, MAGIC, 8) != 0 || h.rank != rank || h.layer_next != layer_next ||
-        h.fp != fp || h.n_floats != n_floats)
+        h.fp != fp || h.n_floats != (uint64_t)n_rows * rows->row_floats)
       ls_error("%s: checkpoint file does not belong to this run (rank, layer or size "
                "differs); rerun with --force to start over", path);
     else
-      rc = read_all(fd, x, n_floats * sizeof(float), path);
+      rc = read_rows(fd, -1, rows, 0, n_rows, path);
   }
   if (fd >= 0) close(fd);
   return ls_agree(rc, comm);
@@ -297,7 +358,8 @@ int ls_ckpt_load_rows(const char *dir, MPI_Comm comm, int layer_next, uint64_t f
 
 int ls_ckpt_load_rows_elastic(const char *dir, MPI_Comm comm, const ls_ckpt_meta_t *saved,
                               uint64_t fp, const int64_t *old_rows, int64_t row0,
-                              int64_t n_rows, size_t H, float *x) {
+                              int64_t n_rows, const ls_ckpt_rows_t *rows) {
+  const size_t H = rows->row_floats;
   int rc = LS_OK;
   for (int r = 0; r < saved->ranks && rc == LS_OK; r++) {
     const int64_t a = old_rows[r] > row0 ? old_rows[r] : row0;
@@ -321,19 +383,8 @@ int ls_ckpt_load_rows_elastic(const char *dir, MPI_Comm comm, const ls_ckpt_meta
       rc = LS_ERR;
     } else {
       /* rows [a, b) of the whole stream are rows [a - old_rows[r], ..) of this file */
-      const size_t bytes = (size_t)(b - a) * H * sizeof(float);
       const off_t off = (off_t)sizeof h + (off_t)((size_t)(a - old_rows[r]) * H * sizeof(float));
-      char *dst = (char *)(x + (size_t)(a - row0) * H);
-      for (size_t done = 0; done < bytes && rc == LS_OK;) {
-        const ssize_t got = pread(fd, dst + done, bytes - done, off + (off_t)done);
-        if (got <= 0) {
-          ls_error("%s: cannot read the checkpoint rows: %s", path,
-                   got < 0 ? strerror(errno) : "file too short");
-          rc = LS_ERR;
-        } else {
-          done += (size_t)got;
-        }
-      }
+      rc = read_rows(fd, off, rows, a - row0, b - a, path);
     }
     if (fd >= 0) close(fd);
   }

@@ -31,9 +31,20 @@ typedef struct {
 /* The combined fingerprint stored in every rank file. */
 uint64_t ls_ckpt_fp(const ls_ckpt_meta_t *m);
 
-/* Collective: every rank saves its rows (floats, host memory) for layer_next. */
-int ls_ckpt_save(const char *dir, MPI_Comm comm, const ls_ckpt_meta_t *meta, const float *x,
-                 size_t n_floats);
+/* A rank's residual stream as a checkpoint sees it: in host memory (x), or (x NULL) moved
+ * in pieces of whole rows through get / put (a spilled stream: rows [row0, row0 + n),
+ * row_floats floats each). */
+typedef struct {
+  float *x;
+  size_t row_floats;
+  int (*get)(void *ctx, int64_t row0, int64_t n, float *dst);
+  int (*put)(void *ctx, int64_t row0, int64_t n, const float *src);
+  void *ctx;
+} ls_ckpt_rows_t;
+
+/* Collective: every rank saves its n_rows rows for layer_next. */
+int ls_ckpt_save(const char *dir, MPI_Comm comm, const ls_ckpt_meta_t *meta,
+                 const ls_ckpt_rows_t *rows, int64_t n_rows);
 /* Collective: 1 if a committed checkpoint exists (meta filled on every rank), 0 if none,
  * -1 on error (one message). */
 int ls_ckpt_load_meta(const char *dir, MPI_Comm comm, ls_ckpt_meta_t *meta);
@@ -41,17 +52,17 @@ int ls_ckpt_load_meta(const char *dir, MPI_Comm comm, ls_ckpt_meta_t *meta);
  * what differs. */
 int ls_ckpt_check(const ls_ckpt_meta_t *saved, const ls_ckpt_meta_t *now, const char *dir,
                   MPI_Comm comm);
-/* Collective: read this rank's rows of the checkpoint at layer_next into x. */
-int ls_ckpt_load_rows(const char *dir, MPI_Comm comm, int layer_next, uint64_t fp, float *x,
-                      size_t n_floats);
+/* Collective: read this rank's n_rows rows of the checkpoint at layer_next into rows. */
+int ls_ckpt_load_rows(const char *dir, MPI_Comm comm, int layer_next, uint64_t fp,
+                      const ls_ckpt_rows_t *rows, int64_t n_rows);
 /* Collective, for a resume with another rank count (elastic): rows [row0, row0 + n_rows)
- * (H floats each) of the checkpoint's whole residual stream into x, read from the saved
- * ranks' files that hold them; old_rows (saved->ranks + 1) are the first rows of each
+ * of the checkpoint's whole residual stream into rows (its row 0 is row0), read from the
+ * saved ranks' files that hold them; old_rows (saved->ranks + 1) are the first rows of each
  * saved rank's file (the files are consecutive slices of one row order). fp: the
  * fingerprint of the saved run (ls_ckpt_fp of its meta). */
 int ls_ckpt_load_rows_elastic(const char *dir, MPI_Comm comm, const ls_ckpt_meta_t *saved,
                               uint64_t fp, const int64_t *old_rows, int64_t row0,
-                              int64_t n_rows, size_t H, float *x);
+                              int64_t n_rows, const ls_ckpt_rows_t *rows);
 /* 1 if dir does not exist, is empty, or is a checkpoint directory of layersweep's (its
  * marker or a meta.json in it); 0 for a directory with other files, which the
  * checkpoints must not share (they are removed at the end). */

@@ -117,6 +117,14 @@ static const char *usage_run =
     "                            each minute of work, under 2% of the time) or off\n"
     "                            (default: auto)\n"
     "  --checkpoint-dir DIR      where checkpoints go (default: OUT.ckpt beside the output)\n"
+    "  --memory-limit BYTES      host memory one rank may use; a residual stream that does not\n"
+    "                            fit beside the other buffers lives in a file in --spill-dir,\n"
+    "                            read ahead and written behind per microbatch; suffixes K, M,\n"
+    "                            G, T (default: auto: 95% of the memory available at the start,\n"
+    "                            shared by the ranks on the node)\n"
+    "  --spill-dir DIR           where a spilled residual stream goes, one unlinked file per\n"
+    "                            rank: give the fastest local disk (default: OUT.spill beside\n"
+    "                            the output)\n"
     "  --assume-ranks N          plan: also predict the time at N ranks (default: the ranks\n"
     "                            of this job)\n"
     "  --http-cache DIR          a remote model's byte ranges are kept here, so that a second\n"
@@ -196,7 +204,7 @@ static void join_argv(int argc, char **argv, char *buf, size_t cap) {
 
 /* ---- commands ---------------------------------------------------------------------------- */
 enum { O_MODEL = 256, O_DATA, O_OUT, O_HOOKS, O_LAYERS, O_POOL, O_MB, O_THREADS, O_LONG,
-       O_FORCE, O_PROGRESS, O_SUMMARY, O_RESUME, O_CKPT_EVERY, O_CKPT_DIR, O_BACKEND, O_DTYPE, O_PRELOAD, O_OVERLAP, O_OUT_DTYPE, O_STALL, O_PRECISE, O_COMPRESS, O_STEER, O_REDUCE, O_NO_STORE, O_PROJECT, O_VERIFY, O_VERIFY_STRICT, O_ASSUME_RANKS, O_HTTP_CACHE, O_HTTP_CACHE_MAX, O_HELP,
+       O_FORCE, O_PROGRESS, O_SUMMARY, O_RESUME, O_CKPT_EVERY, O_CKPT_DIR, O_BACKEND, O_DTYPE, O_PRELOAD, O_OVERLAP, O_OUT_DTYPE, O_STALL, O_PRECISE, O_COMPRESS, O_STEER, O_REDUCE, O_NO_STORE, O_PROJECT, O_VERIFY, O_VERIFY_STRICT, O_ASSUME_RANKS, O_HTTP_CACHE, O_HTTP_CACHE_MAX, O_MEMORY_LIMIT, O_SPILL_DIR, O_HELP,
        O_MAX_TOKENS };
 
 static int cmd_run(int argc, char **argv, int plan_only) {
@@ -230,6 +238,8 @@ static int cmd_run(int argc, char **argv, int plan_only) {
       {"max-tokens", required_argument, 0, O_MAX_TOKENS},
       {"http-cache", required_argument, 0, O_HTTP_CACHE},
       {"http-cache-max", required_argument, 0, O_HTTP_CACHE_MAX},
+      {"memory-limit", required_argument, 0, O_MEMORY_LIMIT},
+      {"spill-dir", required_argument, 0, O_SPILL_DIR},
       {0, 0, 0, 0}};
   ls_run_opts_t o;
   ls_run_opts_default(&o);
@@ -325,6 +335,15 @@ static int cmd_run(int argc, char **argv, int plan_only) {
         else { ls_error("--overlap-writes: choose on or off"); return 2; }
         break;
       case O_CKPT_DIR: o.checkpoint_dir = optarg; break;
+      case O_SPILL_DIR: o.spill_dir = optarg; break;
+      case O_MEMORY_LIMIT:
+        if (strcmp(optarg, "auto") != 0 &&
+            (ls_http_parse_size(optarg, &o.memory_limit) || o.memory_limit < ((int64_t)1 << 20))) {
+          ls_error("--memory-limit: expected a byte count of at least 1M such as 64G or 512M, "
+                   "or auto, got \"%s\"", optarg);
+          return 2;
+        }
+        break;
       case O_CKPT_EVERY:
         if (strcmp(optarg, "auto") == 0) o.checkpoint_every = 0;
         else if (strcmp(optarg, "off") == 0) o.checkpoint_every = -1;

@@ -251,9 +251,15 @@ int ls_sw_plan(sweep_t *s) {
     if (s->o->overlap_writes && s->sel.n_sel > 0 && ls_hook_layered(h)) outbuf_alt += b;
   }
   if (s->fam->host_scratch_bytes) outbuf += (double)s->fam->host_scratch_bytes(c, sh->T_max);
+  /* the stream's bytes in host memory (spilled: the ring of microbatch slots instead) */
+  const double stream = (double)sh->n_store * H * 4;
+  double host_stream = be->mem_bytes > 0 ? 0 : stream;
   double rank_bytes = resid + scratch + wconv + staging + outbuf + outbuf_alt;
   int dev_rc = LS_OK;
   double dev_bytes = 0;
+  /* test switch: the residual stream in a spill file whatever the memory */
+  const char *force_spill = getenv("LS_TEST_SPILL");
+  const int spill_forced = force_spill && strcmp(force_spill, "1") == 0;
   ls_error_defer(1); /* ranks that cannot fit: the lowest one reports */
   if (be->mem_bytes > 0) {
     /* a device backend: weights (two raw receive slots + the converted layer), scratch,
@@ -266,12 +272,12 @@ int ls_sw_plan(sweep_t *s) {
     bf->x_on_host = fixed + resid > 0.92 * be->mem_bytes;
     /* test switch: exercise the host-staged path on a GPU that could hold everything */
     const char *force_host = getenv("LS_TEST_RESIDUAL_ON_HOST");
-    if (force_host && strcmp(force_host, "1") == 0) bf->x_on_host = 1;
+    if ((force_host && strcmp(force_host, "1") == 0) || spill_forced) bf->x_on_host = 1;
     dev_bytes = fixed + (bf->x_on_host ? (double)sh->T_max * H * 4 : resid);
     /* host: rank 0's read staging, the pooled rows, the residual stream if it lives
      * there, or its copy while a checkpoint is written */
-    rank_bytes = (s->rank == 0 ? staging : 0) + outbuf + outbuf_alt +
-                 (bf->x_on_host || s->o->checkpoint_every >= 0 ? resid : 0);
+    host_stream = bf->x_on_host || s->o->checkpoint_every >= 0 ? resid : 0;
+    rank_bytes = (s->rank == 0 ? staging : 0) + outbuf + outbuf_alt + host_stream;
     if (dev_bytes > 0.92 * be->mem_bytes) {
       ls_error("plan: rank %d needs about %.2f GiB of GPU memory (layer weights %.2f, "
                "microbatch scratch %.2f, pooled outputs %.2f, CUDA libraries 0.25) but may use "
@@ -283,16 +289,6 @@ int ls_sw_plan(sweep_t *s) {
       dev_rc = LS_ERR;
     }
   }
-  int any_on_host = 0;
-  MPI_Allreduce(&bf->x_on_host, &any_on_host, 1, MPI_INT, MPI_MAX, s->comm);
-  double file_bytes = 0;
-  for (int h = 0; h < LS_HOOK_COUNT; h++) {
-    if (!((s->sel.hooks >> h) & 1)) continue;
-    const double es = h == LS_HOOK_ROUTER_LOGITS ? 4 : (double)ls_dtype_size(s->out.out_dt);
-    file_bytes += ls_sw_hook_layers(s, h) * (double)sh->n_out_rows * ls_sw_hook_width(s, h) * es;
-  }
-  double max_rank_bytes = 0;
-  MPI_Allreduce(&rank_bytes, &max_rank_bytes, 1, MPI_DOUBLE, MPI_MAX, s->comm);
   double avail = available_memory();
   int local_size = 1;
   {
@@ -301,6 +297,39 @@ int ls_sw_plan(sweep_t *s) {
     MPI_Comm_size(node, &local_size);
     MPI_Comm_free(&node);
   }
+  /* host memory per rank: --memory-limit, else 95% of what is available now, shared by
+   * the ranks of this node (0: unknown, nothing is refused or spilled) */
+  const double limit = s->o->memory_limit > 0 ? (double)s->o->memory_limit
+                                              : avail > 0 ? 0.95 * avail / local_size : 0;
+  /* beyond it, the residual stream goes to a spill file (on a device backend only when it
+   * already lives on the host, which a checkpoint copy alone does not) */
+  const double slot = (double)sh->T_max * H * 4 + LS_SPILL_ALIGN;
+  bf->spilled = (spill_forced || (limit > 0 && rank_bytes > limit)) &&
+                (be->mem_bytes == 0 || bf->x_on_host) && sh->n_store > 0;
+  if (bf->spilled) rank_bytes += LS_SPILL_SLOTS * slot - (be->mem_bytes > 0 ? host_stream : stream);
+  int mem_rc = LS_OK;
+  if (limit > 0 && rank_bytes > limit) {
+    ls_error("plan: rank %d needs about %.2f GiB of host memory but may use %.2f GiB (%s%s); "
+             "lower --microbatch-tokens, capture fewer --hooks/--layers, use pooling, run on "
+             "more nodes%s", s->rank, rank_bytes / 1073741824.0, limit / 1073741824.0,
+             s->o->memory_limit > 0 ? "--memory-limit" : "95% of the memory available",
+             s->o->memory_limit > 0 || local_size == 1 ? "" : ", shared by the ranks of the node",
+             s->o->memory_limit > 0 ? " or raise --memory-limit" : "");
+    mem_rc = LS_ERR;
+  }
+  int any_on_host = 0, n_spilled = 0;
+  MPI_Allreduce(&bf->x_on_host, &any_on_host, 1, MPI_INT, MPI_MAX, s->comm);
+  MPI_Allreduce(&bf->spilled, &n_spilled, 1, MPI_INT, MPI_SUM, s->comm);
+  double spill_max = bf->spilled ? stream : 0;
+  MPI_Allreduce(MPI_IN_PLACE, &spill_max, 1, MPI_DOUBLE, MPI_MAX, s->comm);
+  double file_bytes = 0;
+  for (int h = 0; h < LS_HOOK_COUNT; h++) {
+    if (!((s->sel.hooks >> h) & 1)) continue;
+    const double es = h == LS_HOOK_ROUTER_LOGITS ? 4 : (double)ls_dtype_size(s->out.out_dt);
+    file_bytes += ls_sw_hook_layers(s, h) * (double)sh->n_out_rows * ls_sw_hook_width(s, h) * es;
+  }
+  double max_rank_bytes = 0;
+  MPI_Allreduce(&rank_bytes, &max_rank_bytes, 1, MPI_DOUBLE, MPI_MAX, s->comm);
   if (s->rank == 0) {
     ls_info("plan: %s, %d layers (computing %d, capturing %d), hidden %d, %lld prompts, "
             "%lld tokens, %d rank%s", c->arch_name, c->n_layers, s->sel.n_run, s->sel.n_sel, c->hidden,
@@ -313,26 +342,48 @@ int ls_sw_plan(sweep_t *s) {
     if (be->mem_bytes > 0)
       ls_info("plan: GPU memory per rank %.2f of %.2f GiB; residual stream %s", dev_bytes / 1073741824.0,
               be->mem_bytes / 1073741824.0,
-              any_on_host ? "in page-locked host memory, staged per microbatch (it does not fit "
-                            "on the GPU)"
-                          : "on the GPU");
+              n_spilled ? "in a spill file, staged per microbatch through page-locked host memory"
+              : any_on_host ? "in page-locked host memory, staged per microbatch (it does not fit "
+                              "on the GPU)"
+                            : "on the GPU");
     ls_info("plan: microbatch <= %lld tokens (rank 0: %d microbatches, largest %d rows; prompts "
-            "start at multiples of %d rows, %.1f%% padding); memory per rank <= %.2f GiB; output "
+            "start at multiples of %d rows, %.1f%% padding); memory per rank <= %.3f GiB; output "
             "%.3f GiB; weights read once: %.3f GiB", (long long)s->o->microbatch_tokens, sh->n_mb,
             sh->T_max, sh->align, sh->n_rows ? 100.0 * (double)(sh->n_rows - sh->n_tokens) / (double)sh->n_rows : 0.0,
             max_rank_bytes / 1073741824.0,
             file_bytes / 1073741824.0, (double)s->model.total_tensor_bytes / 1073741824.0);
+    if (n_spilled)
+      ls_info("plan: residual stream spilled on %d of %d ranks (it does not fit in %.2f GiB of "
+              "host memory per rank%s) to %s: up to %.4g GiB per rank, read and written once per "
+              "layer, a microbatch read ahead and one written behind", n_spilled, s->size,
+              limit / 1073741824.0,
+              spill_forced ? ", LS_TEST_SPILL" : s->o->memory_limit > 0 ? ", --memory-limit" : "",
+              bf->spill_dir, spill_max / 1073741824.0);
   }
-  if (ls_agree_report(dev_rc, s->comm)) return LS_ERR;
+  if (ls_agree_report(dev_rc != LS_OK ? dev_rc : mem_rc, s->comm)) return LS_ERR;
   int rc = LS_OK;
-  if (avail > 0 && max_rank_bytes * local_size > 0.95 * avail) {
-    if (s->rank == 0)
-      ls_error("plan: the sweep needs about %.2f GiB per rank x %d ranks on this node but only "
-               "%.2f GiB is free; lower --microbatch-tokens, capture fewer --hooks/--layers, use "
-               "pooling, or run on more nodes", max_rank_bytes / 1073741824.0, local_size,
-               avail / 1073741824.0);
-    rc = LS_ERR;
+  ls_error_defer(1);
+  /* the spill file's space, on the file system of --spill-dir (or of the directory it will
+   * be made in): each rank's own, the node's ranks sharing it */
+  if (bf->spilled) {
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s", bf->spill_dir);
+    struct statvfs vfs;
+    while (statvfs(dir, &vfs) != 0) {
+      char *slash = strrchr(dir, '/');
+      if (!slash || slash == dir) { snprintf(dir, sizeof dir, slash ? "/" : "."); break; }
+      *slash = '\0';
+    }
+    const double need = stream * 1.01 * local_size;
+    if (statvfs(dir, &vfs) == 0 && (double)vfs.f_bavail * vfs.f_frsize < need) {
+      ls_error("plan: the spilled residual stream needs about %.3f GiB in %s (%d rank%s of this "
+               "node) but its file system has %.3f GiB free; give --spill-dir on a larger local "
+               "disk, or more --memory-limit", need / 1073741824.0, bf->spill_dir, local_size,
+               local_size > 1 ? "s" : "", (double)vfs.f_bavail * vfs.f_frsize / 1073741824.0);
+      rc = LS_ERR;
+    }
   }
+  if (ls_agree_report(rc, s->comm)) return LS_ERR;
   if (rc == LS_OK && s->rank == 0 && !s->o->plan_only) {
     char dir[4096];
     snprintf(dir, sizeof dir, "%s", s->o->out_path);

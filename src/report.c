@@ -67,6 +67,11 @@ static int write_summary_json(const sweep_t *s, const double *mn, const double *
   cJSON_AddNumberToObject(j, "http_requests", (double)hs.requests);
   cJSON_AddNumberToObject(j, "http_retries", (double)hs.retries);
   cJSON_AddNumberToObject(j, "http_cache_bytes", (double)hs.cache_bytes);
+  cJSON_AddNumberToObject(j, "spill_ranks", s->prof.spill[4]);
+  cJSON_AddNumberToObject(j, "spill_bytes_read", s->prof.spill[0]);
+  cJSON_AddNumberToObject(j, "spill_bytes_written", s->prof.spill[1]);
+  cJSON_AddNumberToObject(j, "spill_io_s", s->prof.spill[2]);
+  cJSON_AddNumberToObject(j, "spill_wait_s", s->prof.spill[3]);
   cJSON_AddNumberToObject(j, "checkpoints", s->prof.n_ckpt);
   cJSON_AddNumberToObject(j, "checkpoint_s", s->prof.t_ckpt);
   if (s->pred.valid) {
@@ -109,6 +114,15 @@ int ls_sw_print_summary(sweep_t *s, const ls_wpipe_t *wp) {
     sums[6] += s->prof.t_write[L];
   }
   sums[7] = s->prof.t_embed;
+  double sp[5] = {0};
+  if (s->buf.spill) {
+    ls_spill_stats_t st;
+    ls_spill_stats(s->buf.spill, &st);
+    const double v[5] = {(double)st.bytes_read, (double)st.bytes_written, st.io_s, st.wait_s, 1};
+    memcpy(sp, v, sizeof v);
+  }
+  MPI_Reduce(sp, s->prof.spill, 4, MPI_DOUBLE, MPI_MAX, 0, s->comm);
+  MPI_Reduce(sp + 4, s->prof.spill + 4, 1, MPI_DOUBLE, MPI_SUM, 0, s->comm);
   MPI_Reduce(sums, mx, 8, MPI_DOUBLE, MPI_MAX, 0, s->comm);
   MPI_Reduce(sums, mn, 8, MPI_DOUBLE, MPI_MIN, 0, s->comm);
   if (s->rank != 0) return ls_agree(LS_OK, s->comm);
@@ -121,6 +135,12 @@ int ls_sw_print_summary(sweep_t *s, const ls_wpipe_t *wp) {
   for (int i = 0; i < 8; i++)
     fprintf(stderr, "  %-22s %10.3f .. %-10.3f\n", names[i], mn[i], mx[i]);
   fprintf(stderr, "  checkpoints: %d taken, %.3f s\n", s->prof.n_ckpt, s->prof.t_ckpt);
+  const double *sp_ = s->prof.spill;
+  if (sp_[4] > 0) /* the disk rate the spill met, and what the layer loop lost waiting */
+    fprintf(stderr, "  spilled residual stream (%d rank%s): %.3f GiB read, %.3f GiB written (most "
+            "of a rank); I/O %.3f s busy (%.2f GB/s); the layer loop waited %.3f s for it\n",
+            (int)sp_[4], sp_[4] > 1 ? "s" : "", sp_[0] / 1073741824.0, sp_[1] / 1073741824.0,
+            sp_[2], sp_[2] > 0 ? (sp_[0] + sp_[1]) / sp_[2] / 1e9 : 0.0, sp_[3]);
   fprintf(stderr, "  weight bytes read: %.3f GiB (+ %.3f MiB embedding rows) by rank 0\n",
           (double)(s->model.st.bytes_read - s->prof.embed_bytes) / 1073741824.0,
           (double)s->prof.embed_bytes / 1048576.0);

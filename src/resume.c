@@ -36,16 +36,37 @@ static float *residual_host(sweep_t *s, int fill) {
   return h;
 }
 
+static int spill_get(void *ctx, int64_t row0, int64_t n, float *dst) {
+  return ls_spill_get(ctx, row0, n, dst);
+}
+static int spill_put(void *ctx, int64_t row0, int64_t n, const float *src) {
+  return ls_spill_put(ctx, row0, n, src);
+}
+
+/* The residual stream as a checkpoint moves it: through the spill file in pieces, or in
+ * host memory (residual_host). LS_ERR after a message. */
+static int residual_rows(sweep_t *s, int fill, ls_ckpt_rows_t *r) {
+  memset(r, 0, sizeof *r);
+  r->row_floats = (size_t)s->cfg->hidden;
+  if (s->buf.spill) {
+    r->get = spill_get;
+    r->put = spill_put;
+    r->ctx = s->buf.spill;
+    return LS_OK;
+  }
+  r->x = residual_host(s, fill);
+  return r->x ? LS_OK : LS_ERR;
+}
+
 static int save_checkpoint(sweep_t *s, int next) {
   double t0 = ls_now();
   /* a resumed run starts at `next`: every layer before it must be on disk and marked */
   if (ls_sw_drain_writes(s)) return LS_ERR;
   COLLECTIVE_STEP(s, ls_sw_write_router_stats(s, next));
   s->ck.meta.layer_next = next;
-  const size_t n = (size_t)s->sh.n_store * (size_t)s->cfg->hidden;
-  float *xh = residual_host(s, 1);
-  int rc = ls_agree(xh ? LS_OK : LS_ERR, s->comm);
-  if (rc == LS_OK) rc = ls_ckpt_save(s->ck.dir, s->comm, &s->ck.meta, xh, n);
+  ls_ckpt_rows_t rows;
+  int rc = ls_agree(residual_rows(s, 1, &rows), s->comm);
+  if (rc == LS_OK) rc = ls_ckpt_save(s->ck.dir, s->comm, &s->ck.meta, &rows, s->sh.n_store);
   double dt = ls_now() - t0;
   MPI_Allreduce(&dt, &s->ck.cost_s, 1, MPI_DOUBLE, MPI_MAX, s->comm);
   s->prof.n_ckpt++;
@@ -138,7 +159,7 @@ void ls_sw_fingerprints(sweep_t *s) {
 /* A checkpoint of another rank count: its files are consecutive slices of the dataset's
  * stored rows (the layout depends on the row alignment and the backend only, both checked
  * equal), so this rank reads its own slice from the saved ranks' files that hold it. */
-static int load_resharded(sweep_t *s, const ls_ckpt_meta_t *saved, float *xh) {
+static int load_resharded(sweep_t *s, const ls_ckpt_meta_t *saved, const ls_ckpt_rows_t *xh) {
   if (saved->ranks < 1 || saved->ranks > (1 << 20)) {
     if (s->rank == 0) ls_error("%s: the checkpoint's rank count %d is not valid", s->ck.dir, saved->ranks);
     return LS_ERR;
@@ -156,7 +177,7 @@ static int load_resharded(sweep_t *s, const ls_ckpt_meta_t *saved, float *xh) {
   ls_ckpt_meta_t was = s->ck.meta; /* the saved run's fingerprint: its rank count */
   was.ranks = saved->ranks;
   rc = ls_ckpt_load_rows_elastic(s->ck.dir, s->comm, saved, ls_ckpt_fp(&was), old_rows,
-                                 now[s->rank], s->sh.n_store, (size_t)s->cfg->hidden, xh);
+                                 now[s->rank], s->sh.n_store, xh);
   if (rc == LS_OK && s->rank == 0)
     ls_info("the checkpoint was taken with %d ranks: the residual stream is re-sharded over %d",
             saved->ranks, s->size);
@@ -197,15 +218,17 @@ int ls_sw_try_resume(sweep_t *s) {
   if (found == 1 && exists) {
     s->ck.meta.layer_next = saved.layer_next;
     const size_t n = (size_t)s->sh.n_store * (size_t)s->cfg->hidden;
-    float *xh = residual_host(s, 0);
-    if (ls_agree(xh ? LS_OK : LS_ERR, s->comm)) return -1;
+    ls_ckpt_rows_t xh;
+    if (ls_agree(residual_rows(s, 0, &xh), s->comm)) return -1;
     if (saved.ranks == s->size) {
-      if (ls_ckpt_load_rows(s->ck.dir, s->comm, saved.layer_next, ls_ckpt_fp(&s->ck.meta), xh, n))
+      if (ls_ckpt_load_rows(s->ck.dir, s->comm, saved.layer_next, ls_ckpt_fp(&s->ck.meta), &xh,
+                            s->sh.n_store))
         return -1;
-    } else if (load_resharded(s, &saved, xh)) {
+    } else if (load_resharded(s, &saved, &xh)) {
       return -1;
     }
-    int rc = xh == s->buf.x ? LS_OK : s->be->iface->to_device(s->be, s->buf.x, xh, sizeof(float) * n);
+    int rc = !xh.x || xh.x == s->buf.x ? LS_OK
+                                        : s->be->iface->to_device(s->be, s->buf.x, xh.x, sizeof(float) * n);
     if (rc == LS_OK && s->be->iface->sync) rc = s->be->iface->sync(s->be);
     if (ls_agree(rc, s->comm)) return -1;
     s->start = saved.layer_next;

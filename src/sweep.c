@@ -52,6 +52,35 @@ static void *index_copy(sweep_t *s, const void *host, size_t bytes, const char *
   return d;
 }
 
+/* The spilled residual stream (plan.c decided): the ring's slots (page-locked host memory
+ * on a device backend, 4 KiB-aligned for O_DIRECT), each microbatch's first stored row,
+ * and this rank's spill file. */
+static int open_spill(sweep_t *s) {
+  const ls_shard_t *sh = &s->sh;
+  ls_bufs_t *bf = &s->buf;
+  const size_t row = sizeof(float) * (size_t)s->cfg->hidden;
+  bf->spill_rows = ls_malloc(sizeof(int64_t) * (size_t)(sh->n_mb + 1), "spill layout");
+  if (!bf->spill_rows) return LS_ERR;
+  for (int k = 0; k <= sh->n_mb; k++) bf->spill_rows[k] = sh->soff[sh->mb_p[k] - sh->p0];
+  const size_t slot = ls_spill_slot_bytes(sh->n_mb, bf->spill_rows, row);
+  for (int i = 0; i < LS_SPILL_SLOTS; i++) {
+    bf->spill_slot[i] = s->be->host_visible ? ls_aligned_alloc_to(slot, LS_SPILL_ALIGN, "spill slot")
+                                            : s->be->iface->host_alloc(s->be, slot, "spill slot");
+    if (!bf->spill_slot[i]) return LS_ERR;
+    memset(bf->spill_slot[i], 0, slot); /* a region's tail past its rows is written too */
+  }
+  bf->spill = ls_spill_open(bf->spill_dir, s->rank, sh->n_mb, bf->spill_rows, row,
+                            bf->spill_slot, slot);
+  if (bf->spill && s->rank == 0) {
+    ls_spill_stats_t st;
+    ls_spill_stats(bf->spill, &st);
+    ls_info("residual stream spilled to %s (rank 0: %.4g GiB, %s)", bf->spill_dir,
+            (double)st.file_bytes / 1073741824.0,
+            st.direct ? "O_DIRECT" : "buffered, dropped from the page cache");
+  }
+  return bf->spill ? LS_OK : LS_ERR;
+}
+
 /* Every buffer of the sweep, once: nothing is allocated in the layer loop. */
 static int alloc_buffers(sweep_t *s) {
   const ls_config_t *c = s->cfg;
@@ -67,12 +96,14 @@ static int alloc_buffers(sweep_t *s) {
   const size_t resid_rows = (size_t)max64(sh->n_store, 1) + LS_ROW_PAD;
   const size_t resid_bytes = sizeof(float) * resid_rows * H;
   int rc = LS_OK;
-  if (bf->x_on_host) {
+  if (bf->spilled) {
+    rc = open_spill(s);
+  } else if (bf->x_on_host) {
     bf->x = f->host_alloc(be, resid_bytes, "residual stream (host)");
   } else {
     bf->x = f->alloc(be, resid_bytes, "residual stream");
   }
-  if (bf->x_on_host || sh->compact) { /* the block works on a padded copy of each microbatch */
+  if (bf->x_on_host || sh->compact || bf->spilled) { /* the block works on a padded copy of each microbatch */
     bf->xd = f->alloc(be, sizeof(float) * ((size_t)ls_round_rows(sh->T_max) + LS_ROW_PAD) * H,
                       "microbatch staging");
     if (!bf->xd) rc = LS_ERR;
@@ -91,7 +122,7 @@ static int alloc_buffers(sweep_t *s) {
   bf->final_norm_w = f->alloc(be, sizeof(float) * H, "final norm");
   const int has_bias = s->model.glob[LS_G_FINAL_BIAS].spec.present;
   if (has_bias) bf->final_bias_w = f->alloc(be, sizeof(float) * H, "final norm bias");
-  if (!bf->x || !bf->scratch || !bf->wbuf || !bf->lw || (preload && !bf->lw_all) ||
+  if ((!bf->x && !bf->spill) || !bf->scratch || !bf->wbuf || !bf->lw || (preload && !bf->lw_all) ||
       !bf->final_norm_w || (has_bias && !bf->final_bias_w))
     rc = LS_ERR;
   if (s->steer.n > 0 && rc == LS_OK) { /* --steer: the vectors, a row list */
@@ -170,6 +201,7 @@ int ls_sw_convert_layer(sweep_t *s, ls_backend_t *be, int layer, const void *raw
 
 /* Rows [row0, row0 + n) of the residual stream <- host rows src (float32). */
 static int put_rows(sweep_t *s, int64_t row0, const float *src, int64_t n) {
+  if (s->buf.spill) return ls_spill_put(s->buf.spill, row0, n, src);
   const size_t H = (size_t)s->cfg->hidden, bytes = sizeof(float) * H * (size_t)n;
   float *dst = s->buf.x + (size_t)row0 * H;
   if (s->buf.x_on_host) {
@@ -435,15 +467,15 @@ static int64_t batch_of(const sweep_t *s, int mb, ls_batch_t *b) {
   return sh->poff[i0];
 }
 
-/* Compact storage: the real rows of microbatch mb between the stored stream and the
- * padded staging buffer (to_staging 1: into it; the padding rows keep whatever they held,
- * finite values real rows never see). */
-static void compact_copy(sweep_t *s, int mb, int to_staging) {
+/* Compact storage: the real rows of microbatch mb between the stored stream (rows from
+ * stored row `first` at `stored`) and the padded staging buffer (to_staging 1: into it;
+ * the padding rows keep whatever they held, finite values real rows never see). */
+static void compact_copy(sweep_t *s, int mb, float *stored, int64_t first, int to_staging) {
   const ls_shard_t *sh = &s->sh;
   const size_t H = (size_t)s->cfg->hidden;
   const int64_t i0 = sh->mb_p[mb] - sh->p0, i1 = sh->mb_p[mb + 1] - sh->p0;
   for (int64_t i = i0; i < i1; i++) {
-    float *st = s->buf.x + (size_t)sh->soff[i] * H;
+    float *st = stored + (size_t)(sh->soff[i] - first) * H;
     float *pd = s->buf.xd + (size_t)(sh->poff[i] - sh->poff[i0]) * H;
     const size_t bytes = sizeof(float) * H * (size_t)(sh->soff[i + 1] - sh->soff[i]);
     if (to_staging) memcpy(pd, st, bytes);
@@ -456,8 +488,18 @@ static void compact_copy(sweep_t *s, int mb, int to_staging) {
  * copies them back after the block changed them). */
 static float *stage_in(sweep_t *s, int mb, int64_t row0, int T) {
   const size_t H = (size_t)s->cfg->hidden;
+  ls_bufs_t *bf = &s->buf;
+  if (bf->spill) { /* the microbatch's slot, read ahead by the spill's thread */
+    if (bf->io_err || !(bf->x_mb = ls_spill_acquire(bf->spill, mb))) {
+      bf->io_err = 1;
+      return NULL;
+    }
+    if (s->sh.compact) compact_copy(s, mb, bf->x_mb, bf->spill_rows[mb], 1);
+    else s->be->iface->to_device(s->be, bf->xd, bf->x_mb, sizeof(float) * H * (size_t)T);
+    return bf->xd;
+  }
   if (s->sh.compact) {
-    compact_copy(s, mb, 1);
+    compact_copy(s, mb, s->buf.x, 0, 1);
     return s->buf.xd;
   }
   if (!s->buf.x_on_host) return s->buf.x + (size_t)row0 * H;
@@ -465,9 +507,23 @@ static float *stage_in(sweep_t *s, int mb, int64_t row0, int T) {
   return s->buf.xd;
 }
 
-static void stage_out(sweep_t *s, int mb, int64_t row0, int T) {
+/* dirty 0: the block only read the rows (the final norm) */
+static void stage_out(sweep_t *s, int mb, int64_t row0, int T, int dirty) {
   const size_t H = (size_t)s->cfg->hidden;
-  if (s->sh.compact) compact_copy(s, mb, 0);
+  ls_bufs_t *bf = &s->buf;
+  if (bf->spill) { /* back into the slot, which the spill's thread writes behind */
+    if (!bf->x_mb) return;
+    const ls_backend_iface_t *f = s->be->iface;
+    if (dirty && s->sh.compact) compact_copy(s, mb, bf->x_mb, bf->spill_rows[mb], 0);
+    else if (dirty && (f->to_host(s->be, bf->x_mb, bf->xd, sizeof(float) * H * (size_t)T) ||
+                       (f->sync && f->sync(s->be))))
+      bf->io_err = 1; /* the device failed: the layer fails at finish_layer */
+    ls_spill_release(bf->spill, mb, dirty && !bf->io_err);
+    bf->x_mb = NULL;
+    return;
+  }
+  if (!dirty) return;
+  if (s->sh.compact) compact_copy(s, mb, s->buf.x, 0, 0);
   else if (s->buf.x_on_host)
     s->be->iface->to_host(s->be, s->buf.x + (size_t)row0 * H, s->buf.xd, sizeof(float) * H * (size_t)T);
 }
@@ -476,7 +532,7 @@ static void stage_out(sweep_t *s, int mb, int64_t row0, int T) {
  * call) to the host; collective, so a device failure on any rank stops every rank. */
 static int finish_layer(sweep_t *s, unsigned mask) {
   const ls_backend_iface_t *f = s->be->iface;
-  int rc = LS_OK;
+  int rc = s->buf.io_err ? LS_ERR : LS_OK;
   if (!s->be->host_visible)
     for (int h = 0; h < LS_HOOK_COUNT && rc == LS_OK; h++)
       if (s->buf.out[h] && ((mask >> h) & 1))
@@ -564,6 +620,7 @@ static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
       ls_batch_t b;
       int64_t row0 = batch_of(s, mb, &b);
       float *x = stage_in(s, mb, row0, b.T);
+      if (!x) break; /* a spill read failed (said): the layer fails at finish_layer */
       hook_ctx_t hk = {s, mb, &b, 0, L};
       const int points = sel >= 0 || ls_steer_at_layer(&s->steer, L) || s->vf.n > 0; /* hooks called */
       if (points) on_hook(&hk, LS_HOOK_RESIDUAL_PRE, x, s->cfg->hidden);
@@ -575,7 +632,7 @@ static int run_layers(sweep_t *s, ls_wpipe_t *wp) {
       s->fam->forward(&blk, x);
       if (points) on_hook(&hk, LS_HOOK_RESIDUAL_POST, x, s->cfg->hidden);
       double ts = ls_now();
-      stage_out(s, mb, row0, b.T);
+      stage_out(s, mb, row0, b.T, 1);
       th += hk.t + ls_now() - ts;
       ls_wpipe_progress(wp);
     }
@@ -609,9 +666,12 @@ static int run_final_norm(sweep_t *s) {
   for (int mb = 0; mb < s->sh.n_mb; mb++) {
     ls_batch_t b;
     int64_t row0 = batch_of(s, mb, &b);
-    s->fam->final_norm(s->be, s->cfg, s->buf.scratch, stage_in(s, mb, row0, b.T),
-                       s->buf.final_norm_w, s->buf.final_bias_w, b.T);
+    float *x = stage_in(s, mb, row0, b.T);
+    if (!x) break; /* a spill read failed (said): fails at finish_layer */
+    s->fam->final_norm(s->be, s->cfg, s->buf.scratch, x, s->buf.final_norm_w,
+                       s->buf.final_bias_w, b.T);
     capture(s, LS_HOOK_FINAL_NORM, s->buf.scratch, mb, &b);
+    stage_out(s, mb, row0, b.T, 0);
   }
   if (finish_layer(s, 1u << LS_HOOK_FINAL_NORM) || post_process(s, 1u << LS_HOOK_FINAL_NORM, -1))
     return LS_ERR;
@@ -627,6 +687,12 @@ static void sweep_free(sweep_t *s) {
   if (s->be) {
     ls_backend_t *be = s->be;
     const ls_backend_iface_t *f = be->iface;
+    ls_spill_close(bf->spill); /* its thread stops before the slots go */
+    for (int i = 0; i < LS_SPILL_SLOTS; i++) {
+      if (!bf->spill_slot[i]) continue;
+      if (be->host_visible) free(bf->spill_slot[i]);
+      else f->host_free(be, bf->spill_slot[i]);
+    }
     if (bf->x_on_host) f->host_free(be, bf->x); else f->free(be, bf->x);
     f->free(be, bf->xd);
     if (bf->x_ckpt) f->host_free(be, bf->x_ckpt);
@@ -654,7 +720,7 @@ static void sweep_free(sweep_t *s) {
   ls_project_free(&s->proj);
   ls_steer_free(&s->steer);
   for (int k = 0; k < 2; k++) { free(bf->cos_tab[k]); free(bf->sin_tab[k]); }
-  free(bf->lw); free(bf->lw_all); free(bf->host_scratch);
+  free(bf->lw); free(bf->lw_all); free(bf->host_scratch); free(bf->spill_rows);
   ls_shard_free(&s->sh);
   free(s->sel.layers); free(s->sel.sel_index); free(s->sel.moe_index); free(s->sel.moe_layers);
   free(s->prof.expert_rows);
@@ -800,6 +866,8 @@ static int guard_outputs(sweep_t *s) {
       rc = LS_ERR;
     }
   }
+  /* a spill file is new (O_EXCL) and unlinked at once, but never beside an input either */
+  if (rc == LS_OK) rc = ls_guard_check_dir(&g, s->buf.spill_dir, "--spill-dir");
   ls_guard_free(&g);
   if (rc == LS_OK && o->summary_json && !o->plan_only) {
     if (!o->force && access(o->summary_json, F_OK) == 0) {
@@ -964,6 +1032,10 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   int orc = check_options(s);
   ls_error_set_quiet(0);
   if (orc) return LS_ERR;
+  if (o->spill_dir && o->spill_dir[0])
+    snprintf(s->buf.spill_dir, sizeof s->buf.spill_dir, "%s", o->spill_dir);
+  else
+    snprintf(s->buf.spill_dir, sizeof s->buf.spill_dir, "%s.spill", o->out_path ? o->out_path : "out");
   /* from here on a lost rank or link ends the job instead of hanging it */
   if (!o->plan_only && ls_watchdog_start(&s->wd, o->stall_timeout, s->rank)) return LS_ERR;
   ls_watchdog_beat(&s->wd, "reading the model description", -1);

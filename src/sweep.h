@@ -46,6 +46,10 @@ typedef struct {
   int64_t http_cache_max;   /* --http-cache-max bytes (< 0: 50 GiB) */
   int overlap_writes;       /* default 1: a layer's rows are written by a thread while the
                              * next layer computes (a second host output buffer) */
+  int64_t memory_limit;     /* host bytes one rank may use; 0: auto (95% of the memory
+                             * available, shared by the node's ranks) */
+  const char *spill_dir;    /* a residual stream beyond memory_limit goes here (NULL:
+                             * <out>.spill) */
   int64_t max_tokens;       /* > 0: prompts cut to their first max_tokens tokens (0: none) */
 } ls_run_opts_t;
 

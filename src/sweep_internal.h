@@ -25,6 +25,7 @@
 #include "model.h"
 #include "project.h"
 #include "reduce.h"
+#include "spill.h"
 #include "steer.h"
 #include "verify.h"
 #include "sweep.h"
@@ -83,8 +84,17 @@ typedef struct {
                        * host memory when x_on_host */
   int x_on_host;      /* the residual stream does not fit in backend memory: it lives
                        * on the host and each microbatch is staged through xd */
-  float *xd;          /* (T_max, H) staging for one microbatch when x_on_host or the
-                       * stream is stored compact */
+  float *xd;          /* (T_max, H) staging for one microbatch when x_on_host, spilled or
+                       * the stream is stored compact */
+  int spilled;        /* the residual stream does not fit in host memory (--memory-limit):
+                       * it lives in a file (io/spill.h), x is NULL, and each microbatch
+                       * comes through a slot of the spill's ring into xd */
+  char spill_dir[4200];                /* --spill-dir, or OUT.spill */
+  ls_spill_t *spill;
+  void *spill_slot[LS_SPILL_SLOTS];    /* the ring's host buffers (page-locked on a device) */
+  int64_t *spill_rows;                 /* (n_mb + 1) first stored row of each microbatch */
+  float *x_mb;        /* the slot of the microbatch between stage_in and stage_out */
+  int io_err;         /* a spill read failed in this layer (said; failed at finish_layer) */
   float *x_ckpt;      /* (n_rows, H) page-locked host copy for checkpoints of a device
                        * residual stream, allocated at the first checkpoint, kept */
   float *scratch;     /* the family's block scratch for T_max rows */
@@ -128,6 +138,8 @@ typedef struct {
                            * expert, summed over ranks after each layer (this run's layers) */
   int stats_next;         /* the first layer whose expert_rows are not in the file yet */
   uint64_t embed_bytes;
+  double spill[5];        /* rank 0, at the end: the spilled ranks' most bytes read, written,
+                           * I/O thread seconds, layer-loop seconds waited; ranks spilled */
   int n_ckpt;             /* checkpoints taken by this run */
   double t_ckpt;          /* seconds they took (max over ranks) */
 } ls_profile_t;

@@ -103,14 +103,16 @@ void *ls_calloc(size_t n, size_t size, const char *what) {
   return p;
 }
 
-void *ls_aligned_alloc(size_t bytes, const char *what) {
+void *ls_aligned_alloc_to(size_t bytes, size_t align, const char *what) {
   void *p = NULL;
-  if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) {
+  if (posix_memalign(&p, align, bytes ? bytes : align) != 0) {
     ls_error("out of memory allocating %zu bytes for %s", bytes, what);
     return NULL;
   }
   return p;
 }
+
+void *ls_aligned_alloc(size_t bytes, const char *what) { return ls_aligned_alloc_to(bytes, 64, what); }
 
 uint64_t ls_fnv1a(uint64_t h, const void *data, size_t n) {
   const unsigned char *p = data;

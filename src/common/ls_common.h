@@ -44,6 +44,8 @@ void *ls_malloc(size_t bytes, const char *what);
 void *ls_calloc(size_t n, size_t size, const char *what);
 /* 64-byte aligned allocation (free with free()). */
 void *ls_aligned_alloc(size_t bytes, const char *what);
+/* The same at a given alignment (a power of two, at least sizeof(void *)). */
+void *ls_aligned_alloc_to(size_t bytes, size_t align, const char *what);
 
 /* Overflow-checked arithmetic: return 1 on overflow. */
 static inline int ls_mul_overflow_u64(uint64_t a, uint64_t b, uint64_t *out) {
