@@ -514,10 +514,14 @@ static void stage_out(sweep_t *s, int mb, int64_t row0, int T, int dirty) {
   if (bf->spill) { /* back into the slot, which the spill's thread writes behind */
     if (!bf->x_mb) return;
     const ls_backend_iface_t *f = s->be->iface;
-    if (dirty && s->sh.compact) compact_copy(s, mb, bf->x_mb, bf->spill_rows[mb], 0);
-    else if (dirty && (f->to_host(s->be, bf->x_mb, bf->xd, sizeof(float) * H * (size_t)T) ||
-                       (f->sync && f->sync(s->be))))
+    /* a device's copies of the slot (in, and back when dirty) are asynchronous: they
+     * must be complete before the spill's thread reuses it */
+    if (s->sh.compact) {
+      if (dirty) compact_copy(s, mb, bf->x_mb, bf->spill_rows[mb], 0);
+    } else if ((dirty && f->to_host(s->be, bf->x_mb, bf->xd, sizeof(float) * H * (size_t)T)) ||
+               (f->sync && f->sync(s->be))) {
       bf->io_err = 1; /* the device failed: the layer fails at finish_layer */
+    }
     ls_spill_release(bf->spill, mb, dirty && !bf->io_err);
     bf->x_mb = NULL;
     return;

@@ -11,7 +11,8 @@
 #     oracle (/verify/max_rel_error below 1e-4 everywhere);
 #   - a write failure injected at the last layer (LS_FAULT_WRITE_LAYER) after
 #     checkpoints, then --resume (the checkpoint copied back to the device), with the
-#     residual stream on the device and in host memory (LS_TEST_RESIDUAL_ON_HOST=1).
+#     residual stream on the device, in host memory (LS_TEST_RESIDUAL_ON_HOST=1) and in a
+#     spill file staged through page-locked slots (LS_TEST_SPILL=1).
 # The emulator aborts with a message on any misuse of the CUDA API it sees.
 # env: LS_EMU_BIN (layersweep_emu), LS_FIXTURES (tests/fixtures), LS_TEST_TMP (scratch).
 set -u
@@ -92,9 +93,10 @@ for model in llama_gqa_f32 qwen2_bias_sharded; do
     fi
   done
 
-  for where in device host; do
+  for where in device host spill; do
     env=()
     [ $where = host ] && env=(LS_TEST_RESIDUAL_ON_HOST=1)
+    [ $where = spill ] && env=(LS_TEST_SPILL=1) # a spill file, through page-locked slots
     name="$model: write failure at layer 2, then --resume (residual stream on the $where)"
     out="$tmp/${model}_resume_$where.h5"
     env "${env[@]}" LS_FAULT_WRITE_LAYER=2 timeout 300 "$ls" run "${args[@]}" --backend cuda \
@@ -110,6 +112,8 @@ for model in llama_gqa_f32 qwen2_bias_sharded; do
     rc=$?
     if [ $rc = 0 ] && ! grep -q "from the checkpoint before layer 2" "$tmp/log"; then
       fail "$name" "did not resume from the checkpoint before layer 2"
+    elif [ $where = spill ] && ! grep -q "residual stream spilled to" "$tmp/log"; then
+      fail "$name" "the resumed run did not spill"
     else
       check "$name" $rc "$out" "$ref" "$tmp/log"
     fi
