@@ -85,7 +85,9 @@ static int save_checkpoint(sweep_t *s, int next) {
  * LS_STOPPED or LS_ERR to stop. */
 int ls_sw_maybe_checkpoint(sweep_t *s, int next, double layer_s) {
   double in[2] = {layer_s, (double)g_signal}, out[2];
+  ls_wait_others("agreeing on a checkpoint");
   MPI_Allreduce(in, out, 2, MPI_DOUBLE, MPI_MAX, s->comm);
+  ls_wait_others(NULL);
   s->ck.since_s += out[0];
   const int signalled = out[1] != 0;
   int every = s->o->checkpoint_every;

@@ -1041,7 +1041,7 @@ int ls_sweep_run(const ls_run_opts_t *o, MPI_Comm comm) {
   else
     snprintf(s->buf.spill_dir, sizeof s->buf.spill_dir, "%s.spill", o->out_path ? o->out_path : "out");
   /* from here on a lost rank or link ends the job instead of hanging it */
-  if (!o->plan_only && ls_watchdog_start(&s->wd, o->stall_timeout, s->rank)) return LS_ERR;
+  if (!o->plan_only && ls_watchdog_start(&s->wd, o->stall_timeout, comm)) return LS_ERR;
   ls_watchdog_beat(&s->wd, "reading the model description", -1);
   if (ls_agree(s->rank == 0 ? guard_http_cache(o) : LS_OK, comm)) {
     ls_watchdog_stop(&s->wd);

@@ -72,7 +72,9 @@ static void post_bcast(ls_wpipe_t *p, int layer) {
   int b = layer % 2;
   if (p->posted[b] == layer) return;
   int ok = p->rank == 0 ? wait_read(p, layer) == LS_OK : 1;
+  ls_wait_others("the weights' broadcast");
   MPI_Bcast(&ok, 1, MPI_INT, 0, p->comm);
+  ls_wait_others(NULL);
   if (!ok) {
     p->failed = 1;
     return;
@@ -128,7 +130,9 @@ const void *ls_wpipe_acquire(ls_wpipe_t *p, int layer) {
   if (p->failed) return NULL;
   double t0 = ls_now();
   /* as in post_bcast: a device failure surfaces at the layer's sync, on every rank */
+  ls_wait_others("the weights' broadcast");
   p->be->bcast->wait(p->be, b);
+  ls_wait_others(NULL);
   p->bcast_wait_s[layer] += ls_now() - t0;
   return p->recv[b];
 }

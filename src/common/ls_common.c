@@ -165,3 +165,7 @@ char *ls_read_text_file(const char *path, size_t max_bytes, size_t *len_out) {
   if (len_out) *len_out = n;
   return buf;
 }
+
+static const char *g_wait_others; /* read by the watchdog's thread: atomic loads / stores */
+void ls_wait_others(const char *what) { __atomic_store_n(&g_wait_others, what, __ATOMIC_RELEASE); }
+const char *ls_waiting_others(void) { return __atomic_load_n(&g_wait_others, __ATOMIC_ACQUIRE); }

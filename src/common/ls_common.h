@@ -63,6 +63,12 @@ uint64_t ls_fnv1a(uint64_t h, const void *data, size_t n);
 /* Monotonic wall clock in seconds. */
 double ls_now(void);
 
+/* The main thread is blocked on the other ranks (a collective step) while set: `what`, a
+ * static string; NULL when no longer. The stall watchdog's heartbeats report it, so that
+ * a rank stuck on its own is told from the ranks waiting for it. */
+void ls_wait_others(const char *what);
+const char *ls_waiting_others(void);
+
 /* Read a whole (small) text file; returns malloc'd NUL-terminated buffer or NULL after
  * ls_error naming the file. max_bytes caps the size accepted. */
 char *ls_read_text_file(const char *path, size_t max_bytes, size_t *len_out);

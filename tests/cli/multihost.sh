@@ -88,6 +88,12 @@ if start_bg "$tmp/cut.h5" "$tmp/cut.log" --checkpoint-every 1 --stall-timeout 5;
   if ended_within "$tmp/cut.log" 40 && grep -q "no progress for" "$tmp/cut.log" &&
      [ "$(status_of "$tmp/cut.h5")" = partial ]; then
     ok "host 2's link cut: the watchdog ended the job in $(( $(date +%s) - t0 )) s, file partial"
+    # rank 0's line names the rank it no longer hears from (the heartbeats)
+    if grep -q "no progress for .*not heard from for [0-9]* s: rank 2[;)]" "$tmp/cut.log"; then
+      ok "the watchdog's line names rank 2 (host 2) as not heard from"
+    else
+      bad "the watchdog's line does not name rank 2: $(grep 'no progress' "$tmp/cut.log" | head -n 1)"
+    fi
     # the cut-off rank ends itself too (its own watchdog), before the link comes back
     for _ in $(seq 1 100); do
       left=$("$net" pids 2 | while read -r p; do grep -qa "layersweep" "/proc/$p/cmdline" 2>/dev/null && echo "$p"; done)
