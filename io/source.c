@@ -149,6 +149,34 @@ static void *dio_thread(void *arg) {
   return NULL;
 }
 
+/* The chunk buffers, kept from one read to the next: fresh 64 MiB each time is 16k page
+ * faults (the kernel zeroing every page) per tensor read. One pool for the process (reads
+ * this large come from rank 0's reader thread); a read that finds it taken allocates its
+ * own. Freed at exit. */
+static char *g_dio_pool;
+static pthread_mutex_t g_dio_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static char *dio_take(int *pooled) {
+  *pooled = pthread_mutex_trylock(&g_dio_mu) == 0;
+  if (*pooled) {
+    if (!g_dio_pool) g_dio_pool = aligned_alloc(DIRECT_ALIGN, DIO_BUFS * DIRECT_CHUNK);
+    if (g_dio_pool) return g_dio_pool;
+    pthread_mutex_unlock(&g_dio_mu);
+    *pooled = 0;
+  }
+  return aligned_alloc(DIRECT_ALIGN, DIO_BUFS * DIRECT_CHUNK);
+}
+
+static void dio_give(char *p, int pooled) {
+  if (pooled) pthread_mutex_unlock(&g_dio_mu);
+  else free(p);
+}
+
+__attribute__((destructor)) static void dio_pool_free(void) {
+  free(g_dio_pool);
+  g_dio_pool = NULL;
+}
+
 /* n bytes at off of a local file into dst: O_DIRECT in aligned chunks, read ahead by two
  * threads, when the read is large and not cached, else buffered. 0, -1 (errno) or 1 (EOF)
  * as pread_full. Buffered reads with the default readahead reach a third of a virtio
@@ -161,10 +189,12 @@ static int local_read(ls_src_t *f, void *dst, uint64_t n, uint64_t off) {
   d.fd = dfd;
   d.start = off / DIRECT_ALIGN * DIRECT_ALIGN;
   d.end = (off + n + DIRECT_ALIGN - 1) / DIRECT_ALIGN * DIRECT_ALIGN;
-  int ok = 1;
+  int pooled = 0;
+  char *pool = dio_take(&pooled);
+  int ok = pool != NULL;
   for (int b = 0; b < DIO_BUFS; b++) {
     d.chunk[b] = -1;
-    if (!(d.buf[b] = aligned_alloc(DIRECT_ALIGN, DIRECT_CHUNK))) ok = 0;
+    d.buf[b] = pool ? pool + (size_t)b * DIRECT_CHUNK : NULL;
   }
   pthread_mutex_init(&d.mu, NULL);
   pthread_cond_init(&d.cv, NULL);
@@ -211,7 +241,7 @@ static int local_read(ls_src_t *f, void *dst, uint64_t n, uint64_t off) {
   pthread_cond_broadcast(&d.cv);
   pthread_mutex_unlock(&d.mu);
   for (int t = 0; t < started; t++) pthread_join(th[t], NULL);
-  for (int b = 0; b < DIO_BUFS; b++) free(d.buf[b]);
+  if (pool) dio_give(pool, pooled);
   pthread_mutex_destroy(&d.mu);
   pthread_cond_destroy(&d.cv);
   if (direct_failed) {

@@ -105,6 +105,9 @@ int ls_wpipe_init(ls_wpipe_t *p, ls_model_t *m, ls_backend_t *be, int first, int
     if (!p->on_device || p->rank == 0) {
       p->raw[b] = be->iface->host_alloc(be, m->max_layer_bytes, "layer staging buffer");
       if (!p->raw[b]) return LS_ERR;
+      /* touched now, not by the first reads (page faults on a fresh layer-sized buffer
+       * slowed the reads of layers 0 and 1 to a third, tests/bench/bench_read.sh) */
+      memset(p->raw[b], 0, m->max_layer_bytes);
     }
     p->recv[b] = p->on_device ? be->iface->alloc(be, m->max_layer_bytes, "layer receive buffer")
                               : p->raw[b];
