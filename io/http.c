@@ -794,7 +794,7 @@ int ls_http_open(ls_src_t *s, const char *url, int missing_ok) {
   int rc = request(f, &x, missing_ok, why, sizeof why);
   if (rc == 2) { /* no HEAD here (405, 501): the first byte, by a range request */
     unsigned char b0;
-    ls_src_seg_t seg = {0, 1, &b0};
+    ls_src_seg_t seg = {0, 1, &b0, NULL, NULL};
     ls_src_span_t sp = {0, 1, &seg, 1};
     memset(&x, 0, sizeof x);
     x.len = 1;

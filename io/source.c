@@ -181,9 +181,16 @@ __attribute__((destructor)) static void dio_pool_free(void) {
  * threads, when the read is large and not cached, else buffered. 0, -1 (errno) or 1 (EOF)
  * as pread_full. Buffered reads with the default readahead reach a third of a virtio
  * disk's rate (tests/bench/bench_read.sh); LS_READ_DIRECT=0 keeps every read buffered. */
-static int local_read(ls_src_t *f, void *dst, uint64_t n, uint64_t off) {
+/* A buffered read, shown whole to `seen` (ls_src_seg_t) when it is complete. */
+static int buffered_read(ls_src_t *f, void *dst, uint64_t n, uint64_t off, const ls_src_seg_t *g) {
+  const int r = pread_full(f->fd, dst, n, off);
+  if (r == 0 && g && g->seen) g->seen(g->ctx, dst, 0, n);
+  return r;
+}
+
+static int local_read(ls_src_t *f, void *dst, uint64_t n, uint64_t off, const ls_src_seg_t *g) {
   int dfd = n >= DIRECT_MIN ? direct_fd(f) : -1;
-  if (dfd < 0 || mostly_cached(f, off, n)) return pread_full(f->fd, dst, n, off);
+  if (dfd < 0 || mostly_cached(f, off, n)) return buffered_read(f, dst, n, off, g);
   dio_t d;
   memset(&d, 0, sizeof d);
   d.fd = dfd;
@@ -226,6 +233,7 @@ static int local_read(ls_src_t *f, void *dst, uint64_t n, uint64_t off) {
     uint64_t got = (uint64_t)r - skip;
     if (got > left) got = left;
     memcpy(out, d.buf[b] + skip, (size_t)got);
+    if (g && g->seen) g->seen(g->ctx, out, (uint64_t)(out - (char *)dst), got); /* in cache now */
     out += got;
     left -= got;
     skip = 0;
@@ -244,17 +252,17 @@ static int local_read(ls_src_t *f, void *dst, uint64_t n, uint64_t off) {
   if (pool) dio_give(pool, pooled);
   pthread_mutex_destroy(&d.mu);
   pthread_cond_destroy(&d.cv);
-  if (direct_failed) {
+  if (direct_failed) { /* nothing was shown to `seen` yet: the first chunk failed */
     f->direct = -1;
-    return pread_full(f->fd, dst, n, off);
+    return buffered_read(f, dst, n, off, g);
   }
   return rc;
 }
 
 int ls_src_pread(ls_src_t *s, void *dst, uint64_t n, uint64_t off) {
   if (n == 0) return 0;
-  if (!s->http) return local_read(s, dst, n, off);
-  ls_src_seg_t seg = {off, n, dst};
+  if (!s->http) return local_read(s, dst, n, off, NULL);
+  ls_src_seg_t seg = {off, n, dst, NULL, NULL};
   ls_src_span_t sp = {off, n, &seg, 1};
   return ls_http_read_spans(s->http, &sp, 1) == LS_OK ? 0 : LS_SRC_REPORTED;
 }
@@ -265,7 +273,7 @@ int ls_src_read_spans(ls_src_t *s, const ls_src_span_t *spans, int n, const char
     for (int k = 0; k < spans[i].n_segs; k++) {
       const ls_src_seg_t *g = &spans[i].segs[k];
       if (!g->dst) continue;
-      int r = local_read(s, g->dst, g->len, g->off);
+      int r = local_read(s, g->dst, g->len, g->off, g);
       if (r != 0) {
         ls_error("%s: reading bytes [%llu, +%llu) failed: %s; check the file and re-download "
                  "or re-convert the checkpoint", path, (unsigned long long)g->off,

@@ -25,10 +25,16 @@ typedef struct {
   int dfd;
 } ls_src_t;
 
-/* Bytes [off, off + len) of a source go to dst (NULL: read and dropped). */
+/* Bytes [off, off + len) of a source go to dst (NULL: read and dropped). When `seen` is
+ * set, a local read calls it on the bytes as they land in dst (at: their offset in the
+ * segment), in order and in pieces, while the later bytes are still being read (so work
+ * on them overlaps the disk); a remote read does not call it: the caller counts the bytes
+ * it was shown. */
 typedef struct {
   uint64_t off, len;
   void *dst;
+  void (*seen)(void *ctx, const void *p, uint64_t at, uint64_t len);
+  void *ctx;
 } ls_src_seg_t;
 
 /* A contiguous range of a source: segs tile [off, off + len) in order. */

@@ -283,8 +283,8 @@ void ls_model_close(ls_model_t *m) {
     }                                                                             \
   } while (0)
 
-static int check_finite(const ls_model_t *m, const ls_st_tensor_t *t, const void *raw,
-                        uint64_t n, uint64_t first_elem) {
+/* The first non-finite element of raw (n elements of t's dtype), or UINT64_MAX. */
+static uint64_t first_nonfinite(const ls_st_tensor_t *t, const void *raw, uint64_t n) {
   uint64_t bad = UINT64_MAX;
   if (ls_dtype_is_fp8(t->dtype)) { /* E4M3: S.1111.111 is NaN; E5M2: exponent 11111 */
     const uint8_t *v = raw;
@@ -298,11 +298,20 @@ static int check_finite(const ls_model_t *m, const ls_st_tensor_t *t, const void
     if (t->dtype == LS_DT_BF16) FIRST_MATCH(uint16_t, v, n, 0x7f80u, bad);
     else FIRST_MATCH(uint16_t, v, n, 0x7c00u, bad);
   }
-  if (bad == UINT64_MAX) return LS_OK;
+  return bad;
+}
+
+static int report_nonfinite(const ls_model_t *m, const ls_st_tensor_t *t, uint64_t bad) {
   ls_error("%s: tensor %s has a NaN or Inf value (element %llu); the checkpoint is corrupt: "
            "re-download or re-convert it", m->st.files[t->file].path, t->name,
-           (unsigned long long)(first_elem + bad));
+           (unsigned long long)bad);
   return LS_ERR;
+}
+
+static int check_finite(const ls_model_t *m, const ls_st_tensor_t *t, const void *raw,
+                        uint64_t n, uint64_t first_elem) {
+  const uint64_t bad = first_nonfinite(t, raw, n);
+  return bad == UINT64_MAX ? LS_OK : report_nonfinite(m, t, first_elem + bad);
 }
 
 /* dst <- the slot's part of the stored tensor raw (es-byte elements): transposed when
@@ -336,10 +345,28 @@ static void take_view(const ls_wspec_t *w, const char *raw, size_t es, char *dst
  * rather than starting a new range (one request instead of two over HTTP). */
 #define GAP_MAX ((uint64_t)256 << 10)
 
-typedef struct {
+typedef struct want_s {
   const ls_st_tensor_t *t;
   void *dst;
+  struct want_s *home;   /* the entry in table order (the sorted copies point back) */
+  uint64_t shown, bad;   /* bytes the read showed us (checked as they came), first bad element */
 } want_t;
+
+/* ls_src_seg_t's `seen`: the finite check of the bytes just read, while the disk reads on
+ * (pieces of whole elements; any other piece leaves `shown` short: checked afterwards) */
+static void check_seen(void *ctx, const void *p, uint64_t at, uint64_t len) {
+  want_t *w = ctx;
+  const uint64_t es = ls_dtype_size(w->t->dtype);
+  if (at % es || len % es || at != w->shown) {
+    w->shown = UINT64_MAX; /* never equal to nbytes again */
+    return;
+  }
+  if (w->bad == UINT64_MAX) {
+    const uint64_t b = first_nonfinite(w->t, p, len / es);
+    if (b != UINT64_MAX) w->bad = at / es + b;
+  }
+  w->shown += len;
+}
 
 static int cmp_want(const void *a, const void *b) {
   const want_t *x = a, *y = b;
@@ -366,11 +393,12 @@ static int read_wants(ls_model_t *m, want_t *w, int n, uint64_t gap_max, ls_src_
       }
       spans[np++] = (ls_src_span_t){t->offset, 0, &segs[ns], 0};
     } else if (t->offset > end) {
-      segs[ns++] = (ls_src_seg_t){end, t->offset - end, NULL};
+      segs[ns++] = (ls_src_seg_t){end, t->offset - end, NULL, NULL, NULL};
       spans[np - 1].n_segs++;
       spans[np - 1].len += t->offset - end;
     }
-    segs[ns++] = (ls_src_seg_t){t->offset, t->nbytes, w[i].dst};
+    segs[ns++] = (ls_src_seg_t){t->offset, t->nbytes, w[i].dst, w[i].home ? check_seen : NULL,
+                                w[i].home};
     spans[np - 1].n_segs++;
     spans[np - 1].len += t->nbytes;
   }
@@ -400,20 +428,28 @@ int ls_model_read_layer(ls_model_t *m, int layer, void *dst) {
     if (!s->spec.present || s->spec.transpose || s->spec.view_count != 0) continue;
     const ls_st_tensor_t *t = ls_st_find(&m->st, s->spec.name);
     if (!t) return LS_ERR;
-    w[nw++] = (want_t){t, (char *)dst + s->offset};
+    w[nw] = (want_t){t, (char *)dst + s->offset, &w[nw], 0, UINT64_MAX};
+    nw++;
     if (s->scale_rows > 0) { /* FP8: its block scales */
       char name[LS_WNAME_MAX + 16];
       snprintf(name, sizeof name, "%s_scale_inv", s->spec.name);
       const ls_st_tensor_t *sc = ls_st_find(&m->st, name);
       if (!sc) return LS_ERR;
-      w[nw++] = (want_t){sc, (char *)dst + s->scale_offset};
+      w[nw] = (want_t){sc, (char *)dst + s->scale_offset, &w[nw], 0, UINT64_MAX};
+      nw++;
     }
   }
   memcpy(order, w, sizeof *w * (size_t)nw);
   if (nw > 1) qsort(order, (size_t)nw, sizeof *order, cmp_want);
   if (read_wants(m, order, nw, GAP_MAX, m->rd_segs, m->rd_spans)) return LS_ERR;
-  for (int i = 0; i < nw; i++) /* in table order: the first bad tensor is named */
-    if (check_finite(m, w[i].t, w[i].dst, (uint64_t)w[i].t->numel, 0)) return LS_ERR;
+  for (int i = 0; i < nw; i++) { /* in table order: the first bad tensor is named */
+    const ls_st_tensor_t *t = w[i].t;
+    if (w[i].shown == t->nbytes) { /* checked while it was read */
+      if (w[i].bad != UINT64_MAX) return report_nonfinite(m, t, w[i].bad);
+    } else if (check_finite(m, t, w[i].dst, (uint64_t)t->numel, 0)) {
+      return LS_ERR;
+    }
+  }
   for (int i = 0; i < m->n_slots && rc == LS_OK; i++) {
     const ls_wslot_t *s = ls_model_slot(m, layer, i);
     if (!s->spec.present || (!s->spec.transpose && s->spec.view_count == 0)) continue;
@@ -458,14 +494,14 @@ int ls_model_read_rows(ls_model_t *m, int g, const int32_t *ids, int64_t n, void
     const uint64_t end = np > 0 ? spans[np - 1].off + spans[np - 1].len : 0;
     if (np > 0 && off >= end && (off - end) / row <= gap_rows && gap_rows > 0) {
       if (off > end) {
-        segs[ns++] = (ls_src_seg_t){end, off - end, NULL};
+        segs[ns++] = (ls_src_seg_t){end, off - end, NULL, NULL, NULL};
         spans[np - 1].n_segs++;
         spans[np - 1].len += off - end;
       }
     } else {
       spans[np++] = (ls_src_span_t){off, 0, &segs[ns], 0};
     }
-    segs[ns++] = (ls_src_seg_t){off, len, (char *)dst + (uint64_t)i * row};
+    segs[ns++] = (ls_src_seg_t){off, len, (char *)dst + (uint64_t)i * row, NULL, NULL};
     spans[np - 1].n_segs++;
     spans[np - 1].len += len;
     run0[nr++] = i;

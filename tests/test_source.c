@@ -57,7 +57,8 @@ static void test_local_spans(void **state) {
   unsigned char a[100], b[50], c[1];
   memset(a, 0xee, sizeof a);
   memset(b, 0xee, sizeof b);
-  ls_src_seg_t segs[4] = {{10, 100, a}, {110, 40, NULL}, {150, 50, b}, {4095, 1, c}};
+  ls_src_seg_t segs[4] = {{10, 100, a, NULL, NULL}, {110, 40, NULL, NULL, NULL},
+                          {150, 50, b, NULL, NULL}, {4095, 1, c, NULL, NULL}};
   ls_src_span_t spans[2] = {{10, 190, segs, 3}, {4095, 1, segs + 3, 1}};
   assert_int_equal(ls_src_read_spans(&s, spans, 2, path), LS_OK);
   assert_memory_equal(a, data + 10, 100);

@@ -412,6 +412,20 @@ if command -v python3 >/dev/null 2>&1; then
   else
     fail mpi.nan_in_late_layer "test setup: make-model --layers 6 failed"
   fi
+  # a tensor read with O_DIRECT in 16 MiB chunks (32 MiB, not in the page cache), checked
+  # chunk by chunk as it arrives: a NaN in its second chunk is found and named exactly
+  direct=$T/base_direct
+  if timeout $TO "$LS_BIN" make-model --out "$direct" --hidden 2048 --intermediate 4096 --layers 1 \
+       --heads 16 --kv-heads 4 --vocab 128 --dtype f32 >>"$LOGS/setup.log" 2>&1; then
+    m=$(case_model nan_direct_chunk "$direct")
+    patch_value "$m" model.layers.0.mlp.up_proj.weight 6000001 0000c07f
+    dd if="$m/model.safetensors" iflag=nocache count=0 status=none 2>/dev/null
+    WANT=("$m/model.safetensors" model.layers.0.mlp.up_proj.weight "NaN or Inf" "element 6000001")
+    bad model.nan_in_direct_read_chunk "$(o nan_direct)" "$LS_BIN" run --model "$m" --data "$DATA" \
+      --out "$(o nan_direct)"
+  else
+    fail model.nan_in_direct_read_chunk "test setup: make-model (hidden 2048) failed"
+  fi
 else
   echo "SKIP model.nan_in_layer_weight (no python3 to patch the file)"
 fi
