@@ -125,6 +125,41 @@ static double probe_write(const char *out) {
   return rate;
 }
 
+/* A spilled rank's --spill-dir (or, not made yet, the directory it will be made in): the
+ * rate of a 32 MiB O_DIRECT write, synced, then read back, as the spill moves its regions
+ * (one stream, both directions: bytes / (write + read seconds)); 0 if it cannot tell. */
+static double probe_spill(const char *spill_dir) {
+  char dir[4200], path[4300];
+  snprintf(dir, sizeof dir, "%s", spill_dir);
+  while (access(dir, W_OK) != 0) { /* its nearest existing ancestor: the same disk */
+    char *slash = strrchr(dir, '/');
+    if (!slash) { snprintf(dir, sizeof dir, "."); break; }
+    if (slash == dir) { snprintf(dir, sizeof dir, "/"); break; }
+    *slash = '\0';
+  }
+  snprintf(path, sizeof path, "%s/.layersweep-spill-probe.XXXXXX", dir);
+  int fd = mkstemp(path);
+  if (fd < 0) return 0;
+  const size_t n = (size_t)32 << 20;
+  int dfd = open(path, O_RDWR | O_DIRECT | O_CLOEXEC);
+  unlink(path);
+  const int use = dfd >= 0 ? dfd : fd;
+  char *buf = ls_aligned_alloc_to(n, LS_SPILL_ALIGN, "time probe");
+  double rate = 0;
+  if (buf) {
+    memset(buf, 1, n);
+    double t0 = ls_now();
+    if (pwrite(use, buf, n, 0) == (ssize_t)n && fdatasync(use) == 0) {
+      if (dfd < 0) posix_fadvise(fd, 0, (off_t)n, POSIX_FADV_DONTNEED);
+      if (pread(use, buf, n, 0) == (ssize_t)n) rate = (double)n / (ls_now() - t0);
+    }
+  }
+  free(buf);
+  if (dfd >= 0) close(dfd);
+  close(fd);
+  return rate;
+}
+
 /* the broadcast rate through the backend's own broadcast (32 MiB from rank 0) */
 static double probe_bcast(sweep_t *s) {
   if (s->size < 2) return 0;
@@ -191,7 +226,10 @@ static void model_times(const sweep_t *s, ls_predict_t *p, int ranks) {
     if (((s->sel.hooks >> h) & 1) && ls_hook_layered(h))
       out_layer += (double)s->sh.n_out_rows * ls_sw_store_width(s, h) *
                    (h == LS_HOOK_ROUTER_LOGITS ? 4.0 : (double)ls_dtype_size(s->out.out_dt));
-  p->read_s = p->bcast_s = p->load_s = p->forward_s = p->write_s = p->wall_s = 0;
+  p->read_s = p->bcast_s = p->load_s = p->forward_s = p->write_s = p->wall_s = p->spill_s = 0;
+  /* a spilled stream: read and written once per layer, behind the compute (spill_bytes at
+   * this run's ranks; another rank count splits the same stream) */
+  const double sp = p->spill_rate > 0 ? p->spill_bytes * s->size / ranks / p->spill_rate : 0;
   for (int L = s->start; L < s->sel.n_run; L++) {
     const double b = (double)s->model.layer_bytes[L];
     const double rd = p->disk_rate > 0 ? b / p->disk_rate : 0;
@@ -204,15 +242,16 @@ static void model_times(const sweep_t *s, ls_predict_t *p, int ranks) {
     p->load_s += ld;
     p->forward_s += fw;
     p->write_s += wr;
-    /* read and broadcast run ahead of compute; overlapped writes behind it */
+    p->spill_s += sp;
+    /* read and broadcast run ahead of compute; overlapped writes and the spill behind it */
     const double compute = ld + fw + (s->out.overlap || s->o->overlap_writes ? 0 : wr);
-    p->wall_s += fmax(fmax(rd, bc), fmax(compute, s->o->overlap_writes ? wr : 0));
+    p->wall_s += fmax(fmax(fmax(rd, bc), fmax(compute, s->o->overlap_writes ? wr : 0)), sp);
   }
-  const double terms[4] = {p->read_s, p->bcast_s, p->load_s + p->forward_s, p->write_s};
-  const char *names[4] = {"the checkpoint read", "the weight broadcast", "the forward",
-                          "the output writes"};
+  const double terms[5] = {p->read_s, p->bcast_s, p->load_s + p->forward_s, p->write_s, p->spill_s};
+  const char *names[5] = {"the checkpoint read", "the weight broadcast", "the forward",
+                          "the output writes", "the spilled residual stream's disk"};
   int k = 2;
-  for (int i = 0; i < 4; i++)
+  for (int i = 0; i < 5; i++)
     if (terms[i] > terms[k]) k = i;
   p->bottleneck = names[k];
 }
@@ -253,6 +292,18 @@ int ls_sw_predict(sweep_t *s) {
   p->disk_rate = io[0];
   p->write_rate = io[1];
   p->bcast_rate = probe_bcast(s);
+  /* the spill's disk, probed by each spilled rank in a run (not by `plan`, which writes
+   * nothing); the slowest sets the pace */
+  double spill[2] = {1e300, s->buf.spilled ? 2.0 * (double)s->sh.n_store * c->hidden * 4 : 0};
+  if (s->buf.spilled && !s->o->plan_only) {
+    const double r = probe_spill(s->buf.spill_dir);
+    if (r > 0) spill[0] = r;
+  }
+  double spill_min = 0;
+  MPI_Allreduce(spill, &spill_min, 1, MPI_DOUBLE, MPI_MIN, s->comm);
+  MPI_Allreduce(MPI_IN_PLACE, spill + 1, 1, MPI_DOUBLE, MPI_MAX, s->comm);
+  p->spill_rate = spill_min < 1e300 ? spill_min : 0;
+  p->spill_bytes = spill[1];
   model_times(s, p, s->size);
   p->probe_s = ls_now() - t0;
   p->valid = 1;
@@ -262,10 +313,19 @@ int ls_sw_predict(sweep_t *s) {
             n_out, p->conv_rate / 1e9, p->disk_rate / 1e9);
     if (s->size > 1) ls_info("plan:   broadcast %.2f GB/s", p->bcast_rate / 1e9);
     if (p->write_rate > 0) ls_info("plan:   output write %.2f GB/s", p->write_rate / 1e9);
+    if (p->spill_bytes > 0 && p->spill_rate > 0)
+      ls_info("plan:   --spill-dir %.2f GB/s: %.3f GiB per layer read and written",
+              p->spill_rate / 1e9, p->spill_bytes / 1073741824.0);
+    else if (p->spill_bytes > 0)
+      ls_info("plan:   --spill-dir not measured (plan writes nothing; a run measures it): %.3f "
+              "GiB per layer read and written, to hide behind the forward, not counted below",
+              p->spill_bytes / 1073741824.0);
     const int n = s->sel.n_run - s->start;
+    char spill_part[64] = "";
+    if (p->spill_s > 0) snprintf(spill_part, sizeof spill_part, ", spill %.2f s", p->spill_s);
     ls_info("plan: predicted for %d layers: read %.2f s, broadcast %.2f s, convert %.2f s, "
-            "forward %.2f s, write %.2f s; layer loop %.1f s; bottleneck: %s", n, p->read_s, p->bcast_s,
-            p->load_s, p->forward_s, p->write_s, p->wall_s, p->bottleneck);
+            "forward %.2f s, write %.2f s%s; layer loop %.1f s; bottleneck: %s", n, p->read_s,
+            p->bcast_s, p->load_s, p->forward_s, p->write_s, spill_part, p->wall_s, p->bottleneck);
     if (s->o->assume_ranks > 0 && s->o->assume_ranks != s->size) {
       ls_predict_t q = *p;
       if (q.bcast_rate <= 0 && s->o->assume_ranks > 1) q.bcast_rate = 5e9;
@@ -285,9 +345,12 @@ void ls_sw_print_prediction(const sweep_t *s, double read_s, double bcast_s, dou
   const ls_predict_t *p = &s->pred;
   if (!p->valid || s->rank != 0) return;
   const double wall = s->prof.t_loop;
+  char spill[96] = ""; /* the I/O thread's busy seconds of the slowest spilled rank */
+  if (p->spill_s > 0)
+    snprintf(spill, sizeof spill, "; spill I/O %.2f vs %.2f", p->spill_s, s->prof.spill[2]);
   fprintf(stderr, "  predicted vs measured: layer loop %.2f vs %.2f s (%.2fx); read %.2f vs %.2f; "
           "broadcast %.2f vs %.2f (wait); convert %.2f vs %.2f; forward %.2f vs %.2f; write "
-          "%.2f vs %.2f\n", p->wall_s, wall, p->wall_s > 0 ? wall / p->wall_s : 0, p->read_s,
+          "%.2f vs %.2f%s\n", p->wall_s, wall, p->wall_s > 0 ? wall / p->wall_s : 0, p->read_s,
           read_s, p->bcast_s, bcast_s, p->load_s, load_s, p->forward_s, forward_s, p->write_s,
-          write_s);
+          write_s, spill);
 }

@@ -156,7 +156,10 @@ typedef struct {
 typedef struct {
   int valid;
   double gemm_rate, conv_rate, disk_rate, bcast_rate, write_rate; /* FLOP/s, bytes/s */
+  double spill_rate;      /* the slowest spilled rank's --spill-dir: write + read back, bytes/s */
+  double spill_bytes;     /* the most a spilled rank moves per layer (read + write) */
   double read_s, bcast_s, load_s, forward_s, write_s, wall_s;     /* over the layers to run */
+  double spill_s;
   const char *bottleneck;
   double probe_s;
 } ls_predict_t;

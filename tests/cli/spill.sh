@@ -5,7 +5,8 @@
 # cannot stay in memory but everything else fits. Every spilled file must equal the
 # in-memory run's bit for bit:
 #   - the plan decides: no spill with room, spill below it, refusal (one line, no output)
-#     when even the spilled sweep cannot fit;
+#     when even the spilled sweep cannot fit; it measures --spill-dir's disk and predicts
+#     the spill's I/O, which the summary compares;
 #   - 1 and 2 ranks, O_DIRECT and buffered (LS_SPILL_DIRECT=0) I/O, every hook of every
 #     layer raw (--pool none, the final norm too) on a fixture model;
 #   - an injected spill write failure: one error line, a partial file, and --resume
@@ -87,6 +88,9 @@ run_case() { # name out launcher... -- extra args
     fail "$name" "exit $rc: $(errline "$tmp/case.log")"
   elif ! spilled "$tmp/case.log" || ! grep -q "spilled residual stream (" "$tmp/case.log"; then
     fail "$name" "not spilled, or no spill line in the summary"
+  elif ! grep -q "plan:   --spill-dir [0-9.]* GB/s" "$tmp/case.log" ||
+       ! grep -q "predicted vs measured:.*; spill I/O [0-9.]* vs [0-9.]*" "$tmp/case.log"; then
+    fail "$name" "the plan's time model has no spill (probe line or predicted vs measured)"
   elif ! msg=$(same "$ref" "$out"); then
     fail "$name" "$msg"
   elif [ -n "$(ls -A "$out.spill" 2>/dev/null)" ]; then
