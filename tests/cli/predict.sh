@@ -4,7 +4,10 @@
 # probes and predicts each phase and the layer loop's time with the bottleneck named, in
 # under 5 s, also for --assume-ranks; a run's summary sets the measured times beside the
 # prediction (text and --summary-json), and the prediction is within 4x of the measurement
-# on this small CPU sweep (a loose bound: other jobs share the machine).
+# on this small CPU sweep (a loose bound: other jobs share the machine). Under the
+# sanitizers (ASAN_OPTIONS set, launch/test's second stage) the bound is 10x: the probes
+# time OpenBLAS, which is not instrumented, while the attention, the hooks and the writer
+# are, so the model is not meant to hold there; it must still be printed and compared.
 # env: LS_BIN, LS_TEST_TMP
 set -u
 ls=${LS_BIN:?set LS_BIN}
@@ -12,6 +15,8 @@ tmp=$(mktemp -d "${LS_TEST_TMP:-/tmp}/predict.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 fails=0
+bound=4
+[ -n "${ASAN_OPTIONS:-}" ] && bound=10
 ok() { echo "PASS $1"; }
 bad() { echo "FAIL $1"; fails=$((fails + 1)); }
 "$ls" make-model --out "$tmp/m" --hidden 256 --intermediate 704 --layers 4 --heads 4 --kv-heads 2 \
@@ -37,7 +42,7 @@ for np in 1 2; do
   pred=$(sed -n 's/.*layer loop \([0-9.]*\) vs \([0-9.]*\) s.*/\1 \2/p' <<<"$line")
   if [ $rc = 0 ] && [ -n "$pred" ] && grep -q '"predicted_bottleneck"' "$tmp/s$np.json" &&
      { [ $np = 1 ] || grep -q "plan:   broadcast [0-9.]* GB/s" "$tmp/run$np.log"; } &&
-     awk -v p="${pred% *}" -v m="${pred#* }" 'BEGIN { exit !(p > 0 && m > 0 && p / m < 4 && m / p < 4) }'; then
+     awk -v p="${pred% *}" -v m="${pred#* }" -v b="$bound" 'BEGIN { exit !(p > 0 && m > 0 && p / m < b && m / p < b) }'; then
     ok "np $np: summary: $line"
   else bad "np $np (rc $rc): ${line:-no prediction line} $(grep error "$tmp/run$np.log")"; fi
 done
