@@ -99,8 +99,7 @@ static int write_rows(int fd, const ls_ckpt_rows_t *r, int64_t n_rows, const cha
   return rc;
 }
 
-/* Rows [row0, row0 + n) of r <- the file's bytes from off (pread) or, off < 0, from where
- * fd is (read). */
+/* Rows [row0, row0 + n) of r <- the file's bytes from off. */
 static int read_rows(int fd, off_t off, const ls_ckpt_rows_t *r, int64_t row0, int64_t n_rows,
                      const char *path) {
   const int64_t k = r->x ? n_rows : piece_rows(r, n_rows);
@@ -110,20 +109,16 @@ static int read_rows(int fd, off_t off, const ls_ckpt_rows_t *r, int64_t row0, i
     const int64_t n = n_rows - r0 < k ? n_rows - r0 : k;
     char *dst = r->x ? (char *)(r->x + (size_t)(row0 + r0) * r->row_floats) : (char *)buf;
     const size_t bytes = (size_t)n * row_bytes(r);
-    if (off < 0) {
-      rc = read_all(fd, dst, bytes, path);
-    } else {
-      const off_t at = off + (off_t)((size_t)r0 * row_bytes(r));
-      for (size_t done = 0; done < bytes && rc == LS_OK;) {
-        const ssize_t got = pread(fd, dst + done, bytes - done, at + (off_t)done);
-        if (got < 0 && errno == EINTR) continue;
-        if (got <= 0) {
-          ls_error("%s: cannot read the checkpoint rows: %s", path,
-                   got < 0 ? strerror(errno) : "file too short");
-          rc = LS_ERR;
-        } else {
-          done += (size_t)got;
-        }
+    const off_t at = off + (off_t)((size_t)r0 * row_bytes(r));
+    for (size_t done = 0; done < bytes && rc == LS_OK;) {
+      const ssize_t got = pread(fd, dst + done, bytes - done, at + (off_t)done);
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) {
+        ls_error("%s: cannot read the checkpoint rows: %s", path,
+                 got < 0 ? strerror(errno) : "file too short");
+        rc = LS_ERR;
+      } else {
+        done += (size_t)got;
       }
     }
     if (rc == LS_OK && !r->x) rc = r->put(r->ctx, row0 + r0, n, buf);
@@ -350,7 +345,7 @@ int ls_ckpt_load_rows(const char *dir, MPI_Comm comm, int layer_next, uint64_t f
       ls_error("%s: checkpoint file does not belong to this run (rank, layer or size "
                "differs); rerun with --force to start over", path);
     else
-      rc = read_rows(fd, -1, rows, 0, n_rows, path);
+      rc = read_rows(fd, (off_t)sizeof h, rows, 0, n_rows, path);
   }
   if (fd >= 0) close(fd);
   return ls_agree(rc, comm);

@@ -367,13 +367,8 @@ int ls_sw_plan(sweep_t *s) {
    * be made in): each rank's own, the node's ranks sharing it */
   if (bf->spilled) {
     char dir[4200];
-    snprintf(dir, sizeof dir, "%s", bf->spill_dir);
+    ls_existing_dir(bf->spill_dir, dir, sizeof dir);
     struct statvfs vfs;
-    while (statvfs(dir, &vfs) != 0) {
-      char *slash = strrchr(dir, '/');
-      if (!slash || slash == dir) { snprintf(dir, sizeof dir, slash ? "/" : "."); break; }
-      *slash = '\0';
-    }
     const double need = stream * 1.01 * local_size;
     if (statvfs(dir, &vfs) == 0 && (double)vfs.f_bavail * vfs.f_frsize < need) {
       ls_error("plan: the spilled residual stream needs about %.3f GiB in %s (%d rank%s of this "

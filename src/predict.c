@@ -130,13 +130,7 @@ static double probe_write(const char *out) {
  * (one stream, both directions: bytes / (write + read seconds)); 0 if it cannot tell. */
 static double probe_spill(const char *spill_dir) {
   char dir[4200], path[4300];
-  snprintf(dir, sizeof dir, "%s", spill_dir);
-  while (access(dir, W_OK) != 0) { /* its nearest existing ancestor: the same disk */
-    char *slash = strrchr(dir, '/');
-    if (!slash) { snprintf(dir, sizeof dir, "."); break; }
-    if (slash == dir) { snprintf(dir, sizeof dir, "/"); break; }
-    *slash = '\0';
-  }
+  ls_existing_dir(spill_dir, dir, sizeof dir); /* not made yet: the same disk */
   snprintf(path, sizeof path, "%s/.layersweep-spill-probe.XXXXXX", dir);
   int fd = mkstemp(path);
   if (fd < 0) return 0;

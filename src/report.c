@@ -114,12 +114,15 @@ int ls_sw_print_summary(sweep_t *s, const ls_wpipe_t *wp) {
     sums[6] += s->prof.t_write[L];
   }
   sums[7] = s->prof.t_embed;
-  double sp[5] = {0};
+  double sp[5] = {0}; /* bytes read, written, I/O s, wait s (max); ranks spilled (sum) */
   if (s->buf.spill) {
     ls_spill_stats_t st;
     ls_spill_stats(s->buf.spill, &st);
-    const double v[5] = {(double)st.bytes_read, (double)st.bytes_written, st.io_s, st.wait_s, 1};
-    memcpy(sp, v, sizeof v);
+    sp[0] = (double)st.bytes_read;
+    sp[1] = (double)st.bytes_written;
+    sp[2] = st.io_s;
+    sp[3] = st.wait_s;
+    sp[4] = 1;
   }
   MPI_Reduce(sp, s->prof.spill, 4, MPI_DOUBLE, MPI_MAX, 0, s->comm);
   MPI_Reduce(sp + 4, s->prof.spill + 4, 1, MPI_DOUBLE, MPI_SUM, 0, s->comm);

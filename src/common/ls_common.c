@@ -169,3 +169,14 @@ char *ls_read_text_file(const char *path, size_t max_bytes, size_t *len_out) {
 static const char *g_wait_others; /* read by the watchdog's thread: atomic loads / stores */
 void ls_wait_others(const char *what) { __atomic_store_n(&g_wait_others, what, __ATOMIC_RELEASE); }
 const char *ls_waiting_others(void) { return __atomic_load_n(&g_wait_others, __ATOMIC_ACQUIRE); }
+
+void ls_existing_dir(const char *path, char *out, size_t cap) {
+  struct stat st;
+  snprintf(out, cap, "%s", path);
+  while (stat(out, &st) != 0) {
+    char *slash = strrchr(out, '/');
+    if (!slash) { snprintf(out, cap, "."); return; }
+    if (slash == out) { snprintf(out, cap, "/"); return; }
+    *slash = '\0';
+  }
+}

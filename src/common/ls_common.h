@@ -63,6 +63,10 @@ uint64_t ls_fnv1a(uint64_t h, const void *data, size_t n);
 /* Monotonic wall clock in seconds. */
 double ls_now(void);
 
+/* out <- path, or its nearest ancestor that exists ("." or "/" when none does): where a
+ * directory not made yet will be made, so the file system it will be on. */
+void ls_existing_dir(const char *path, char *out, size_t cap);
+
 /* The main thread is blocked on the other ranks (a collective step) while set: `what`, a
  * static string; NULL when no longer. The stall watchdog's heartbeats report it, so that
  * a rank stuck on its own is told from the ranks waiting for it. */
